@@ -1,0 +1,85 @@
+//! `mapo forward`: one component on tensors from a file, for parity checks by other tools.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, bail};
+use burn::tensor::{DType, Device, Tensor};
+
+use super::{Component, ForwardArgs};
+use crate::device::{Precision, select};
+use crate::models::io::{SafeTensorFiles, write_tensors};
+use crate::models::named::param_count;
+use crate::models::unet::{TextTime, UNet2DConditionModel};
+use crate::models::vae::AutoencoderKL;
+
+pub fn run(args: &ForwardArgs) -> Result<()> {
+    let selected = select(args.device.device.as_deref())?;
+    let precision: Precision = args.device.dtype.parse()?;
+    let device = &selected.device;
+    let dtype = precision.dtype();
+    let inputs = SafeTensorFiles::open_file(&args.inputs)?;
+    let f = |name: &str| -> Result<Tensor<4>> { inputs.float::<4>(name, device, dtype) };
+    let outputs: Vec<(&str, Tensor<4>)> = match args.component {
+        Component::Unet => {
+            let (unet, _) = UNet2DConditionModel::from_dir(&component_dir(&args.model, "unet")?, device, dtype)?;
+            let sample = f("sample")?;
+            let batch = sample.dims()[0];
+            let timestep = inputs.int::<1>("timestep", device)?;
+            check_batch(&args.inputs, "timestep", timestep.dims()[0], batch)?;
+            let context = inputs.float::<3>("encoder_hidden_states", device, dtype)?;
+            let cond = if unet.add_embedding.is_some() {
+                Some(TextTime {
+                    text_embeds: inputs.float::<2>("text_embeds", device, dtype)?,
+                    time_ids: inputs.float::<2>("time_ids", device, DType::F32)?,
+                })
+            } else {
+                None
+            };
+            vec![("sample", unet.forward(sample, timestep, context, cond.as_ref()))]
+        }
+        Component::VaeEncode => {
+            let (vae, _) = AutoencoderKL::from_dir(&component_dir(&args.model, "vae")?, device, dtype)?;
+            let (mean, logvar) = vae.encode(f("sample")?);
+            vec![("mean", mean), ("logvar", logvar)]
+        }
+        Component::VaeDecode => {
+            let (vae, _) = AutoencoderKL::from_dir(&component_dir(&args.model, "vae")?, device, dtype)?;
+            vec![("sample", vae.decode(f("latents")?))]
+        }
+    };
+    let data = outputs.into_iter().map(|(n, t)| (n.to_string(), t.cast(DType::F32).into_data())).collect();
+    write_tensors(&args.out, data)
+}
+
+fn check_batch(file: &Path, name: &str, got: usize, batch: usize) -> Result<()> {
+    if got != batch {
+        bail!("{}: {name} has batch {got}, but sample has batch {batch}", file.display());
+    }
+    Ok(())
+}
+
+/// `model/<name>` for a pipeline folder; `model` itself when it already is that component.
+pub fn component_dir(model: &Path, name: &str) -> Result<PathBuf> {
+    let sub = model.join(name);
+    if sub.join("config.json").is_file() {
+        return Ok(sub);
+    }
+    if model.join("config.json").is_file() && model.file_name().is_some_and(|f| f == name) {
+        return Ok(model.to_path_buf());
+    }
+    bail!("{} has no {name}/config.json (expected a diffusers pipeline folder)", model.display())
+}
+
+pub fn params(model: &Path) -> Result<()> {
+    let device = Device::default();
+    for name in ["unet", "vae"] {
+        let Ok(dir) = component_dir(model, name) else { continue };
+        let count = match name {
+            "unet" => param_count(&UNet2DConditionModel::from_dir(&dir, &device, DType::F32)?.0),
+            _ => param_count(&AutoencoderKL::from_dir(&dir, &device, DType::F32)?.0),
+        };
+        println!("{name}: {count} parameters");
+    }
+    Ok(())
+}
+

@@ -1,0 +1,67 @@
+//! The command-line interface: argument definitions, and one small function per command.
+
+pub mod forward;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(name = "mapo", version, about = "Preference fine-tuning of SDXL-family diffusion models (SFT, Diffusion-DPO, MaPO) on Burn")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DeviceArgs {
+    /// Backend: cuda, wgpu, vulkan, cpu or flex (default: first GPU backend that initialises, else CPU).
+    #[arg(long, env = "MAPO_DEVICE")]
+    pub device: Option<String>,
+    /// Float precision of weights and activations: f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run one model component on tensors from a safetensors file (DESIGN §2).
+    Forward(ForwardArgs),
+    /// Print the parameter count of each component of a diffusers folder.
+    Params {
+        /// A diffusers pipeline folder, or one component folder (unet/, vae/).
+        #[arg(long)]
+        model: PathBuf,
+    },
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Component {
+    Unet,
+    VaeEncode,
+    VaeDecode,
+}
+
+#[derive(Args, Debug)]
+pub struct ForwardArgs {
+    pub component: Component,
+    /// A diffusers pipeline folder (with unet/, vae/, ...).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Input tensors (safetensors).
+    #[arg(long)]
+    pub inputs: PathBuf,
+    /// Where to write the outputs (safetensors, f32).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Forward(args) => forward::run(&args),
+        Command::Params { model } => forward::params(&model),
+    }
+}

@@ -1,0 +1,22 @@
+//! Writing models back as diffusers component folders.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use burn::module::Module;
+use burn::tensor::DType;
+
+use super::io::{PendingTensor, write_atomic, write_safetensors};
+use super::named::for_each_param;
+
+/// Writes `module` as `dir/config.json` + `dir/diffusion_pytorch_model.safetensors`, the
+/// layout `from_pretrained` reads; tensors are stored in `dtype`.
+pub fn save_component<M: Module>(module: &M, config: &serde_json::Value, dir: &Path, dtype: DType) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut tensors = Vec::new();
+    for_each_param(module, |name, tensor, shape| {
+        tensors.push(PendingTensor { name, shape, dtype, data: Box::new(move || tensor.into_data()) });
+    });
+    write_safetensors(&dir.join("diffusion_pytorch_model.safetensors"), tensors)?;
+    write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(config)?.as_bytes())
+}

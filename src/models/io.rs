@@ -1,0 +1,310 @@
+//! Safetensors files and diffusers model folders: memory-mapped reading (single file or
+//! sharded with an `.index.json`), and streaming, atomic writing.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use burn::tensor::{DType, Device, Int, Tensor, TensorData, bf16, f16};
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+
+/// One tensor's bytes inside a memory-mapped file.
+pub struct TensorView<'a> {
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub bytes: &'a [u8],
+    pub file: &'a Path,
+}
+
+struct Shard {
+    path: PathBuf,
+    mmap: Mmap,
+    /// Offset of the data section (8-byte length + JSON header).
+    data_start: usize,
+}
+
+struct Entry {
+    shard: usize,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    range: (usize, usize),
+}
+
+/// A set of safetensors files seen as one name → tensor map. Files are memory-mapped, so
+/// opening costs nothing and each tensor is read (and converted) only when asked for.
+pub struct SafeTensorFiles {
+    shards: Vec<Shard>,
+    entries: BTreeMap<String, Entry>,
+}
+
+impl SafeTensorFiles {
+    pub fn open(paths: &[PathBuf]) -> Result<Self> {
+        let mut shards = Vec::new();
+        let mut entries = BTreeMap::new();
+        for path in paths {
+            let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+            // SAFETY: the file is opened read-only; like every mmap-based reader we assume
+            // it is not truncated by another process while we read it.
+            let mmap = unsafe { Mmap::map(&file) }
+                .with_context(|| format!("memory-mapping {}", path.display()))?;
+            let (header_len, meta) = SafeTensors::read_metadata(&mmap)
+                .with_context(|| format!("{} is not a valid safetensors file", path.display()))?;
+            let shard = shards.len();
+            for (name, info) in meta.tensors() {
+                let entry = Entry {
+                    shard,
+                    dtype: info.dtype,
+                    shape: info.shape.clone(),
+                    range: info.data_offsets,
+                };
+                if entries.insert(name.clone(), entry).is_some() {
+                    bail!("tensor {name} appears in more than one file (last: {})", path.display());
+                }
+            }
+            shards.push(Shard { path: path.clone(), mmap, data_start: 8 + header_len });
+        }
+        Ok(Self { shards, entries })
+    }
+
+    pub fn open_file(path: &Path) -> Result<Self> {
+        Self::open(&[path.to_path_buf()])
+    }
+
+    /// The weights of one diffusers component folder: `<stem>.safetensors`, or the shards
+    /// listed by `<stem>.safetensors.index.json`, or their `.fp16` variants.
+    pub fn open_component(dir: &Path, stems: &[&str]) -> Result<Self> {
+        for stem in stems {
+            for variant in ["", ".fp16"] {
+                let single = dir.join(format!("{stem}{variant}.safetensors"));
+                if single.is_file() {
+                    return Self::open_file(&single);
+                }
+                let index = dir.join(format!("{stem}{variant}.safetensors.index.json"));
+                if index.is_file() {
+                    return Self::open(&shards_from_index(&index)?);
+                }
+            }
+        }
+        bail!(
+            "no weights in {}: expected {}.safetensors or a sharded .safetensors.index.json",
+            dir.display(),
+            stems[0]
+        )
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().map(String::as_str)
+    }
+
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.entries.get(name).map(|e| e.shape.as_slice())
+    }
+
+    pub fn get(&self, name: &str) -> Option<TensorView<'_>> {
+        let e = self.entries.get(name)?;
+        let shard = &self.shards[e.shard];
+        let bytes = &shard.mmap[shard.data_start + e.range.0..shard.data_start + e.range.1];
+        Some(TensorView { dtype: e.dtype, shape: e.shape.clone(), bytes, file: &shard.path })
+    }
+
+    fn describe(&self) -> String {
+        match self.shards.as_slice() {
+            [one] => one.path.display().to_string(),
+            many => format!("{} shards starting with {}", many.len(), many[0].path.display()),
+        }
+    }
+
+    fn require(&self, name: &str) -> Result<TensorView<'_>> {
+        self.get(name).with_context(|| format!("{}: tensor {name:?} is missing", self.describe()))
+    }
+
+    /// A float tensor of rank `D`, converted to `dtype` on `device`.
+    pub fn float<const D: usize>(&self, name: &str, device: &Device, dtype: DType) -> Result<Tensor<D>> {
+        let view = self.require(name)?;
+        if view.shape.len() != D {
+            bail!(
+                "{}: tensor {name:?} has shape {:?}, expected rank {D}",
+                view.file.display(),
+                view.shape
+            );
+        }
+        Ok(Tensor::from_data(view.to_data()?, (device, dtype)))
+    }
+
+    /// An integer tensor of rank `D` (i64 or i32 on disk; floats with integral values are
+    /// accepted too, since some tools store timesteps as floats).
+    pub fn int<const D: usize>(&self, name: &str, device: &Device) -> Result<Tensor<D, Int>> {
+        let view = self.require(name)?;
+        if view.shape.len() != D {
+            bail!(
+                "{}: tensor {name:?} has shape {:?}, expected rank {D}",
+                view.file.display(),
+                view.shape
+            );
+        }
+        let values: Vec<i64> = match view.dtype {
+            Dtype::I64 => cast_bytes::<i64>(view.bytes),
+            Dtype::I32 => cast_bytes::<i32>(view.bytes).into_iter().map(i64::from).collect(),
+            Dtype::F32 | Dtype::F16 | Dtype::BF16 => {
+                let data = view.to_data()?.convert::<f32>();
+                data.try_to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?.into_iter().map(|v| v as i64).collect()
+            }
+            other => bail!("{}: tensor {name:?} has dtype {other:?}, expected i64", view.file.display()),
+        };
+        Ok(Tensor::from_data(TensorData::new(values, view.shape.clone()), device))
+    }
+}
+
+impl TensorView<'_> {
+    /// The tensor in its stored dtype (f32, f16 or bf16); conversion happens on upload.
+    pub fn to_data(&self) -> Result<TensorData> {
+        let shape = self.shape.clone();
+        Ok(match self.dtype {
+            Dtype::F32 => TensorData::new(cast_bytes::<f32>(self.bytes), shape),
+            Dtype::F16 => TensorData::new(cast_bytes::<f16>(self.bytes), shape),
+            Dtype::BF16 => TensorData::new(cast_bytes::<bf16>(self.bytes), shape),
+            Dtype::F64 => TensorData::new(
+                cast_bytes::<f64>(self.bytes).into_iter().map(|v| v as f32).collect(),
+                shape,
+            ),
+            other => bail!("{}: dtype {other:?} is not a float type", self.file.display()),
+        })
+    }
+}
+
+/// Little-endian bytes → values; the mmap is not necessarily aligned for `T`.
+fn cast_bytes<T: bytemuck_like::Pod>(bytes: &[u8]) -> Vec<T> {
+    let n = bytes.len() / std::mem::size_of::<T>();
+    let mut out = Vec::<T>::with_capacity(n);
+    // SAFETY: T is plain old data (sealed trait below); we copy exactly n * size_of::<T>()
+    // bytes into freshly reserved, properly aligned storage.
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), out.as_mut_ptr() as *mut u8, n * std::mem::size_of::<T>());
+        out.set_len(n);
+    }
+    out
+}
+
+mod bytemuck_like {
+    /// Types for which every bit pattern is a valid value.
+    pub trait Pod: Copy {}
+    impl Pod for f32 {}
+    impl Pod for f64 {}
+    impl Pod for i64 {}
+    impl Pod for i32 {}
+    impl Pod for burn::tensor::f16 {}
+    impl Pod for burn::tensor::bf16 {}
+}
+
+fn shards_from_index(index: &Path) -> Result<Vec<PathBuf>> {
+    #[derive(serde::Deserialize)]
+    struct Index {
+        weight_map: BTreeMap<String, String>,
+    }
+    let text = std::fs::read_to_string(index).with_context(|| format!("reading {}", index.display()))?;
+    let parsed: Index =
+        serde_json::from_str(&text).with_context(|| format!("{}: no valid weight_map", index.display()))?;
+    let dir = index.parent().unwrap_or(Path::new("."));
+    let mut files: Vec<PathBuf> = parsed.weight_map.values().map(|f| dir.join(f)).collect();
+    files.sort();
+    files.dedup();
+    for f in &files {
+        if !f.is_file() {
+            bail!("{} lists shard {} which does not exist", index.display(), f.display());
+        }
+    }
+    Ok(files)
+}
+
+/// A tensor to be written: its name, and a closure that produces its data only when the
+/// writer reaches it, so that a multi-GB model is never held twice in memory.
+pub struct PendingTensor<'a> {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub dtype: DType,
+    pub data: Box<dyn FnOnce() -> TensorData + 'a>,
+}
+
+fn st_dtype(dtype: DType) -> Result<(&'static str, usize)> {
+    Ok(match dtype {
+        DType::F32 => ("F32", 4),
+        DType::F16 => ("F16", 2),
+        DType::BF16 => ("BF16", 2),
+        DType::I64 => ("I64", 8),
+        other => bail!("cannot write dtype {other:?} to safetensors"),
+    })
+}
+
+/// Writes a safetensors file through a temporary file and a rename, so that an interrupted
+/// write never leaves a truncated file under the final name.
+pub fn write_safetensors(path: &Path, tensors: Vec<PendingTensor<'_>>) -> Result<()> {
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
+    let mut offset = 0usize;
+    let mut sorted = tensors;
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    for t in &sorted {
+        let (name, size) = st_dtype(t.dtype)?;
+        let len = t.shape.iter().product::<usize>() * size;
+        header.insert(
+            t.name.clone(),
+            serde_json::json!({"dtype": name, "shape": t.shape, "data_offsets": [offset, offset + len]}),
+        );
+        offset += len;
+    }
+    let mut json = serde_json::to_vec(&header)?;
+    while json.len() % 8 != 0 {
+        json.push(b' ');
+    }
+    let tmp = tmp_path(path);
+    let result = (|| -> Result<()> {
+        let mut w = BufWriter::new(File::create(&tmp)?);
+        w.write_all(&(json.len() as u64).to_le_bytes())?;
+        w.write_all(&json)?;
+        for t in sorted {
+            let data = (t.data)();
+            let expected = t.dtype;
+            let data = if data.dtype() != expected { data.convert_dtype(expected) } else { data };
+            if data.shape().as_slice() != t.shape.as_slice() {
+                bail!("tensor {} changed shape while saving", t.name);
+            }
+            w.write_all(data.as_bytes())?;
+        }
+        w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e.context(format!("writing {}", path.display())));
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} into place", tmp.display()))?;
+    Ok(())
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".tmp-{}", std::process::id()));
+    path.with_file_name(name)
+}
+
+/// Writes a small file (config, JSON) atomically.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = tmp_path(path);
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} into place", tmp.display()))
+}
+
+/// Writes tensors that are already computed (CLI outputs, fixtures) in f32 / i64.
+pub fn write_tensors(path: &Path, tensors: Vec<(String, TensorData)>) -> Result<()> {
+    let pending = tensors
+        .into_iter()
+        .map(|(name, data)| {
+            let dtype = if data.dtype() == DType::I64 { DType::I64 } else { DType::F32 };
+            PendingTensor { name, shape: data.shape().to_vec(), dtype, data: Box::new(move || data) }
+        })
+        .collect();
+    write_safetensors(path, pending)
+}

@@ -1,0 +1,13 @@
+//! The SDXL models as Burn modules that load diffusers folders.
+
+pub mod attention;
+pub mod config;
+pub mod folder;
+pub mod io;
+pub mod named;
+pub mod nn;
+pub mod resnet;
+pub mod sampling;
+pub mod unet;
+pub mod vae;
+pub mod weights;

@@ -1,0 +1,79 @@
+//! Walks a module's parameters under their diffusers names (for saving and counting).
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::Tensor;
+
+/// Rust field names that stand for diffusers `ModuleList` entries, which are not valid
+/// identifiers; everything else in the module tree is spelled as in diffusers.
+const LIST_FIELDS: [(&str, &str); 3] = [("to_out_0", "to_out.0"), ("net_0", "net.0"), ("net_2", "net.2")];
+
+fn segment(name: &str) -> &str {
+    LIST_FIELDS.iter().find(|(rust, _)| *rust == name).map_or(name, |(_, key)| key)
+}
+
+struct Collect<'f, F: FnMut(String, Tensor<1>, Vec<usize>)> {
+    path: Vec<String>,
+    f: &'f mut F,
+}
+
+impl<F: FnMut(String, Tensor<1>, Vec<usize>)> ModuleVisitor for Collect<'_, F> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(segment(name).to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let value = param.val();
+        let shape = value.dims().to_vec();
+        (self.f)(self.path.join("."), value.reshape([-1]), shape);
+    }
+}
+
+/// Calls `f(name, flattened tensor, shape)` for every float parameter.
+pub fn for_each_param<M: Module, F: FnMut(String, Tensor<1>, Vec<usize>)>(module: &M, mut f: F) {
+    module.visit(&mut Collect { path: Vec::new(), f: &mut f });
+}
+
+/// `(name, shape)` of every parameter, in visiting order.
+pub fn param_shapes<M: Module>(module: &M) -> Vec<(String, Vec<usize>)> {
+    let mut out = Vec::new();
+    for_each_param(module, |name, _, shape| out.push((name, shape)));
+    out
+}
+
+pub fn param_count<M: Module>(module: &M) -> usize {
+    param_shapes(module).iter().map(|(_, s)| s.iter().product::<usize>()).sum()
+}
+
+struct CollectGrads<'g> {
+    path: Vec<String>,
+    grads: &'g burn::tensor::Gradients,
+    out: Vec<(String, Option<Tensor<1>>, Vec<usize>)>,
+}
+
+impl ModuleVisitor for CollectGrads<'_> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(segment(name).to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let value = param.val();
+        let shape = value.dims().to_vec();
+        let grad = value.grad(self.grads).map(|g| g.reshape([-1]));
+        self.out.push((self.path.join("."), grad, shape));
+    }
+}
+
+/// `(name, flattened gradient if any, shape)` of every float parameter after a backward pass.
+pub fn param_grads<M: Module>(module: &M, grads: &burn::tensor::Gradients) -> Vec<(String, Option<Tensor<1>>, Vec<usize>)> {
+    let mut v = CollectGrads { path: Vec::new(), grads, out: Vec::new() };
+    module.visit(&mut v);
+    v.out
+}

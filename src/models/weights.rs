@@ -1,0 +1,241 @@
+//! Building modules from named weights.
+//!
+//! Every constructor takes a [`Weights`] positioned at its diffusers key prefix, so the
+//! module tree *is* the checkpoint's key tree. A missing or wrongly shaped tensor does not
+//! stop construction: it is recorded, and [`Weights::finish`] reports every problem at once
+//! together with the tensors the file has but the model did not use.
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::fmt;
+use std::rc::Rc;
+
+use burn::module::Param;
+use burn::tensor::{DType, Device, Distribution, Tensor};
+
+use super::io::SafeTensorFiles;
+
+/// How a tensor is initialised when the model is built without a checkpoint.
+#[derive(Debug, Clone, Copy)]
+pub enum Init {
+    /// Normal(0, 1/sqrt(fan_in)).
+    FanIn(usize),
+    Zeros,
+    Ones,
+}
+
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    pub missing: Vec<(String, Vec<usize>)>,
+    pub mismatched: Vec<(String, Vec<usize>, Vec<usize>)>,
+    pub unexpected: Vec<(String, Vec<usize>)>,
+    pub unreadable: Vec<(String, String)>,
+}
+
+impl LoadReport {
+    pub fn is_ok(&self) -> bool {
+        self.missing.is_empty()
+            && self.mismatched.is_empty()
+            && self.unexpected.is_empty()
+            && self.unreadable.is_empty()
+    }
+}
+
+impl fmt::Display for LoadReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const MAX: usize = 40;
+        let section = |f: &mut fmt::Formatter<'_>, title: &str, lines: Vec<String>| {
+            if lines.is_empty() {
+                return Ok(());
+            }
+            writeln!(f, "  {} {title}:", lines.len())?;
+            for l in lines.iter().take(MAX) {
+                writeln!(f, "    {l}")?;
+            }
+            if lines.len() > MAX {
+                writeln!(f, "    ... and {} more", lines.len() - MAX)?;
+            }
+            Ok(())
+        };
+        section(
+            f,
+            "wrongly shaped tensors (name: expected, found)",
+            self.mismatched.iter().map(|(n, e, g)| format!("{n}: expected {e:?}, found {g:?}")).collect(),
+        )?;
+        section(
+            f,
+            "missing tensors (name: expected shape)",
+            self.missing.iter().map(|(n, e)| format!("{n}: expected {e:?}")).collect(),
+        )?;
+        section(
+            f,
+            "unexpected tensors (name: shape)",
+            self.unexpected.iter().map(|(n, g)| format!("{n}: {g:?}")).collect(),
+        )?;
+        section(
+            f,
+            "unreadable tensors",
+            self.unreadable.iter().map(|(n, e)| format!("{n}: {e}")).collect(),
+        )
+    }
+}
+
+struct Shared<'a> {
+    source: Option<&'a SafeTensorFiles>,
+    device: Device,
+    dtype: DType,
+    /// Build the module tree with 1-element placeholders (key tree and counts only).
+    placeholders: bool,
+    requested: RefCell<Vec<(String, Vec<usize>)>>,
+    used: RefCell<BTreeSet<String>>,
+    report: RefCell<LoadReport>,
+}
+
+/// A cursor into a weight source at one key prefix.
+#[derive(Clone)]
+pub struct Weights<'a> {
+    shared: Rc<Shared<'a>>,
+    prefix: String,
+}
+
+impl<'a> Weights<'a> {
+    /// Weights read from `source`, converted to `dtype` on `device`.
+    pub fn from_files(source: &'a SafeTensorFiles, device: &Device, dtype: DType) -> Self {
+        Self::new(Some(source), device, dtype, false)
+    }
+
+    /// Randomly initialised weights (benchmarks, tests).
+    pub fn random(device: &Device, dtype: DType) -> Weights<'static> {
+        Weights::new(None, device, dtype, false)
+    }
+
+    /// No weights at all: modules get 1-element placeholders and [`Weights::requested`]
+    /// lists every key and shape the model asked for. The model must not be run.
+    /// This is how the real 2.6B-parameter key tree is checked without 10 GB of memory.
+    pub fn shapes_only(device: &Device) -> Weights<'static> {
+        Weights::new(None, device, DType::F32, true)
+    }
+
+    fn new(source: Option<&'a SafeTensorFiles>, device: &Device, dtype: DType, placeholders: bool) -> Self {
+        Self {
+            shared: Rc::new(Shared {
+                source,
+                device: device.clone(),
+                dtype,
+                placeholders,
+                requested: RefCell::default(),
+                used: RefCell::default(),
+                report: RefCell::default(),
+            }),
+            prefix: String::new(),
+        }
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.shared.device
+    }
+
+    /// The cursor one level down: `pp("down_blocks").pp(0)` reads `down_blocks.0.*`.
+    pub fn pp(&self, name: impl fmt::Display) -> Self {
+        let prefix = if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        };
+        Self { shared: self.shared.clone(), prefix }
+    }
+
+    fn key(&self, name: &str) -> String {
+        if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) }
+    }
+
+    /// True when the source has `name` under this prefix (always false when random).
+    pub fn contains(&self, name: &str) -> bool {
+        self.shared.source.is_some_and(|s| s.get(&self.key(name)).is_some())
+    }
+
+    /// The tensor `name`, which must have `shape`; `init` is used when building without a
+    /// checkpoint, and as a placeholder while a problem is recorded.
+    pub fn tensor<const D: usize>(&self, name: &str, shape: [usize; D], init: Init) -> Tensor<D> {
+        self.tensor_any(&[name], shape, init)
+    }
+
+    /// Like [`Weights::tensor`], accepting older spellings of the same key (first is canonical).
+    pub fn tensor_any<const D: usize>(&self, names: &[&str], shape: [usize; D], init: Init) -> Tensor<D> {
+        let canonical = self.key(names[0]);
+        self.shared.requested.borrow_mut().push((canonical.clone(), shape.to_vec()));
+        if self.shared.placeholders {
+            return Tensor::zeros([1; D], (&self.shared.device, self.shared.dtype));
+        }
+        let Some(source) = self.shared.source else {
+            return self.init(shape, init);
+        };
+        let found = names.iter().map(|n| self.key(n)).find(|k| source.get(k).is_some());
+        let Some(key) = found else {
+            self.shared.report.borrow_mut().missing.push((canonical, shape.to_vec()));
+            return self.init(shape, Init::Zeros);
+        };
+        self.shared.used.borrow_mut().insert(key.clone());
+        let view = source.get(&key).expect("checked above");
+        if view.shape.as_slice() != shape.as_slice() {
+            self.shared.report.borrow_mut().mismatched.push((key, shape.to_vec(), view.shape.clone()));
+            return self.init(shape, Init::Zeros);
+        }
+        match view.to_data() {
+            Ok(data) => Tensor::from_data(data, (&self.shared.device, self.shared.dtype)),
+            Err(e) => {
+                self.shared.report.borrow_mut().unreadable.push((key, format!("{e:#}")));
+                self.init(shape, Init::Zeros)
+            }
+        }
+    }
+
+    pub fn param<const D: usize>(&self, name: &str, shape: [usize; D], init: Init) -> Param<Tensor<D>> {
+        Param::from_tensor(self.tensor(name, shape, init))
+    }
+
+    fn init<const D: usize>(&self, shape: [usize; D], init: Init) -> Tensor<D> {
+        let opts = (&self.shared.device, self.shared.dtype);
+        match init {
+            Init::Zeros => Tensor::zeros(shape, opts),
+            Init::Ones => Tensor::ones(shape, opts),
+            Init::FanIn(fan_in) => {
+                let std = 1.0 / (fan_in.max(1) as f64).sqrt();
+                Tensor::random(shape, Distribution::Normal(0.0, std), opts)
+            }
+        }
+    }
+
+    /// Every `(key, shape)` requested so far, in construction order.
+    pub fn requested(&self) -> Vec<(String, Vec<usize>)> {
+        self.shared.requested.borrow().clone()
+    }
+
+    /// Ends loading: every missing, mismatched, unreadable and unused tensor in one error.
+    pub fn finish(self) -> Result<(), LoadError> {
+        let Some(source) = self.shared.source else {
+            return Ok(());
+        };
+        let used = self.shared.used.borrow();
+        let mut report = std::mem::take(&mut *self.shared.report.borrow_mut());
+        report.unexpected = source
+            .names()
+            .filter(|n| !used.contains(*n))
+            .map(|n| (n.to_string(), source.shape(n).unwrap_or_default().to_vec()))
+            .collect();
+        if report.is_ok() { Ok(()) } else { Err(LoadError(report)) }
+    }
+}
+
+/// The weights in a file do not fit the model built from its config.
+#[derive(Debug)]
+pub struct LoadError(pub LoadReport);
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "the weights do not match the model built from config.json:")?;
+        write!(f, "{}", self.0)
+    }
+}
+
+impl std::error::Error for LoadError {}

@@ -1,0 +1,42 @@
+//! Shared helpers for the integration tests.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use burn::tensor::{DType, Device, Tensor};
+use mapo::models::io::SafeTensorFiles;
+
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// The backend under test: `MAPO_TEST_DEVICE` (flex by default; `wgpu` in the wgpu CI job).
+pub fn device() -> Device {
+    let name = std::env::var("MAPO_TEST_DEVICE").unwrap_or_else(|_| "flex".into());
+    mapo::device::select(Some(&name)).expect("test device").device
+}
+
+pub fn open(name: &str) -> SafeTensorFiles {
+    SafeTensorFiles::open_file(&fixtures().join(name)).expect("fixture file")
+}
+
+pub fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.cast(DType::F32).into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+}
+
+/// max |a - b| / max |b|: the error relative to the reference output's magnitude.
+pub fn rel_err(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len(), "length mismatch");
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+    let diff = got.iter().zip(want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(diff.is_finite(), "non-finite output");
+    diff / scale
+}
+
+#[track_caller]
+pub fn assert_close<const D: usize>(what: &str, got: Tensor<D>, want: Tensor<D>, tol: f32) {
+    assert_eq!(got.dims(), want.dims(), "{what}: shape");
+    let err = rel_err(&to_vec(got), &to_vec(want));
+    eprintln!("{what}: relative error {err:.3e} (tolerance {tol:.0e})");
+    assert!(err <= tol, "{what}: relative error {err:.3e} exceeds {tol:.0e}");
+}
