@@ -22,13 +22,7 @@ pub enum Backend {
 }
 
 impl Backend {
-    pub const ALL: [Backend; 5] = [
-        Backend::Cuda,
-        Backend::Vulkan,
-        Backend::Wgpu,
-        Backend::Cpu,
-        Backend::Flex,
-    ];
+    pub const ALL: [Backend; 5] = [Backend::Cuda, Backend::Vulkan, Backend::Wgpu, Backend::Cpu, Backend::Flex];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -92,9 +86,7 @@ impl FromStr for Backend {
         Backend::ALL
             .into_iter()
             .find(|b| b.name() == s.to_ascii_lowercase())
-            .with_context(|| {
-                format!("unknown device {s:?}: expected one of cuda, wgpu, vulkan, cpu, flex")
-            })
+            .with_context(|| format!("unknown device {s:?}: expected one of cuda, wgpu, vulkan, cpu, flex"))
     }
 }
 
@@ -154,9 +146,8 @@ pub fn select(requested: Option<&str>) -> Result<Selected> {
                     backend.feature()
                 );
             }
-            let device = try_init(backend).with_context(|| {
-                format!("device {backend} failed to initialise (is its driver installed?)")
-            })?;
+            let device = try_init(backend)
+                .with_context(|| format!("device {backend} failed to initialise (is its driver installed?)"))?;
             Ok(Selected { backend, device })
         }
         None => {

@@ -7,6 +7,7 @@ use burn::tensor::{DType, Device, Tensor};
 
 use super::{Component, ForwardArgs};
 use crate::device::{Precision, select};
+use crate::models::folder::save_component;
 use crate::models::io::{SafeTensorFiles, write_tensors};
 use crate::models::named::param_count;
 use crate::models::unet::{TextTime, UNet2DConditionModel};
@@ -83,3 +84,16 @@ pub fn params(model: &Path) -> Result<()> {
     Ok(())
 }
 
+pub fn convert(component: &str, model: &Path, out: &Path, dtype: &str) -> Result<()> {
+    let dtype = dtype.parse::<Precision>()?.dtype();
+    let device = Device::default();
+    let dir = component_dir(model, component)?;
+    let (_, raw) = crate::models::config::read_config::<serde_json::Value>(&dir)?;
+    match component {
+        "unet" => save_component(&UNet2DConditionModel::from_dir(&dir, &device, DType::F32)?.0, &raw, out, dtype),
+        "vae" => save_component(&AutoencoderKL::from_dir(&dir, &device, DType::F32)?.0, &raw, out, dtype),
+        other => bail!("cannot convert component {other:?}: expected unet or vae"),
+    }?;
+    println!("wrote {}", out.display());
+    Ok(())
+}

@@ -8,7 +8,11 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
-#[command(name = "mapo", version, about = "Preference fine-tuning of SDXL-family diffusion models (SFT, Diffusion-DPO, MaPO) on Burn")]
+#[command(
+    name = "mapo",
+    version,
+    about = "Preference fine-tuning of SDXL-family diffusion models (SFT, Diffusion-DPO, MaPO) on Burn"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -28,6 +32,20 @@ pub struct DeviceArgs {
 pub enum Command {
     /// Run one model component on tensors from a safetensors file (DESIGN §2).
     Forward(ForwardArgs),
+    /// Load a component folder and write it back as a diffusers folder (f32/f16/bf16).
+    Convert {
+        /// unet or vae.
+        component: String,
+        /// A diffusers pipeline folder, or the component folder itself.
+        #[arg(long)]
+        model: PathBuf,
+        /// Output component folder (config.json + diffusion_pytorch_model.safetensors).
+        #[arg(long)]
+        out: PathBuf,
+        /// Storage dtype of the written weights.
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+    },
     /// Print the parameter count of each component of a diffusers folder.
     Params {
         /// A diffusers pipeline folder, or one component folder (unet/, vae/).
@@ -63,5 +81,6 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Forward(args) => forward::run(&args),
         Command::Params { model } => forward::params(&model),
+        Command::Convert { component, model, out, dtype } => forward::convert(&component, &model, &out, &dtype),
     }
 }

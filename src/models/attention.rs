@@ -34,7 +34,14 @@ pub struct Attention {
 }
 
 impl Attention {
-    pub fn load(w: &Weights, query_dim: usize, context_dim: usize, heads: usize, head_dim: usize, qkv_bias: bool) -> Self {
+    pub fn load(
+        w: &Weights,
+        query_dim: usize,
+        context_dim: usize,
+        heads: usize,
+        head_dim: usize,
+        qkv_bias: bool,
+    ) -> Self {
         let inner = heads * head_dim;
         Self {
             to_q: Linear::load(&w.pp("to_q"), query_dim, inner, qkv_bias),

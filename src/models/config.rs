@@ -32,6 +32,7 @@ pub fn read_config<T: DeserializeOwned>(dir: &Path) -> Result<(T, serde_json::Va
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let raw: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
-    let parsed = serde_json::from_value(raw.clone()).with_context(|| format!("{}: unsupported config", path.display()))?;
+    let parsed =
+        serde_json::from_value(raw.clone()).with_context(|| format!("{}: unsupported config", path.display()))?;
     Ok((parsed, raw))
 }

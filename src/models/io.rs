@@ -48,18 +48,12 @@ impl SafeTensorFiles {
             let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
             // SAFETY: the file is opened read-only; like every mmap-based reader we assume
             // it is not truncated by another process while we read it.
-            let mmap = unsafe { Mmap::map(&file) }
-                .with_context(|| format!("memory-mapping {}", path.display()))?;
+            let mmap = unsafe { Mmap::map(&file) }.with_context(|| format!("memory-mapping {}", path.display()))?;
             let (header_len, meta) = SafeTensors::read_metadata(&mmap)
                 .with_context(|| format!("{} is not a valid safetensors file", path.display()))?;
             let shard = shards.len();
             for (name, info) in meta.tensors() {
-                let entry = Entry {
-                    shard,
-                    dtype: info.dtype,
-                    shape: info.shape.clone(),
-                    range: info.data_offsets,
-                };
+                let entry = Entry { shard, dtype: info.dtype, shape: info.shape.clone(), range: info.data_offsets };
                 if entries.insert(name.clone(), entry).is_some() {
                     bail!("tensor {name} appears in more than one file (last: {})", path.display());
                 }
@@ -88,11 +82,7 @@ impl SafeTensorFiles {
                 }
             }
         }
-        bail!(
-            "no weights in {}: expected {}.safetensors or a sharded .safetensors.index.json",
-            dir.display(),
-            stems[0]
-        )
+        bail!("no weights in {}: expected {}.safetensors or a sharded .safetensors.index.json", dir.display(), stems[0])
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
@@ -125,11 +115,7 @@ impl SafeTensorFiles {
     pub fn float<const D: usize>(&self, name: &str, device: &Device, dtype: DType) -> Result<Tensor<D>> {
         let view = self.require(name)?;
         if view.shape.len() != D {
-            bail!(
-                "{}: tensor {name:?} has shape {:?}, expected rank {D}",
-                view.file.display(),
-                view.shape
-            );
+            bail!("{}: tensor {name:?} has shape {:?}, expected rank {D}", view.file.display(), view.shape);
         }
         Ok(Tensor::from_data(view.to_data()?, (device, dtype)))
     }
@@ -139,11 +125,7 @@ impl SafeTensorFiles {
     pub fn int<const D: usize>(&self, name: &str, device: &Device) -> Result<Tensor<D, Int>> {
         let view = self.require(name)?;
         if view.shape.len() != D {
-            bail!(
-                "{}: tensor {name:?} has shape {:?}, expected rank {D}",
-                view.file.display(),
-                view.shape
-            );
+            bail!("{}: tensor {name:?} has shape {:?}, expected rank {D}", view.file.display(), view.shape);
         }
         let values: Vec<i64> = match view.dtype {
             Dtype::I64 => cast_bytes::<i64>(view.bytes),
@@ -159,6 +141,16 @@ impl SafeTensorFiles {
 }
 
 impl TensorView<'_> {
+    /// The tensor in its stored dtype, integers included (for copying tensors between files).
+    pub fn to_data_any(&self) -> TensorData {
+        let shape = self.shape.clone();
+        match self.dtype {
+            Dtype::I64 => TensorData::new(cast_bytes::<i64>(self.bytes), shape),
+            Dtype::I32 => TensorData::new(cast_bytes::<i32>(self.bytes), shape),
+            _ => self.to_data().unwrap_or_else(|e| panic!("{e:#}")),
+        }
+    }
+
     /// The tensor in its stored dtype (f32, f16 or bf16); conversion happens on upload.
     pub fn to_data(&self) -> Result<TensorData> {
         let shape = self.shape.clone();
@@ -166,10 +158,7 @@ impl TensorView<'_> {
             Dtype::F32 => TensorData::new(cast_bytes::<f32>(self.bytes), shape),
             Dtype::F16 => TensorData::new(cast_bytes::<f16>(self.bytes), shape),
             Dtype::BF16 => TensorData::new(cast_bytes::<bf16>(self.bytes), shape),
-            Dtype::F64 => TensorData::new(
-                cast_bytes::<f64>(self.bytes).into_iter().map(|v| v as f32).collect(),
-                shape,
-            ),
+            Dtype::F64 => TensorData::new(cast_bytes::<f64>(self.bytes).into_iter().map(|v| v as f32).collect(), shape),
             other => bail!("{}: dtype {other:?} is not a float type", self.file.display()),
         })
     }
@@ -268,8 +257,9 @@ pub fn write_safetensors(path: &Path, tensors: Vec<PendingTensor<'_>>) -> Result
             let data = (t.data)();
             let expected = t.dtype;
             let data = if data.dtype() != expected { data.convert_dtype(expected) } else { data };
-            if data.shape().as_slice() != t.shape.as_slice() {
-                bail!("tensor {} changed shape while saving", t.name);
+            // Layout is row-major either way; only the element count must agree.
+            if data.num_elements() != t.shape.iter().product::<usize>() {
+                bail!("tensor {}: {} values for shape {:?}", t.name, data.num_elements(), t.shape);
             }
             w.write_all(data.as_bytes())?;
         }

@@ -72,7 +72,10 @@ impl ModuleVisitor for CollectGrads<'_> {
 }
 
 /// `(name, flattened gradient if any, shape)` of every float parameter after a backward pass.
-pub fn param_grads<M: Module>(module: &M, grads: &burn::tensor::Gradients) -> Vec<(String, Option<Tensor<1>>, Vec<usize>)> {
+pub fn param_grads<M: Module>(
+    module: &M,
+    grads: &burn::tensor::Gradients,
+) -> Vec<(String, Option<Tensor<1>>, Vec<usize>)> {
     let mut v = CollectGrads { path: Vec::new(), grads, out: Vec::new() };
     module.visit(&mut v);
     v.out

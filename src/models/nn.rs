@@ -116,11 +116,7 @@ pub struct LayerNorm {
 
 impl LayerNorm {
     pub fn load(w: &Weights, dim: usize, eps: f64) -> Self {
-        Self {
-            weight: w.param("weight", [dim], Init::Ones),
-            bias: w.param("bias", [dim], Init::Zeros),
-            eps,
-        }
+        Self { weight: w.param("weight", [dim], Init::Ones), bias: w.param("bias", [dim], Init::Zeros), eps }
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
@@ -142,17 +138,12 @@ pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 pub fn upsample_nearest(x: Tensor<4>, size: [usize; 2]) -> Tensor<4> {
     let [b, c, h, w] = x.dims();
     if size == [2 * h, 2 * w] {
-        return x
-            .reshape([b, c, h, 1, w, 1])
-            .expand([b, c, h, 2, w, 2])
-            .reshape([b, c, 2 * h, 2 * w]);
+        return x.reshape([b, c, h, 1, w, 1]).expand([b, c, h, 2, w, 2]).reshape([b, c, 2 * h, 2 * w]);
     }
     let device = x.device();
     let index = |n_in: usize, n_out: usize| {
         let scale = n_in as f32 / n_out as f32;
-        let idx: Vec<i64> = (0..n_out)
-            .map(|i| ((i as f32 * scale).floor() as usize).min(n_in - 1) as i64)
-            .collect();
+        let idx: Vec<i64> = (0..n_out).map(|i| ((i as f32 * scale).floor() as usize).min(n_in - 1) as i64).collect();
         Tensor::<1, burn::tensor::Int>::from_data(burn::tensor::TensorData::new(idx, [n_out]), &device)
     };
     x.select(2, index(h, size[0])).select(3, index(w, size[1]))

@@ -72,11 +72,7 @@ impl fmt::Display for LoadReport {
             "unexpected tensors (name: shape)",
             self.unexpected.iter().map(|(n, g)| format!("{n}: {g:?}")).collect(),
         )?;
-        section(
-            f,
-            "unreadable tensors",
-            self.unreadable.iter().map(|(n, e)| format!("{n}: {e}")).collect(),
-        )
+        section(f, "unreadable tensors", self.unreadable.iter().map(|(n, e)| format!("{n}: {e}")).collect())
     }
 }
 
@@ -137,11 +133,7 @@ impl<'a> Weights<'a> {
 
     /// The cursor one level down: `pp("down_blocks").pp(0)` reads `down_blocks.0.*`.
     pub fn pp(&self, name: impl fmt::Display) -> Self {
-        let prefix = if self.prefix.is_empty() {
-            name.to_string()
-        } else {
-            format!("{}.{name}", self.prefix)
-        };
+        let prefix = if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) };
         Self { shared: self.shared.clone(), prefix }
     }
 

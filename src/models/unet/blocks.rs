@@ -26,7 +26,16 @@ fn attentions(w: &Weights, plan: &BlockPlan, channels: usize, ctx: BlockCtx) -> 
     }
     let a = w.pp("attentions");
     (0..plan.layers)
-        .map(|j| Transformer2DModel::load(&a.pp(j), channels, plan.transformer_layers[j], ctx.context_dim, plan.heads, ctx.groups))
+        .map(|j| {
+            Transformer2DModel::load(
+                &a.pp(j),
+                channels,
+                plan.transformer_layers[j],
+                ctx.context_dim,
+                plan.heads,
+                ctx.groups,
+            )
+        })
         .collect()
 }
 
@@ -48,12 +57,22 @@ impl DownBlock {
                 })
                 .collect(),
             attentions: attentions(w, plan, c_out, ctx),
-            downsamplers: if downsample { vec![Downsample2D::load(&w.pp("downsamplers").pp(0), c_out, 1)] } else { vec![] },
+            downsamplers: if downsample {
+                vec![Downsample2D::load(&w.pp("downsamplers").pp(0), c_out, 1)]
+            } else {
+                vec![]
+            },
         }
     }
 
     /// Returns the output and pushes every intermediate state the up path will consume.
-    pub fn forward(&self, mut x: Tensor<4>, temb: &Tensor<2>, context: &Tensor<3>, skips: &mut Vec<Tensor<4>>) -> Tensor<4> {
+    pub fn forward(
+        &self,
+        mut x: Tensor<4>,
+        temb: &Tensor<2>,
+        context: &Tensor<3>,
+        skips: &mut Vec<Tensor<4>>,
+    ) -> Tensor<4> {
         for (j, resnet) in self.resnets.iter().enumerate() {
             x = resnet.forward(x, Some(temb));
             if let Some(attn) = self.attentions.get(j) {
@@ -106,7 +125,15 @@ impl UpBlock {
     /// `c_prev`: channels coming from the block below; `c_skip_last`: channels of the skip
     /// connection consumed by the last resnet (the previous down block's output width).
     #[allow(clippy::too_many_arguments)]
-    pub fn load(w: &Weights, plan: &BlockPlan, c_prev: usize, c_out: usize, c_skip_last: usize, upsample: bool, ctx: BlockCtx) -> Self {
+    pub fn load(
+        w: &Weights,
+        plan: &BlockPlan,
+        c_prev: usize,
+        c_out: usize,
+        c_skip_last: usize,
+        upsample: bool,
+        ctx: BlockCtx,
+    ) -> Self {
         let r = w.pp("resnets");
         Self {
             resnets: (0..plan.layers)
@@ -121,7 +148,13 @@ impl UpBlock {
         }
     }
 
-    pub fn forward(&self, mut x: Tensor<4>, temb: &Tensor<2>, context: &Tensor<3>, skips: &mut Vec<Tensor<4>>) -> Tensor<4> {
+    pub fn forward(
+        &self,
+        mut x: Tensor<4>,
+        temb: &Tensor<2>,
+        context: &Tensor<3>,
+        skips: &mut Vec<Tensor<4>>,
+    ) -> Tensor<4> {
         for (j, resnet) in self.resnets.iter().enumerate() {
             let skip = skips.pop().expect("one skip connection per up resnet");
             x = resnet.forward(Tensor::cat(vec![x, skip], 1), Some(temb));

@@ -84,15 +84,33 @@ pub struct UNetConfig {
     pub act_fn: Option<String>,
 }
 
-fn four() -> usize { 4 }
-fn three() -> usize { 3 }
-fn two() -> OneOrMany<usize> { OneOrMany::One(2) }
-fn one_layer() -> OneOrMany<usize> { OneOrMany::One(1) }
-fn eight() -> OneOrMany<usize> { OneOrMany::One(8) }
-fn thirty_two() -> usize { 32 }
-fn norm_eps() -> f64 { 1e-5 }
-fn yes() -> bool { true }
-fn one_f() -> f64 { 1.0 }
+fn four() -> usize {
+    4
+}
+fn three() -> usize {
+    3
+}
+fn two() -> OneOrMany<usize> {
+    OneOrMany::One(2)
+}
+fn one_layer() -> OneOrMany<usize> {
+    OneOrMany::One(1)
+}
+fn eight() -> OneOrMany<usize> {
+    OneOrMany::One(8)
+}
+fn thirty_two() -> usize {
+    32
+}
+fn norm_eps() -> f64 {
+    1e-5
+}
+fn yes() -> bool {
+    true
+}
+fn one_f() -> f64 {
+    1.0
+}
 
 /// What one down or up block contains, resolved from the config.
 #[derive(Debug, Clone, PartialEq)]
@@ -113,12 +131,24 @@ impl UNetConfig {
         let unsupported = |what: &str, value: &dyn std::fmt::Debug| -> Result<()> {
             bail!("unet config: {what} = {value:?} is not supported (mapo implements the SDXL family)")
         };
-        if let Some(v) = &self.class_embed_type { unsupported("class_embed_type", v)?; }
-        if let Some(v) = &self.encoder_hid_dim_type { unsupported("encoder_hid_dim_type", v)?; }
-        if let Some(v) = &self.time_cond_proj_dim { unsupported("time_cond_proj_dim", v)?; }
-        if let Some(v) = &self.timestep_post_act { unsupported("timestep_post_act", v)?; }
-        if let Some(v) = &self.time_embedding_act_fn { unsupported("time_embedding_act_fn", v)?; }
-        if let Some(v) = &self.cross_attention_norm { unsupported("cross_attention_norm", v)?; }
+        if let Some(v) = &self.class_embed_type {
+            unsupported("class_embed_type", v)?;
+        }
+        if let Some(v) = &self.encoder_hid_dim_type {
+            unsupported("encoder_hid_dim_type", v)?;
+        }
+        if let Some(v) = &self.time_cond_proj_dim {
+            unsupported("time_cond_proj_dim", v)?;
+        }
+        if let Some(v) = &self.timestep_post_act {
+            unsupported("timestep_post_act", v)?;
+        }
+        if let Some(v) = &self.time_embedding_act_fn {
+            unsupported("time_embedding_act_fn", v)?;
+        }
+        if let Some(v) = &self.cross_attention_norm {
+            unsupported("cross_attention_norm", v)?;
+        }
         if self.resnet_time_scale_shift.as_deref().is_some_and(|s| s != "default") {
             unsupported("resnet_time_scale_shift", &self.resnet_time_scale_shift)?;
         }
@@ -128,10 +158,18 @@ impl UNetConfig {
         if self.attention_type.as_deref().is_some_and(|s| s != "default") {
             unsupported("attention_type", &self.attention_type)?;
         }
-        if self.act_fn.as_deref().is_some_and(|s| s != "silu") { unsupported("act_fn", &self.act_fn)?; }
-        if self.dual_cross_attention == Some(true) { unsupported("dual_cross_attention", &true)?; }
-        if self.center_input_sample == Some(true) { unsupported("center_input_sample", &true)?; }
-        if self.resnet_skip_time_act == Some(true) { unsupported("resnet_skip_time_act", &true)?; }
+        if self.act_fn.as_deref().is_some_and(|s| s != "silu") {
+            unsupported("act_fn", &self.act_fn)?;
+        }
+        if self.dual_cross_attention == Some(true) {
+            unsupported("dual_cross_attention", &true)?;
+        }
+        if self.center_input_sample == Some(true) {
+            unsupported("center_input_sample", &true)?;
+        }
+        if self.resnet_skip_time_act == Some(true) {
+            unsupported("resnet_skip_time_act", &true)?;
+        }
         if self.resnet_out_scale_factor.is_some_and(|f| f != 1.0) {
             unsupported("resnet_out_scale_factor", &self.resnet_out_scale_factor)?;
         }
@@ -163,7 +201,11 @@ impl UNetConfig {
             ensure!(matches!(t.as_str(), "UpBlock2D" | "CrossAttnUpBlock2D"), "unsupported up block type {t}");
         }
         for c in &self.block_out_channels {
-            ensure!(c % self.norm_num_groups == 0, "block channels {c} not divisible by norm_num_groups {}", self.norm_num_groups);
+            ensure!(
+                c % self.norm_num_groups == 0,
+                "block channels {c} not divisible by norm_num_groups {}",
+                self.norm_num_groups
+            );
         }
         ensure!(self.conv_in_kernel % 2 == 1 && self.conv_out_kernel % 2 == 1, "conv kernels must be odd");
         self.down_plans()?;
@@ -227,7 +269,11 @@ impl UNetConfig {
         };
         (0..n)
             .map(|i| {
-                ensure!(tl[i].len() == layers[i] + 1, "up block {i}: expected {} transformer layer counts", layers[i] + 1);
+                ensure!(
+                    tl[i].len() == layers[i] + 1,
+                    "up block {i}: expected {} transformer layer counts",
+                    layers[i] + 1
+                );
                 Ok(BlockPlan {
                     cross_attention: self.up_block_types[i] == "CrossAttnUpBlock2D",
                     transformer_layers: tl[i].clone(),

@@ -49,7 +49,12 @@ impl UNet2DConditionModel {
         let ch = &config.block_out_channels;
         let n = ch.len();
         let temb = config.time_embed_dim();
-        let ctx = BlockCtx { temb, context_dim: config.cross_attention_dim, groups: config.norm_num_groups, eps: config.norm_eps };
+        let ctx = BlockCtx {
+            temb,
+            context_dim: config.cross_attention_dim,
+            groups: config.norm_num_groups,
+            eps: config.norm_eps,
+        };
         let add_embedding = match config.addition_embed_type.as_deref() {
             Some("text_time") => Some(TimestepEmbedding::load(
                 &w.pp("add_embedding"),
@@ -109,7 +114,13 @@ impl UNet2DConditionModel {
     }
 
     /// The noise prediction for `sample` [B, C, h, w] at `timestep` [B].
-    pub fn forward(&self, sample: Tensor<4>, timestep: Tensor<1, Int>, context: Tensor<3>, cond: Option<&TextTime>) -> Tensor<4> {
+    pub fn forward(
+        &self,
+        sample: Tensor<4>,
+        timestep: Tensor<1, Int>,
+        context: Tensor<3>,
+        cond: Option<&TextTime>,
+    ) -> Tensor<4> {
         let dtype = sample.dtype();
         let t_emb = timestep_embedding(timestep.float(), self.time_proj_dim, self.flip_sin_to_cos, self.freq_shift);
         let mut emb = self.time_embedding.forward(t_emb.cast(dtype));

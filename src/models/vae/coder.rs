@@ -53,7 +53,11 @@ impl Encoder {
                     let c_in = if i == 0 { ch[0] } else { ch[i - 1] };
                     DownEncoderBlock {
                         resnets: resnets(&b, cfg.layers_per_block, c_in, ch[i], g),
-                        downsamplers: if i + 1 < n { vec![Downsample2D::load(&b.pp("downsamplers").pp(0), ch[i], 0)] } else { vec![] },
+                        downsamplers: if i + 1 < n {
+                            vec![Downsample2D::load(&b.pp("downsamplers").pp(0), ch[i], 0)]
+                        } else {
+                            vec![]
+                        },
                     }
                 })
                 .collect(),
@@ -101,7 +105,11 @@ impl Decoder {
                     let c_in = if i == 0 { rev[0] } else { rev[i - 1] };
                     UpDecoderBlock {
                         resnets: resnets(&b, cfg.layers_per_block + 1, c_in, rev[i], g),
-                        upsamplers: if i + 1 < n { vec![Upsample2D::load(&b.pp("upsamplers").pp(0), rev[i])] } else { vec![] },
+                        upsamplers: if i + 1 < n {
+                            vec![Upsample2D::load(&b.pp("upsamplers").pp(0), rev[i])]
+                        } else {
+                            vec![]
+                        },
                     }
                 })
                 .collect(),

@@ -34,12 +34,24 @@ pub struct VaeConfig {
     pub act_fn: Option<String>,
 }
 
-fn three() -> usize { 3 }
-fn one() -> usize { 1 }
-fn four() -> usize { 4 }
-fn thirty_two() -> usize { 32 }
-fn scaling() -> f64 { 0.18215 }
-fn yes() -> bool { true }
+fn three() -> usize {
+    3
+}
+fn one() -> usize {
+    1
+}
+fn four() -> usize {
+    4
+}
+fn thirty_two() -> usize {
+    32
+}
+fn scaling() -> f64 {
+    0.18215
+}
+fn yes() -> bool {
+    true
+}
 
 impl VaeConfig {
     pub fn validate(&self) -> Result<()> {
@@ -51,9 +63,19 @@ impl VaeConfig {
         for t in &self.up_block_types {
             ensure!(t == "UpDecoderBlock2D", "vae config: unsupported up block type {t}");
         }
-        ensure!(self.down_block_types.is_empty() || self.down_block_types.len() == n, "vae config: down_block_types must match block_out_channels");
-        ensure!(self.up_block_types.is_empty() || self.up_block_types.len() == n, "vae config: up_block_types must match block_out_channels");
-        ensure!(self.act_fn.as_deref().is_none_or(|a| a == "silu"), "vae config: act_fn {:?} is not supported", self.act_fn);
+        ensure!(
+            self.down_block_types.is_empty() || self.down_block_types.len() == n,
+            "vae config: down_block_types must match block_out_channels"
+        );
+        ensure!(
+            self.up_block_types.is_empty() || self.up_block_types.len() == n,
+            "vae config: up_block_types must match block_out_channels"
+        );
+        ensure!(
+            self.act_fn.as_deref().is_none_or(|a| a == "silu"),
+            "vae config: act_fn {:?} is not supported",
+            self.act_fn
+        );
         for c in &self.block_out_channels {
             ensure!(c % self.norm_num_groups == 0, "vae config: channels {c} not divisible by norm_num_groups");
         }

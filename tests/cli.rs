@@ -1,0 +1,92 @@
+//! `mapo forward` as other tools call it (DESIGN §2).
+
+mod common;
+
+use std::process::Command;
+
+use burn::tensor::DType;
+use common::*;
+use mapo::models::io::{SafeTensorFiles, write_tensors};
+
+fn run(args: &[&str]) -> std::process::Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_mapo")).args(args).output().unwrap();
+    assert!(out.status.success(), "mapo {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+#[test]
+fn forward_unet_and_vae_from_files() {
+    let dir = std::env::temp_dir().join(format!("mapo-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = fixtures().join("tiny-sdxl");
+    let device_name = std::env::var("MAPO_TEST_DEVICE").unwrap_or_else(|_| "flex".into());
+    let cases = open("unet_cases.safetensors");
+    let inputs: Vec<_> = ["sample", "timestep", "encoder_hidden_states", "text_embeds", "time_ids"]
+        .iter()
+        .map(|n| (n.to_string(), cases.get(&format!("case2.{n}")).unwrap().to_data_any()))
+        .collect();
+    let (inp, outp) = (dir.join("unet_in.safetensors"), dir.join("unet_out.safetensors"));
+    write_tensors(&inp, inputs).unwrap();
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    run(&[
+        "forward",
+        "unet",
+        "--model",
+        &s(&model),
+        "--inputs",
+        &s(&inp),
+        "--out",
+        &s(&outp),
+        "--device",
+        &device_name,
+    ]);
+    let device = device();
+    let got = SafeTensorFiles::open_file(&outp).unwrap().float::<4>("sample", &device, DType::F32).unwrap();
+    assert_close("cli unet", got, cases.float::<4>("case2.out", &device, DType::F32).unwrap(), 1e-4);
+
+    let vcases = open("vae_cases.safetensors");
+    let enc_in = dir.join("enc_in.safetensors");
+    write_tensors(&enc_in, vec![("sample".into(), vcases.get("case0.sample").unwrap().to_data_any())]).unwrap();
+    run(&[
+        "forward",
+        "vae-encode",
+        "--model",
+        &s(&model),
+        "--inputs",
+        &s(&enc_in),
+        "--out",
+        &s(&outp),
+        "--device",
+        &device_name,
+    ]);
+    let out = SafeTensorFiles::open_file(&outp).unwrap();
+    for k in ["mean", "logvar"] {
+        let want = vcases.float::<4>(&format!("case0.{k}"), &device, DType::F32).unwrap();
+        assert_close(&format!("cli {k}"), out.float::<4>(k, &device, DType::F32).unwrap(), want, 1e-4);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn forward_reports_missing_input_by_name() {
+    let dir = std::env::temp_dir().join(format!("mapo-cli-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let inp = dir.join("in.safetensors");
+    write_tensors(&inp, vec![("sample".into(), burn::tensor::TensorData::new(vec![0f32; 64], [1, 4, 4, 4]))]).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mapo"))
+        .args([
+            "forward",
+            "unet",
+            "--model",
+            fixtures().join("tiny-sdxl").to_str().unwrap(),
+            "--inputs",
+            inp.to_str().unwrap(),
+        ])
+        .args(["--out", dir.join("o.safetensors").to_str().unwrap(), "--device", "flex"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("\"timestep\" is missing"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
