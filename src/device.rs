@@ -181,7 +181,7 @@ fn try_init(backend: Backend) -> Result<Device> {
     });
     std::panic::set_hook(hook);
     match result {
-        Ok((device, probe)) if probe == 4.0 => Ok(device),
+        Ok((device, 4.0)) => Ok(device),
         Ok((_, probe)) => bail!("probe computation returned {probe} instead of 4"),
         Err(panic) => {
             let msg = panic

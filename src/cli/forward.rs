@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use burn::tensor::{DType, Device, Tensor};
 
 use super::{Component, ForwardArgs};
@@ -12,6 +12,7 @@ use crate::models::io::{SafeTensorFiles, write_tensors};
 use crate::models::named::param_count;
 use crate::models::unet::{TextTime, UNet2DConditionModel};
 use crate::models::vae::AutoencoderKL;
+use crate::models::weights::Weights;
 
 pub fn run(args: &ForwardArgs) -> Result<()> {
     let selected = select(args.device.device.as_deref())?;
@@ -93,6 +94,25 @@ pub fn convert(component: &str, model: &Path, out: &Path, dtype: &str) -> Result
         "unet" => save_component(&UNet2DConditionModel::from_dir(&dir, &device, DType::F32)?.0, &raw, out, dtype),
         "vae" => save_component(&AutoencoderKL::from_dir(&dir, &device, DType::F32)?.0, &raw, out, dtype),
         other => bail!("cannot convert component {other:?}: expected unet or vae"),
+    }?;
+    println!("wrote {}", out.display());
+    Ok(())
+}
+
+pub fn random_model(component: &str, config: &Path, out: &Path, dtype: &str) -> Result<()> {
+    let dtype = dtype.parse::<Precision>()?.dtype();
+    let device = Device::default();
+    let text = std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
+    let raw: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", config.display()))?;
+    // Built directly in the storage dtype so a 2.6B-parameter UNet needs 5 GB, not 10.
+    let w = Weights::random(&device, dtype);
+    match component {
+        "unet" => {
+            save_component(&UNet2DConditionModel::load(&serde_json::from_value(raw.clone())?, &w)?, &raw, out, dtype)
+        }
+        "vae" => save_component(&AutoencoderKL::load(&serde_json::from_value(raw.clone())?, &w)?, &raw, out, dtype),
+        other => bail!("unknown component {other:?}: expected unet or vae"),
     }?;
     println!("wrote {}", out.display());
     Ok(())

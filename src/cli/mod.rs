@@ -46,6 +46,20 @@ pub enum Command {
         #[arg(long, default_value = "f32")]
         dtype: String,
     },
+    /// Write a randomly initialised component folder with the structure of a config.json
+    /// (for benchmarks and memory checks at the real model size without its weights).
+    RandomModel {
+        /// unet or vae.
+        component: String,
+        /// A diffusers config.json for that component.
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Storage dtype of the written weights.
+        #[arg(long, default_value = "f16")]
+        dtype: String,
+    },
     /// Print the parameter count of each component of a diffusers folder.
     Params {
         /// A diffusers pipeline folder, or one component folder (unet/, vae/).
@@ -81,6 +95,9 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Forward(args) => forward::run(&args),
         Command::Params { model } => forward::params(&model),
+        Command::RandomModel { component, config, out, dtype } => {
+            forward::random_model(&component, &config, &out, &dtype)
+        }
         Command::Convert { component, model, out, dtype } => forward::convert(&component, &model, &out, &dtype),
     }
 }

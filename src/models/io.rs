@@ -100,6 +100,26 @@ impl SafeTensorFiles {
         Some(TensorView { dtype: e.dtype, shape: e.shape.clone(), bytes, file: &shard.path })
     }
 
+    /// Drops the pages of tensor `name` from this process's resident memory once it has
+    /// been converted, so that loading a model costs its final size plus one tensor, not
+    /// plus the whole file. The data stays readable (the kernel re-reads it on access).
+    pub fn release(&self, name: &str) {
+        let Some(e) = self.entries.get(name) else { return };
+        let shard = &self.shards[e.shard];
+        #[cfg(unix)]
+        // SAFETY: the mapping is a read-only file mapping: DONTNEED only discards cached
+        // pages, which are faulted back in from the file if read again.
+        unsafe {
+            let _ = shard.mmap.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                shard.data_start + e.range.0,
+                e.range.1 - e.range.0,
+            );
+        }
+        #[cfg(not(unix))]
+        let _ = shard;
+    }
+
     fn describe(&self) -> String {
         match self.shards.as_slice() {
             [one] => one.path.display().to_string(),

@@ -173,7 +173,9 @@ impl<'a> Weights<'a> {
             self.shared.report.borrow_mut().mismatched.push((key, shape.to_vec(), view.shape.clone()));
             return self.init(shape, Init::Zeros);
         }
-        match view.to_data() {
+        let data = view.to_data();
+        source.release(&key);
+        match data {
             Ok(data) => Tensor::from_data(data, (&self.shared.device, self.shared.dtype)),
             Err(e) => {
                 self.shared.report.borrow_mut().unreadable.push((key, format!("{e:#}")));
