@@ -3,4 +3,7 @@
 
 pub mod cli;
 pub mod device;
+pub mod losses;
 pub mod models;
+pub mod sample;
+pub mod train;

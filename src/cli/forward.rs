@@ -7,6 +7,7 @@ use burn::tensor::{DType, Device, Tensor};
 
 use super::{Component, ForwardArgs};
 use crate::device::{Precision, select};
+use crate::losses::{Errors, Params, build};
 use crate::models::folder::save_component;
 use crate::models::io::{SafeTensorFiles, write_tensors};
 use crate::models::named::param_count;
@@ -15,6 +16,12 @@ use crate::models::vae::AutoencoderKL;
 use crate::models::weights::Weights;
 
 pub fn run(args: &ForwardArgs) -> Result<()> {
+    match args.component {
+        Component::Loss => return loss(args),
+        Component::TrainStep => return super::train_step::run(args),
+        _ => {}
+    }
+    let Some(model) = args.model.as_deref() else { bail!("forward {:?} needs --model DIR", args.component) };
     let selected = select(args.device.device.as_deref())?;
     let precision: Precision = args.device.dtype.parse()?;
     let device = &selected.device;
@@ -23,7 +30,7 @@ pub fn run(args: &ForwardArgs) -> Result<()> {
     let f = |name: &str| -> Result<Tensor<4>> { inputs.float::<4>(name, device, dtype) };
     let outputs: Vec<(&str, Tensor<4>)> = match args.component {
         Component::Unet => {
-            let (unet, _) = UNet2DConditionModel::from_dir(&component_dir(&args.model, "unet")?, device, dtype)?;
+            let (unet, _) = UNet2DConditionModel::from_dir(&component_dir(model, "unet")?, device, dtype)?;
             let sample = f("sample")?;
             let batch = sample.dims()[0];
             let timestep = inputs.int::<1>("timestep", device)?;
@@ -40,14 +47,15 @@ pub fn run(args: &ForwardArgs) -> Result<()> {
             vec![("sample", unet.forward(sample, timestep, context, cond.as_ref()))]
         }
         Component::VaeEncode => {
-            let (vae, _) = AutoencoderKL::from_dir(&component_dir(&args.model, "vae")?, device, dtype)?;
+            let (vae, _) = AutoencoderKL::from_dir(&component_dir(model, "vae")?, device, dtype)?;
             let (mean, logvar) = vae.encode(f("sample")?);
             vec![("mean", mean), ("logvar", logvar)]
         }
         Component::VaeDecode => {
-            let (vae, _) = AutoencoderKL::from_dir(&component_dir(&args.model, "vae")?, device, dtype)?;
+            let (vae, _) = AutoencoderKL::from_dir(&component_dir(model, "vae")?, device, dtype)?;
             vec![("sample", vae.decode(f("latents")?))]
         }
+        Component::Loss | Component::TrainStep => unreachable!("handled above"),
     };
     let data = outputs.into_iter().map(|(n, t)| (n.to_string(), t.cast(DType::F32).into_data())).collect();
     write_tensors(&args.out, data)
@@ -116,4 +124,38 @@ pub fn random_model(component: &str, config: &Path, out: &Path, dtype: &str) -> 
     }?;
     println!("wrote {}", out.display());
     Ok(())
+}
+
+/// `mapo forward loss`: predictions and targets laid out `[chosen; rejected]`.
+fn loss(args: &ForwardArgs) -> Result<()> {
+    let Some(name) = args.method.as_deref() else { bail!("forward loss needs --method (sft, dpo, mapo)") };
+    let method = build(name, Params::parse(&args.params)?)?;
+    let device = select(args.device.device.as_deref())?.device;
+    let inputs = SafeTensorFiles::open_file(&args.inputs)?;
+    let read = |n: &str| inputs.float::<4>(n, &device, DType::F32);
+    let (pred, target) = (read("model_pred")?, read("target")?);
+    if pred.dims() != target.dims() {
+        bail!("{}: model_pred {:?} and target {:?} differ in shape", args.inputs.display(), pred.dims(), target.dims());
+    }
+    let rows = pred.dims()[0];
+    if rows % 2 != 0 {
+        bail!("{}: model_pred has {rows} rows; expected 2B (chosen rows, then rejected)", args.inputs.display());
+    }
+    let errors = |p: Tensor<4>, t: Tensor<4>| {
+        if method.uses_rejected() {
+            Errors::from_prediction(p, t, true)
+        } else {
+            Errors::from_prediction(p.narrow(0, 0, rows / 2), t.narrow(0, 0, rows / 2), false)
+        }
+    };
+    let reference = if method.uses_reference() {
+        let r = read("ref_pred").with_context(|| format!("method {name} needs ref_pred"))?;
+        Some(errors(r, target.clone()))
+    } else {
+        None
+    };
+    let out = method.compute(&errors(pred, target), reference.as_ref());
+    let mut data = vec![("loss".to_string(), out.loss.into_data())];
+    data.extend(out.metrics.into_iter().map(|(k, v)| (k.to_string(), v.into_data())));
+    write_tensors(&args.out, data)
 }

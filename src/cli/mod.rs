@@ -1,6 +1,7 @@
 //! The command-line interface: argument definitions, and one small function per command.
 
 pub mod forward;
+pub mod train_step;
 
 use std::path::PathBuf;
 
@@ -73,6 +74,10 @@ pub enum Component {
     Unet,
     VaeEncode,
     VaeDecode,
+    /// A method's loss from predictions (`--method`, no `--model`).
+    Loss,
+    /// N full fine-tuning steps of the UNet on one fixed batch.
+    TrainStep,
 }
 
 #[derive(Args, Debug)]
@@ -80,7 +85,7 @@ pub struct ForwardArgs {
     pub component: Component,
     /// A diffusers pipeline folder (with unet/, vae/, ...).
     #[arg(long)]
-    pub model: PathBuf,
+    pub model: Option<PathBuf>,
     /// Input tensors (safetensors).
     #[arg(long)]
     pub inputs: PathBuf,
@@ -89,6 +94,27 @@ pub struct ForwardArgs {
     pub out: PathBuf,
     #[command(flatten)]
     pub device: DeviceArgs,
+    /// Preference method (loss, train-step): sft, dpo or mapo.
+    #[arg(long)]
+    pub method: Option<String>,
+    /// Method parameter, e.g. `--param beta=5000` (repeatable).
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    pub params: Vec<String>,
+    /// train-step: adamw or sgd.
+    #[arg(long, default_value = "adamw")]
+    pub optimizer: String,
+    /// train-step: learning rate.
+    #[arg(long, default_value_t = 1e-5)]
+    pub lr: f64,
+    /// train-step: AdamW weight decay (default 1e-2).
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// train-step: global gradient-norm clipping threshold (0 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f64,
+    /// train-step: number of steps on the fixed batch.
+    #[arg(long, default_value_t = 1)]
+    pub steps: usize,
 }
 
 pub fn run(cli: Cli) -> Result<()> {

@@ -7,7 +7,7 @@ use burn::tensor::Tensor;
 /// identifiers; everything else in the module tree is spelled as in diffusers.
 const LIST_FIELDS: [(&str, &str); 3] = [("to_out_0", "to_out.0"), ("net_0", "net.0"), ("net_2", "net.2")];
 
-fn segment(name: &str) -> &str {
+pub(crate) fn segment(name: &str) -> &str {
     LIST_FIELDS.iter().find(|(rust, _)| *rust == name).map_or(name, |(_, key)| key)
 }
 

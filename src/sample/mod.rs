@@ -1,0 +1,3 @@
+//! Noise schedules and (later) samplers.
+
+pub mod schedule;

@@ -1,0 +1,5 @@
+//! Training: optimizers, global gradient clipping, and the preference step.
+
+pub mod clip;
+pub mod optim;
+pub mod step;

@@ -1,0 +1,126 @@
+//! Optimizers with PyTorch's semantics and every hyper-parameter explicit (Burn's AdamW
+//! defaults differ from PyTorch's). State is keyed by the parameter's diffusers name so
+//! that checkpoints stay readable and survive a rebuild of the module.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Result, bail};
+use burn::module::{Module, ModuleMapper, Param};
+use burn::tensor::{Gradients, Tensor};
+
+use crate::models::named::segment;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum OptimizerConfig {
+    /// `torch.optim.AdamW` (decoupled weight decay).
+    AdamW { lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64 },
+    /// Plain SGD: no momentum, no weight decay.
+    Sgd { lr: f64 },
+}
+
+impl OptimizerConfig {
+    /// MaPO's reference settings: AdamW .9/.999, eps 1e-8, weight decay 1e-2.
+    pub fn adamw(lr: f64) -> Self {
+        OptimizerConfig::AdamW { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 1e-2 }
+    }
+
+    pub fn parse(name: &str, lr: f64, weight_decay: Option<f64>) -> Result<Self> {
+        match name {
+            "adamw" => {
+                let mut c = Self::adamw(lr);
+                if let (OptimizerConfig::AdamW { weight_decay: wd, .. }, Some(v)) = (&mut c, weight_decay) {
+                    *wd = v;
+                }
+                Ok(c)
+            }
+            "sgd" => {
+                if weight_decay.is_some_and(|w| w != 0.0) {
+                    bail!("sgd is plain SGD: it takes no weight decay");
+                }
+                Ok(OptimizerConfig::Sgd { lr })
+            }
+            other => bail!("unknown optimizer {other:?} (expected adamw or sgd)"),
+        }
+    }
+
+    pub fn lr(&self) -> f64 {
+        match self {
+            OptimizerConfig::AdamW { lr, .. } | OptimizerConfig::Sgd { lr } => *lr,
+        }
+    }
+}
+
+/// An optimizer and its state: AdamW moments per parameter, and the step count.
+#[derive(Debug)]
+pub struct Optimizer {
+    pub config: OptimizerConfig,
+    pub step: u64,
+    pub moments: BTreeMap<String, (Tensor<1>, Tensor<1>)>,
+}
+
+impl Optimizer {
+    pub fn new(config: OptimizerConfig) -> Self {
+        Self { config, step: 0, moments: BTreeMap::new() }
+    }
+
+    /// One update of every parameter that has a gradient, with gradients scaled by
+    /// `grad_scale` (the clipping coefficient) and the learning rate `lr`.
+    pub fn step<M: Module>(&mut self, module: M, grads: &Gradients, grad_scale: f64, lr: f64) -> M {
+        self.step += 1;
+        let mut mapper = Apply { path: Vec::new(), grads, grad_scale, lr, opt: self };
+        module.map(&mut mapper)
+    }
+
+    fn update(&mut self, name: &str, w: Tensor<1>, g: Tensor<1>, lr: f64) -> Tensor<1> {
+        match self.config {
+            OptimizerConfig::Sgd { .. } => w - g.mul_scalar(lr),
+            OptimizerConfig::AdamW { beta1, beta2, eps, weight_decay, .. } => {
+                let w = w.mul_scalar(1.0 - lr * weight_decay);
+                let (m, v) = match self.moments.remove(name) {
+                    Some(mv) => mv,
+                    None => (g.zeros_like(), g.zeros_like()),
+                };
+                let m = m.mul_scalar(beta1) + g.clone().mul_scalar(1.0 - beta1);
+                let v = v.mul_scalar(beta2) + g.square().mul_scalar(1.0 - beta2);
+                let t = self.step as i32;
+                let bc1 = 1.0 - beta1.powi(t);
+                let bc2_sqrt = (1.0 - beta2.powi(t)).sqrt();
+                let denom = v.clone().sqrt().div_scalar(bc2_sqrt).add_scalar(eps);
+                let w = w - (m.clone() / denom).mul_scalar(lr / bc1);
+                self.moments.insert(name.to_string(), (m, v));
+                w
+            }
+        }
+    }
+}
+
+struct Apply<'a> {
+    path: Vec<String>,
+    grads: &'a Gradients,
+    grad_scale: f64,
+    lr: f64,
+    opt: &'a mut Optimizer,
+}
+
+impl ModuleMapper for Apply<'_> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(segment(name).to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let (id, tensor, mapper) = param.consume();
+        let Some(grad) = tensor.grad(self.grads) else {
+            return Param::from_mapped_value(id, tensor, mapper);
+        };
+        let shape = tensor.dims();
+        let w = tensor.inner().reshape([-1]);
+        let g = grad.reshape([-1]).mul_scalar(self.grad_scale);
+        let name = self.path.join(".");
+        let updated = self.opt.update(&name, w, g, self.lr).reshape(shape);
+        Param::from_mapped_value(id, Tensor::from_inner(updated).require_grad(), mapper)
+    }
+}

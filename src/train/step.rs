@@ -1,0 +1,128 @@
+//! The preference training step, readable top to bottom.
+
+use burn::tensor::{Tensor, TensorData};
+
+use crate::losses::{Errors, PreferenceLoss};
+use crate::models::unet::{TextTime, UNet2DConditionModel};
+use crate::sample::schedule::{NoiseSchedule, timestep_tensor};
+use crate::train::clip::{clip_coefficient, global_grad_norm};
+use crate::train::optim::Optimizer;
+
+/// One batch of preference pairs, on the autodiff device. Conditioning is per pair.
+#[derive(Debug, Clone)]
+pub struct PairBatch {
+    /// [B,4,h,w] latents of the chosen images (already scaled).
+    pub chosen: Tensor<4>,
+    /// [B,4,h,w] latents of the rejected images.
+    pub rejected: Tensor<4>,
+    /// [B,4,h,w] noise, shared by both images of a pair.
+    pub noise: Tensor<4>,
+    /// One timestep per pair, shared by both images.
+    pub timesteps: Vec<i64>,
+    pub encoder_hidden_states: Tensor<3>,
+    pub text_embeds: Tensor<2>,
+    pub time_ids: Tensor<2>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StepStats {
+    pub loss: f64,
+    pub metrics: Vec<(String, f64)>,
+    /// The global gradient norm before clipping.
+    pub grad_norm: f64,
+}
+
+/// The UNet inputs for a batch: `[chosen; rejected]` rows (chosen only when the method
+/// does not use rejected images), conditioning repeated for both halves.
+struct Inputs {
+    noisy: Tensor<4>,
+    timesteps: Vec<i64>,
+    target: Tensor<4>,
+    context: Tensor<3>,
+    cond: TextTime,
+}
+
+fn inputs(batch: &PairBatch, schedule: &NoiseSchedule, with_rejected: bool) -> Inputs {
+    let noisy_w = schedule.add_noise(batch.chosen.clone(), batch.noise.clone(), &batch.timesteps);
+    if !with_rejected {
+        return Inputs {
+            noisy: noisy_w,
+            timesteps: batch.timesteps.clone(),
+            target: batch.noise.clone(),
+            context: batch.encoder_hidden_states.clone(),
+            cond: TextTime { text_embeds: batch.text_embeds.clone(), time_ids: batch.time_ids.clone() },
+        };
+    }
+    let noisy_l = schedule.add_noise(batch.rejected.clone(), batch.noise.clone(), &batch.timesteps);
+    let twice = |t: &[i64]| [t, t].concat();
+    Inputs {
+        noisy: Tensor::cat(vec![noisy_w, noisy_l], 0),
+        timesteps: twice(&batch.timesteps),
+        target: Tensor::cat(vec![batch.noise.clone(), batch.noise.clone()], 0),
+        context: Tensor::cat(vec![batch.encoder_hidden_states.clone(); 2], 0),
+        cond: TextTime {
+            text_embeds: Tensor::cat(vec![batch.text_embeds.clone(); 2], 0),
+            time_ids: Tensor::cat(vec![batch.time_ids.clone(); 2], 0),
+        },
+    }
+}
+
+fn predict(unet: &UNet2DConditionModel, x: &Inputs) -> Tensor<4> {
+    let t = timestep_tensor(&x.timesteps, &x.noisy.device());
+    unet.forward(x.noisy.clone(), t, x.context.clone(), Some(&x.cond))
+}
+
+/// Forward, loss, backward, global clipping and one optimizer step.
+///
+/// `reference` is the frozen model for methods that need one; it runs on the inner
+/// (non-autodiff) device, so no graph is recorded for it.
+#[allow(clippy::too_many_arguments)]
+pub fn train_step(
+    unet: UNet2DConditionModel,
+    reference: Option<&UNet2DConditionModel>,
+    method: &dyn PreferenceLoss,
+    batch: &PairBatch,
+    schedule: &NoiseSchedule,
+    optimizer: &mut Optimizer,
+    lr: f64,
+    max_grad_norm: f64,
+) -> (UNet2DConditionModel, StepStats) {
+    let with_rejected = method.uses_rejected();
+    let x = inputs(batch, schedule, with_rejected);
+
+    let policy = Errors::from_prediction(predict(&unet, &x), x.target.clone(), with_rejected);
+    let reference_errors = method.uses_reference().then(|| {
+        let reference = reference.expect("this method needs a reference model");
+        let plain = Inputs {
+            noisy: x.noisy.clone().inner(),
+            timesteps: x.timesteps.clone(),
+            target: x.target.clone().inner(),
+            context: x.context.clone().inner(),
+            cond: TextTime {
+                text_embeds: x.cond.text_embeds.clone().inner(),
+                time_ids: x.cond.time_ids.clone().inner(),
+            },
+        };
+        let e = Errors::from_prediction(predict(reference, &plain), plain.target, with_rejected);
+        Errors { chosen: Tensor::from_inner(e.chosen), rejected: e.rejected.map(Tensor::from_inner) }
+    });
+
+    let out = method.compute(&policy, reference_errors.as_ref());
+    let grads = out.loss.backward();
+    let grad_norm = global_grad_norm(&unet, &grads);
+    let unet = optimizer.step(unet, &grads, clip_coefficient(grad_norm, max_grad_norm), lr);
+
+    let scalar = |t: Tensor<1>| t.inner().into_scalar::<f32>() as f64;
+    let stats = StepStats {
+        loss: scalar(out.loss),
+        metrics: out.metrics.into_iter().map(|(k, v)| (k.to_string(), scalar(v))).collect(),
+        grad_norm,
+    };
+    (unet, stats)
+}
+
+/// A [B] float tensor of the given values (test and CLI helper).
+pub fn values(v: Vec<f32>, device: &burn::tensor::Device) -> Tensor<1> {
+    let n = v.len();
+    Tensor::from_data(TensorData::new(v, [n]), device)
+}
