@@ -1,6 +1,7 @@
 //! The command-line interface: argument definitions, and one small function per command.
 
 pub mod forward;
+pub mod pairs;
 pub mod train_step;
 
 use std::path::PathBuf;
@@ -46,6 +47,33 @@ pub enum Command {
         /// Storage dtype of the written weights.
         #[arg(long, default_value = "f32")]
         dtype: String,
+    },
+    /// Fine-tune a UNet with a preference method (see experiments/ and README).
+    Train {
+        /// The run's TOML config.
+        #[arg(long)]
+        config: PathBuf,
+        /// Override a config key, e.g. `--set optimizer.lr=1e-4` (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Resume from `latest` or a checkpoint folder.
+        #[arg(long)]
+        resume: Option<String>,
+    },
+    /// Write a synthetic pairs file for a model folder's UNet (demos and tests): chosen
+    /// latents are smooth patterns, rejected ones are noise, embeddings are random.
+    MakePairs {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, default_value_t = 16)]
+        pairs: usize,
+        /// Latent size h×w.
+        #[arg(long, default_value = "8x8")]
+        size: String,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Write a randomly initialised component folder with the structure of a config.json
     /// (for benchmarks and memory checks at the real model size without its weights).
@@ -121,6 +149,13 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Forward(args) => forward::run(&args),
         Command::Params { model } => forward::params(&model),
+        Command::Train { config, overrides, resume } => {
+            let config = crate::train::config::TrainConfig::load(&config, &overrides)?;
+            let loss = crate::train::run::train(&config, resume.as_deref())?;
+            println!("done: final loss {loss:.6}; outputs in {}", config.output_dir.display());
+            Ok(())
+        }
+        Command::MakePairs { model, pairs, size, seed, out } => pairs::run(&model, pairs, &size, seed, &out),
         Command::RandomModel { component, config, out, dtype } => {
             forward::random_model(&component, &config, &out, &dtype)
         }

@@ -2,9 +2,9 @@
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-/// `alphas_cumprod` for `betas = linspace(√β_start, √β_end, T)²`, computed in f32 with
-/// the same operations as diffusers (`torch.linspace` in f32, then a sequential cumprod),
-/// so that noised latents match PyTorch's bit for bit as far as possible.
+/// `alphas_cumprod` for `betas = linspace(√β_start, √β_end, T)²`, computed with the same
+/// operations as diffusers (`torch.linspace` in f32; `torch.cumprod`, which on CPU
+/// accumulates in f64 and stores f32), so that noised latents match PyTorch's.
 #[derive(Debug, Clone)]
 pub struct NoiseSchedule {
     pub alphas_cumprod: Vec<f32>,
@@ -15,13 +15,13 @@ impl NoiseSchedule {
         let (start, end) = ((beta_start.sqrt()) as f32, (beta_end.sqrt()) as f32);
         let step = (end - start) / (steps as f32 - 1.0);
         let half = steps / 2;
-        let mut acc = 1f32;
+        let mut acc = 1f64;
         let alphas_cumprod = (0..steps)
             .map(|i| {
                 // torch.linspace fills the first half from the start, the second from the end.
                 let s = if i < half { start + step * i as f32 } else { end - step * (steps - i - 1) as f32 };
-                acc *= 1.0 - s * s;
-                acc
+                acc *= (1.0 - s * s) as f64;
+                acc as f32
             })
             .collect();
         Self { alphas_cumprod }

@@ -1,19 +1,13 @@
 //! Global gradient-norm clipping, as PyTorch's `clip_grad_norm_`: one L2 norm over every
 //! parameter's gradient, and one scale applied to all of them.
 
-use burn::module::Module;
-use burn::tensor::{DType, Gradients};
+use burn::tensor::DType;
 
-use crate::models::named::param_grads;
+use super::optim::GradMap;
 
-/// The global L2 norm of all gradients (accumulated in f32 or better).
-pub fn global_grad_norm<M: Module>(module: &M, grads: &Gradients) -> f64 {
-    let mut sum = 0f64;
-    for (_, grad, _) in param_grads(module, grads) {
-        if let Some(g) = grad {
-            sum += g.cast(DType::F32).square().sum().into_scalar::<f32>() as f64;
-        }
-    }
+/// The global L2 norm of all gradients (per-tensor sums in f32, total in f64).
+pub fn global_grad_norm(grads: &GradMap) -> f64 {
+    let sum: f64 = grads.values().map(|g| g.clone().cast(DType::F32).square().sum().into_scalar::<f32>() as f64).sum();
     sum.sqrt()
 }
 

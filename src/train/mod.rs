@@ -1,5 +1,10 @@
-//! Training: optimizers, global gradient clipping, and the preference step.
+//! Training: optimizers, global gradient clipping, the preference step, and the loop.
 
+pub mod checkpoint;
 pub mod clip;
+pub mod config;
+pub mod data;
+pub mod lr;
 pub mod optim;
+pub mod run;
 pub mod step;

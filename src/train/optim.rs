@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{Result, bail};
 use burn::module::{Module, ModuleMapper, Param};
-use burn::tensor::{Gradients, Tensor};
+use burn::tensor::Tensor;
 
 use crate::models::named::segment;
 
@@ -65,7 +65,7 @@ impl Optimizer {
 
     /// One update of every parameter that has a gradient, with gradients scaled by
     /// `grad_scale` (the clipping coefficient) and the learning rate `lr`.
-    pub fn step<M: Module>(&mut self, module: M, grads: &Gradients, grad_scale: f64, lr: f64) -> M {
+    pub fn step<M: Module>(&mut self, module: M, grads: &GradMap, grad_scale: f64, lr: f64) -> M {
         self.step += 1;
         let mut mapper = Apply { path: Vec::new(), grads, grad_scale, lr, opt: self };
         module.map(&mut mapper)
@@ -94,9 +94,12 @@ impl Optimizer {
     }
 }
 
+/// Flattened gradients (on the inner, non-autodiff device) by parameter name.
+pub type GradMap = BTreeMap<String, Tensor<1>>;
+
 struct Apply<'a> {
     path: Vec<String>,
-    grads: &'a Gradients,
+    grads: &'a GradMap,
     grad_scale: f64,
     lr: f64,
     opt: &'a mut Optimizer,
@@ -113,13 +116,13 @@ impl ModuleMapper for Apply<'_> {
 
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         let (id, tensor, mapper) = param.consume();
-        let Some(grad) = tensor.grad(self.grads) else {
+        let name = self.path.join(".");
+        let Some(grad) = self.grads.get(&name) else {
             return Param::from_mapped_value(id, tensor, mapper);
         };
         let shape = tensor.dims();
         let w = tensor.inner().reshape([-1]);
-        let g = grad.reshape([-1]).mul_scalar(self.grad_scale);
-        let name = self.path.join(".");
+        let g = grad.clone().mul_scalar(self.grad_scale);
         let updated = self.opt.update(&name, w, g, self.lr).reshape(shape);
         Param::from_mapped_value(id, Tensor::from_inner(updated).require_grad(), mapper)
     }

@@ -1,12 +1,13 @@
 //! The preference training step, readable top to bottom.
 
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::Tensor;
 
 use crate::losses::{Errors, PreferenceLoss};
+use crate::models::named::param_grads;
 use crate::models::unet::{TextTime, UNet2DConditionModel};
 use crate::sample::schedule::{NoiseSchedule, timestep_tensor};
 use crate::train::clip::{clip_coefficient, global_grad_norm};
-use crate::train::optim::Optimizer;
+use crate::train::optim::{GradMap, Optimizer};
 
 /// One batch of preference pairs, on the autodiff device. Conditioning is per pair.
 #[derive(Debug, Clone)]
@@ -72,25 +73,28 @@ fn predict(unet: &UNet2DConditionModel, x: &Inputs) -> Tensor<4> {
     unet.forward(x.noisy.clone(), t, x.context.clone(), Some(&x.cond))
 }
 
-/// Forward, loss, backward, global clipping and one optimizer step.
+/// Loss and metrics of one micro-batch, and the gradients of the loss.
+pub struct MicroStep {
+    pub loss: f64,
+    pub metrics: Vec<(String, f64)>,
+    pub grads: GradMap,
+}
+
+/// Forward and backward of one micro-batch.
 ///
 /// `reference` is the frozen model for methods that need one; it runs on the inner
 /// (non-autodiff) device, so no graph is recorded for it.
-#[allow(clippy::too_many_arguments)]
-pub fn train_step(
-    unet: UNet2DConditionModel,
+pub fn forward_backward(
+    unet: &UNet2DConditionModel,
     reference: Option<&UNet2DConditionModel>,
     method: &dyn PreferenceLoss,
     batch: &PairBatch,
     schedule: &NoiseSchedule,
-    optimizer: &mut Optimizer,
-    lr: f64,
-    max_grad_norm: f64,
-) -> (UNet2DConditionModel, StepStats) {
+) -> MicroStep {
     let with_rejected = method.uses_rejected();
     let x = inputs(batch, schedule, with_rejected);
 
-    let policy = Errors::from_prediction(predict(&unet, &x), x.target.clone(), with_rejected);
+    let policy = Errors::from_prediction(predict(unet, &x), x.target.clone(), with_rejected);
     let reference_errors = method.uses_reference().then(|| {
         let reference = reference.expect("this method needs a reference model");
         let plain = Inputs {
@@ -109,20 +113,40 @@ pub fn train_step(
 
     let out = method.compute(&policy, reference_errors.as_ref());
     let grads = out.loss.backward();
-    let grad_norm = global_grad_norm(&unet, &grads);
-    let unet = optimizer.step(unet, &grads, clip_coefficient(grad_norm, max_grad_norm), lr);
-
+    let grads = param_grads(unet, &grads).into_iter().filter_map(|(name, g, _)| g.map(|g| (name, g))).collect();
     let scalar = |t: Tensor<1>| t.inner().into_scalar::<f32>() as f64;
-    let stats = StepStats {
+    MicroStep {
         loss: scalar(out.loss),
         metrics: out.metrics.into_iter().map(|(k, v)| (k.to_string(), scalar(v))).collect(),
-        grad_norm,
-    };
-    (unet, stats)
+        grads,
+    }
 }
 
-/// A [B] float tensor of the given values (test and CLI helper).
-pub fn values(v: Vec<f32>, device: &burn::tensor::Device) -> Tensor<1> {
-    let n = v.len();
-    Tensor::from_data(TensorData::new(v, [n]), device)
+/// Global gradient-norm clipping and one optimizer step; returns the norm before clipping.
+pub fn apply_update(
+    unet: UNet2DConditionModel,
+    grads: &GradMap,
+    optimizer: &mut Optimizer,
+    lr: f64,
+    max_grad_norm: f64,
+) -> (UNet2DConditionModel, f64) {
+    let grad_norm = global_grad_norm(grads);
+    (optimizer.step(unet, grads, clip_coefficient(grad_norm, max_grad_norm), lr), grad_norm)
+}
+
+/// Forward, loss, backward, global clipping and one optimizer step on one batch.
+#[allow(clippy::too_many_arguments)]
+pub fn train_step(
+    unet: UNet2DConditionModel,
+    reference: Option<&UNet2DConditionModel>,
+    method: &dyn PreferenceLoss,
+    batch: &PairBatch,
+    schedule: &NoiseSchedule,
+    optimizer: &mut Optimizer,
+    lr: f64,
+    max_grad_norm: f64,
+) -> (UNet2DConditionModel, StepStats) {
+    let micro = forward_backward(&unet, reference, method, batch, schedule);
+    let (unet, grad_norm) = apply_update(unet, &micro.grads, optimizer, lr, max_grad_norm);
+    (unet, StepStats { loss: micro.loss, metrics: micro.metrics, grad_norm })
 }

@@ -1,0 +1,122 @@
+//! Checkpoints: everything needed to resume (UNet weights as a diffusers folder, optimizer
+//! moments, step counts). Written to a temporary folder and renamed into place, so an
+//! interrupted write never replaces or corrupts the previous checkpoint.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use burn::tensor::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::models::folder::save_component;
+use crate::models::io::{PendingTensor, SafeTensorFiles, write_atomic, write_safetensors};
+use crate::models::unet::UNet2DConditionModel;
+use crate::train::optim::Optimizer;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CheckpointState {
+    /// Optimizer steps completed.
+    pub step: usize,
+    /// The optimizer's own step count (bias correction).
+    pub optimizer_step: u64,
+    /// Non-finite losses in a row when the checkpoint was written.
+    pub bad_in_a_row: usize,
+}
+
+const PREFIX: &str = "checkpoint-";
+
+pub fn path_for(output_dir: &Path, step: usize) -> PathBuf {
+    output_dir.join(format!("{PREFIX}{step:08}"))
+}
+
+pub fn save(
+    output_dir: &Path,
+    state: &CheckpointState,
+    unet: &UNet2DConditionModel,
+    unet_config: &serde_json::Value,
+    optimizer: &Optimizer,
+    keep: usize,
+) -> Result<PathBuf> {
+    let final_dir = path_for(output_dir, state.step);
+    let tmp = output_dir.join(format!(".tmp-{PREFIX}{:08}", state.step));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    save_component(unet, unet_config, &tmp.join("unet"), DType::F32)?;
+    let moments = optimizer
+        .moments
+        .iter()
+        .flat_map(|(name, (m, v))| {
+            [("m", m), ("v", v)].map(|(k, t)| {
+                let t = t.clone();
+                PendingTensor {
+                    name: format!("{k}.{name}"),
+                    shape: t.dims().to_vec(),
+                    dtype: DType::F32,
+                    data: Box::new(move || t.into_data()),
+                }
+            })
+        })
+        .collect();
+    write_safetensors(&tmp.join("optimizer.safetensors"), moments)?;
+    write_atomic(&tmp.join("state.json"), serde_json::to_string_pretty(state)?.as_bytes())?;
+    if final_dir.exists() {
+        std::fs::remove_dir_all(&final_dir)?;
+    }
+    std::fs::rename(&tmp, &final_dir).with_context(|| format!("renaming {} into place", tmp.display()))?;
+    prune(output_dir, keep)?;
+    Ok(final_dir)
+}
+
+/// Completed checkpoints, oldest first (a folder counts once its rename has happened).
+pub fn list(output_dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(output_dir) else { return Ok(found) };
+    for e in entries {
+        let path = e?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if name.starts_with(PREFIX) && path.join("state.json").is_file() {
+            found.push(path);
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+fn prune(output_dir: &Path, keep: usize) -> Result<()> {
+    let all = list(output_dir)?;
+    for old in &all[..all.len().saturating_sub(keep)] {
+        std::fs::remove_dir_all(old).with_context(|| format!("removing old checkpoint {}", old.display()))?;
+    }
+    Ok(())
+}
+
+/// `latest` or a checkpoint path → that checkpoint folder.
+pub fn resolve(output_dir: &Path, which: &str) -> Result<PathBuf> {
+    if which == "latest" {
+        return list(output_dir)?
+            .pop()
+            .with_context(|| format!("--resume latest: no checkpoint in {}", output_dir.display()));
+    }
+    let p = PathBuf::from(which);
+    if !p.join("state.json").is_file() {
+        bail!("--resume {which}: not a checkpoint folder (no state.json)");
+    }
+    Ok(p)
+}
+
+/// Restores the state, the optimizer moments (onto `device`), and returns the UNet folder.
+pub fn load(dir: &Path, optimizer: &mut Optimizer, device: &Device) -> Result<(CheckpointState, PathBuf)> {
+    let text = std::fs::read_to_string(dir.join("state.json"))
+        .with_context(|| format!("reading {}/state.json", dir.display()))?;
+    let state: CheckpointState =
+        serde_json::from_str(&text).with_context(|| format!("{}/state.json", dir.display()))?;
+    let files = SafeTensorFiles::open_file(&dir.join("optimizer.safetensors"))?;
+    optimizer.moments.clear();
+    for name in files.names().filter_map(|n| n.strip_prefix("m.")) {
+        let m: Tensor<1> = files.float(&format!("m.{name}"), device, DType::F32)?;
+        let v: Tensor<1> = files.float(&format!("v.{name}"), device, DType::F32)?;
+        optimizer.moments.insert(name.to_string(), (m, v));
+    }
+    optimizer.step = state.optimizer_step;
+    Ok((state, dir.join("unet")))
+}

@@ -1,0 +1,107 @@
+//! Training pairs for the trainer: a safetensors "pairs file" of precomputed latents and
+//! prompt embeddings, read in a seeded, resumable order.
+//!
+//! Keys: `chosen`, `rejected` [N,4,h,w] (scaled latents), `encoder_hidden_states`
+//! [N,77,D], `text_embeds` [N,P], `time_ids` [N,6].
+
+use std::path::Path;
+
+use anyhow::{Result, bail};
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::models::io::SafeTensorFiles;
+use crate::train::step::PairBatch;
+
+pub struct PairsFile {
+    chosen: Tensor<4>,
+    rejected: Tensor<4>,
+    context: Tensor<3>,
+    text_embeds: Tensor<2>,
+    time_ids: Tensor<2>,
+    pub len: usize,
+}
+
+impl PairsFile {
+    pub fn open(path: &Path, device: &Device) -> Result<Self> {
+        let f = SafeTensorFiles::open_file(path)?;
+        let chosen = f.float::<4>("chosen", device, DType::F32)?;
+        let len = chosen.dims()[0];
+        let me = Self {
+            rejected: f.float::<4>("rejected", device, DType::F32)?,
+            context: f.float::<3>("encoder_hidden_states", device, DType::F32)?,
+            text_embeds: f.float::<2>("text_embeds", device, DType::F32)?,
+            time_ids: f.float::<2>("time_ids", device, DType::F32)?,
+            chosen,
+            len,
+        };
+        for (name, n) in [
+            ("rejected", me.rejected.dims()[0]),
+            ("encoder_hidden_states", me.context.dims()[0]),
+            ("text_embeds", me.text_embeds.dims()[0]),
+            ("time_ids", me.time_ids.dims()[0]),
+        ] {
+            if n != len {
+                bail!("{}: {name} has {n} rows, chosen has {len}", path.display());
+            }
+        }
+        if me.rejected.dims() != me.chosen.dims() {
+            bail!(
+                "{}: rejected {:?} and chosen {:?} differ in shape",
+                path.display(),
+                me.rejected.dims(),
+                me.chosen.dims()
+            );
+        }
+        if len == 0 {
+            bail!("{}: no pairs", path.display());
+        }
+        Ok(me)
+    }
+
+    /// The pair indices of micro-batch `index` (0, 1, ... over the whole run): a seeded
+    /// permutation per epoch, so any position can be recomputed on resume.
+    pub fn indices(&self, seed: u64, index: usize, batch: usize) -> Vec<usize> {
+        (index * batch..(index + 1) * batch)
+            .map(|cursor| {
+                let (epoch, offset) = (cursor / self.len, cursor % self.len);
+                let mut order: Vec<usize> = (0..self.len).collect();
+                order
+                    .shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+                order[offset]
+            })
+            .collect()
+    }
+
+    /// Micro-batch `index`: its pairs, one timestep per pair and noise shared within a pair,
+    /// all drawn from a generator seeded by `(seed, index)`.
+    pub fn batch(&self, seed: u64, index: usize, batch: usize, timesteps: usize) -> PairBatch {
+        let idx = self.indices(seed, index, batch);
+        let device = self.chosen.device();
+        let rows =
+            Tensor::<1, Int>::from_data(TensorData::new(idx.iter().map(|&i| i as i64).collect(), [batch]), &device);
+        let chosen = self.chosen.clone().select(0, rows.clone());
+        let [_, c, h, w] = chosen.dims();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_add(0xA076_1D64_78BD_642F) ^ index as u64);
+        let t: Vec<i64> = (0..batch).map(|_| rng.random_range(0..timesteps as i64)).collect();
+        let noise: Vec<f32> = (0..batch * c * h * w).map(|_| standard_normal(&mut rng)).collect();
+        PairBatch {
+            rejected: self.rejected.clone().select(0, rows.clone()),
+            noise: Tensor::from_data(TensorData::new(noise, [batch, c, h, w]), &device),
+            timesteps: t,
+            encoder_hidden_states: self.context.clone().select(0, rows.clone()),
+            text_embeds: self.text_embeds.clone().select(0, rows.clone()),
+            time_ids: self.time_ids.clone().select(0, rows),
+            chosen,
+        }
+    }
+}
+
+/// Box–Muller, so the noise depends only on the seeded generator (reproducible anywhere).
+fn standard_normal(rng: &mut ChaCha8Rng) -> f32 {
+    let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
+    let u2: f64 = rng.random();
+    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+}

@@ -1,0 +1,171 @@
+//! `mapo train`: the training loop.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use burn::tensor::DType;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::checkpoint::{self, CheckpointState};
+use super::config::TrainConfig;
+use super::data::PairsFile;
+use super::lr::multiplier;
+use super::optim::{GradMap, Optimizer, OptimizerConfig};
+use super::step::{apply_update, forward_backward};
+use crate::cli::forward::component_dir;
+use crate::device::select;
+use crate::losses::{Params, build};
+use crate::models::folder::save_component;
+use crate::models::io::write_atomic;
+use crate::models::unet::UNet2DConditionModel;
+use crate::sample::schedule::NoiseSchedule;
+
+/// Runs (or resumes) a training run; returns the final loss.
+pub fn train(config: &TrainConfig, resume: Option<&str>) -> Result<f64> {
+    let out = &config.output_dir;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    write_atomic(&out.join("config.toml"), toml::to_string_pretty(config)?.as_bytes())?;
+
+    let method = build(&config.method, Params::from_map(config.method_params.clone()))?;
+    let selected = select(config.device.as_deref())?;
+    let plain = selected.device.clone();
+    let device = plain.clone().autodiff();
+    let unet_dir = component_dir(&config.model, "unet")?;
+    let (_, unet_config) = crate::models::config::read_config::<serde_json::Value>(&unet_dir)?;
+    let data = PairsFile::open(&config.data, &device)?;
+    let schedule = NoiseSchedule::sdxl();
+
+    let o = &config.optimizer;
+    let opt_config = match o.name.as_str() {
+        "adamw" => OptimizerConfig::AdamW {
+            lr: o.lr,
+            beta1: o.beta1,
+            beta2: o.beta2,
+            eps: o.eps,
+            weight_decay: o.weight_decay,
+        },
+        "sgd" => OptimizerConfig::Sgd { lr: o.lr },
+        other => bail!("optimizer.name {other:?}: expected adamw or sgd"),
+    };
+    let mut optimizer = Optimizer::new(opt_config);
+
+    let metrics_path = out.join("metrics.jsonl");
+    let (mut unet, start, mut bad_in_a_row) = match resume {
+        Some(which) => {
+            let dir = checkpoint::resolve(out, which)?;
+            let (state, unet_ckpt) = checkpoint::load(&dir, &mut optimizer, &plain)?;
+            truncate_metrics(&metrics_path, state.step)?;
+            eprintln!("resuming from {} (step {})", dir.display(), state.step);
+            (UNet2DConditionModel::from_dir(&unet_ckpt, &device, DType::F32)?.0, state.step, state.bad_in_a_row)
+        }
+        None => {
+            let _ = std::fs::remove_file(&metrics_path);
+            (UNet2DConditionModel::from_dir(&unet_dir, &device, DType::F32)?.0, 0, 0)
+        }
+    };
+    // Reference-free methods never build the reference.
+    let reference = if method.uses_reference() {
+        Some(UNet2DConditionModel::from_dir(&unet_dir, &plain, DType::F32)?.0)
+    } else {
+        None
+    };
+
+    let mut metrics = OpenOptions::new().create(true).append(true).open(&metrics_path)?;
+    let bar = ProgressBar::new(config.steps as u64).with_position(start as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}").expect("template"),
+    );
+    let mut last_loss = f64::NAN;
+    for step in start..config.steps {
+        let t0 = Instant::now();
+        let mut grads = GradMap::new();
+        let (mut loss, mut sums): (f64, Vec<(String, f64)>) = (0.0, Vec::new());
+        let accum = config.grad_accumulation;
+        for micro in 0..accum {
+            let batch =
+                data.batch(config.seed, step * accum + micro, config.batch_size, schedule.num_train_timesteps());
+            let m = forward_backward(&unet, reference.as_ref(), method.as_ref(), &batch, &schedule);
+            loss += m.loss / accum as f64;
+            for (k, v) in m.metrics {
+                match sums.iter_mut().find(|(n, _)| *n == k) {
+                    Some((_, s)) => *s += v / accum as f64,
+                    None => sums.push((k, v / accum as f64)),
+                }
+            }
+            for (name, g) in m.grads {
+                let g = g.div_scalar(accum as f64);
+                let total = match grads.remove(&name) {
+                    Some(acc) => acc + g,
+                    None => g,
+                };
+                grads.insert(name, total);
+            }
+        }
+        let lr = optimizer.config.lr() * multiplier(&config.lr_schedule, step, config.steps, config.warmup_steps);
+        let grad_norm;
+        if loss.is_finite() {
+            bad_in_a_row = 0;
+            let (next, norm) = apply_update(unet, &grads, &mut optimizer, lr, config.max_grad_norm);
+            unet = next;
+            grad_norm = norm;
+        } else {
+            bad_in_a_row += 1;
+            grad_norm = f64::NAN;
+            bar.println(format!("step {}: loss is {loss}; update skipped ({bad_in_a_row} in a row)", step + 1));
+            if bad_in_a_row >= config.max_bad_steps {
+                bail!(
+                    "stopping: {bad_in_a_row} non-finite losses in a row (max_bad_steps); last good checkpoint is in {}",
+                    out.display()
+                );
+            }
+        }
+        let dt = t0.elapsed().as_secs_f64();
+        let mut line = serde_json::json!({
+            "step": step + 1, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+            "step_time_s": dt, "samples_per_s": (config.batch_size * accum) as f64 / dt,
+        });
+        for (k, v) in &sums {
+            line[k] = serde_json::json!(v);
+        }
+        if let Some(usage) = plain.memory_pool_usage() {
+            line["memory_reserved_bytes"] = serde_json::json!(usage.bytes_reserved);
+        }
+        writeln!(metrics, "{line}")?;
+        metrics.flush()?;
+        bar.set_message(format!("loss {loss:.5}"));
+        bar.inc(1);
+        last_loss = loss;
+
+        let done = step + 1;
+        if (config.checkpoint_every > 0 && done % config.checkpoint_every == 0) || done == config.steps {
+            let state = CheckpointState { step: done, optimizer_step: optimizer.step, bad_in_a_row };
+            checkpoint::save(out, &state, &unet, &unet_config, &optimizer, config.keep_checkpoints)?;
+        }
+    }
+    bar.finish();
+    save_component(&unet, &unet_config, &out.join("unet"), DType::F32)?;
+    Ok(last_loss)
+}
+
+/// On resume, drop the metric lines of steps after the checkpoint, so the log reads as
+/// one uninterrupted run.
+fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s as usize <= step)
+        })
+        .collect();
+    let mut body = kept.join("\n");
+    if !body.is_empty() {
+        body.push('\n');
+    }
+    write_atomic(path, body.as_bytes())
+}

@@ -1,0 +1,137 @@
+//! `mapo train`: resume exactness, atomic checkpoints, the NaN guard, config errors.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+use mapo::models::io::SafeTensorFiles;
+
+fn mapo(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_mapo")).args(args).output().unwrap()
+}
+
+fn setup(name: &str) -> (PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("mapo-train-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let pairs = dir.join("pairs.safetensors");
+    let model = fixtures().join("tiny-sdxl");
+    let out =
+        mapo(&["make-pairs", "--model", model.to_str().unwrap(), "--pairs", "6", "--out", pairs.to_str().unwrap()]);
+    assert!(out.status.success());
+    let config = dir.join("run.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "model = {model:?}\ndata = {pairs:?}\noutput_dir = {:?}\nmethod = \"mapo\"\nsteps = 6\nbatch_size = 2\n\
+             grad_accumulation = 2\nseed = 3\nwarmup_steps = 2\ncheckpoint_every = 3\nkeep_checkpoints = 5\ndevice = \"flex\"\n\
+             [optimizer]\nlr = 1e-3\n",
+            dir.join("run")
+        ),
+    )
+    .unwrap();
+    (dir, config)
+}
+
+fn train(config: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["train", "--config", config.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    mapo(&args)
+}
+
+/// Metric lines without the timing fields (which differ between any two runs).
+fn metrics(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            for k in ["step_time_s", "samples_per_s", "memory_reserved_bytes"] {
+                v.as_object_mut().unwrap().remove(k);
+            }
+            v
+        })
+        .collect()
+}
+
+fn weights(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let f = SafeTensorFiles::open_file(&dir.join("diffusion_pytorch_model.safetensors")).unwrap();
+    f.names().map(|n| (n.to_string(), f.get(n).unwrap().bytes.to_vec())).collect()
+}
+
+#[test]
+fn stop_at_3_and_resume_to_6_equals_an_uninterrupted_run() {
+    let (dir, config) = setup("resume");
+    let full = train(&config, &["--set", &format!("output_dir={:?}", dir.join("full"))]);
+    assert!(full.status.success(), "{}", String::from_utf8_lossy(&full.stderr));
+
+    let part = dir.join("part");
+    let first = train(&config, &["--set", &format!("output_dir={part:?}"), "--set", "steps=3"]);
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    // Simulate a crash after step 3: a later, half-written checkpoint is left behind.
+    std::fs::create_dir_all(part.join(".tmp-checkpoint-00000004/unet")).unwrap();
+    std::fs::write(part.join(".tmp-checkpoint-00000004/unet/diffusion_pytorch_model.safetensors"), b"trunc").unwrap();
+    let second = train(&config, &["--set", &format!("output_dir={part:?}"), "--resume", "latest"]);
+    assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
+
+    let (a, b) = (metrics(&dir.join("full")), metrics(&part));
+    assert_eq!(a.len(), 6);
+    assert_eq!(a, b, "metrics of the resumed run differ");
+    assert_eq!(weights(&dir.join("full/unet")), weights(&part.join("unet")), "final weights differ");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn an_interrupted_checkpoint_write_leaves_the_previous_one_valid() {
+    let (dir, config) = setup("atomic");
+    let run = dir.join("run");
+    assert!(train(&config, &["--set", "steps=3"]).status.success());
+    let ckpts = mapo::train::checkpoint::list(&run).unwrap();
+    assert_eq!(ckpts.len(), 1);
+    // A write killed midway leaves only a temporary folder, which is never picked up.
+    std::fs::create_dir_all(run.join(".tmp-checkpoint-00000006")).unwrap();
+    assert_eq!(mapo::train::checkpoint::resolve(&run, "latest").unwrap(), ckpts[0]);
+    let unet = ckpts[0].join("unet");
+    mapo::models::unet::UNet2DConditionModel::from_dir(&unet, &device(), burn::tensor::DType::F32).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn unknown_config_keys_and_bad_overrides_are_errors() {
+    let (dir, config) = setup("config");
+    let out = train(&config, &["--set", "learning_rate=1"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown field `learning_rate`"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = train(&config, &["--set", "method=orpo"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown method \"orpo\""));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn non_finite_losses_skip_updates_then_stop() {
+    let (dir, config) = setup("nan");
+    // A NaN in the data makes every loss NaN.
+    let pairs = dir.join("pairs.safetensors");
+    let f = SafeTensorFiles::open_file(&pairs).unwrap();
+    let mut tensors: Vec<_> = f.names().map(|n| (n.to_string(), f.get(n).unwrap().to_data().unwrap())).collect();
+    drop(f);
+    for (name, data) in &mut tensors {
+        if name == "chosen" {
+            let mut v = data.clone().convert::<f32>().try_to_vec::<f32>().unwrap();
+            v.iter_mut().for_each(|x| *x = f32::NAN);
+            *data = burn::tensor::TensorData::new(v, data.shape().to_vec());
+        }
+    }
+    mapo::models::io::write_tensors(&pairs, tensors).unwrap();
+    let out = train(&config, &["--set", "max_bad_steps=2"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("2 non-finite losses in a row"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
