@@ -14,3 +14,22 @@ pub fn multiplier(schedule: &str, k: usize, total: usize, warmup: usize) -> f64 
         _ => 1.0,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::multiplier;
+
+    /// Values of transformers' get_{constant,linear,cosine}_schedule_with_warmup
+    /// (10 steps, 2 warm-up) at steps 0, 1, 2, 6, 9.
+    #[test]
+    fn schedules_match_transformers() {
+        let at = |s: &str| [0, 1, 2, 6, 9].map(|k| multiplier(s, k, 10, 2));
+        assert_eq!(at("constant"), [1.0; 5]);
+        assert_eq!(at("constant_with_warmup"), [0.0, 0.5, 1.0, 1.0, 1.0]);
+        assert_eq!(at("linear"), [0.0, 0.5, 1.0, 0.5, 0.125]);
+        let cosine = at("cosine");
+        for (got, want) in cosine.iter().zip([0.0, 0.5, 1.0, 0.5, 0.038060233744356624]) {
+            assert!((got - want).abs() < 1e-12, "{cosine:?}");
+        }
+    }
+}
