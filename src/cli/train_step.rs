@@ -18,9 +18,8 @@ use crate::train::step::{PairBatch, train_step};
 pub fn run(args: &ForwardArgs) -> Result<()> {
     let Some(model) = args.model.as_deref() else { bail!("forward train-step needs --model DIR") };
     let Some(name) = args.method.as_deref() else { bail!("forward train-step needs --method (sft, dpo, mapo)") };
-    if args.device.dtype != "f32" {
-        bail!("forward train-step runs in f32 (got --dtype {})", args.device.dtype);
-    }
+    // Master weights, optimizer state and the loss stay f32; `--dtype` sets the compute.
+    let compute = args.device.dtype.parse::<crate::device::Precision>()?.dtype();
     let method = build(name, Params::parse(&args.params)?)?;
     let plain = select(args.device.device.as_deref())?.device;
     let device = plain.clone().autodiff();
@@ -72,6 +71,7 @@ pub fn run(args: &ForwardArgs) -> Result<()> {
             &mut optimizer,
             args.lr,
             args.max_grad_norm,
+            compute,
         );
         unet = next;
         losses.push(stats.loss as f32);

@@ -9,6 +9,14 @@ use burn::tensor::{DType, Tensor};
 
 use super::weights::{Init, Weights};
 
+/// A parameter in the dtype of the activations it meets. With f32 master weights and bf16
+/// activations this is autocast: the matmul runs in bf16 while the gradient flows back
+/// through the cast into the f32 parameter, so small updates are not rounded away.
+fn like<const D: usize>(p: &Param<Tensor<D>>, dtype: DType) -> Tensor<D> {
+    let v = p.val();
+    if v.dtype() == dtype { v } else { v.cast(dtype) }
+}
+
 #[derive(Module, Debug)]
 pub struct Linear {
     pub weight: Param<Tensor<2>>,
@@ -36,7 +44,12 @@ impl Linear {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        burn::tensor::module::linear(x, self.weight.val().transpose(), self.bias.as_ref().map(|b| b.val()))
+        let dtype = x.dtype();
+        burn::tensor::module::linear(
+            x,
+            like(&self.weight, dtype).transpose(),
+            self.bias.as_ref().map(|b| like(b, dtype)),
+        )
     }
 }
 
@@ -61,7 +74,8 @@ impl Conv2d {
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let options = ConvOptions::new([self.stride; 2], [self.padding; 2], [1, 1], 1);
-        conv2d(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()), options)
+        let dtype = x.dtype();
+        conv2d(x, like(&self.weight, dtype), self.bias.as_ref().map(|b| like(b, dtype)), options)
     }
 }
 
@@ -103,7 +117,8 @@ impl GroupNorm {
         let y = normalize(grouped, 2, self.eps).reshape(dims);
         let mut affine = [1usize; D];
         affine[1] = c;
-        y.mul(self.weight.val().reshape(affine)).add(self.bias.val().reshape(affine))
+        let dtype = y.dtype();
+        y.mul(like(&self.weight, dtype).reshape(affine)).add(like(&self.bias, dtype).reshape(affine))
     }
 }
 
@@ -124,7 +139,8 @@ impl LayerNorm {
         let dim = self.weight.dims()[0];
         let mut affine = [1usize; D];
         affine[D - 1] = dim;
-        y.mul(self.weight.val().reshape(affine)).add(self.bias.val().reshape(affine))
+        let dtype = y.dtype();
+        y.mul(like(&self.weight, dtype).reshape(affine)).add(like(&self.bias, dtype).reshape(affine))
     }
 }
 

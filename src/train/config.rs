@@ -52,6 +52,9 @@ pub struct TrainConfig {
     pub max_bad_steps: usize,
     #[serde(default)]
     pub device: Option<String>,
+    /// Compute precision: f32, or bf16/f16 with f32 master weights and optimizer state.
+    #[serde(default = "f32_name")]
+    pub dtype: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -77,6 +80,9 @@ impl Default for OptimizerSection {
     }
 }
 
+fn f32_name() -> String {
+    "f32".into()
+}
 fn one() -> usize {
     1
 }
@@ -134,6 +140,7 @@ impl TrainConfig {
             self.lr_schedule
         );
         ensure!(self.keep_checkpoints > 0, "keep_checkpoints must be > 0");
+        self.dtype.parse::<crate::device::Precision>()?;
         Ok(())
     }
 }

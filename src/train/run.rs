@@ -37,6 +37,7 @@ pub fn train(config: &TrainConfig, resume: Option<&str>) -> Result<f64> {
     let (_, unet_config) = crate::models::config::read_config::<serde_json::Value>(&unet_dir)?;
     let data = PairsFile::open(&config.data, &device)?;
     let schedule = NoiseSchedule::sdxl();
+    let compute = config.dtype.parse::<crate::device::Precision>()?.dtype();
 
     let o = &config.optimizer;
     let opt_config = match o.name.as_str() {
@@ -87,7 +88,7 @@ pub fn train(config: &TrainConfig, resume: Option<&str>) -> Result<f64> {
         for micro in 0..accum {
             let batch =
                 data.batch(config.seed, step * accum + micro, config.batch_size, schedule.num_train_timesteps());
-            let m = forward_backward(&unet, reference.as_ref(), method.as_ref(), &batch, &schedule);
+            let m = forward_backward(&unet, reference.as_ref(), method.as_ref(), &batch, &schedule, compute);
             loss += m.loss / accum as f64;
             for (k, v) in m.metrics {
                 match sums.iter_mut().find(|(n, _)| *n == k) {

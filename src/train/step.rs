@@ -1,6 +1,6 @@
 //! The preference training step, readable top to bottom.
 
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor};
 
 use crate::losses::{Errors, PreferenceLoss};
 use crate::models::named::param_grads;
@@ -68,9 +68,12 @@ fn inputs(batch: &PairBatch, schedule: &NoiseSchedule, with_rejected: bool) -> I
     }
 }
 
-fn predict(unet: &UNet2DConditionModel, x: &Inputs) -> Tensor<4> {
+/// The UNet's prediction with activations in `dtype` (bf16/f16 mixed precision: the
+/// parameters stay f32 and are cast where they are used), returned in f32.
+fn predict(unet: &UNet2DConditionModel, x: &Inputs, dtype: DType) -> Tensor<4> {
     let t = timestep_tensor(&x.timesteps, &x.noisy.device());
-    unet.forward(x.noisy.clone(), t, x.context.clone(), Some(&x.cond))
+    let cond = TextTime { text_embeds: x.cond.text_embeds.clone().cast(dtype), time_ids: x.cond.time_ids.clone() };
+    unet.forward(x.noisy.clone().cast(dtype), t, x.context.clone().cast(dtype), Some(&cond)).cast(DType::F32)
 }
 
 /// Loss and metrics of one micro-batch, and the gradients of the loss.
@@ -90,11 +93,12 @@ pub fn forward_backward(
     method: &dyn PreferenceLoss,
     batch: &PairBatch,
     schedule: &NoiseSchedule,
+    compute: DType,
 ) -> MicroStep {
     let with_rejected = method.uses_rejected();
     let x = inputs(batch, schedule, with_rejected);
 
-    let policy = Errors::from_prediction(predict(unet, &x), x.target.clone(), with_rejected);
+    let policy = Errors::from_prediction(predict(unet, &x, compute), x.target.clone(), with_rejected);
     let reference_errors = method.uses_reference().then(|| {
         let reference = reference.expect("this method needs a reference model");
         let plain = Inputs {
@@ -107,7 +111,7 @@ pub fn forward_backward(
                 time_ids: x.cond.time_ids.clone().inner(),
             },
         };
-        let e = Errors::from_prediction(predict(reference, &plain), plain.target, with_rejected);
+        let e = Errors::from_prediction(predict(reference, &plain, compute), plain.target, with_rejected);
         Errors { chosen: Tensor::from_inner(e.chosen), rejected: e.rejected.map(Tensor::from_inner) }
     });
 
@@ -145,8 +149,9 @@ pub fn train_step(
     optimizer: &mut Optimizer,
     lr: f64,
     max_grad_norm: f64,
+    compute: DType,
 ) -> (UNet2DConditionModel, StepStats) {
-    let micro = forward_backward(&unet, reference, method, batch, schedule);
+    let micro = forward_backward(&unet, reference, method, batch, schedule, compute);
     let (unet, grad_norm) = apply_update(unet, &micro.grads, optimizer, lr, max_grad_norm);
     (unet, StepStats { loss: micro.loss, metrics: micro.metrics, grad_norm })
 }
