@@ -4,6 +4,7 @@ pub mod attention;
 pub mod config;
 pub mod folder;
 pub mod io;
+pub mod lora;
 pub mod named;
 pub mod nn;
 pub mod resnet;

@@ -7,12 +7,13 @@ use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Tensor};
 
+use super::lora::Lora;
 use super::weights::{Init, Weights};
 
 /// A parameter in the dtype of the activations it meets. With f32 master weights and bf16
 /// activations this is autocast: the matmul runs in bf16 while the gradient flows back
 /// through the cast into the f32 parameter, so small updates are not rounded away.
-fn like<const D: usize>(p: &Param<Tensor<D>>, dtype: DType) -> Tensor<D> {
+pub(crate) fn like<const D: usize>(p: &Param<Tensor<D>>, dtype: DType) -> Tensor<D> {
     let v = p.val();
     if v.dtype() == dtype { v } else { v.cast(dtype) }
 }
@@ -21,6 +22,8 @@ fn like<const D: usize>(p: &Param<Tensor<D>>, dtype: DType) -> Tensor<D> {
 pub struct Linear {
     pub weight: Param<Tensor<2>>,
     pub bias: Option<Param<Tensor<1>>>,
+    /// A low-rank adapter, on the layers a LoRA run targets.
+    pub lora: Option<Lora>,
 }
 
 impl Linear {
@@ -28,6 +31,7 @@ impl Linear {
         Self {
             weight: w.param("weight", [d_out, d_in], Init::FanIn(d_in)),
             bias: bias.then(|| w.param("bias", [d_out], Init::Zeros)),
+            lora: w.lora_here().map(|c| Lora::load(&w.pp("lora"), d_in, d_out, c)),
         }
     }
 
@@ -40,16 +44,21 @@ impl Linear {
         Self {
             weight: Param::from_tensor(parent.tensor_any(&weight_refs, [d_out, d_in], Init::FanIn(d_in))),
             bias: bias.then(|| Param::from_tensor(parent.tensor_any(&bias_refs, [d_out], Init::Zeros))),
+            lora: None,
         }
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let dtype = x.dtype();
-        burn::tensor::module::linear(
-            x,
+        let base = burn::tensor::module::linear(
+            x.clone(),
             like(&self.weight, dtype).transpose(),
             self.bias.as_ref().map(|b| like(b, dtype)),
-        )
+        );
+        match &self.lora {
+            Some(lora) => base + lora.forward(x),
+            None => base,
+        }
     }
 }
 

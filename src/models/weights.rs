@@ -82,6 +82,8 @@ struct Shared<'a> {
     dtype: DType,
     /// Build the module tree with 1-element placeholders (key tree and counts only).
     placeholders: bool,
+    /// Attach LoRA adapters to these layers; base weights are then frozen.
+    lora: Option<super::lora::LoraConfig>,
     requested: RefCell<Vec<(String, Vec<usize>)>>,
     used: RefCell<BTreeSet<String>>,
     report: RefCell<LoadReport>,
@@ -119,12 +121,25 @@ impl<'a> Weights<'a> {
                 device: device.clone(),
                 dtype,
                 placeholders,
+                lora: None,
                 requested: RefCell::default(),
                 used: RefCell::default(),
                 report: RefCell::default(),
             }),
             prefix: String::new(),
         }
+    }
+
+    /// Attaches LoRA adapters (see [`super::lora`]) while building; base weights are
+    /// frozen. Call before building the model.
+    pub fn with_lora(mut self, config: super::lora::LoraConfig) -> Self {
+        Rc::get_mut(&mut self.shared).expect("with_lora before building").lora = Some(config);
+        self
+    }
+
+    /// The LoRA settings for the layer at this prefix, if it is a target.
+    pub fn lora_here(&self) -> Option<&super::lora::LoraConfig> {
+        self.shared.lora.as_ref().filter(|c| c.targets(&self.prefix))
     }
 
     pub fn device(&self) -> &Device {
@@ -185,7 +200,16 @@ impl<'a> Weights<'a> {
     }
 
     pub fn param<const D: usize>(&self, name: &str, shape: [usize; D], init: Init) -> Param<Tensor<D>> {
-        Param::from_tensor(self.tensor(name, shape, init))
+        let param = Param::from_tensor(self.tensor(name, shape, init));
+        // With LoRA, every base weight is frozen: no gradient is computed or stored for it.
+        if self.shared.lora.is_some() { param.set_require_grad(false) } else { param }
+    }
+
+    /// A trainable tensor that the source may hold (a checkpoint) or not (a base model):
+    /// absent, it is initialised and nothing is reported missing.
+    pub fn optional_param<const D: usize>(&self, name: &str, shape: [usize; D], init: Init) -> Param<Tensor<D>> {
+        let present = self.contains(name);
+        Param::from_tensor(if present { self.tensor(name, shape, init) } else { self.init(shape, init) })
     }
 
     fn init<const D: usize>(&self, shape: [usize; D], init: Init) -> Tensor<D> {

@@ -52,6 +52,10 @@ pub struct TrainConfig {
     pub max_bad_steps: usize,
     #[serde(default)]
     pub device: Option<String>,
+    /// Train LoRA adapters instead of the full UNet (`[lora] rank = 8`, optional `alpha`,
+    /// `targets`).
+    #[serde(default)]
+    pub lora: Option<crate::models::lora::LoraConfig>,
     /// Compute precision: f32, or bf16/f16 with f32 master weights and optimizer state.
     #[serde(default = "f32_name")]
     pub dtype: String,
@@ -141,6 +145,10 @@ impl TrainConfig {
         );
         ensure!(self.keep_checkpoints > 0, "keep_checkpoints must be > 0");
         self.dtype.parse::<crate::device::Precision>()?;
+        if let Some(l) = &self.lora {
+            ensure!(l.rank > 0, "lora.rank must be > 0");
+            ensure!(!l.targets.is_empty(), "lora.targets is empty");
+        }
         Ok(())
     }
 }

@@ -20,6 +20,7 @@ use crate::device::select;
 use crate::losses::{Params, build};
 use crate::models::folder::save_component;
 use crate::models::io::write_atomic;
+use crate::models::lora::{save_lora, save_merged};
 use crate::models::unet::UNet2DConditionModel;
 use crate::sample::schedule::NoiseSchedule;
 
@@ -60,11 +61,16 @@ pub fn train(config: &TrainConfig, resume: Option<&str>) -> Result<f64> {
             let (state, unet_ckpt) = checkpoint::load(&dir, &mut optimizer, &plain)?;
             truncate_metrics(&metrics_path, state.step)?;
             eprintln!("resuming from {} (step {})", dir.display(), state.step);
-            (UNet2DConditionModel::from_dir(&unet_ckpt, &device, DType::F32)?.0, state.step, state.bad_in_a_row)
+            let unet =
+                UNet2DConditionModel::from_dir_with_lora(&unet_ckpt, &device, DType::F32, config.lora.clone())?.0;
+            (unet, state.step, state.bad_in_a_row)
         }
         None => {
             let _ = std::fs::remove_file(&metrics_path);
-            (UNet2DConditionModel::from_dir(&unet_dir, &device, DType::F32)?.0, 0, 0)
+            // Fresh LoRA adapters are drawn from the device's generator: seed it.
+            plain.seed(config.seed);
+            device.seed(config.seed);
+            (UNet2DConditionModel::from_dir_with_lora(&unet_dir, &device, DType::F32, config.lora.clone())?.0, 0, 0)
         }
     };
     // Reference-free methods never build the reference.
@@ -147,7 +153,14 @@ pub fn train(config: &TrainConfig, resume: Option<&str>) -> Result<f64> {
         }
     }
     bar.finish();
-    save_component(&unet, &unet_config, &out.join("unet"), DType::F32)?;
+    match &config.lora {
+        // The adapters in diffusers' format, and the UNet with them merged in.
+        Some(lora) => {
+            save_lora(&unet, &out.join("pytorch_lora_weights.safetensors"), "unet.", lora.scale())?;
+            save_merged(&unet, &unet_config, &out.join("unet"), lora.scale())?;
+        }
+        None => save_component(&unet, &unet_config, &out.join("unet"), DType::F32)?,
+    }
     Ok(last_loss)
 }
 

@@ -1,0 +1,140 @@
+//! LoRA: adapters on the attention projections, frozen base, export and merge.
+
+mod common;
+
+use burn::tensor::DType;
+use common::*;
+use mapo::models::lora::LoraConfig;
+use mapo::models::named::{param_count, param_shapes};
+use mapo::models::unet::{TextTime, UNet2DConditionModel};
+
+#[test]
+fn fresh_adapters_leave_the_output_unchanged_and_only_they_train() {
+    let device = device();
+    let dir = fixtures().join("tiny-sdxl/unet");
+    let (base, _) = UNet2DConditionModel::from_dir(&dir, &device, DType::F32).unwrap();
+    let (lora, _) =
+        UNet2DConditionModel::from_dir_with_lora(&dir, &device, DType::F32, Some(LoraConfig::new(4))).unwrap();
+    let adapters: Vec<_> = param_shapes(&lora).into_iter().filter(|(n, _)| n.contains(".lora.")).collect();
+    // 4 projections × 2 matrices × (1 + 1 + 2 transformer layers down, 2 mid, 3 + 3 ... up).
+    assert!(!adapters.is_empty());
+    assert!(
+        adapters.iter().all(|(n, _)| n.contains(".to_q.")
+            || n.contains(".to_k.")
+            || n.contains(".to_v.")
+            || n.contains(".to_out.0.")),
+        "{adapters:?}"
+    );
+    assert_eq!(
+        param_count(&lora) - param_count(&base),
+        adapters.iter().map(|(_, s)| s.iter().product::<usize>()).sum::<usize>()
+    );
+
+    let cases = open("unet_cases.safetensors");
+    let f = |n: &str| format!("case0.{n}");
+    let run = |m: &UNet2DConditionModel| {
+        let cond = TextTime {
+            text_embeds: cases.float::<2>(&f("text_embeds"), &device, DType::F32).unwrap(),
+            time_ids: cases.float::<2>(&f("time_ids"), &device, DType::F32).unwrap(),
+        };
+        m.forward(
+            cases.float::<4>(&f("sample"), &device, DType::F32).unwrap(),
+            cases.int::<1>(&f("timestep"), &device).unwrap(),
+            cases.float::<3>(&f("encoder_hidden_states"), &device, DType::F32).unwrap(),
+            Some(&cond),
+        )
+    };
+    assert_close("lora at init", run(&lora), run(&base), 0.0);
+}
+
+#[test]
+fn only_adapters_get_gradients() {
+    let device = device().autodiff();
+    let dir = fixtures().join("tiny-sdxl/unet");
+    let (lora, _) =
+        UNet2DConditionModel::from_dir_with_lora(&dir, &device, DType::F32, Some(LoraConfig::new(4))).unwrap();
+    let g = open("unet_grads.safetensors");
+    let cond = TextTime {
+        text_embeds: g.float::<2>("text_embeds", &device, DType::F32).unwrap(),
+        time_ids: g.float::<2>("time_ids", &device, DType::F32).unwrap(),
+    };
+    let out = lora.forward(
+        g.float::<4>("sample", &device, DType::F32).unwrap(),
+        g.int::<1>("timestep", &device).unwrap(),
+        g.float::<3>("encoder_hidden_states", &device, DType::F32).unwrap(),
+        Some(&cond),
+    );
+    let grads = (out * g.float::<4>("probe", &device, DType::F32).unwrap()).sum().backward();
+    let with_grad: Vec<String> = mapo::models::named::param_grads(&lora, &grads)
+        .into_iter()
+        .filter(|(_, g, _)| g.is_some())
+        .map(|(n, _, _)| n)
+        .collect();
+    assert!(!with_grad.is_empty());
+    assert!(with_grad.iter().all(|n| n.contains(".lora.lora_")), "{with_grad:?}");
+}
+
+/// A LoRA run writes diffusers-format adapters and a merged UNet equal to base + adapters.
+/// (tools/golden/check_lora.py checks the same files with diffusers + PEFT: 2.1e-7.)
+#[test]
+fn lora_run_exports_adapters_and_a_merged_unet() {
+    let dir = std::env::temp_dir().join(format!("mapo-lora-run-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin = env!("CARGO_BIN_EXE_mapo");
+    let model = fixtures().join("tiny-sdxl");
+    let pairs = dir.join("pairs.safetensors");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(bin).args(args).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&["make-pairs", "--model", model.to_str().unwrap(), "--pairs", "4", "--out", pairs.to_str().unwrap()]);
+    let config = dir.join("lora.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "model = {model:?}\ndata = {pairs:?}\noutput_dir = {:?}\nmethod = \"mapo\"\nsteps = 3\nbatch_size = 2\n\
+             device = \"flex\"\n[lora]\nrank = 2\nalpha = 4\n[optimizer]\nlr = 1e-2\n",
+            dir.join("run")
+        ),
+    )
+    .unwrap();
+    run(&["train", "--config", config.to_str().unwrap()]);
+
+    let out = dir.join("run");
+    let file = mapo::models::io::SafeTensorFiles::open_file(&out.join("pytorch_lora_weights.safetensors")).unwrap();
+    let names: Vec<&str> = file.names().collect();
+    assert!(!names.is_empty());
+    assert!(
+        names
+            .iter()
+            .all(|n| n.starts_with("unet.") && (n.ends_with(".lora_A.weight") || n.ends_with(".lora_B.weight")))
+    );
+    let a = file.get("unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight").unwrap();
+    assert_eq!(a.shape, vec![2, 32]);
+
+    let device = device();
+    let (merged, _) = UNet2DConditionModel::from_dir(&out.join("unet"), &device, DType::F32).unwrap();
+    let ckpt = mapo::train::checkpoint::list(&out).unwrap().pop().unwrap().join("unet");
+    let cfg = LoraConfig { rank: 2, alpha: Some(4.0), targets: LoraConfig::new(2).targets };
+    let (adapted, _) = UNet2DConditionModel::from_dir_with_lora(&ckpt, &device, DType::F32, Some(cfg)).unwrap();
+    let (base, _) = UNet2DConditionModel::from_dir(&model.join("unet"), &device, DType::F32).unwrap();
+    let cases = open("unet_cases.safetensors");
+    let run_case = |m: &UNet2DConditionModel| {
+        let f = |n: &str| format!("case2.{n}");
+        let cond = TextTime {
+            text_embeds: cases.float::<2>(&f("text_embeds"), &device, DType::F32).unwrap(),
+            time_ids: cases.float::<2>(&f("time_ids"), &device, DType::F32).unwrap(),
+        };
+        m.forward(
+            cases.float::<4>(&f("sample"), &device, DType::F32).unwrap(),
+            cases.int::<1>(&f("timestep"), &device).unwrap(),
+            cases.float::<3>(&f("encoder_hidden_states"), &device, DType::F32).unwrap(),
+            Some(&cond),
+        )
+    };
+    let (m, a, b) = (run_case(&merged), run_case(&adapted), run_case(&base));
+    assert!(rel_err(&to_vec(a.clone()), &to_vec(b)) > 1e-5, "training did not change the adapters");
+    assert_close("merged vs adapters", m, a, 1e-5);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
