@@ -77,11 +77,14 @@ impl Lora {
     }
 }
 
-/// The adapters of `module` by layer name: `(lora_a, lora_b)` flattened, with shapes.
-type Adapters = BTreeMap<String, [(Tensor<1>, Vec<usize>); 2]>;
+/// A flattened tensor and its shape.
+type Flat = (Tensor<1>, Vec<usize>);
+
+/// The adapters of `module` by layer name: `[lora_a, lora_b]`.
+type Adapters = BTreeMap<String, [Flat; 2]>;
 
 fn adapters<M: Module>(module: &M) -> Adapters {
-    let mut parts: BTreeMap<String, [Option<(Tensor<1>, Vec<usize>)>; 2]> = BTreeMap::new();
+    let mut parts: BTreeMap<String, [Option<Flat>; 2]> = BTreeMap::new();
     for_each_param(module, |name, t, shape| {
         if let Some(layer) = name.strip_suffix(".lora.lora_a") {
             parts.entry(layer.to_string()).or_default()[0] = Some((t, shape));
