@@ -135,3 +135,24 @@ fn non_finite_losses_skip_updates_then_stop() {
     assert!(err.contains("2 non-finite losses in a row"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn gradient_checkpointing_changes_nothing_but_memory() {
+    let (dir, config) = setup("ckpt");
+    for (name, gc) in [("plain", "false"), ("gc", "true")] {
+        let out = train(
+            &config,
+            &[
+                "--set",
+                &format!("output_dir={:?}", dir.join(name)),
+                "--set",
+                "steps=2",
+                "--set",
+                &format!("gradient_checkpointing={gc}"),
+            ],
+        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert_eq!(metrics(&dir.join("plain")), metrics(&dir.join("gc")));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

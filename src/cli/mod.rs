@@ -59,6 +59,9 @@ pub enum Command {
         /// Resume from `latest` or a checkpoint folder.
         #[arg(long)]
         resume: Option<String>,
+        /// Keep at most N checkpoints (the config's `keep_checkpoints`).
+        #[arg(long)]
+        keep: Option<usize>,
     },
     /// Write a synthetic pairs file for a model folder's UNet (demos and tests): chosen
     /// latents are smooth patterns, rejected ones are noise, embeddings are random.
@@ -149,7 +152,8 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Forward(args) => forward::run(&args),
         Command::Params { model } => forward::params(&model),
-        Command::Train { config, overrides, resume } => {
+        Command::Train { config, mut overrides, resume, keep } => {
+            overrides.extend(keep.map(|k| format!("keep_checkpoints={k}")));
             let config = crate::train::config::TrainConfig::load(&config, &overrides)?;
             let loss = crate::train::run::train(&config, resume.as_deref())?;
             println!("done: final loss {loss:.6}; outputs in {}", config.output_dir.display());

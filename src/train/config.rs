@@ -56,6 +56,10 @@ pub struct TrainConfig {
     /// `targets`).
     #[serde(default)]
     pub lora: Option<crate::models::lora::LoraConfig>,
+    /// Recompute memory-bound activations in the backward pass (Burn's "balanced"
+    /// gradient checkpointing) to lower peak memory.
+    #[serde(default)]
+    pub gradient_checkpointing: bool,
     /// Compute precision: f32, or bf16/f16 with f32 master weights and optimizer state.
     #[serde(default = "f32_name")]
     pub dtype: String,

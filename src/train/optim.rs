@@ -16,6 +16,9 @@ pub enum OptimizerConfig {
     AdamW { lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64 },
     /// Plain SGD: no momentum, no weight decay.
     Sgd { lr: f64 },
+    /// `transformers.Adafactor` with a fixed learning rate (`relative_step=False`,
+    /// `warmup_init=False`, no first moment), as Diffusion-DPO trains SDXL.
+    Adafactor { lr: f64, weight_decay: f64, clip_threshold: f64, scale_parameter: bool },
 }
 
 impl OptimizerConfig {
@@ -33,29 +36,44 @@ impl OptimizerConfig {
                 }
                 Ok(c)
             }
+            "adafactor" => Ok(OptimizerConfig::Adafactor {
+                lr,
+                weight_decay: weight_decay.unwrap_or(0.0),
+                clip_threshold: 1.0,
+                scale_parameter: false,
+            }),
             "sgd" => {
                 if weight_decay.is_some_and(|w| w != 0.0) {
                     bail!("sgd is plain SGD: it takes no weight decay");
                 }
                 Ok(OptimizerConfig::Sgd { lr })
             }
-            other => bail!("unknown optimizer {other:?} (expected adamw or sgd)"),
+            other => bail!("unknown optimizer {other:?} (expected adamw, adafactor or sgd)"),
         }
     }
 
     pub fn lr(&self) -> f64 {
         match self {
-            OptimizerConfig::AdamW { lr, .. } | OptimizerConfig::Sgd { lr } => *lr,
+            OptimizerConfig::AdamW { lr, .. } | OptimizerConfig::Sgd { lr } | OptimizerConfig::Adafactor { lr, .. } => {
+                *lr
+            }
         }
     }
 }
 
-/// An optimizer and its state: AdamW moments per parameter, and the step count.
+/// An optimizer and its state per parameter (AdamW: first and second moments; Adafactor:
+/// row and column second-moment factors, or the full second moment and an empty tensor
+/// for 1-d parameters), and the step count.
 #[derive(Debug)]
 pub struct Optimizer {
     pub config: OptimizerConfig,
     pub step: u64,
     pub moments: BTreeMap<String, (Tensor<1>, Tensor<1>)>,
+}
+
+/// `sqrt(mean(x²))` as a [1] tensor (stays on the device).
+fn rms(x: &Tensor<1>) -> Tensor<1> {
+    x.clone().square().mean().sqrt()
 }
 
 impl Optimizer {
@@ -71,8 +89,42 @@ impl Optimizer {
         module.map(&mut mapper)
     }
 
-    fn update(&mut self, name: &str, w: Tensor<1>, g: Tensor<1>, lr: f64) -> Tensor<1> {
+    fn update(&mut self, name: &str, w: Tensor<1>, g: Tensor<1>, lr: f64, shape: &[usize]) -> Tensor<1> {
         match self.config {
+            OptimizerConfig::Adafactor { weight_decay, clip_threshold, scale_parameter, .. } => {
+                let t = self.step as f64;
+                let beta2t = 1.0 - t.powf(-0.8);
+                let sq = g.clone().square().add_scalar(1e-30);
+                let (update, state) = if shape.len() >= 2 {
+                    // Factored second moment over the last two dimensions.
+                    let (r, c) = (shape[shape.len() - 2], shape[shape.len() - 1]);
+                    let a = shape[..shape.len() - 2].iter().product::<usize>();
+                    let sq = sq.reshape([a, r, c]);
+                    let (row0, col0) = match self.moments.remove(name) {
+                        Some(rc) => rc,
+                        None => (Tensor::zeros([a * r], &g.device()), Tensor::zeros([a * c], &g.device())),
+                    };
+                    let row = row0.mul_scalar(beta2t) + sq.clone().mean_dim(2).reshape([-1]).mul_scalar(1.0 - beta2t);
+                    let col = col0.mul_scalar(beta2t) + sq.mean_dim(1).reshape([-1]).mul_scalar(1.0 - beta2t);
+                    let row3 = row.clone().reshape([a, r, 1]);
+                    let r_factor = (row3.clone() / row3.mean_dim(1)).sqrt().recip();
+                    let c_factor = col.clone().reshape([a, 1, c]).sqrt().recip();
+                    ((r_factor * c_factor).reshape([-1]) * g, (row, col))
+                } else {
+                    let v0 = self.moments.remove(name).map(|(v, _)| v).unwrap_or_else(|| g.zeros_like());
+                    let v = v0.mul_scalar(beta2t) + sq.mul_scalar(1.0 - beta2t);
+                    (v.clone().sqrt().recip() * g, (v, Tensor::zeros([1], &w.device())))
+                };
+                self.moments.insert(name.to_string(), state);
+                let update = update.clone() / rms(&update).div_scalar(clip_threshold).clamp_min(1.0);
+                let lr_t = if scale_parameter {
+                    rms(&w).clamp_min(1e-3).mul_scalar(lr)
+                } else {
+                    w.ones_like().narrow(0, 0, 1).mul_scalar(lr)
+                };
+                let decayed = w.clone() - w * lr_t.clone().mul_scalar(weight_decay);
+                decayed - update * lr_t
+            }
             OptimizerConfig::Sgd { .. } => w - g.mul_scalar(lr),
             OptimizerConfig::AdamW { beta1, beta2, eps, weight_decay, .. } => {
                 let w = w.mul_scalar(1.0 - lr * weight_decay);
@@ -121,9 +173,14 @@ impl ModuleMapper for Apply<'_> {
             return Param::from_mapped_value(id, tensor, mapper);
         };
         let shape = tensor.dims();
+        let checkpointing = tensor.gradient_checkpointing_strategy();
         let w = tensor.inner().reshape([-1]);
         let g = grad.clone().mul_scalar(self.grad_scale);
-        let updated = self.opt.update(&name, w, g, self.lr).reshape(shape);
-        Param::from_mapped_value(id, Tensor::from_inner(updated).require_grad(), mapper)
+        let updated = self.opt.update(&name, w, g, self.lr, &shape).reshape(shape);
+        let mut fresh = Tensor::from_inner(updated);
+        if let Some(strategy) = checkpointing {
+            fresh = fresh.with_gradient_checkpointing_strategy(strategy);
+        }
+        Param::from_mapped_value(id, fresh.require_grad(), mapper)
     }
 }

@@ -33,7 +33,11 @@ pub fn train(config: &TrainConfig, resume: Option<&str>) -> Result<f64> {
     let method = build(&config.method, Params::from_map(config.method_params.clone()))?;
     let selected = select(config.device.as_deref())?;
     let plain = selected.device.clone();
-    let device = plain.clone().autodiff();
+    let device = if config.gradient_checkpointing {
+        plain.clone().autodiff().gradient_checkpointing()
+    } else {
+        plain.clone().autodiff()
+    };
     let unet_dir = component_dir(&config.model, "unet")?;
     let (_, unet_config) = crate::models::config::read_config::<serde_json::Value>(&unet_dir)?;
     let data = PairsFile::open(&config.data, &device)?;
@@ -50,7 +54,13 @@ pub fn train(config: &TrainConfig, resume: Option<&str>) -> Result<f64> {
             weight_decay: o.weight_decay,
         },
         "sgd" => OptimizerConfig::Sgd { lr: o.lr },
-        other => bail!("optimizer.name {other:?}: expected adamw or sgd"),
+        "adafactor" => OptimizerConfig::Adafactor {
+            lr: o.lr,
+            weight_decay: o.weight_decay,
+            clip_threshold: 1.0,
+            scale_parameter: false,
+        },
+        other => bail!("optimizer.name {other:?}: expected adamw, adafactor or sgd"),
     };
     let mut optimizer = Optimizer::new(opt_config);
 

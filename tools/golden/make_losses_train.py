@@ -123,6 +123,12 @@ def train_case(name, method, optim, lr, steps, max_norm=1.0, wd=1e-2, params=Non
     time_ids = torch.tensor([[1024.0, 1024.0, 0.0, 0.0, 1024.0, 1024.0], [768.0, 1360.0, 32.0, 64.0, 1024.0, 1024.0]])
     if optim == "adamw":
         opt = torch.optim.AdamW(unet.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=wd)
+    elif optim == "adafactor":
+        from transformers.optimization import Adafactor
+
+        # Diffusion-DPO's SDXL settings: fixed lr, no parameter scaling, no first moment.
+        opt = Adafactor(unet.parameters(), lr=lr, weight_decay=wd, clip_threshold=1.0,
+                        scale_parameter=False, relative_step=False, warmup_init=False)
     else:
         opt = torch.optim.SGD(unet.parameters(), lr=lr)
     before = {k: v.detach().clone() for k, v in unet.named_parameters() if k in KEEP}
@@ -175,3 +181,4 @@ loss_cases()
 train_case("mapo_adamw", "mapo", "adamw", 1e-3, 2)
 train_case("dpo_sgd", "dpo", "sgd", 1e-2, 1)
 train_case("sft_adamw", "sft", "adamw", 1e-3, 1)
+train_case("dpo_adafactor", "dpo", "adafactor", 1e-3, 2)
