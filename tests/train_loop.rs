@@ -156,3 +156,18 @@ fn gradient_checkpointing_changes_nothing_but_memory() {
     assert_eq!(metrics(&dir.join("plain")), metrics(&dir.join("gc")));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn validation_writes_latents_and_images() {
+    let (dir, config) = setup("validation");
+    let out = train(&config, &["--set", "steps=2", "--set", "validation_every=2", "--set", "validation_steps=3"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v = dir.join("run/validation/step-00000002");
+    let latents = SafeTensorFiles::open_file(&v.join("latents.safetensors")).unwrap();
+    assert_eq!(latents.shape("latents").unwrap(), &[2, 4, 8, 8]);
+    // The fixture folder has a VAE (two downsamplers): 8×8 latents decode to 32×32 images.
+    let img = std::fs::read(v.join("sample-1.png")).unwrap();
+    assert_eq!(&img[1..4], b"PNG");
+    assert_eq!(u32::from_be_bytes(img[16..20].try_into().unwrap()), 32);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -4,12 +4,13 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::TensorData;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use super::forward::component_dir;
 use crate::models::io::write_tensors;
 use crate::models::unet::UNetConfig;
+use crate::sample::noise::standard_normal;
 
 pub fn run(model: &Path, pairs: usize, size: &str, seed: u64, out: &Path) -> Result<()> {
     let (h, w) = size
@@ -24,10 +25,7 @@ pub fn run(model: &Path, pairs: usize, size: &str, seed: u64, out: &Path) -> Res
     let text_dim = cfg.projection_class_embeddings_input_dim.unwrap_or(time_dim) - time_dim;
     let c = cfg.in_channels;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut normal = || -> f32 {
-        let (u1, u2): (f64, f64) = (rng.random::<f64>().max(f64::MIN_POSITIVE), rng.random());
-        ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
-    };
+    let mut normal = || standard_normal(&mut rng);
     let mut chosen = Vec::with_capacity(pairs * c * h * w);
     for p in 0..pairs {
         let phase = p as f32 * 0.7;

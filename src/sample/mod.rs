@@ -1,3 +1,6 @@
-//! Noise schedules and (later) samplers.
+//! Noise schedules, seeded noise and samplers.
 
+pub mod euler;
+pub mod noise;
 pub mod schedule;
+pub mod validate;

@@ -56,6 +56,16 @@ pub struct TrainConfig {
     /// `targets`).
     #[serde(default)]
     pub lora: Option<crate::models::lora::LoraConfig>,
+    /// Generate validation samples every N steps (0 = never) into `validation/step-N/`.
+    #[serde(default)]
+    pub validation_every: usize,
+    /// How many prompts (the first pairs of the data file) to sample.
+    #[serde(default = "two")]
+    pub validation_prompts: usize,
+    #[serde(default = "twenty")]
+    pub validation_steps: usize,
+    #[serde(default = "five_f")]
+    pub validation_guidance: f64,
     /// Recompute memory-bound activations in the backward pass (Burn's "balanced"
     /// gradient checkpointing) to lower peak memory.
     #[serde(default)]
@@ -99,6 +109,12 @@ fn two() -> usize {
 }
 fn five() -> usize {
     5
+}
+fn twenty() -> usize {
+    20
+}
+fn five_f() -> f64 {
+    5.0
 }
 fn one_f() -> f64 {
     1.0

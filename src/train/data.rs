@@ -13,6 +13,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::models::io::SafeTensorFiles;
+use crate::sample::noise::standard_normal;
 use crate::train::step::PairBatch;
 
 pub struct PairsFile {
@@ -61,6 +62,18 @@ impl PairsFile {
         Ok(me)
     }
 
+    /// The conditioning of the first `k` pairs (validation prompts), and the latent shape.
+    pub fn prompts(&self, k: usize) -> (crate::sample::validate::Prompts, [usize; 3]) {
+        let k = k.min(self.len);
+        let [_, c, h, w] = self.chosen.dims();
+        let prompts = crate::sample::validate::Prompts {
+            context: self.context.clone().narrow(0, 0, k),
+            text_embeds: self.text_embeds.clone().narrow(0, 0, k),
+            time_ids: self.time_ids.clone().narrow(0, 0, k),
+        };
+        (prompts, [c, h, w])
+    }
+
     /// The pair indices of micro-batch `index` (0, 1, ... over the whole run): a seeded
     /// permutation per epoch, so any position can be recomputed on resume.
     pub fn indices(&self, seed: u64, index: usize, batch: usize) -> Vec<usize> {
@@ -97,11 +110,4 @@ impl PairsFile {
             chosen,
         }
     }
-}
-
-/// Box–Muller, so the noise depends only on the seeded generator (reproducible anywhere).
-fn standard_normal(rng: &mut ChaCha8Rng) -> f32 {
-    let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
-    let u2: f64 = rng.random();
-    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
 }

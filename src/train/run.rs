@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use burn::module::Module;
 use burn::tensor::DType;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -22,7 +23,10 @@ use crate::models::folder::save_component;
 use crate::models::io::write_atomic;
 use crate::models::lora::{save_lora, save_merged};
 use crate::models::unet::UNet2DConditionModel;
+use crate::models::vae::{AutoencoderKL, VaeConfig};
+use crate::sample::euler::EulerSchedule;
 use crate::sample::schedule::NoiseSchedule;
+use crate::sample::validate::{Prompts, initial_noise, sample_latents, save_samples};
 
 /// Runs (or resumes) a training run; returns the final loss.
 pub fn train(config: &TrainConfig, resume: Option<&str>) -> Result<f64> {
@@ -90,6 +94,11 @@ pub fn train(config: &TrainConfig, resume: Option<&str>) -> Result<f64> {
         None
     };
 
+    // Validation decodes through the folder's VAE when it has one.
+    let vae = match (config.validation_every > 0, component_dir(&config.model, "vae")) {
+        (true, Ok(dir)) => Some(AutoencoderKL::from_dir(&dir, &plain, DType::F32)?),
+        _ => None,
+    };
     let mut metrics = OpenOptions::new().create(true).append(true).open(&metrics_path)?;
     let bar = ProgressBar::new(config.steps as u64).with_position(start as u64);
     bar.set_style(
@@ -157,6 +166,11 @@ pub fn train(config: &TrainConfig, resume: Option<&str>) -> Result<f64> {
         last_loss = loss;
 
         let done = step + 1;
+        if config.validation_every > 0 && (done % config.validation_every == 0 || done == config.steps) {
+            let dir = out.join("validation").join(format!("step-{done:08}"));
+            validate(config, &unet, &data, &schedule, vae.as_ref(), &dir)?;
+            bar.println(format!("validation samples: {}", dir.display()));
+        }
         if (config.checkpoint_every > 0 && done % config.checkpoint_every == 0) || done == config.steps {
             let state = CheckpointState { step: done, optimizer_step: optimizer.step, bad_in_a_row };
             checkpoint::save(out, &state, &unet, &unet_config, &optimizer, config.keep_checkpoints)?;
@@ -192,4 +206,25 @@ fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
         body.push('\n');
     }
     write_atomic(path, body.as_bytes())
+}
+
+/// Samples the validation prompts with the current weights (without autodiff) into `dir`.
+fn validate(
+    config: &TrainConfig,
+    unet: &UNet2DConditionModel,
+    data: &PairsFile,
+    schedule: &NoiseSchedule,
+    vae: Option<&(AutoencoderKL, VaeConfig)>,
+    dir: &Path,
+) -> Result<()> {
+    let euler = EulerSchedule::new(schedule, config.validation_steps, "leading", 1)?;
+    let (prompts, shape) = data.prompts(config.validation_prompts);
+    let plain = Prompts {
+        context: prompts.context.inner(),
+        text_embeds: prompts.text_embeds.inner(),
+        time_ids: prompts.time_ids.inner(),
+    };
+    let noise = initial_noise(config.seed, plain.context.dims()[0], shape, &plain.context.device());
+    let latents = sample_latents(&unet.valid(), &euler, &plain, noise, config.validation_guidance);
+    save_samples(latents, vae.map(|(v, c)| (v, c.scaling_factor)), dir)
 }

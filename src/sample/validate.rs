@@ -1,0 +1,88 @@
+//! Sampling with precomputed prompt embeddings: Euler steps with classifier-free guidance
+//! (SDXL's all-zero negative embeddings), then the VAE when the model folder has one.
+//! The trainer uses it for validation images.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use burn::tensor::{DType, Tensor, TensorData};
+
+use super::euler::EulerSchedule;
+use super::noise::gaussian;
+use crate::models::unet::{TextTime, UNet2DConditionModel};
+use crate::models::vae::AutoencoderKL;
+
+/// Prompt conditioning for K images.
+pub struct Prompts {
+    pub context: Tensor<3>,
+    pub text_embeds: Tensor<2>,
+    pub time_ids: Tensor<2>,
+}
+
+/// Unit-variance initial noise for `k` images, from `seed`.
+pub fn initial_noise(seed: u64, k: usize, latent_shape: [usize; 3], device: &burn::tensor::Device) -> Tensor<4> {
+    let [c, h, w] = latent_shape;
+    Tensor::from_data(TensorData::new(gaussian(seed, k * c * h * w), [k, c, h, w]), device)
+}
+
+/// Final latents (scaled, as the UNet sees them) for each prompt, from unit-variance
+/// `noise` (diffusers' `latents` argument, before the scheduler's init sigma), after
+/// `euler.timesteps.len()` guided Euler steps.
+pub fn sample_latents(
+    unet: &UNet2DConditionModel,
+    euler: &EulerSchedule,
+    prompts: &Prompts,
+    noise: Tensor<4>,
+    guidance: f64,
+) -> Tensor<4> {
+    let device = prompts.context.device();
+    let k = prompts.context.dims()[0];
+    let mut x = noise.mul_scalar(euler.init_noise_sigma);
+    // [uncond; cond]: the negative prompt is SDXL's all-zero embedding.
+    let context = Tensor::cat(vec![prompts.context.zeros_like(), prompts.context.clone()], 0);
+    let cond = TextTime {
+        text_embeds: Tensor::cat(vec![prompts.text_embeds.zeros_like(), prompts.text_embeds.clone()], 0),
+        time_ids: Tensor::cat(vec![prompts.time_ids.clone(); 2], 0),
+    };
+    for (i, &t) in euler.timesteps.iter().enumerate() {
+        let input = Tensor::cat(vec![x.clone(); 2], 0).mul_scalar(euler.input_scale(i));
+        let timesteps = crate::sample::schedule::timestep_tensor(&vec![t as i64; 2 * k], &device);
+        let eps = unet.forward(input, timesteps, context.clone(), Some(&cond));
+        let mut halves = eps.chunk(2, 0);
+        let (eps_c, eps_u) = (halves.pop().expect("cond"), halves.pop().expect("uncond"));
+        let guided = eps_u.clone() + (eps_c - eps_u).mul_scalar(guidance);
+        x = x + guided.mul_scalar(euler.step_size(i));
+    }
+    x
+}
+
+/// Writes `latents.safetensors`, and one PNG per image when `vae` is given.
+pub fn save_samples(latents: Tensor<4>, vae: Option<(&AutoencoderKL, f64)>, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    crate::models::io::write_tensors(
+        &dir.join("latents.safetensors"),
+        vec![("latents".into(), latents.clone().cast(DType::F32).into_data())],
+    )?;
+    let Some((vae, scaling)) = vae else { return Ok(()) };
+    let images = vae.decode(latents.div_scalar(scaling));
+    let [k, c, h, w] = images.dims();
+    let pixels = images
+        .cast(DType::F32)
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    for i in 0..k {
+        let mut img = image::RgbImage::new(w as u32, h as u32);
+        for y in 0..h {
+            for x in 0..w {
+                let at = |ch: usize| pixels[((i * c + ch.min(c - 1)) * h + y) * w + x];
+                let px = |v: f32| ((v / 2.0 + 0.5).clamp(0.0, 1.0) * 255.0).round() as u8;
+                img.put_pixel(x as u32, y as u32, image::Rgb([px(at(0)), px(at(1)), px(at(2))]));
+            }
+        }
+        let path = dir.join(format!("sample-{i}.png"));
+        img.save(&path).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
