@@ -6,7 +6,7 @@ use burn::tensor::DType;
 use common::*;
 use mapo::models::lora::LoraConfig;
 use mapo::models::named::{param_count, param_shapes};
-use mapo::models::unet::{TextTime, UNet2DConditionModel};
+use mapo::models::unet::UNet2DConditionModel;
 
 #[test]
 fn fresh_adapters_leave_the_output_unchanged_and_only_they_train() {
@@ -31,19 +31,7 @@ fn fresh_adapters_leave_the_output_unchanged_and_only_they_train() {
     );
 
     let cases = open("unet_cases.safetensors");
-    let f = |n: &str| format!("case0.{n}");
-    let run = |m: &UNet2DConditionModel| {
-        let cond = TextTime {
-            text_embeds: cases.float::<2>(&f("text_embeds"), &device, DType::F32).unwrap(),
-            time_ids: cases.float::<2>(&f("time_ids"), &device, DType::F32).unwrap(),
-        };
-        m.forward(
-            cases.float::<4>(&f("sample"), &device, DType::F32).unwrap(),
-            cases.int::<1>(&f("timestep"), &device).unwrap(),
-            cases.float::<3>(&f("encoder_hidden_states"), &device, DType::F32).unwrap(),
-            Some(&cond),
-        )
-    };
+    let run = |m: &UNet2DConditionModel| run_unet_case(m, &cases, "case0", &device);
     assert_close("lora at init", run(&lora), run(&base), 0.0);
 }
 
@@ -54,16 +42,7 @@ fn only_adapters_get_gradients() {
     let (lora, _) =
         UNet2DConditionModel::from_dir_with_lora(&dir, &device, DType::F32, Some(LoraConfig::new(4))).unwrap();
     let g = open("unet_grads.safetensors");
-    let cond = TextTime {
-        text_embeds: g.float::<2>("text_embeds", &device, DType::F32).unwrap(),
-        time_ids: g.float::<2>("time_ids", &device, DType::F32).unwrap(),
-    };
-    let out = lora.forward(
-        g.float::<4>("sample", &device, DType::F32).unwrap(),
-        g.int::<1>("timestep", &device).unwrap(),
-        g.float::<3>("encoder_hidden_states", &device, DType::F32).unwrap(),
-        Some(&cond),
-    );
+    let out = run_unet_case(&lora, &g, "", &device);
     let grads = (out * g.float::<4>("probe", &device, DType::F32).unwrap()).sum().backward();
     let with_grad: Vec<String> = mapo::models::named::param_grads(&lora, &grads)
         .into_iter()
@@ -120,19 +99,7 @@ fn lora_run_exports_adapters_and_a_merged_unet() {
     let (adapted, _) = UNet2DConditionModel::from_dir_with_lora(&ckpt, &device, DType::F32, Some(cfg)).unwrap();
     let (base, _) = UNet2DConditionModel::from_dir(&model.join("unet"), &device, DType::F32).unwrap();
     let cases = open("unet_cases.safetensors");
-    let run_case = |m: &UNet2DConditionModel| {
-        let f = |n: &str| format!("case2.{n}");
-        let cond = TextTime {
-            text_embeds: cases.float::<2>(&f("text_embeds"), &device, DType::F32).unwrap(),
-            time_ids: cases.float::<2>(&f("time_ids"), &device, DType::F32).unwrap(),
-        };
-        m.forward(
-            cases.float::<4>(&f("sample"), &device, DType::F32).unwrap(),
-            cases.int::<1>(&f("timestep"), &device).unwrap(),
-            cases.float::<3>(&f("encoder_hidden_states"), &device, DType::F32).unwrap(),
-            Some(&cond),
-        )
-    };
+    let run_case = |m: &UNet2DConditionModel| run_unet_case(m, &cases, "case2", &device);
     let (m, a, b) = (run_case(&merged), run_case(&adapted), run_case(&base));
     assert!(rel_err(&to_vec(a.clone()), &to_vec(b)) > 1e-5, "training did not change the adapters");
     assert_close("merged vs adapters", m, a, 1e-5);

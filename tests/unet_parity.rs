@@ -7,7 +7,7 @@ mod common;
 
 use burn::tensor::{DType, Tensor};
 use common::*;
-use mapo::models::unet::{TextTime, UNet2DConditionModel};
+use mapo::models::unet::UNet2DConditionModel;
 
 fn load(device: &burn::tensor::Device) -> UNet2DConditionModel {
     UNet2DConditionModel::from_dir(&fixtures().join("tiny-sdxl/unet"), device, DType::F32).unwrap().0
@@ -19,16 +19,8 @@ fn unet_matches_diffusers_forward() {
     let unet = load(&device);
     let cases = open("unet_cases.safetensors");
     for case in ["case0", "case1", "case2"] {
-        let f = |n: &str| format!("{case}.{n}");
-        let sample = cases.float::<4>(&f("sample"), &device, DType::F32).unwrap();
-        let timestep = cases.int::<1>(&f("timestep"), &device).unwrap();
-        let context = cases.float::<3>(&f("encoder_hidden_states"), &device, DType::F32).unwrap();
-        let cond = TextTime {
-            text_embeds: cases.float::<2>(&f("text_embeds"), &device, DType::F32).unwrap(),
-            time_ids: cases.float::<2>(&f("time_ids"), &device, DType::F32).unwrap(),
-        };
-        let want = cases.float::<4>(&f("out"), &device, DType::F32).unwrap();
-        let got = unet.forward(sample, timestep, context, Some(&cond));
+        let want = cases.float::<4>(&format!("{case}.out"), &device, DType::F32).unwrap();
+        let got = run_unet_case(&unet, &cases, case, &device);
         assert_close(&format!("unet {case} {:?}", want.dims()), got, want, 1e-4);
     }
 }
@@ -39,16 +31,7 @@ fn unet_gradients_match_pytorch() {
     let unet = load(&device);
     let g = open("unet_grads.safetensors");
     let f = |n: &str| g.float::<4>(n, &device, DType::F32).unwrap();
-    let cond = TextTime {
-        text_embeds: g.float::<2>("text_embeds", &device, DType::F32).unwrap(),
-        time_ids: g.float::<2>("time_ids", &device, DType::F32).unwrap(),
-    };
-    let out = unet.forward(
-        f("sample"),
-        g.int::<1>("timestep", &device).unwrap(),
-        g.float::<3>("encoder_hidden_states", &device, DType::F32).unwrap(),
-        Some(&cond),
-    );
+    let out = run_unet_case(&unet, &g, "", &device);
     let scalar: Tensor<1> = (out * f("probe")).sum();
     let want_scalar = g.float::<1>("scalar", &device, DType::F32).unwrap();
     assert_close("scalar", scalar.clone().inner(), want_scalar.inner(), 1e-4);

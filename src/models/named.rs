@@ -11,12 +11,14 @@ pub(crate) fn segment(name: &str) -> &str {
     LIST_FIELDS.iter().find(|(rust, _)| *rust == name).map_or(name, |(_, key)| key)
 }
 
-struct Collect<'f, F: FnMut(String, Tensor<1>, Vec<usize>)> {
+/// Walks float parameters with their diffusers names (and gradients, when given).
+struct Walk<'a, F: FnMut(String, Tensor<1>, Vec<usize>, Option<Tensor<1>>)> {
     path: Vec<String>,
-    f: &'f mut F,
+    grads: Option<&'a burn::tensor::Gradients>,
+    f: &'a mut F,
 }
 
-impl<F: FnMut(String, Tensor<1>, Vec<usize>)> ModuleVisitor for Collect<'_, F> {
+impl<F: FnMut(String, Tensor<1>, Vec<usize>, Option<Tensor<1>>)> ModuleVisitor for Walk<'_, F> {
     fn enter_module(&mut self, name: &str, _container_type: &str) {
         self.path.push(segment(name).to_string());
     }
@@ -28,13 +30,15 @@ impl<F: FnMut(String, Tensor<1>, Vec<usize>)> ModuleVisitor for Collect<'_, F> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         let value = param.val();
         let shape = value.dims().to_vec();
-        (self.f)(self.path.join("."), value.reshape([-1]), shape);
+        let grad = self.grads.and_then(|g| value.grad(g)).map(|g| g.reshape([-1]));
+        (self.f)(self.path.join("."), value.reshape([-1]), shape, grad);
     }
 }
 
 /// Calls `f(name, flattened tensor, shape)` for every float parameter.
 pub fn for_each_param<M: Module, F: FnMut(String, Tensor<1>, Vec<usize>)>(module: &M, mut f: F) {
-    module.visit(&mut Collect { path: Vec::new(), f: &mut f });
+    let mut g = |name, t, shape, _| f(name, t, shape);
+    module.visit(&mut Walk { path: Vec::new(), grads: None, f: &mut g });
 }
 
 /// `(name, shape)` of every parameter, in visiting order.
@@ -48,35 +52,13 @@ pub fn param_count<M: Module>(module: &M) -> usize {
     param_shapes(module).iter().map(|(_, s)| s.iter().product::<usize>()).sum()
 }
 
-struct CollectGrads<'g> {
-    path: Vec<String>,
-    grads: &'g burn::tensor::Gradients,
-    out: Vec<(String, Option<Tensor<1>>, Vec<usize>)>,
-}
-
-impl ModuleVisitor for CollectGrads<'_> {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(segment(name).to_string());
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-    }
-
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let value = param.val();
-        let shape = value.dims().to_vec();
-        let grad = value.grad(self.grads).map(|g| g.reshape([-1]));
-        self.out.push((self.path.join("."), grad, shape));
-    }
-}
-
 /// `(name, flattened gradient if any, shape)` of every float parameter after a backward pass.
 pub fn param_grads<M: Module>(
     module: &M,
     grads: &burn::tensor::Gradients,
 ) -> Vec<(String, Option<Tensor<1>>, Vec<usize>)> {
-    let mut v = CollectGrads { path: Vec::new(), grads, out: Vec::new() };
-    module.visit(&mut v);
-    v.out
+    let mut out = Vec::new();
+    let mut f = |name, _, shape, grad| out.push((name, grad, shape));
+    module.visit(&mut Walk { path: Vec::new(), grads: Some(grads), f: &mut f });
+    out
 }

@@ -21,6 +21,10 @@ pub struct CheckpointState {
     pub optimizer_step: u64,
     /// Non-finite losses in a row when the checkpoint was written.
     pub bad_in_a_row: usize,
+    /// The data order and the noise/timesteps of micro-batch i are drawn from generators
+    /// seeded by (seed, i): this pair is the whole RNG state and data position.
+    pub seed: u64,
+    pub micro_batches_done: usize,
 }
 
 const PREFIX: &str = "checkpoint-";

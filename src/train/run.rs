@@ -73,6 +73,16 @@ pub fn train(config: &TrainConfig, resume: Option<&str>) -> Result<f64> {
         Some(which) => {
             let dir = checkpoint::resolve(out, which)?;
             let (state, unet_ckpt) = checkpoint::load(&dir, &mut optimizer, &plain)?;
+            if state.seed != config.seed || state.micro_batches_done != state.step * config.grad_accumulation {
+                bail!(
+                    "{}: written with seed {} and {} micro-batches per step; this config has seed {} and {}",
+                    dir.display(),
+                    state.seed,
+                    state.micro_batches_done / state.step.max(1),
+                    config.seed,
+                    config.grad_accumulation
+                );
+            }
             truncate_metrics(&metrics_path, state.step)?;
             eprintln!("resuming from {} (step {})", dir.display(), state.step);
             let unet =
@@ -105,6 +115,7 @@ pub fn train(config: &TrainConfig, resume: Option<&str>) -> Result<f64> {
         ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}").expect("template"),
     );
     let mut last_loss = f64::NAN;
+    let mut peak_reserved = 0;
     for step in start..config.steps {
         let t0 = Instant::now();
         let mut grads = GradMap::new();
@@ -156,8 +167,11 @@ pub fn train(config: &TrainConfig, resume: Option<&str>) -> Result<f64> {
         for (k, v) in &sums {
             line[k] = serde_json::json!(v);
         }
+        // Device memory where the backend reports it (CubeCL backends; not flex).
         if let Some(usage) = plain.memory_pool_usage() {
+            peak_reserved = peak_reserved.max(usage.bytes_reserved);
             line["memory_reserved_bytes"] = serde_json::json!(usage.bytes_reserved);
+            line["peak_memory_reserved_bytes"] = serde_json::json!(peak_reserved);
         }
         writeln!(metrics, "{line}")?;
         metrics.flush()?;
@@ -172,7 +186,13 @@ pub fn train(config: &TrainConfig, resume: Option<&str>) -> Result<f64> {
             bar.println(format!("validation samples: {}", dir.display()));
         }
         if (config.checkpoint_every > 0 && done % config.checkpoint_every == 0) || done == config.steps {
-            let state = CheckpointState { step: done, optimizer_step: optimizer.step, bad_in_a_row };
+            let state = CheckpointState {
+                step: done,
+                optimizer_step: optimizer.step,
+                bad_in_a_row,
+                seed: config.seed,
+                micro_batches_done: done * accum,
+            };
             checkpoint::save(out, &state, &unet, &unet_config, &optimizer, config.keep_checkpoints)?;
         }
     }

@@ -40,3 +40,25 @@ pub fn assert_close<const D: usize>(what: &str, got: Tensor<D>, want: Tensor<D>,
     eprintln!("{what}: relative error {err:.3e} (tolerance {tol:.0e})");
     assert!(err <= tol, "{what}: relative error {err:.3e} exceeds {tol:.0e}");
 }
+
+/// `model`'s prediction for the inputs `<case>.sample`, `.timestep`,
+/// `.encoder_hidden_states`, `.text_embeds`, `.time_ids` of a fixture file (no prefix
+/// when `case` is empty).
+pub fn run_unet_case(
+    model: &mapo::models::unet::UNet2DConditionModel,
+    cases: &SafeTensorFiles,
+    case: &str,
+    device: &Device,
+) -> Tensor<4> {
+    let f = |n: &str| if case.is_empty() { n.to_string() } else { format!("{case}.{n}") };
+    let cond = mapo::models::unet::TextTime {
+        text_embeds: cases.float::<2>(&f("text_embeds"), device, DType::F32).unwrap(),
+        time_ids: cases.float::<2>(&f("time_ids"), device, DType::F32).unwrap(),
+    };
+    model.forward(
+        cases.float::<4>(&f("sample"), device, DType::F32).unwrap(),
+        cases.int::<1>(&f("timestep"), device).unwrap(),
+        cases.float::<3>(&f("encoder_hidden_states"), device, DType::F32).unwrap(),
+        Some(&cond),
+    )
+}
