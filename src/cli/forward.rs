@@ -8,6 +8,7 @@ use burn::tensor::{DType, Device, Tensor};
 use super::{Component, ForwardArgs};
 use crate::device::{Precision, select};
 use crate::losses::{Errors, Params, build};
+use crate::models::clip::ClipTextModel;
 use crate::models::folder::save_component;
 use crate::models::io::{SafeTensorFiles, write_tensors};
 use crate::models::named::param_count;
@@ -54,6 +55,19 @@ pub fn run(args: &ForwardArgs) -> Result<()> {
         Component::VaeDecode => {
             let (vae, _) = AutoencoderKL::from_dir(&component_dir(model, "vae")?, device, dtype)?;
             vec![("sample", vae.decode(f("latents")?))]
+        }
+        Component::TextEncoder | Component::TextEncoder2 => {
+            let second = args.component == Component::TextEncoder2;
+            let dir = component_dir(model, if second { "text_encoder_2" } else { "text_encoder" })?;
+            let (enc, _) = ClipTextModel::from_dir(&dir, device, dtype, second)?;
+            let out = enc.forward(inputs.int::<2>("input_ids", device)?);
+            let mut data = vec![("hidden_states".to_string(), out.penultimate.cast(DType::F32).into_data())];
+            let second_output = match (second, out.text_embeds) {
+                (true, Some(e)) => ("text_embeds", e.cast(DType::F32).into_data()),
+                _ => ("last_hidden_state", out.last_hidden_state.cast(DType::F32).into_data()),
+            };
+            data.push((second_output.0.to_string(), second_output.1));
+            return write_tensors(&args.out, data);
         }
         Component::Loss | Component::TrainStep => unreachable!("handled above"),
     };

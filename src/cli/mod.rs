@@ -105,6 +105,11 @@ pub enum Component {
     Unet,
     VaeEncode,
     VaeDecode,
+    /// CLIP ViT-L: `input_ids` → `hidden_states` (penultimate), `last_hidden_state`.
+    TextEncoder,
+    /// OpenCLIP bigG: `input_ids` → `hidden_states` (penultimate), `text_embeds`.
+    #[value(name = "text-encoder-2")]
+    TextEncoder2,
     /// A method's loss from predictions (`--method`, no `--model`).
     Loss,
     /// N full fine-tuning steps of the UNet on one fixed batch.

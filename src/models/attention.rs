@@ -14,11 +14,18 @@ use super::weights::Weights;
 /// Under autodiff Burn 0.22 lowers it to a materialised softmax(QKᵀ), whose memory the
 /// benchmarks report.
 pub fn multi_head_attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize) -> Tensor<3> {
+    attention_with(q, k, v, heads, false)
+}
+
+/// [`multi_head_attention`], with each query attending only to keys at or before it when
+/// `causal` (CLIP's text transformer).
+pub fn attention_with(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize, causal: bool) -> Tensor<3> {
     let [b, lq, inner] = q.dims();
     let lk = k.dims()[1];
     let d = inner / heads;
     let split = |t: Tensor<3>, l: usize| t.reshape([b, l, heads, d]).swap_dims(1, 2);
-    let out = attention(split(q, lq), split(k, lk), split(v, lk), None, None, AttentionModuleOptions::default());
+    let options = AttentionModuleOptions { is_causal: causal, ..Default::default() };
+    let out = attention(split(q, lq), split(k, lk), split(v, lk), None, None, options);
     out.swap_dims(1, 2).reshape([b, lq, inner])
 }
 

@@ -1,6 +1,7 @@
 //! The SDXL models as Burn modules that load diffusers folders.
 
 pub mod attention;
+pub mod clip;
 pub mod config;
 pub mod folder;
 pub mod io;

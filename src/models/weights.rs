@@ -224,6 +224,14 @@ impl<'a> Weights<'a> {
         }
     }
 
+    /// Accepts `name` under this prefix if the source has it, without loading it (buffers
+    /// some files carry that are not weights, e.g. CLIP's `position_ids`).
+    pub fn skip(&self, name: &str) {
+        if self.contains(name) {
+            self.shared.used.borrow_mut().insert(self.key(name));
+        }
+    }
+
     /// Every `(key, shape)` requested so far, in construction order.
     pub fn requested(&self) -> Vec<(String, Vec<usize>)> {
         self.shared.requested.borrow().clone()
