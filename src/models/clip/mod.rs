@@ -2,6 +2,7 @@
 //! OpenCLIP bigG with a projection), built from a transformers `config.json`.
 
 pub mod config;
+pub mod tokenizer;
 
 use std::path::Path;
 
