@@ -38,9 +38,10 @@ fn guided_euler_sampling_matches_diffusers() {
         context: f.float::<3>("sample.encoder_hidden_states", &device, DType::F32).unwrap(),
         text_embeds: f.float::<2>("sample.text_embeds", &device, DType::F32).unwrap(),
         time_ids: f.float::<2>("sample.time_ids", &device, DType::F32).unwrap(),
+        negative: None,
     };
     let euler = EulerSchedule::new(&NoiseSchedule::sdxl(), 6, "leading", 1).unwrap();
     let noise = f.float::<4>("sample.noise", &device, DType::F32).unwrap();
-    let got = sample_latents(&unet, &euler, &prompts, noise, 5.0);
+    let got = sample_latents(&unet, &euler, &prompts, noise, 5.0, &mut |_| {});
     assert_close("euler 6 steps, guidance 5", got, f.float::<4>("sample.latents", &device, DType::F32).unwrap(), 1e-4);
 }

@@ -1,6 +1,7 @@
 //! The command-line interface: argument definitions, and one small function per command.
 
 pub mod forward;
+pub mod generate;
 pub mod pairs;
 pub mod train_step;
 
@@ -47,6 +48,15 @@ pub enum Command {
         /// Storage dtype of the written weights.
         #[arg(long, default_value = "f32")]
         dtype: String,
+    },
+    /// Text to image with an SDXL pipeline folder (DESIGN §2).
+    Generate(generate::GenerateArgs),
+    /// Print both tokenizers' ids for a prompt as JSON.
+    Tokenize {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        prompt: String,
     },
     /// Fine-tune a UNet with a preference method (see experiments/ and README).
     Train {
@@ -157,6 +167,8 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Forward(args) => forward::run(&args),
         Command::Params { model } => forward::params(&model),
+        Command::Generate(args) => generate::run(&args),
+        Command::Tokenize { model, prompt } => generate::tokenize(&model, &prompt),
         Command::Train { config, mut overrides, resume, keep } => {
             overrides.extend(keep.map(|k| format!("keep_checkpoints={k}")));
             let config = crate::train::config::TrainConfig::load(&config, &overrides)?;

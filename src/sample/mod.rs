@@ -2,5 +2,6 @@
 
 pub mod euler;
 pub mod noise;
+pub mod pipeline;
 pub mod schedule;
 pub mod validate;

@@ -17,6 +17,8 @@ pub struct Prompts {
     pub context: Tensor<3>,
     pub text_embeds: Tensor<2>,
     pub time_ids: Tensor<2>,
+    /// The negative prompt's `(context, text_embeds)`; `None` is SDXL's all-zero negative.
+    pub negative: Option<(Tensor<3>, Tensor<2>)>,
 }
 
 /// Unit-variance initial noise for `k` images, from `seed`.
@@ -34,17 +36,23 @@ pub fn sample_latents(
     prompts: &Prompts,
     noise: Tensor<4>,
     guidance: f64,
+    on_step: &mut dyn FnMut(usize),
 ) -> Tensor<4> {
     let device = prompts.context.device();
     let k = prompts.context.dims()[0];
     let mut x = noise.mul_scalar(euler.init_noise_sigma);
-    // [uncond; cond]: the negative prompt is SDXL's all-zero embedding.
-    let context = Tensor::cat(vec![prompts.context.zeros_like(), prompts.context.clone()], 0);
+    // [uncond; cond]
+    let (neg_context, neg_text) = match &prompts.negative {
+        Some((c, t)) => (c.clone(), t.clone()),
+        None => (prompts.context.zeros_like(), prompts.text_embeds.zeros_like()),
+    };
+    let context = Tensor::cat(vec![neg_context, prompts.context.clone()], 0);
     let cond = TextTime {
-        text_embeds: Tensor::cat(vec![prompts.text_embeds.zeros_like(), prompts.text_embeds.clone()], 0),
+        text_embeds: Tensor::cat(vec![neg_text, prompts.text_embeds.clone()], 0),
         time_ids: Tensor::cat(vec![prompts.time_ids.clone(); 2], 0),
     };
     for (i, &t) in euler.timesteps.iter().enumerate() {
+        on_step(i);
         let input = Tensor::cat(vec![x.clone(); 2], 0).mul_scalar(euler.input_scale(i));
         let timesteps = crate::sample::schedule::timestep_tensor(&vec![t as i64; 2 * k], &device);
         let eps = unet.forward(input, timesteps, context.clone(), Some(&cond));

@@ -70,6 +70,7 @@ impl PairsFile {
             context: self.context.clone().narrow(0, 0, k),
             text_embeds: self.text_embeds.clone().narrow(0, 0, k),
             time_ids: self.time_ids.clone().narrow(0, 0, k),
+            negative: None,
         };
         (prompts, [c, h, w])
     }

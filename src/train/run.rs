@@ -243,8 +243,9 @@ fn validate(
         context: prompts.context.inner(),
         text_embeds: prompts.text_embeds.inner(),
         time_ids: prompts.time_ids.inner(),
+        negative: None,
     };
     let noise = initial_noise(config.seed, plain.context.dims()[0], shape, &plain.context.device());
-    let latents = sample_latents(&unet.valid(), &euler, &plain, noise, config.validation_guidance);
+    let latents = sample_latents(&unet.valid(), &euler, &plain, noise, config.validation_guidance, &mut |_| {});
     save_samples(latents, vae.map(|(v, c)| (v, c.scaling_factor)), dir)
 }

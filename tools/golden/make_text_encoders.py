@@ -41,11 +41,14 @@ def ids(pad):
     return torch.tensor(rows, dtype=torch.int64)
 
 
-common = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-              num_attention_heads=4, max_position_embeddings=77, layer_norm_eps=1e-5,
-              bos_token_id=BOS, pad_token_id=1)
-enc1 = CLIPTextModel(CLIPTextConfig(**common, hidden_act="quick_gelu", eos_token_id=2, projection_dim=32)).eval()
-enc2 = CLIPTextModelWithProjection(CLIPTextConfig(**common, hidden_act="gelu", eos_token_id=EOS, projection_dim=24)).eval()
+# Widths fit the tiny UNet: 16 + 32 = its cross_attention_dim 48, and the projection (32)
+# plus 6 × 8 time-id features = its projection_class_embeddings_input_dim 80.
+common = dict(vocab_size=VOCAB, num_hidden_layers=3, num_attention_heads=4, max_position_embeddings=77,
+              layer_norm_eps=1e-5, bos_token_id=BOS, pad_token_id=1)
+enc1 = CLIPTextModel(CLIPTextConfig(**common, hidden_size=16, intermediate_size=32, hidden_act="quick_gelu",
+                                    eos_token_id=2, projection_dim=16)).eval()
+enc2 = CLIPTextModelWithProjection(CLIPTextConfig(**common, hidden_size=32, intermediate_size=64, hidden_act="gelu",
+                                                  eos_token_id=EOS, projection_dim=32)).eval()
 randomize(enc1)
 randomize(enc2)
 root = os.path.join(OUT, "tiny-sdxl")

@@ -1,0 +1,163 @@
+//! `mapo generate` and `mapo tokenize`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use burn::tensor::{DType, Tensor};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::DeviceArgs;
+use crate::device::{Precision, select};
+use crate::models::clip::tokenizer::ClipTokenizer;
+use crate::models::io::{SafeTensorFiles, write_tensors};
+use crate::sample::pipeline::SdxlPipeline;
+use crate::sample::validate::{initial_noise, save_samples};
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// A diffusers SDXL pipeline folder.
+    #[arg(long)]
+    pub model: PathBuf,
+    #[arg(long, required_unless_present = "prompts")]
+    pub prompt: Option<String>,
+    /// A text file with one prompt per line (instead of --prompt).
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
+    /// Empty (the default) uses SDXL's all-zero negative embeddings.
+    #[arg(long)]
+    pub negative_prompt: Option<String>,
+    #[arg(long, default_value_t = 30)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 5.0)]
+    pub guidance: f64,
+    #[arg(long, default_value_t = 1024)]
+    pub width: usize,
+    #[arg(long, default_value_t = 1024)]
+    pub height: usize,
+    /// Seed of the initial noise (image i of a run uses seed + i).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Images per prompt.
+    #[arg(long, default_value_t = 1)]
+    pub num_images: usize,
+    /// Initial noise [1,4,h,w] (before the scheduler's init sigma), to compare with diffusers.
+    #[arg(long)]
+    pub init_latents: Option<PathBuf>,
+    /// Write the final latents (before VAE decoding) here.
+    #[arg(long)]
+    pub save_latents: Option<PathBuf>,
+    /// A fine-tuned diffusers `unet/` folder to use instead of the pipeline's.
+    #[arg(long)]
+    pub unet: Option<PathBuf>,
+    /// Output PNG; with several images, `-<n>` is added before the extension.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+pub fn run(args: &GenerateArgs) -> Result<()> {
+    let device = select(args.device.device.as_deref())?.device;
+    let dtype = args.device.dtype.parse::<Precision>()?.dtype();
+    let prompts: Vec<String> = match (&args.prompt, &args.prompts) {
+        (Some(p), None) => vec![p.clone()],
+        (None, Some(file)) => std::fs::read_to_string(file)
+            .with_context(|| format!("reading {}", file.display()))?
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_string)
+            .collect(),
+        _ => bail!("give either --prompt or --prompts"),
+    };
+    let pipe = SdxlPipeline::load(&args.model, args.unet.as_deref(), &device, dtype)?;
+    let f = pipe.vae_scale_factor();
+    if args.width % f != 0 || args.height % f != 0 {
+        bail!("--width and --height must be multiples of {f} (the VAE's factor)");
+    }
+    let shape = [pipe.unet.conv_in.weight.dims()[1], args.height / f, args.width / f];
+    let total = prompts.len() * args.num_images;
+    if args.init_latents.is_some() && total != 1 {
+        bail!("--init-latents gives the noise of one image; generate one image with it");
+    }
+    let bar = ProgressBar::new((total * args.steps) as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}")
+            .expect("template"),
+    );
+    let mut outputs = Vec::new();
+    let mut all_latents = Vec::new();
+    for (p, prompt) in prompts.iter().enumerate() {
+        for k in 0..args.num_images {
+            let index = p * args.num_images + k;
+            let noise = match &args.init_latents {
+                Some(file) => read_latents(file, &device, shape)?,
+                None => initial_noise(args.seed + index as u64, 1, shape, &device),
+            };
+            bar.set_message(format!("image {}/{total}", index + 1));
+            let latents = pipe.generate_latents(
+                prompt,
+                args.negative_prompt.as_deref(),
+                args.steps,
+                args.guidance,
+                noise.cast(dtype),
+                &mut |_| bar.inc(1),
+            )?;
+            let latents = latents.cast(DType::F32);
+            all_latents.push(latents.clone());
+            let out = if total == 1 { args.out.clone() } else { numbered(&args.out, index) };
+            let dir = tempdir_for(&out)?;
+            save_samples(latents, Some((&pipe.vae, pipe.vae_config.scaling_factor)), &dir)?;
+            std::fs::rename(dir.join("sample-0.png"), &out).with_context(|| format!("writing {}", out.display()))?;
+            let _ = std::fs::remove_dir_all(&dir);
+            outputs.push(out);
+        }
+    }
+    bar.finish();
+    if let Some(path) = &args.save_latents {
+        write_tensors(path, vec![("latents".into(), Tensor::cat(all_latents, 0).into_data())])?;
+    }
+    for o in outputs {
+        println!("{}", o.display());
+    }
+    Ok(())
+}
+
+fn read_latents(file: &Path, device: &burn::tensor::Device, shape: [usize; 3]) -> Result<Tensor<4>> {
+    let f = SafeTensorFiles::open_file(file)?;
+    let name = if f.get("latents").is_some() {
+        "latents".to_string()
+    } else {
+        let names: Vec<&str> = f.names().collect();
+        match names.as_slice() {
+            [one] => one.to_string(),
+            _ => bail!("{}: expected a tensor named `latents`", file.display()),
+        }
+    };
+    let t = f.float::<4>(&name, device, DType::F32)?;
+    let [c, h, w] = shape;
+    if t.dims() != [1, c, h, w] {
+        bail!("{}: {name} has shape {:?}, expected [1, {c}, {h}, {w}] for this size", file.display(), t.dims());
+    }
+    Ok(t)
+}
+
+fn numbered(out: &Path, i: usize) -> PathBuf {
+    let stem = out.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
+    let ext = out.extension().and_then(|s| s.to_str()).unwrap_or("png");
+    out.with_file_name(format!("{stem}-{i}.{ext}"))
+}
+
+fn tempdir_for(out: &Path) -> Result<PathBuf> {
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = parent.join(format!(".mapo-generate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+pub fn tokenize(model: &Path, prompt: &str) -> Result<()> {
+    let one = ClipTokenizer::from_dir(&model.join("tokenizer"))?.encode(prompt);
+    let two = ClipTokenizer::from_dir(&model.join("tokenizer_2"))?.encode(prompt);
+    println!("{}", serde_json::json!({"input_ids": one, "input_ids_2": two}));
+    Ok(())
+}
