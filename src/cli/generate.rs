@@ -72,7 +72,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     };
     let pipe = SdxlPipeline::load(&args.model, args.unet.as_deref(), &device, dtype)?;
     let f = pipe.vae_scale_factor();
-    if args.width % f != 0 || args.height % f != 0 {
+    if !args.width.is_multiple_of(f) || !args.height.is_multiple_of(f) {
         bail!("--width and --height must be multiples of {f} (the VAE's factor)");
     }
     let shape = [pipe.unet.conv_in.weight.dims()[1], args.height / f, args.width / f];
