@@ -23,7 +23,12 @@ fn prompt_encoding_matches_diffusers() {
     let f = open("pipeline.safetensors");
     let (context, pooled) = pipe.encode_prompt(spec()["prompt"].as_str().unwrap());
     assert_close("prompt_embeds", context, f.float::<3>("prompt_embeds", &device, DType::F32).unwrap(), 1e-4);
-    assert_close("pooled_prompt_embeds", pooled, f.float::<2>("pooled_prompt_embeds", &device, DType::F32).unwrap(), 1e-4);
+    assert_close(
+        "pooled_prompt_embeds",
+        pooled,
+        f.float::<2>("pooled_prompt_embeds", &device, DType::F32).unwrap(),
+        1e-4,
+    );
 }
 
 #[test]
@@ -68,4 +73,61 @@ fn tokenize_prints_both_id_lists() {
     assert_eq!(a[0], 998);
     assert_eq!(b[76], 0);
     assert_eq!(a[76], 999);
+}
+
+/// `--lora FILE` folds a diffusers-format LoRA file into the UNet: the same latents as
+/// generating with the run's merged `unet/`, and different from the base model's.
+#[test]
+fn generate_with_lora_file_equals_the_merged_unet() {
+    let dir = std::env::temp_dir().join(format!("mapo-generate-lora-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin = env!("CARGO_BIN_EXE_mapo");
+    let model = fixtures().join("tiny-sdxl");
+    let run = |args: &[&str]| {
+        let out = Command::new(bin).args(args).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    let pairs = dir.join("pairs.safetensors");
+    run(&[
+        "make-pairs",
+        "--model",
+        model.to_str().unwrap(),
+        "--pairs",
+        "4",
+        "--size",
+        "8x12",
+        "--out",
+        pairs.to_str().unwrap(),
+    ]);
+    let config = dir.join("lora.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "model = {model:?}\ndata = {pairs:?}\noutput_dir = {:?}\nmethod = \"sft\"\nsteps = 3\nbatch_size = 2\n\
+             device = \"flex\"\n[lora]\nrank = 2\nalpha = 4\n[optimizer]\nlr = 5e-2\n",
+            dir.join("run")
+        ),
+    )
+    .unwrap();
+    run(&["train", "--config", config.to_str().unwrap()]);
+    let latents = |name: &str, extra: &[&str]| {
+        let out = dir.join(format!("{name}.safetensors"));
+        let mut args = vec!["generate", "--model", model.to_str().unwrap(), "--prompt", "a cat", "--steps", "3"];
+        args.extend_from_slice(&["--width", "48", "--height", "32", "--device", "flex", "--seed", "5"]);
+        let png = dir.join(format!("{name}.png"));
+        args.extend_from_slice(&["--save-latents", out.to_str().unwrap(), "--out", png.to_str().unwrap()]);
+        args.extend_from_slice(extra);
+        run(&args);
+        let device = device();
+        SafeTensorFiles::open_file(&out).unwrap().float::<4>("latents", &device, DType::F32).unwrap()
+    };
+    let lora_file = dir.join("run/pytorch_lora_weights.safetensors");
+    let merged_unet = dir.join("run/unet");
+    let with_lora = latents("lora", &["--lora", lora_file.to_str().unwrap()]);
+    let merged = latents("merged", &["--unet", merged_unet.to_str().unwrap()]);
+    let base = latents("base", &[]);
+    assert!(rel_err(&to_vec(with_lora.clone()), &to_vec(base)) > 1e-4, "the LoRA changed nothing");
+    assert_close("--lora vs merged --unet", with_lora, merged, 1e-5);
+    std::fs::remove_dir_all(&dir).unwrap();
 }

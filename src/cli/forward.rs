@@ -134,7 +134,26 @@ pub fn random_model(component: &str, config: &Path, out: &Path, dtype: &str) -> 
             save_component(&UNet2DConditionModel::load(&serde_json::from_value(raw.clone())?, &w)?, &raw, out, dtype)
         }
         "vae" => save_component(&AutoencoderKL::load(&serde_json::from_value(raw.clone())?, &w)?, &raw, out, dtype),
-        other => bail!("unknown component {other:?}: expected unet or vae"),
+        // Text encoders: transformers' file name, keys with the `text_model.` prefix.
+        "text_encoder" | "text_encoder_2" => {
+            let model = ClipTextModel::load(&serde_json::from_value(raw.clone())?, &w, component == "text_encoder_2")?;
+            save_component(&model, &raw, out, dtype)?;
+            let dir = out;
+            let file = dir.join("diffusion_pytorch_model.safetensors");
+            let files = SafeTensorFiles::open_file(&file)?;
+            let tensors = files
+                .names()
+                .map(|n| {
+                    let key = if n.starts_with("text_projection") { n.to_string() } else { format!("text_model.{n}") };
+                    (key, files.get(n).expect("listed").to_data().expect("float"))
+                })
+                .collect();
+            write_tensors(&dir.join("model.safetensors"), tensors)?;
+            drop(files);
+            std::fs::remove_file(&file)?;
+            Ok(())
+        }
+        other => bail!("unknown component {other:?}: expected unet, vae, text_encoder or text_encoder_2"),
     }?;
     println!("wrote {}", out.display());
     Ok(())

@@ -11,6 +11,7 @@ use super::DeviceArgs;
 use crate::device::{Precision, select};
 use crate::models::clip::tokenizer::ClipTokenizer;
 use crate::models::io::{SafeTensorFiles, write_tensors};
+use crate::models::lora::apply_lora_file;
 use crate::sample::pipeline::SdxlPipeline;
 use crate::sample::validate::{initial_noise, save_samples};
 
@@ -29,6 +30,9 @@ pub struct GenerateArgs {
     pub negative_prompt: Option<String>,
     #[arg(long, default_value_t = 30)]
     pub steps: usize,
+    /// euler (SDXL's default) or ddim.
+    #[arg(long, default_value = "euler")]
+    pub sampler: String,
     #[arg(long, default_value_t = 5.0)]
     pub guidance: f64,
     #[arg(long, default_value_t = 1024)]
@@ -50,6 +54,9 @@ pub struct GenerateArgs {
     /// A fine-tuned diffusers `unet/` folder to use instead of the pipeline's.
     #[arg(long)]
     pub unet: Option<PathBuf>,
+    /// A diffusers/PEFT LoRA file (`pytorch_lora_weights.safetensors`) to fold into the UNet.
+    #[arg(long)]
+    pub lora: Option<PathBuf>,
     /// Output PNG; with several images, `-<n>` is added before the extension.
     #[arg(long)]
     pub out: PathBuf,
@@ -70,7 +77,10 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
             .collect(),
         _ => bail!("give either --prompt or --prompts"),
     };
-    let pipe = SdxlPipeline::load(&args.model, args.unet.as_deref(), &device, dtype)?;
+    let mut pipe = SdxlPipeline::load(&args.model, args.unet.as_deref(), &device, dtype)?;
+    if let Some(lora) = &args.lora {
+        pipe.unet = apply_lora_file(pipe.unet, lora, "unet.")?;
+    }
     let f = pipe.vae_scale_factor();
     if !args.width.is_multiple_of(f) || !args.height.is_multiple_of(f) {
         bail!("--width and --height must be multiples of {f} (the VAE's factor)");
@@ -98,6 +108,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
             let latents = pipe.generate_latents(
                 prompt,
                 args.negative_prompt.as_deref(),
+                &args.sampler,
                 args.steps,
                 args.guidance,
                 noise.cast(dtype),

@@ -144,3 +144,88 @@ pub fn save_merged<M: Module>(module: &M, config: &serde_json::Value, dir: &Path
     write_safetensors(&dir.join("diffusion_pytorch_model.safetensors"), tensors)?;
     super::io::write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(config)?.as_bytes())
 }
+
+/// Folds the adapters of a diffusers/PEFT LoRA file (`<prefix><layer>.lora_A.weight`,
+/// `<prefix><layer>.lora_B.weight`, optional `<prefix><layer>.alpha`) into the weights of
+/// `module`: `W += (alpha / rank) · B·A` (scale 1 without `alpha`, as diffusers' own files).
+/// Every adapter in the file must find its layer.
+pub fn apply_lora_file<M: Module>(module: M, path: &Path, prefix: &str) -> Result<M> {
+    let files = super::io::SafeTensorFiles::open_file(path)?;
+    let mut mapper = ApplyLora { path: Vec::new(), files: &files, prefix, applied: Vec::new(), error: None };
+    let module = module.map(&mut mapper);
+    if let Some(e) = mapper.error {
+        return Err(e);
+    }
+    let wanted: Vec<String> = files
+        .names()
+        .filter_map(|n| n.strip_suffix(".lora_A.weight"))
+        .filter_map(|n| n.strip_prefix(prefix))
+        .map(str::to_string)
+        .collect();
+    let missing: Vec<&String> = wanted.iter().filter(|l| !mapper.applied.contains(l)).collect();
+    if wanted.is_empty() || !missing.is_empty() {
+        anyhow::bail!(
+            "{}: {} adapters with prefix {prefix:?}; no layer for: {:?}",
+            path.display(),
+            wanted.len(),
+            missing.iter().take(10).collect::<Vec<_>>()
+        );
+    }
+    Ok(module)
+}
+
+struct ApplyLora<'a> {
+    path: Vec<String>,
+    files: &'a super::io::SafeTensorFiles,
+    prefix: &'a str,
+    applied: Vec<String>,
+    error: Option<anyhow::Error>,
+}
+
+impl burn::module::ModuleMapper for ApplyLora<'_> {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.path.push(super::named::segment(name).to_string());
+    }
+
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let name = self.path.join(".");
+        let Some(layer) = name.strip_suffix(".weight") else { return param };
+        let key = |part: &str| format!("{}{layer}.{part}", self.prefix);
+        if D != 2 || self.files.get(&key("lora_A.weight")).is_none() {
+            return param;
+        }
+        let (id, w, mapper) = param.consume();
+        let device = w.device();
+        let read = |k: &str| self.files.float::<2>(&key(k), &device, DType::F32);
+        let result = (|| -> Result<Tensor<D>> {
+            let (a, b) = (read("lora_A.weight")?, read("lora_B.weight")?);
+            let rank = a.dims()[0];
+            let scale = match self.files.get(&key("alpha")) {
+                Some(v) => {
+                    v.to_data()?.convert::<f32>().try_to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?[0] as f64
+                        / rank as f64
+                }
+                None => 1.0,
+            };
+            let delta = b.matmul(a).mul_scalar(scale);
+            if delta.dims().as_slice() != w.dims().as_slice() {
+                anyhow::bail!("adapter for {layer}: B·A is {:?}, the weight is {:?}", delta.dims(), w.dims());
+            }
+            Ok(w.clone() + delta.cast(w.dtype()).reshape(w.dims()))
+        })();
+        match result {
+            Ok(merged) => {
+                self.applied.push(layer.to_string());
+                Param::from_mapped_value(id, merged, mapper)
+            }
+            Err(e) => {
+                self.error.get_or_insert(e);
+                Param::from_mapped_value(id, w, mapper)
+            }
+        }
+    }
+}

@@ -3,6 +3,9 @@
 
 use anyhow::{Result, bail};
 
+use burn::tensor::Tensor;
+
+use super::sampler::Sampler;
 use super::schedule::NoiseSchedule;
 
 #[derive(Debug, Clone)]
@@ -52,14 +55,24 @@ impl EulerSchedule {
         sigmas.push(0.0);
         Ok(Self { timesteps, sigmas, init_noise_sigma })
     }
+}
 
-    /// The factor diffusers' `scale_model_input` divides the sample by at step `i`.
-    pub fn input_scale(&self, i: usize) -> f32 {
+impl Sampler for EulerSchedule {
+    fn timesteps(&self) -> &[f32] {
+        &self.timesteps
+    }
+
+    fn init_noise_sigma(&self) -> f32 {
+        self.init_noise_sigma
+    }
+
+    /// diffusers' `scale_model_input`: x / √(σ² + 1).
+    fn input_scale(&self, i: usize) -> f32 {
         1.0 / (self.sigmas[i] * self.sigmas[i] + 1.0).sqrt()
     }
 
     /// `x_{i+1} = x_i + ε · (σ_{i+1} − σ_i)` for an ε-prediction.
-    pub fn step_size(&self, i: usize) -> f32 {
-        self.sigmas[i + 1] - self.sigmas[i]
+    fn step(&self, i: usize, x: Tensor<4>, eps: Tensor<4>) -> Tensor<4> {
+        x + eps.mul_scalar(self.sigmas[i + 1] - self.sigmas[i])
     }
 }

@@ -1,7 +1,9 @@
 //! Noise schedules, seeded noise and samplers.
 
+pub mod ddim;
 pub mod euler;
 pub mod noise;
 pub mod pipeline;
+pub mod sampler;
 pub mod schedule;
 pub mod validate;

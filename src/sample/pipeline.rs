@@ -7,7 +7,9 @@ use anyhow::{Result, bail};
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use serde::Deserialize;
 
+use super::ddim::DdimSchedule;
 use super::euler::EulerSchedule;
+use super::sampler::Sampler;
 use super::schedule::NoiseSchedule;
 use super::validate::{Prompts, sample_latents};
 use crate::cli::forward::component_dir;
@@ -33,6 +35,20 @@ pub struct SchedulerConfig {
     pub steps_offset: usize,
     #[serde(default = "epsilon")]
     pub prediction_type: String,
+    /// DDIM only (diffusers' DDIMScheduler defaults; SDXL's file sets both false).
+    #[serde(default = "yes")]
+    pub set_alpha_to_one: bool,
+    #[serde(default = "yes")]
+    pub clip_sample: bool,
+    #[serde(default = "one_f")]
+    pub clip_sample_range: f32,
+}
+
+fn yes() -> bool {
+    true
+}
+fn one_f() -> f32 {
+    1.0
 }
 
 fn thousand() -> usize {
@@ -79,6 +95,19 @@ impl SchedulerConfig {
 
     pub fn schedule(&self) -> NoiseSchedule {
         NoiseSchedule::scaled_linear(self.num_train_timesteps, self.beta_start, self.beta_end)
+    }
+
+    /// `euler` (SDXL's default) or `ddim`, set up as diffusers would from this config.
+    pub fn sampler(&self, name: &str, steps: usize) -> Result<Box<dyn Sampler>> {
+        let (s, spacing, offset) = (self.schedule(), self.timestep_spacing.as_str(), self.steps_offset);
+        Ok(match name {
+            "euler" => Box::new(EulerSchedule::new(&s, steps, spacing, offset)?),
+            "ddim" => {
+                let clip = self.clip_sample.then_some(self.clip_sample_range);
+                Box::new(DdimSchedule::new(&s, steps, spacing, offset, self.set_alpha_to_one, clip)?)
+            }
+            other => bail!("unknown sampler {other:?} (euler or ddim)"),
+        })
     }
 }
 
@@ -137,10 +166,12 @@ impl SdxlPipeline {
 
     /// Final latents for one prompt from unit-variance `noise` [1,4,h,w]; an empty or absent
     /// negative prompt uses SDXL's all-zero negative embeddings.
+    #[allow(clippy::too_many_arguments)]
     pub fn generate_latents(
         &self,
         prompt: &str,
         negative: Option<&str>,
+        sampler: &str,
         steps: usize,
         guidance: f64,
         noise: Tensor<4>,
@@ -154,8 +185,7 @@ impl SdxlPipeline {
         let time_ids =
             Tensor::<2>::from_data(TensorData::new(vec![height, width, 0.0, 0.0, height, width], [1, 6]), &self.device);
         let prompts = Prompts { context, text_embeds, time_ids, negative };
-        let s = &self.scheduler;
-        let euler = EulerSchedule::new(&s.schedule(), steps, &s.timestep_spacing, s.steps_offset)?;
-        Ok(sample_latents(&self.unet, &euler, &prompts, noise, guidance, on_step))
+        let sampler = self.scheduler.sampler(sampler, steps)?;
+        Ok(sample_latents(&self.unet, sampler.as_ref(), &prompts, noise, guidance, on_step))
     }
 }

@@ -7,8 +7,8 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use burn::tensor::{DType, Tensor, TensorData};
 
-use super::euler::EulerSchedule;
 use super::noise::gaussian;
+use super::sampler::Sampler;
 use crate::models::unet::{TextTime, UNet2DConditionModel};
 use crate::models::vae::AutoencoderKL;
 
@@ -29,10 +29,10 @@ pub fn initial_noise(seed: u64, k: usize, latent_shape: [usize; 3], device: &bur
 
 /// Final latents (scaled, as the UNet sees them) for each prompt, from unit-variance
 /// `noise` (diffusers' `latents` argument, before the scheduler's init sigma), after
-/// `euler.timesteps.len()` guided Euler steps.
+/// one guided step per sampler timestep.
 pub fn sample_latents(
     unet: &UNet2DConditionModel,
-    euler: &EulerSchedule,
+    sampler: &dyn Sampler,
     prompts: &Prompts,
     noise: Tensor<4>,
     guidance: f64,
@@ -40,7 +40,7 @@ pub fn sample_latents(
 ) -> Tensor<4> {
     let device = prompts.context.device();
     let k = prompts.context.dims()[0];
-    let mut x = noise.mul_scalar(euler.init_noise_sigma);
+    let mut x = noise.mul_scalar(sampler.init_noise_sigma());
     // [uncond; cond]
     let (neg_context, neg_text) = match &prompts.negative {
         Some((c, t)) => (c.clone(), t.clone()),
@@ -51,15 +51,15 @@ pub fn sample_latents(
         text_embeds: Tensor::cat(vec![neg_text, prompts.text_embeds.clone()], 0),
         time_ids: Tensor::cat(vec![prompts.time_ids.clone(); 2], 0),
     };
-    for (i, &t) in euler.timesteps.iter().enumerate() {
+    for (i, &t) in sampler.timesteps().iter().enumerate() {
         on_step(i);
-        let input = Tensor::cat(vec![x.clone(); 2], 0).mul_scalar(euler.input_scale(i));
+        let input = Tensor::cat(vec![x.clone(); 2], 0).mul_scalar(sampler.input_scale(i));
         let timesteps = crate::sample::schedule::timestep_tensor(&vec![t as i64; 2 * k], &device);
         let eps = unet.forward(input, timesteps, context.clone(), Some(&cond));
         let mut halves = eps.chunk(2, 0);
         let (eps_c, eps_u) = (halves.pop().expect("cond"), halves.pop().expect("uncond"));
         let guided = eps_u.clone() + (eps_c - eps_u).mul_scalar(guidance);
-        x = x + guided.mul_scalar(euler.step_size(i));
+        x = sampler.step(i, x, guided);
     }
     x
 }

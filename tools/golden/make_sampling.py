@@ -46,7 +46,44 @@ with torch.no_grad():
         eps = unet(inp, t, context, added_cond_kwargs=cond).sample
         u, c = eps.chunk(2)
         latents = s.step(u + guidance * (c - u), t, latents).prev_sample
+euler_latents = latents
+# DDIM from the same scheduler config, as DDIMScheduler.from_config(pipe.scheduler.config)
+# gives it (set_alpha_to_one and clip_sample keep DDIM's defaults, True).
+from diffusers import DDIMScheduler
+
+for spacing in ["leading", "trailing", "linspace"]:
+    for n in [1, 6, 20, 50]:
+        e = scheduler()
+        e.register_to_config(timestep_spacing=spacing)
+        e.set_timesteps(n)
+        out[f"euler_{spacing}{n}.timesteps"] = e.timesteps.float()
+        out[f"euler_{spacing}{n}.sigmas"] = e.sigmas.float()
+        d = DDIMScheduler.from_config(e.config)
+        d.set_timesteps(n)
+        out[f"ddim_{spacing}{n}.timesteps"] = d.timesteps.float()
+ddim = DDIMScheduler.from_config(scheduler().config)
+ddim.set_timesteps(6)
+latents = noise * ddim.init_noise_sigma
+with torch.no_grad():
+    for t in ddim.timesteps:
+        inp = ddim.scale_model_input(torch.cat([latents] * 2), t)
+        eps = unet(inp, t, context, added_cond_kwargs=cond).sample
+        u, c = eps.chunk(2)
+        latents = ddim.step(u + guidance * (c - u), t, latents).prev_sample
+out["ddim.latents"] = latents
+# SDXL's own scheduler_config.json sets both flags false.
+ddim = DDIMScheduler.from_config(scheduler().config, clip_sample=False, set_alpha_to_one=False)
+ddim.set_timesteps(6)
+x = noise * ddim.init_noise_sigma
+with torch.no_grad():
+    for t in ddim.timesteps:
+        eps = unet(ddim.scale_model_input(torch.cat([x] * 2), t), t, context, added_cond_kwargs=cond).sample
+        u, c = eps.chunk(2)
+        x = ddim.step(u + guidance * (c - u), t, x).prev_sample
+out["ddim_sdxl.latents"] = x
+print("ddim (sdxl flags) max", x.abs().max().item())
 out.update({"sample.noise": noise, "sample.encoder_hidden_states": ehs, "sample.text_embeds": text,
-            "sample.time_ids": time_ids, "sample.latents": latents})
+            "sample.time_ids": time_ids})
+out["sample.latents"] = euler_latents
 save_file({k: v.contiguous() for k, v in out.items()}, os.path.join(OUT, "euler.safetensors"))
-print("final latents max", latents.abs().max().item())
+print("final latents max", euler_latents.abs().max().item(), "ddim", latents.abs().max().item())
