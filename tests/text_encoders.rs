@@ -98,3 +98,25 @@ fn forward_text_encoder_cli() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// transformers 5 may write the keys without `text_model.`: both layouts load the same.
+#[test]
+fn keys_without_text_model_prefix_load_too() {
+    let device = device();
+    let src = fixtures().join("tiny-sdxl/text_encoder_2");
+    let dir = std::env::temp_dir().join(format!("mapo-te-noprefix-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
+    let files = mapo::models::io::SafeTensorFiles::open_file(&src.join("model.safetensors")).unwrap();
+    let tensors = files
+        .names()
+        .map(|n| (n.strip_prefix("text_model.").unwrap_or(n).to_string(), files.get(n).unwrap().to_data().unwrap()))
+        .collect();
+    mapo::models::io::write_tensors(&dir.join("model.safetensors"), tensors).unwrap();
+    let f = open("text_encoders.safetensors");
+    let (te2, _) = ClipTextModel::from_dir(&dir, &device, DType::F32, true).unwrap();
+    let out = te2.forward(f.int::<2>("te2.input_ids", &device).unwrap());
+    let want = f.float::<2>("te2.text_embeds", &device, DType::F32).unwrap();
+    assert_close("te2 without prefix", out.text_embeds.unwrap(), want, 1e-4);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
