@@ -1,6 +1,7 @@
 //! mapo: preference fine-tuning (SFT, Diffusion-DPO, MaPO) of SDXL-family diffusion models,
 //! written on Burn so that one model code path runs on CUDA, wgpu and CPU.
 
+pub mod bench;
 pub mod cli;
 pub mod device;
 pub mod losses;

@@ -51,6 +51,9 @@ pub enum Command {
     },
     /// Text to image with an SDXL pipeline folder (DESIGN §2).
     Generate(generate::GenerateArgs),
+    /// Speed and memory benchmarks, one JSON line per run (see benches/RESULTS.md).
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Print both tokenizers' ids for a prompt as JSON.
     Tokenize {
         #[arg(long)]
@@ -107,6 +110,50 @@ pub enum Command {
         /// A diffusers pipeline folder, or one component folder (unet/, vae/).
         #[arg(long)]
         model: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Preference training steps of a random-init UNet on a fixed batch.
+    TrainStep {
+        #[arg(long, default_value = "mapo")]
+        method: String,
+        /// tiny, sdxl, or a diffusers folder (its unet/config.json).
+        #[arg(long, default_value = "tiny")]
+        model: String,
+        /// Image resolution (latents are resolution/8).
+        #[arg(long, default_value_t = 64)]
+        resolution: usize,
+        /// Pairs per step.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+        /// Train LoRA adapters of this rank instead of the full UNet.
+        #[arg(long)]
+        lora: Option<usize>,
+        #[arg(long)]
+        grad_ckpt: bool,
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        #[arg(long, env = "MAPO_DEVICE")]
+        device: Option<String>,
+    },
+    /// Guided Euler sampling of a random-init UNet (no text encoders, no VAE).
+    Generate {
+        #[arg(long, default_value = "tiny")]
+        model: String,
+        #[arg(long, default_value_t = 64)]
+        resolution: usize,
+        #[arg(long, default_value_t = 30)]
+        steps: usize,
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+        #[arg(long, env = "MAPO_DEVICE")]
+        device: Option<String>,
     },
 }
 
@@ -168,6 +215,37 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Forward(args) => forward::run(&args),
         Command::Params { model } => forward::params(&model),
         Command::Generate(args) => generate::run(&args),
+        Command::Bench(BenchCommand::TrainStep {
+            method,
+            model,
+            resolution,
+            batch,
+            dtype,
+            lora,
+            grad_ckpt,
+            steps,
+            warmup,
+            device,
+        }) => {
+            let b = crate::bench::TrainBench {
+                method,
+                model,
+                resolution,
+                batch,
+                dtype,
+                lora,
+                grad_ckpt,
+                steps,
+                warmup,
+                device,
+            };
+            println!("{}", crate::bench::train_step(&b)?);
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Generate { model, resolution, steps, dtype, device }) => {
+            println!("{}", crate::bench::generate(&model, resolution, steps, &dtype, device.as_deref())?);
+            Ok(())
+        }
         Command::Tokenize { model, prompt } => generate::tokenize(&model, &prompt),
         Command::Train { config, mut overrides, resume, keep } => {
             overrides.extend(keep.map(|k| format!("keep_checkpoints={k}")));

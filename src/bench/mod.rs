@@ -1,0 +1,175 @@
+//! `mapo bench`: training-step and sampling speed and memory, printed as JSON lines so
+//! that runs on different backends (and the PyTorch baseline in benches/torch/) compare.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use burn::module::Module;
+use burn::tensor::{DType, Device, Tensor, TensorData};
+use serde_json::json;
+
+use crate::device::{Precision, select};
+use crate::losses::{Params, build};
+use crate::models::lora::LoraConfig;
+use crate::models::unet::{UNet2DConditionModel, UNetConfig};
+use crate::models::weights::Weights;
+use crate::sample::euler::EulerSchedule;
+use crate::sample::noise::gaussian;
+use crate::sample::schedule::NoiseSchedule;
+use crate::sample::validate::{Prompts, sample_latents};
+use crate::train::optim::{Optimizer, OptimizerConfig};
+use crate::train::step::{PairBatch, apply_update, forward_backward};
+
+/// Built-in configs: `tiny` (the test fixtures' UNet) and `sdxl` (the real one).
+pub fn unet_config(model: &str) -> Result<(UNetConfig, serde_json::Value)> {
+    let text = match model {
+        "tiny" => include_str!("../models/presets/tiny_unet.json").to_string(),
+        "sdxl" => include_str!("../models/presets/sdxl_unet.json").to_string(),
+        dir => {
+            let path = crate::cli::forward::component_dir(std::path::Path::new(dir), "unet")?.join("config.json");
+            std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?
+        }
+    };
+    let raw: serde_json::Value = serde_json::from_str(&text)?;
+    Ok((serde_json::from_value(raw.clone())?, raw))
+}
+
+pub struct TrainBench {
+    pub method: String,
+    pub model: String,
+    pub resolution: usize,
+    pub batch: usize,
+    pub dtype: String,
+    pub lora: Option<usize>,
+    pub grad_ckpt: bool,
+    pub steps: usize,
+    pub warmup: usize,
+    pub device: Option<String>,
+}
+
+/// The process's peak resident memory (Linux `VmHWM`), in bytes.
+pub fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
+}
+
+fn tensor<const D: usize>(seed: u64, shape: [usize; D], device: &Device) -> Tensor<D> {
+    let n = shape.iter().product();
+    Tensor::from_data(TensorData::new(gaussian(seed, n), shape), device)
+}
+
+fn stats(times: &mut [f64]) -> (f64, f64, f64) {
+    times.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+    (times[times.len() / 2], times[0], times[times.len() - 1])
+}
+
+/// Random-init UNet of the chosen shape; a full-batch preference step, timed after
+/// `warmup` steps, with the device synchronised before each clock read.
+pub fn train_step(b: &TrainBench) -> Result<serde_json::Value> {
+    let selected = select(b.device.as_deref())?;
+    let plain = selected.device.clone();
+    let device = if b.grad_ckpt { plain.clone().autodiff().gradient_checkpointing() } else { plain.clone().autodiff() };
+    let compute = b.dtype.parse::<Precision>()?.dtype();
+    let method = build(&b.method, Params::default())?;
+    let (config, _) = unet_config(&b.model)?;
+    if b.resolution % 8 != 0 {
+        bail!("--resolution must be a multiple of 8");
+    }
+    let mut w = Weights::random(&device, DType::F32);
+    if let Some(rank) = b.lora {
+        w = w.with_lora(LoraConfig::new(rank));
+    }
+    let mut unet = UNet2DConditionModel::load(&config, &w)?;
+    // The frozen reference (DPO only): the same weights without autodiff.
+    let reference = method.uses_reference().then(|| unet.valid());
+    let h = b.resolution / 8;
+    let time_dim = config.addition_time_embed_dim.unwrap_or(0) * 6;
+    let text_dim = config.projection_class_embeddings_input_dim.unwrap_or(time_dim) - time_dim;
+    let size = b.resolution as f32;
+    let batch = PairBatch {
+        chosen: tensor(1, [b.batch, config.in_channels, h, h], &device),
+        rejected: tensor(2, [b.batch, config.in_channels, h, h], &device),
+        noise: tensor(3, [b.batch, config.in_channels, h, h], &device),
+        timesteps: (0..b.batch).map(|i| (100 + 97 * i as i64) % 1000).collect(),
+        encoder_hidden_states: tensor(4, [b.batch, 77, config.cross_attention_dim], &device),
+        text_embeds: tensor(5, [b.batch, text_dim.max(1)], &device),
+        time_ids: Tensor::from_data(
+            TensorData::new(
+                (0..b.batch).flat_map(|_| [size, size, 0.0, 0.0, size, size]).collect::<Vec<f32>>(),
+                [b.batch, 6],
+            ),
+            &device,
+        ),
+    };
+    let schedule = NoiseSchedule::sdxl();
+    let mut optimizer = Optimizer::new(OptimizerConfig::adamw(1e-5));
+    let mut times = Vec::new();
+    for i in 0..b.warmup + b.steps {
+        plain.sync()?;
+        let t0 = Instant::now();
+        let micro = forward_backward(&unet, reference.as_ref(), method.as_ref(), &batch, &schedule, compute);
+        let (next, _) = apply_update(unet, &micro.grads, &mut optimizer, 1e-5, 1.0);
+        unet = next;
+        plain.sync()?;
+        if i >= b.warmup {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    let (median, min, max) = stats(&mut times);
+    Ok(json!({
+        "bench": "train-step", "impl": "mapo", "method": b.method, "model": b.model, "resolution": b.resolution,
+        "batch": b.batch, "dtype": b.dtype, "lora": b.lora, "grad_ckpt": b.grad_ckpt, "device": selected.backend.name(),
+        "steps": b.steps, "median_s": median, "min_s": min, "max_s": max,
+        "samples_per_s": b.batch as f64 / median,
+        "peak_device_bytes": plain.memory_pool_usage().map(|u| u.bytes_reserved),
+        "peak_rss_bytes": peak_rss(),
+    }))
+}
+
+/// Guided sampling of a random-init UNet (batch 2 for classifier-free guidance).
+pub fn generate(
+    model: &str,
+    resolution: usize,
+    steps: usize,
+    dtype: &str,
+    device: Option<&str>,
+) -> Result<serde_json::Value> {
+    let selected = select(device)?;
+    let device = selected.device.clone();
+    let compute = dtype.parse::<Precision>()?.dtype();
+    let (config, _) = unet_config(model)?;
+    let unet = UNet2DConditionModel::load(&config, &Weights::random(&device, compute))?;
+    let h = resolution / 8;
+    let time_dim = config.addition_time_embed_dim.unwrap_or(0) * 6;
+    let text_dim = config.projection_class_embeddings_input_dim.unwrap_or(time_dim) - time_dim;
+    let size = resolution as f32;
+    let prompts = Prompts {
+        context: tensor(4, [1, 77, config.cross_attention_dim], &device).cast(compute),
+        text_embeds: tensor(5, [1, text_dim.max(1)], &device).cast(compute),
+        time_ids: Tensor::from_data(TensorData::new(vec![size, size, 0.0, 0.0, size, size], [1, 6]), &device),
+        negative: None,
+    };
+    let euler = EulerSchedule::new(&NoiseSchedule::sdxl(), steps, "leading", 1)?;
+    let noise = tensor(6, [1, config.in_channels, h, h], &device).cast(compute);
+    device.sync()?;
+    let t0 = Instant::now();
+    let mut last = t0;
+    let mut per_step = Vec::new();
+    let latents = sample_latents(&unet, &euler, &prompts, noise, 5.0, &mut |i| {
+        if i > 0 {
+            let _ = device.sync();
+            per_step.push(last.elapsed().as_secs_f64());
+            last = Instant::now();
+        }
+    });
+    let _ = latents.into_data();
+    per_step.push(last.elapsed().as_secs_f64());
+    let total = t0.elapsed().as_secs_f64();
+    let (median, min, max) = stats(&mut per_step);
+    Ok(json!({
+        "bench": "generate", "impl": "mapo", "model": model, "resolution": resolution, "steps": steps, "dtype": dtype,
+        "device": selected.backend.name(), "total_s": total, "step_median_s": median, "step_min_s": min, "step_max_s": max,
+        "peak_device_bytes": device.memory_pool_usage().map(|u| u.bytes_reserved), "peak_rss_bytes": peak_rss(),
+    }))
+}
