@@ -73,7 +73,7 @@ pub fn train_step(b: &TrainBench) -> Result<serde_json::Value> {
     let compute = b.dtype.parse::<Precision>()?.dtype();
     let method = build(&b.method, Params::default())?;
     let (config, _) = unet_config(&b.model)?;
-    if b.resolution % 8 != 0 {
+    if !b.resolution.is_multiple_of(8) {
         bail!("--resolution must be a multiple of 8");
     }
     let mut w = Weights::random(&device, DType::F32);
