@@ -31,17 +31,22 @@ fn euler_timesteps_and_sigmas_match_diffusers() {
     }
 }
 
+/// The conditioning the sampling fixtures were made with (zero negative embeddings).
+fn fixture_prompts(f: &mapo::models::io::SafeTensorFiles, device: &burn::tensor::Device) -> Prompts {
+    Prompts {
+        context: f.float::<3>("sample.encoder_hidden_states", device, DType::F32).unwrap(),
+        text_embeds: f.float::<2>("sample.text_embeds", device, DType::F32).unwrap(),
+        time_ids: f.float::<2>("sample.time_ids", device, DType::F32).unwrap(),
+        negative: None,
+    }
+}
+
 #[test]
 fn guided_euler_sampling_matches_diffusers() {
     let device = device();
     let f = open("euler.safetensors");
     let (unet, _) = UNet2DConditionModel::from_dir(&fixtures().join("tiny-sdxl/unet"), &device, DType::F32).unwrap();
-    let prompts = Prompts {
-        context: f.float::<3>("sample.encoder_hidden_states", &device, DType::F32).unwrap(),
-        text_embeds: f.float::<2>("sample.text_embeds", &device, DType::F32).unwrap(),
-        time_ids: f.float::<2>("sample.time_ids", &device, DType::F32).unwrap(),
-        negative: None,
-    };
+    let prompts = fixture_prompts(&f, &device);
     let euler = EulerSchedule::new(&NoiseSchedule::sdxl(), 6, "leading", 1).unwrap();
     let noise = f.float::<4>("sample.noise", &device, DType::F32).unwrap();
     let got = sample_latents(&unet, &euler, &prompts, noise, 5.0, &mut |_| {});
@@ -72,12 +77,7 @@ fn guided_ddim_sampling_matches_diffusers() {
     let device = device();
     let f = open("euler.safetensors");
     let (unet, _) = UNet2DConditionModel::from_dir(&fixtures().join("tiny-sdxl/unet"), &device, DType::F32).unwrap();
-    let prompts = Prompts {
-        context: f.float::<3>("sample.encoder_hidden_states", &device, DType::F32).unwrap(),
-        text_embeds: f.float::<2>("sample.text_embeds", &device, DType::F32).unwrap(),
-        time_ids: f.float::<2>("sample.time_ids", &device, DType::F32).unwrap(),
-        negative: None,
-    };
+    let prompts = fixture_prompts(&f, &device);
     // DDIMScheduler.from_config(Euler's config): set_alpha_to_one and clip_sample default true.
     let ddim = DdimSchedule::new(&NoiseSchedule::sdxl(), 6, "leading", 1, true, Some(1.0)).unwrap();
     let noise = f.float::<4>("sample.noise", &device, DType::F32).unwrap();

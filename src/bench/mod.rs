@@ -34,16 +34,31 @@ pub fn unet_config(model: &str) -> Result<(UNetConfig, serde_json::Value)> {
     Ok((serde_json::from_value(raw.clone())?, raw))
 }
 
+#[derive(clap::Args, Debug)]
 pub struct TrainBench {
+    #[arg(long, default_value = "mapo")]
     pub method: String,
+    /// tiny, sdxl, or a diffusers folder (its unet/config.json).
+    #[arg(long, default_value = "tiny")]
     pub model: String,
+    /// Image resolution (latents are resolution/8).
+    #[arg(long, default_value_t = 64)]
     pub resolution: usize,
+    /// Pairs per step.
+    #[arg(long, default_value_t = 1)]
     pub batch: usize,
+    #[arg(long, default_value = "f32")]
     pub dtype: String,
+    /// Train LoRA adapters of this rank instead of the full UNet.
+    #[arg(long)]
     pub lora: Option<usize>,
+    #[arg(long)]
     pub grad_ckpt: bool,
+    #[arg(long, default_value_t = 5)]
     pub steps: usize,
+    #[arg(long, default_value_t = 2)]
     pub warmup: usize,
+    #[arg(long, env = "MAPO_DEVICE")]
     pub device: Option<String>,
 }
 

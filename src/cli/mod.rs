@@ -116,32 +116,7 @@ pub enum Command {
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
     /// Preference training steps of a random-init UNet on a fixed batch.
-    TrainStep {
-        #[arg(long, default_value = "mapo")]
-        method: String,
-        /// tiny, sdxl, or a diffusers folder (its unet/config.json).
-        #[arg(long, default_value = "tiny")]
-        model: String,
-        /// Image resolution (latents are resolution/8).
-        #[arg(long, default_value_t = 64)]
-        resolution: usize,
-        /// Pairs per step.
-        #[arg(long, default_value_t = 1)]
-        batch: usize,
-        #[arg(long, default_value = "f32")]
-        dtype: String,
-        /// Train LoRA adapters of this rank instead of the full UNet.
-        #[arg(long)]
-        lora: Option<usize>,
-        #[arg(long)]
-        grad_ckpt: bool,
-        #[arg(long, default_value_t = 5)]
-        steps: usize,
-        #[arg(long, default_value_t = 2)]
-        warmup: usize,
-        #[arg(long, env = "MAPO_DEVICE")]
-        device: Option<String>,
-    },
+    TrainStep(crate::bench::TrainBench),
     /// Guided Euler sampling of a random-init UNet (no text encoders, no VAE).
     Generate {
         #[arg(long, default_value = "tiny")]
@@ -215,30 +190,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Forward(args) => forward::run(&args),
         Command::Params { model } => forward::params(&model),
         Command::Generate(args) => generate::run(&args),
-        Command::Bench(BenchCommand::TrainStep {
-            method,
-            model,
-            resolution,
-            batch,
-            dtype,
-            lora,
-            grad_ckpt,
-            steps,
-            warmup,
-            device,
-        }) => {
-            let b = crate::bench::TrainBench {
-                method,
-                model,
-                resolution,
-                batch,
-                dtype,
-                lora,
-                grad_ckpt,
-                steps,
-                warmup,
-                device,
-            };
+        Command::Bench(BenchCommand::TrainStep(b)) => {
             println!("{}", crate::bench::train_step(&b)?);
             Ok(())
         }
