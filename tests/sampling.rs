@@ -89,3 +89,17 @@ fn guided_ddim_sampling_matches_diffusers() {
     let want = f.float::<4>("ddim_sdxl.latents", &device, DType::F32).unwrap();
     assert_close("ddim (SDXL flags) 6 steps", got, want, 1e-4);
 }
+
+/// Euler with "linspace" spacing passes fractional timesteps (e.g. 799.2) to the UNet.
+#[test]
+fn fractional_timesteps_reach_the_unet_unrounded() {
+    let device = device();
+    let f = open("euler.safetensors");
+    let (unet, _) = UNet2DConditionModel::from_dir(&fixtures().join("tiny-sdxl/unet"), &device, DType::F32).unwrap();
+    let euler = EulerSchedule::new(&NoiseSchedule::sdxl(), 6, "linspace", 1).unwrap();
+    assert!(euler.timesteps.iter().any(|t| t.fract() != 0.0));
+    let noise = f.float::<4>("sample.noise", &device, DType::F32).unwrap();
+    let got = sample_latents(&unet, &euler, &fixture_prompts(&f, &device), noise, 5.0, &mut |_| {});
+    let want = f.float::<4>("euler_linspace.latents", &device, DType::F32).unwrap();
+    assert_close("euler linspace 6 steps", got, want, 1e-4);
+}

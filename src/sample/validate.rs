@@ -54,8 +54,8 @@ pub fn sample_latents(
     for (i, &t) in sampler.timesteps().iter().enumerate() {
         on_step(i);
         let input = Tensor::cat(vec![x.clone(); 2], 0).mul_scalar(sampler.input_scale(i));
-        let timesteps = crate::sample::schedule::timestep_tensor(&vec![t as i64; 2 * k], &device);
-        let eps = unet.forward(input, timesteps, context.clone(), Some(&cond));
+        let timesteps = Tensor::<1>::from_data(TensorData::new(vec![t; 2 * k], [2 * k]), (&device, DType::F32));
+        let eps = unet.forward_at(input, timesteps, context.clone(), Some(&cond));
         let mut halves = eps.chunk(2, 0);
         let (eps_c, eps_u) = (halves.pop().expect("cond"), halves.pop().expect("uncond"));
         let guided = eps_u.clone() + (eps_c - eps_u).mul_scalar(guidance);

@@ -81,6 +81,18 @@ with torch.no_grad():
         u, c = eps.chunk(2)
         x = ddim.step(u + guidance * (c - u), t, x).prev_sample
 out["ddim_sdxl.latents"] = x
+# Euler with "linspace" spacing: fractional timesteps reach the UNet as floats.
+e = scheduler()
+e.register_to_config(timestep_spacing="linspace")
+e.set_timesteps(6)
+x = noise * e.init_noise_sigma
+with torch.no_grad():
+    for t in e.timesteps:
+        eps = unet(e.scale_model_input(torch.cat([x] * 2), t), t, context, added_cond_kwargs=cond).sample
+        u, c = eps.chunk(2)
+        x = e.step(u + guidance * (c - u), t, x).prev_sample
+out["euler_linspace.latents"] = x
+print("euler linspace timesteps", e.timesteps.tolist())
 print("ddim (sdxl flags) max", x.abs().max().item())
 out.update({"sample.noise": noise, "sample.encoder_hidden_states": ehs, "sample.text_embeds": text,
             "sample.time_ids": time_ids})

@@ -127,7 +127,7 @@ impl UNet2DConditionModel {
         Ok((model, config))
     }
 
-    /// The noise prediction for `sample` [B, C, h, w] at `timestep` [B].
+    /// The noise prediction for `sample` [B, C, h, w] at integer `timestep` [B] (training).
     pub fn forward(
         &self,
         sample: Tensor<4>,
@@ -135,8 +135,21 @@ impl UNet2DConditionModel {
         context: Tensor<3>,
         cond: Option<&TextTime>,
     ) -> Tensor<4> {
+        let t = timestep.float().cast(DType::F32);
+        self.forward_at(sample, t, context, cond)
+    }
+
+    /// [`Self::forward`] at real-valued timesteps [B] (f32), as samplers with interpolated
+    /// timesteps (e.g. Euler with "linspace" spacing) pass them.
+    pub fn forward_at(
+        &self,
+        sample: Tensor<4>,
+        timestep: Tensor<1>,
+        context: Tensor<3>,
+        cond: Option<&TextTime>,
+    ) -> Tensor<4> {
         let dtype = sample.dtype();
-        let t_emb = timestep_embedding(timestep.float(), self.time_proj_dim, self.flip_sin_to_cos, self.freq_shift);
+        let t_emb = timestep_embedding(timestep, self.time_proj_dim, self.flip_sin_to_cos, self.freq_shift);
         let mut emb = self.time_embedding.forward(t_emb.cast(dtype));
         if let Some(add) = &self.add_embedding {
             let cond = cond.expect("this UNet has addition_embed_type text_time: pass text_embeds and time_ids");
