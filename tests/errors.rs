@@ -7,10 +7,12 @@ use mapo::models::weights::Weights;
 #[test]
 fn devices_not_compiled_in_name_the_feature() {
     if !cfg!(feature = "cuda") {
-        let err = select(Some("cuda")).err().expect("cuda is not compiled in").to_string();
+        let Err(err) = select(Some("cuda")) else { panic!("cuda is not compiled in") };
+        let err = err.to_string();
         assert!(err.contains("--features cuda"), "{err}");
     }
-    let err = select(Some("tpu")).err().expect("no such backend").to_string();
+    let Err(err) = select(Some("tpu")) else { panic!("no such backend") };
+    let err = err.to_string();
     assert!(err.contains("unknown device \"tpu\""), "{err}");
     let err = "f8".parse::<Precision>().unwrap_err().to_string();
     assert!(err.contains("expected f32, bf16 or f16"), "{err}");
@@ -25,12 +27,12 @@ fn unsupported_unet_configs_say_which_key() {
     raw["class_embed_type"] = "timestep".into();
     let config: UNetConfig = serde_json::from_value(raw.clone()).unwrap();
     let w = Weights::shapes_only(&select(Some("flex")).unwrap().device);
-    let err = UNet2DConditionModel::load(&config, &w).err().expect("unsupported").to_string();
+    let err = UNet2DConditionModel::load(&config, &w).expect_err("unsupported").to_string();
     assert!(err.contains("class_embed_type"), "{err}");
 
     raw["class_embed_type"] = serde_json::Value::Null;
     raw["block_out_channels"] = serde_json::json!([16, 32, 60]);
     let config: UNetConfig = serde_json::from_value(raw).unwrap();
-    let err = UNet2DConditionModel::load(&config, &w).err().expect("indivisible").to_string();
+    let err = UNet2DConditionModel::load(&config, &w).expect_err("indivisible").to_string();
     assert!(err.contains("not divisible by norm_num_groups"), "{err}");
 }
