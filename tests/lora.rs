@@ -2,6 +2,7 @@
 
 mod common;
 
+use burn::module::Module;
 use burn::tensor::DType;
 use common::*;
 use mapo::models::lora::LoraConfig;
@@ -104,4 +105,50 @@ fn lora_run_exports_adapters_and_a_merged_unet() {
     assert!(rel_err(&to_vec(a.clone()), &to_vec(b)) > 1e-5, "training did not change the adapters");
     assert_close("merged vs adapters", m, a, 1e-5);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// With LoRA, DPO's reference is the policy with zeroed adapters: exactly the base model.
+#[test]
+fn disabled_adapters_give_the_base_model() {
+    let device = device();
+    let dir = fixtures().join("tiny-sdxl/unet");
+    let (base, _) = UNet2DConditionModel::from_dir(&dir, &device, DType::F32).unwrap();
+    let (lora, _) =
+        UNet2DConditionModel::from_dir_with_lora(&dir, &device, DType::F32, Some(LoraConfig::new(2))).unwrap();
+    // Give the adapters non-zero B so that they matter, then disable them.
+    let lora = lora.map(&mut mapo_test_set_b());
+    let cases = open("unet_cases.safetensors");
+    let run = |m: &UNet2DConditionModel| run_unet_case(m, &cases, "case1", &device);
+    assert!(rel_err(&to_vec(run(&lora)), &to_vec(run(&base))) > 1e-4);
+    assert_close("adapters disabled", run(&mapo::models::lora::disable_adapters(lora)), run(&base), 0.0);
+}
+
+/// Sets every `lora_b` to 0.3 so that the adapters change the output.
+struct SetB {
+    path: Vec<String>,
+}
+
+fn mapo_test_set_b() -> SetB {
+    SetB { path: Vec::new() }
+}
+
+impl burn::module::ModuleMapper for SetB {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.pop();
+    }
+
+    fn map_float<const D: usize>(
+        &mut self,
+        p: burn::module::Param<burn::tensor::Tensor<D>>,
+    ) -> burn::module::Param<burn::tensor::Tensor<D>> {
+        if self.path.last().is_some_and(|n| n == "lora_b") {
+            let (id, t, mapper) = p.consume();
+            return burn::module::Param::from_mapped_value(id, t.ones_like().mul_scalar(0.3), mapper);
+        }
+        p
+    }
 }

@@ -229,3 +229,31 @@ impl burn::module::ModuleMapper for ApplyLora<'_> {
         }
     }
 }
+
+/// The same module with every adapter's `lora_B` set to zero, i.e. the base model: a
+/// LoRA run's frozen reference (DPO) without a second copy of the base weights.
+pub fn disable_adapters<M: Module>(module: M) -> M {
+    module.map(&mut ZeroB { path: Vec::new() })
+}
+
+struct ZeroB {
+    path: Vec<String>,
+}
+
+impl burn::module::ModuleMapper for ZeroB {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        if self.path.last().is_some_and(|n| n == "lora_b") {
+            let (id, t, mapper) = param.consume();
+            return Param::from_mapped_value(id, t.zeros_like(), mapper);
+        }
+        param
+    }
+}

@@ -21,7 +21,7 @@ use crate::device::select;
 use crate::losses::{Params, build};
 use crate::models::folder::save_component;
 use crate::models::io::write_atomic;
-use crate::models::lora::{save_lora, save_merged};
+use crate::models::lora::{disable_adapters, save_lora, save_merged};
 use crate::models::unet::UNet2DConditionModel;
 use crate::models::vae::{AutoencoderKL, VaeConfig};
 use crate::sample::euler::EulerSchedule;
@@ -97,8 +97,9 @@ pub fn train(config: &TrainConfig, resume: Option<&str>) -> Result<f64> {
             (UNet2DConditionModel::from_dir_with_lora(&unet_dir, &device, DType::F32, config.lora.clone())?.0, 0, 0)
         }
     };
-    // Reference-free methods never build the reference.
-    let reference = if method.uses_reference() {
+    // Reference-free methods never build the reference. With LoRA the base weights are
+    // frozen, so the reference is the policy with its adapters zeroed (no second copy).
+    let reference = if method.uses_reference() && config.lora.is_none() {
         Some(UNet2DConditionModel::from_dir(&unet_dir, &plain, DType::F32)?.0)
     } else {
         None
@@ -124,7 +125,10 @@ pub fn train(config: &TrainConfig, resume: Option<&str>) -> Result<f64> {
         for micro in 0..accum {
             let batch =
                 data.batch(config.seed, step * accum + micro, config.batch_size, schedule.num_train_timesteps());
-            let m = forward_backward(&unet, reference.as_ref(), method.as_ref(), &batch, &schedule, compute);
+            let adapters_off =
+                (method.uses_reference() && config.lora.is_some()).then(|| disable_adapters(unet.valid()));
+            let reference = reference.as_ref().or(adapters_off.as_ref());
+            let m = forward_backward(&unet, reference, method.as_ref(), &batch, &schedule, compute);
             loss += m.loss / accum as f64;
             for (k, v) in m.metrics {
                 match sums.iter_mut().find(|(n, _)| *n == k) {
