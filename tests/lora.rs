@@ -15,7 +15,7 @@ fn fresh_adapters_leave_the_output_unchanged_and_only_they_train() {
     let dir = fixtures().join("tiny-sdxl/unet");
     let (base, _) = UNet2DConditionModel::from_dir(&dir, &device, DType::F32).unwrap();
     let (lora, _) =
-        UNet2DConditionModel::from_dir_with_lora(&dir, &device, DType::F32, Some(LoraConfig::new(4))).unwrap();
+        UNet2DConditionModel::from_dir_with_lora(&dir, &device, DType::F32, Some(LoraConfig::new(4)), None).unwrap();
     let adapters: Vec<_> = param_shapes(&lora).into_iter().filter(|(n, _)| n.contains(".lora.")).collect();
     // 4 projections × 2 matrices × (1 + 1 + 2 transformer layers down, 2 mid, 3 + 3 ... up).
     assert!(!adapters.is_empty());
@@ -41,7 +41,7 @@ fn only_adapters_get_gradients() {
     let device = device().autodiff();
     let dir = fixtures().join("tiny-sdxl/unet");
     let (lora, _) =
-        UNet2DConditionModel::from_dir_with_lora(&dir, &device, DType::F32, Some(LoraConfig::new(4))).unwrap();
+        UNet2DConditionModel::from_dir_with_lora(&dir, &device, DType::F32, Some(LoraConfig::new(4)), None).unwrap();
     let g = open("unet_grads.safetensors");
     let out = run_unet_case(&lora, &g, "", &device);
     let grads = (out * g.float::<4>("probe", &device, DType::F32).unwrap()).sum().backward();
@@ -95,9 +95,14 @@ fn lora_run_exports_adapters_and_a_merged_unet() {
 
     let device = device();
     let (merged, _) = UNet2DConditionModel::from_dir(&out.join("unet"), &device, DType::F32).unwrap();
-    let ckpt = mapo::train::checkpoint::list(&out).unwrap().pop().unwrap().join("unet");
+    // LoRA checkpoints hold the adapters only; the base comes from the model folder.
+    let ckpt = mapo::train::checkpoint::list(&out).unwrap().pop().unwrap();
+    assert!(!ckpt.join("unet").exists());
     let cfg = LoraConfig { rank: 2, alpha: Some(4.0), targets: LoraConfig::new(2).targets };
-    let (adapted, _) = UNet2DConditionModel::from_dir_with_lora(&ckpt, &device, DType::F32, Some(cfg)).unwrap();
+    let adapters = ckpt.join("adapters.safetensors");
+    let (adapted, _) =
+        UNet2DConditionModel::from_dir_with_lora(&model.join("unet"), &device, DType::F32, Some(cfg), Some(&adapters))
+            .unwrap();
     let (base, _) = UNet2DConditionModel::from_dir(&model.join("unet"), &device, DType::F32).unwrap();
     let cases = open("unet_cases.safetensors");
     let run_case = |m: &UNet2DConditionModel| run_unet_case(m, &cases, "case2", &device);
@@ -114,7 +119,7 @@ fn disabled_adapters_give_the_base_model() {
     let dir = fixtures().join("tiny-sdxl/unet");
     let (base, _) = UNet2DConditionModel::from_dir(&dir, &device, DType::F32).unwrap();
     let (lora, _) =
-        UNet2DConditionModel::from_dir_with_lora(&dir, &device, DType::F32, Some(LoraConfig::new(2))).unwrap();
+        UNet2DConditionModel::from_dir_with_lora(&dir, &device, DType::F32, Some(LoraConfig::new(2)), None).unwrap();
     // Give the adapters non-zero B so that they matter, then disable them.
     let lora = lora.map(&mut mapo_test_set_b());
     let cases = open("unet_cases.safetensors");

@@ -35,9 +35,9 @@ fn setup(name: &str) -> (PathBuf, PathBuf) {
     (dir, config)
 }
 
-fn train(config: &Path, extra: &[&str]) -> std::process::Output {
+fn train<S: AsRef<str>>(config: &Path, extra: &[S]) -> std::process::Output {
     let mut args = vec!["train", "--config", config.to_str().unwrap()];
-    args.extend_from_slice(extra);
+    args.extend(extra.iter().map(|s| s.as_ref()));
     mapo(&args)
 }
 
@@ -63,17 +63,28 @@ fn weights(dir: &Path) -> Vec<(String, Vec<u8>)> {
 
 #[test]
 fn stop_at_3_and_resume_to_6_equals_an_uninterrupted_run() {
-    let (dir, config) = setup("resume");
-    let full = train(&config, &["--set", &format!("output_dir={:?}", dir.join("full"))]);
+    resume_case("resume", &[]);
+}
+
+/// LoRA runs checkpoint only the adapters; resuming rebuilds the base from the model folder.
+#[test]
+fn lora_stop_and_resume_equals_an_uninterrupted_run() {
+    resume_case("resume-lora", &["--set", "lora={rank = 2, alpha = 4}"]);
+}
+
+fn resume_case(name: &str, extra: &[&str]) {
+    let (dir, config) = setup(name);
+    let with = |args: &[&str]| -> Vec<String> { args.iter().chain(extra).map(|a| a.to_string()).collect() };
+    let full = train(&config, &with(&["--set", &format!("output_dir={:?}", dir.join("full"))]));
     assert!(full.status.success(), "{}", String::from_utf8_lossy(&full.stderr));
 
     let part = dir.join("part");
-    let first = train(&config, &["--set", &format!("output_dir={part:?}"), "--set", "steps=3"]);
+    let first = train(&config, &with(&["--set", &format!("output_dir={part:?}"), "--set", "steps=3"]));
     assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
     // Simulate a crash after step 3: a later, half-written checkpoint is left behind.
     std::fs::create_dir_all(part.join(".tmp-checkpoint-00000004/unet")).unwrap();
     std::fs::write(part.join(".tmp-checkpoint-00000004/unet/diffusion_pytorch_model.safetensors"), b"trunc").unwrap();
-    let second = train(&config, &["--set", &format!("output_dir={part:?}"), "--resume", "latest"]);
+    let second = train(&config, &with(&["--set", &format!("output_dir={part:?}"), "--resume", "latest"]));
     assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
 
     let (a, b) = (metrics(&dir.join("full")), metrics(&part));

@@ -76,6 +76,31 @@ impl fmt::Display for LoadReport {
     }
 }
 
+impl LoadReport {
+    fn absorb(&mut self, other: LoadReport) {
+        self.missing.extend(other.missing);
+        self.mismatched.extend(other.mismatched);
+        self.unreadable.extend(other.unreadable);
+    }
+}
+
+impl<'a> Shared<'a> {
+    /// A plain reader of `files` with the settings of `like`.
+    fn reading(files: &'a SafeTensorFiles, like: &Shared<'_>) -> Self {
+        Shared {
+            source: Some(files),
+            device: like.device.clone(),
+            dtype: like.dtype,
+            placeholders: false,
+            lora: None,
+            adapters: None,
+            requested: RefCell::default(),
+            used: RefCell::default(),
+            report: RefCell::default(),
+        }
+    }
+}
+
 struct Shared<'a> {
     source: Option<&'a SafeTensorFiles>,
     device: Device,
@@ -84,6 +109,8 @@ struct Shared<'a> {
     placeholders: bool,
     /// Attach LoRA adapters to these layers; base weights are then frozen.
     lora: Option<super::lora::LoraConfig>,
+    /// Where trained adapters come from (a LoRA checkpoint), if not from `source`.
+    adapters: Option<&'a SafeTensorFiles>,
     requested: RefCell<Vec<(String, Vec<usize>)>>,
     used: RefCell<BTreeSet<String>>,
     report: RefCell<LoadReport>,
@@ -122,6 +149,7 @@ impl<'a> Weights<'a> {
                 dtype,
                 placeholders,
                 lora: None,
+                adapters: None,
                 requested: RefCell::default(),
                 used: RefCell::default(),
                 report: RefCell::default(),
@@ -134,6 +162,13 @@ impl<'a> Weights<'a> {
     /// frozen. Call before building the model.
     pub fn with_lora(mut self, config: super::lora::LoraConfig) -> Self {
         Rc::get_mut(&mut self.shared).expect("with_lora before building").lora = Some(config);
+        self
+    }
+
+    /// Reads the adapters (`<layer>.lora.lora_a`, `.lora_b`) from `files` instead of the
+    /// main source, which then holds the base weights only. Call before building the model.
+    pub fn with_adapters(mut self, files: &'a SafeTensorFiles) -> Self {
+        Rc::get_mut(&mut self.shared).expect("with_adapters before building").adapters = Some(files);
         self
     }
 
@@ -208,6 +243,14 @@ impl<'a> Weights<'a> {
     /// A trainable tensor that the source may hold (a checkpoint) or not (a base model):
     /// absent, it is initialised and nothing is reported missing.
     pub fn optional_param<const D: usize>(&self, name: &str, shape: [usize; D], init: Init) -> Param<Tensor<D>> {
+        if let Some(adapters) = self.shared.adapters {
+            // A LoRA checkpoint must have every adapter the model builds.
+            let view =
+                Weights { shared: Rc::new(Shared::reading(adapters, &self.shared)), prefix: self.prefix.clone() };
+            let t = view.tensor(name, shape, init);
+            self.shared.report.borrow_mut().absorb(std::mem::take(&mut *view.shared.report.borrow_mut()));
+            return Param::from_tensor(t);
+        }
         let present = self.contains(name);
         Param::from_tensor(if present { self.tensor(name, shape, init) } else { self.init(shape, init) })
     }

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::models::folder::save_component;
 use crate::models::io::{PendingTensor, SafeTensorFiles, write_atomic, write_safetensors};
+use crate::models::named::for_each_param;
 use crate::models::unet::UNet2DConditionModel;
 use crate::train::optim::Optimizer;
 
@@ -28,6 +29,8 @@ pub struct CheckpointState {
 }
 
 const PREFIX: &str = "checkpoint-";
+/// The adapters of a LoRA run's checkpoint (full runs have a `unet/` folder instead).
+pub const ADAPTERS: &str = "adapters.safetensors";
 
 pub fn path_for(output_dir: &Path, step: usize) -> PathBuf {
     output_dir.join(format!("{PREFIX}{step:08}"))
@@ -40,12 +43,24 @@ pub fn save(
     unet_config: &serde_json::Value,
     optimizer: &Optimizer,
     keep: usize,
+    lora: bool,
 ) -> Result<PathBuf> {
     let final_dir = path_for(output_dir, state.step);
     let tmp = output_dir.join(format!(".tmp-{PREFIX}{:08}", state.step));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    save_component(unet, unet_config, &tmp.join("unet"), DType::F32)?;
+    if lora {
+        // Base weights are frozen and come from the model folder: store the adapters only.
+        let mut adapters = Vec::new();
+        for_each_param(unet, |name, t, shape| {
+            if name.contains(".lora.lora_") {
+                adapters.push(PendingTensor { name, shape, dtype: DType::F32, data: Box::new(move || t.into_data()) });
+            }
+        });
+        write_safetensors(&tmp.join(ADAPTERS), adapters)?;
+    } else {
+        save_component(unet, unet_config, &tmp.join("unet"), DType::F32)?;
+    }
     let moments = optimizer
         .moments
         .iter()
@@ -108,7 +123,8 @@ pub fn resolve(output_dir: &Path, which: &str) -> Result<PathBuf> {
     Ok(p)
 }
 
-/// Restores the state, the optimizer moments (onto `device`), and returns the UNet folder.
+/// Restores the state and the optimizer moments (onto `device`); returns the checkpoint's
+/// weights: a `unet/` folder, or for LoRA runs the adapters file.
 pub fn load(dir: &Path, optimizer: &mut Optimizer, device: &Device) -> Result<(CheckpointState, PathBuf)> {
     let text = std::fs::read_to_string(dir.join("state.json"))
         .with_context(|| format!("reading {}/state.json", dir.display()))?;
@@ -122,5 +138,6 @@ pub fn load(dir: &Path, optimizer: &mut Optimizer, device: &Device) -> Result<(C
         optimizer.moments.insert(name.to_string(), (m, v));
     }
     optimizer.step = state.optimizer_step;
-    Ok((state, dir.join("unet")))
+    let adapters = dir.join(ADAPTERS);
+    Ok((state, if adapters.is_file() { adapters } else { dir.join("unet") }))
 }

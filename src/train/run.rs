@@ -85,8 +85,20 @@ pub fn train(config: &TrainConfig, resume: Option<&str>) -> Result<f64> {
             }
             truncate_metrics(&metrics_path, state.step)?;
             eprintln!("resuming from {} (step {})", dir.display(), state.step);
-            let unet =
-                UNet2DConditionModel::from_dir_with_lora(&unet_ckpt, &device, DType::F32, config.lora.clone())?.0;
+            let unet = match &config.lora {
+                Some(lora) => {
+                    let adapters = Some(unet_ckpt.as_path());
+                    UNet2DConditionModel::from_dir_with_lora(
+                        &unet_dir,
+                        &device,
+                        DType::F32,
+                        Some(lora.clone()),
+                        adapters,
+                    )?
+                    .0
+                }
+                None => UNet2DConditionModel::from_dir(&unet_ckpt, &device, DType::F32)?.0,
+            };
             (unet, state.step, state.bad_in_a_row)
         }
         None => {
@@ -94,7 +106,11 @@ pub fn train(config: &TrainConfig, resume: Option<&str>) -> Result<f64> {
             // Fresh LoRA adapters are drawn from the device's generator: seed it.
             plain.seed(config.seed);
             device.seed(config.seed);
-            (UNet2DConditionModel::from_dir_with_lora(&unet_dir, &device, DType::F32, config.lora.clone())?.0, 0, 0)
+            (
+                UNet2DConditionModel::from_dir_with_lora(&unet_dir, &device, DType::F32, config.lora.clone(), None)?.0,
+                0,
+                0,
+            )
         }
     };
     // Reference-free methods never build the reference. With LoRA the base weights are
@@ -197,7 +213,15 @@ pub fn train(config: &TrainConfig, resume: Option<&str>) -> Result<f64> {
                 seed: config.seed,
                 micro_batches_done: done * accum,
             };
-            checkpoint::save(out, &state, &unet, &unet_config, &optimizer, config.keep_checkpoints)?;
+            checkpoint::save(
+                out,
+                &state,
+                &unet,
+                &unet_config,
+                &optimizer,
+                config.keep_checkpoints,
+                config.lora.is_some(),
+            )?;
         }
     }
     bar.finish();

@@ -105,22 +105,28 @@ impl UNet2DConditionModel {
 
     /// Loads `dir` (a diffusers `unet/` folder) onto `device` in `dtype`.
     pub fn from_dir(dir: &Path, device: &Device, dtype: DType) -> Result<(Self, UNetConfig)> {
-        Self::from_dir_with_lora(dir, device, dtype, None)
+        Self::from_dir_with_lora(dir, device, dtype, None, None)
     }
 
-    /// Like [`Self::from_dir`], attaching LoRA adapters (read from the folder when it is a
-    /// LoRA checkpoint, fresh otherwise) and freezing the base weights.
+    /// Like [`Self::from_dir`], attaching LoRA adapters and freezing the base weights. The
+    /// adapters come from `adapters` (a LoRA checkpoint's file), else from the folder when
+    /// it has them, else fresh.
     pub fn from_dir_with_lora(
         dir: &Path,
         device: &Device,
         dtype: DType,
         lora: Option<crate::models::lora::LoraConfig>,
+        adapters: Option<&Path>,
     ) -> Result<(Self, UNetConfig)> {
         let (config, _) = crate::models::config::read_config::<UNetConfig>(dir)?;
         let files = SafeTensorFiles::open_component(dir, &["diffusion_pytorch_model"])?;
+        let adapter_files = adapters.map(SafeTensorFiles::open_file).transpose()?;
         let mut w = Weights::from_files(&files, device, dtype);
         if let Some(lora) = lora {
             w = w.with_lora(lora);
+        }
+        if let Some(a) = &adapter_files {
+            w = w.with_adapters(a);
         }
         let model = Self::load(&config, &w)?;
         w.finish().with_context(|| format!("loading {}", dir.display()))?;
