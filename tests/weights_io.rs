@@ -90,3 +90,30 @@ fn missing_weights_file_names_the_folder() {
     assert!(format!("{err:#}").contains("no weights in"), "{err:#}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `mapo random-model` writes folders that load back, for every component kind
+/// (transformers' `model.safetensors` layout for the text encoders).
+#[test]
+fn random_model_folders_load_back() {
+    let dir = tmpdir("random-model");
+    for (component, config) in [
+        ("unet", "tiny-sdxl/unet/config.json"),
+        ("vae", "tiny-sdxl/vae/config.json"),
+        ("text_encoder", "tiny-sdxl/text_encoder/config.json"),
+        ("text_encoder_2", "tiny-sdxl/text_encoder_2/config.json"),
+    ] {
+        let out = dir.join(component);
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_mapo"))
+            .args(["random-model", component, "--config", fixtures().join(config).to_str().unwrap()])
+            .args(["--out", out.to_str().unwrap(), "--dtype", "bf16"])
+            .status()
+            .unwrap();
+        assert!(status.success(), "{component}");
+    }
+    let device = device();
+    UNet2DConditionModel::from_dir(&dir.join("unet"), &device, DType::F32).unwrap();
+    AutoencoderKL::from_dir(&dir.join("vae"), &device, DType::F32).unwrap();
+    mapo::models::clip::ClipTextModel::from_dir(&dir.join("text_encoder"), &device, DType::F32, false).unwrap();
+    mapo::models::clip::ClipTextModel::from_dir(&dir.join("text_encoder_2"), &device, DType::F32, true).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -9,7 +9,7 @@ use super::{Component, ForwardArgs};
 use crate::device::{Precision, select};
 use crate::losses::{Errors, Params, build};
 use crate::models::clip::ClipTextModel;
-use crate::models::folder::save_component;
+use crate::models::folder::{save_as, save_component};
 use crate::models::io::{SafeTensorFiles, write_tensors};
 use crate::models::named::param_count;
 use crate::models::unet::{TextTime, UNet2DConditionModel};
@@ -137,21 +137,8 @@ pub fn random_model(component: &str, config: &Path, out: &Path, dtype: &str) -> 
         // Text encoders: transformers' file name, keys with the `text_model.` prefix.
         "text_encoder" | "text_encoder_2" => {
             let model = ClipTextModel::load(&serde_json::from_value(raw.clone())?, &w, component == "text_encoder_2")?;
-            save_component(&model, &raw, out, dtype)?;
-            let dir = out;
-            let file = dir.join("diffusion_pytorch_model.safetensors");
-            let files = SafeTensorFiles::open_file(&file)?;
-            let tensors = files
-                .names()
-                .map(|n| {
-                    let key = if n.starts_with("text_projection") { n.to_string() } else { format!("text_model.{n}") };
-                    (key, files.get(n).expect("listed").to_data().expect("float"))
-                })
-                .collect();
-            write_tensors(&dir.join("model.safetensors"), tensors)?;
-            drop(files);
-            std::fs::remove_file(&file)?;
-            Ok(())
+            let key = |n: String| if n.starts_with("text_projection") { n } else { format!("text_model.{n}") };
+            save_as(&model, &raw, &out.join("model.safetensors"), dtype, key)
         }
         other => bail!("unknown component {other:?}: expected unet, vae, text_encoder or text_encoder_2"),
     }?;

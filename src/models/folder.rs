@@ -12,11 +12,24 @@ use super::named::for_each_param;
 /// Writes `module` as `dir/config.json` + `dir/diffusion_pytorch_model.safetensors`, the
 /// layout `from_pretrained` reads; tensors are stored in `dtype`.
 pub fn save_component<M: Module>(module: &M, config: &serde_json::Value, dir: &Path, dtype: DType) -> Result<()> {
+    save_as(module, config, &dir.join("diffusion_pytorch_model.safetensors"), dtype, |name| name)
+}
+
+/// Writes `module` to the weights file `file` with keys renamed by `key`, and its
+/// `config.json` beside it (transformers' `model.safetensors` layout, for example).
+pub fn save_as<M: Module>(
+    module: &M,
+    config: &serde_json::Value,
+    file: &Path,
+    dtype: DType,
+    key: impl Fn(String) -> String,
+) -> Result<()> {
+    let dir = file.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut tensors = Vec::new();
     for_each_param(module, |name, tensor, shape| {
-        tensors.push(PendingTensor { name, shape, dtype, data: Box::new(move || tensor.into_data()) });
+        tensors.push(PendingTensor { name: key(name), shape, dtype, data: Box::new(move || tensor.into_data()) });
     });
-    write_safetensors(&dir.join("diffusion_pytorch_model.safetensors"), tensors)?;
+    write_safetensors(file, tensors)?;
     write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(config)?.as_bytes())
 }
