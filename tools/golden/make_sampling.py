@@ -35,18 +35,24 @@ noise = torch.randn(k, 4, 8, 12)
 ehs = torch.randn(k, 77, 48)
 text = torch.randn(k, 32)
 time_ids = torch.tensor([[64.0, 96.0, 0.0, 0.0, 64.0, 96.0]] * k)
-s = scheduler()
-s.set_timesteps(6)
-latents = noise * s.init_noise_sigma
 cond = {"text_embeds": torch.cat([torch.zeros_like(text), text]), "time_ids": torch.cat([time_ids, time_ids])}
 context = torch.cat([torch.zeros_like(ehs), ehs])
-with torch.no_grad():
-    for t in s.timesteps:
-        inp = s.scale_model_input(torch.cat([latents] * 2), t)
-        eps = unet(inp, t, context, added_cond_kwargs=cond).sample
-        u, c = eps.chunk(2)
-        latents = s.step(u + guidance * (c - u), t, latents).prev_sample
-euler_latents = latents
+
+
+def guided_loop(sched, steps=6):
+    """The StableDiffusionXLPipeline denoising loop (CFG 5, zero negative), 6 steps."""
+    sched.set_timesteps(steps)
+    x = noise * sched.init_noise_sigma
+    with torch.no_grad():
+        for t in sched.timesteps:
+            eps = unet(sched.scale_model_input(torch.cat([x] * 2), t), t, context, added_cond_kwargs=cond).sample
+            u, c = eps.chunk(2)
+            x = sched.step(u + guidance * (c - u), t, x).prev_sample
+    return x
+
+
+out["sample.latents"] = guided_loop(scheduler())
+
 # DDIM from the same scheduler config, as DDIMScheduler.from_config(pipe.scheduler.config)
 # gives it (set_alpha_to_one and clip_sample keep DDIM's defaults, True).
 from diffusers import DDIMScheduler
@@ -61,41 +67,14 @@ for spacing in ["leading", "trailing", "linspace"]:
         d = DDIMScheduler.from_config(e.config)
         d.set_timesteps(n)
         out[f"ddim_{spacing}{n}.timesteps"] = d.timesteps.float()
-ddim = DDIMScheduler.from_config(scheduler().config)
-ddim.set_timesteps(6)
-latents = noise * ddim.init_noise_sigma
-with torch.no_grad():
-    for t in ddim.timesteps:
-        inp = ddim.scale_model_input(torch.cat([latents] * 2), t)
-        eps = unet(inp, t, context, added_cond_kwargs=cond).sample
-        u, c = eps.chunk(2)
-        latents = ddim.step(u + guidance * (c - u), t, latents).prev_sample
-out["ddim.latents"] = latents
+out["ddim.latents"] = guided_loop(DDIMScheduler.from_config(scheduler().config))
 # SDXL's own scheduler_config.json sets both flags false.
-ddim = DDIMScheduler.from_config(scheduler().config, clip_sample=False, set_alpha_to_one=False)
-ddim.set_timesteps(6)
-x = noise * ddim.init_noise_sigma
-with torch.no_grad():
-    for t in ddim.timesteps:
-        eps = unet(ddim.scale_model_input(torch.cat([x] * 2), t), t, context, added_cond_kwargs=cond).sample
-        u, c = eps.chunk(2)
-        x = ddim.step(u + guidance * (c - u), t, x).prev_sample
-out["ddim_sdxl.latents"] = x
+out["ddim_sdxl.latents"] = guided_loop(DDIMScheduler.from_config(scheduler().config, clip_sample=False, set_alpha_to_one=False))
 # Euler with "linspace" spacing: fractional timesteps reach the UNet as floats.
 e = scheduler()
 e.register_to_config(timestep_spacing="linspace")
-e.set_timesteps(6)
-x = noise * e.init_noise_sigma
-with torch.no_grad():
-    for t in e.timesteps:
-        eps = unet(e.scale_model_input(torch.cat([x] * 2), t), t, context, added_cond_kwargs=cond).sample
-        u, c = eps.chunk(2)
-        x = e.step(u + guidance * (c - u), t, x).prev_sample
-out["euler_linspace.latents"] = x
-print("euler linspace timesteps", e.timesteps.tolist())
-print("ddim (sdxl flags) max", x.abs().max().item())
+out["euler_linspace.latents"] = guided_loop(e)
 out.update({"sample.noise": noise, "sample.encoder_hidden_states": ehs, "sample.text_embeds": text,
             "sample.time_ids": time_ids})
-out["sample.latents"] = euler_latents
 save_file({k: v.contiguous() for k, v in out.items()}, os.path.join(OUT, "euler.safetensors"))
-print("final latents max", euler_latents.abs().max().item(), "ddim", latents.abs().max().item())
+print("euler final latents max", out["sample.latents"].abs().max().item())
