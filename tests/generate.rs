@@ -80,37 +80,8 @@ fn tokenize_prints_both_id_lists() {
 #[test]
 fn generate_with_lora_file_equals_the_merged_unet() {
     let dir = std::env::temp_dir().join(format!("mapo-generate-lora-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let bin = env!("CARGO_BIN_EXE_mapo");
     let model = fixtures().join("tiny-sdxl");
-    let run = |args: &[&str]| {
-        let out = Command::new(bin).args(args).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    };
-    let pairs = dir.join("pairs.safetensors");
-    run(&[
-        "make-pairs",
-        "--model",
-        model.to_str().unwrap(),
-        "--pairs",
-        "4",
-        "--size",
-        "8x12",
-        "--out",
-        pairs.to_str().unwrap(),
-    ]);
-    let config = dir.join("lora.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "model = {model:?}\ndata = {pairs:?}\noutput_dir = {:?}\nmethod = \"sft\"\nsteps = 3\nbatch_size = 2\n\
-             device = \"flex\"\n[lora]\nrank = 2\nalpha = 4\n[optimizer]\nlr = 5e-2\n",
-            dir.join("run")
-        ),
-    )
-    .unwrap();
-    run(&["train", "--config", config.to_str().unwrap()]);
+    tiny_lora_run(&dir, "sft", "5e-2", "8x12");
     let latents = |name: &str, extra: &[&str]| {
         let out = dir.join(format!("{name}.safetensors"));
         let mut args = vec!["generate", "--model", model.to_str().unwrap(), "--prompt", "a cat", "--steps", "3"];
@@ -118,7 +89,7 @@ fn generate_with_lora_file_equals_the_merged_unet() {
         let png = dir.join(format!("{name}.png"));
         args.extend_from_slice(&["--save-latents", out.to_str().unwrap(), "--out", png.to_str().unwrap()]);
         args.extend_from_slice(extra);
-        run(&args);
+        run_mapo(&args);
         let device = device();
         SafeTensorFiles::open_file(&out).unwrap().float::<4>("latents", &device, DType::F32).unwrap()
     };

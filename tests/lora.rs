@@ -59,28 +59,8 @@ fn only_adapters_get_gradients() {
 #[test]
 fn lora_run_exports_adapters_and_a_merged_unet() {
     let dir = std::env::temp_dir().join(format!("mapo-lora-run-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let bin = env!("CARGO_BIN_EXE_mapo");
     let model = fixtures().join("tiny-sdxl");
-    let pairs = dir.join("pairs.safetensors");
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(bin).args(args).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    };
-    run(&["make-pairs", "--model", model.to_str().unwrap(), "--pairs", "4", "--out", pairs.to_str().unwrap()]);
-    let config = dir.join("lora.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "model = {model:?}\ndata = {pairs:?}\noutput_dir = {:?}\nmethod = \"mapo\"\nsteps = 3\nbatch_size = 2\n\
-             device = \"flex\"\n[lora]\nrank = 2\nalpha = 4\n[optimizer]\nlr = 1e-2\n",
-            dir.join("run")
-        ),
-    )
-    .unwrap();
-    run(&["train", "--config", config.to_str().unwrap()]);
-
+    tiny_lora_run(&dir, "mapo", "1e-2", "8x8");
     let out = dir.join("run");
     let file = mapo::models::io::SafeTensorFiles::open_file(&out.join("pytorch_lora_weights.safetensors")).unwrap();
     let names: Vec<&str> = file.names().collect();

@@ -11,7 +11,6 @@ use crate::losses::{Errors, Params, build};
 use crate::models::clip::ClipTextModel;
 use crate::models::folder::{save_as, save_component};
 use crate::models::io::{SafeTensorFiles, write_tensors};
-use crate::models::named::param_count;
 use crate::models::unet::{TextTime, UNet2DConditionModel};
 use crate::models::vae::AutoencoderKL;
 use crate::models::weights::Weights;
@@ -94,14 +93,20 @@ pub fn component_dir(model: &Path, name: &str) -> Result<PathBuf> {
     bail!("{} has no {name}/config.json (expected a diffusers pipeline folder)", model.display())
 }
 
+/// Parameter counts from the configs alone (the weights are not read: the real UNet would
+/// otherwise be loaded, 10 GB, just to be counted).
 pub fn params(model: &Path) -> Result<()> {
-    let device = Device::default();
-    for name in ["unet", "vae"] {
+    let w = Weights::shapes_only(&Device::default());
+    for name in ["unet", "vae", "text_encoder", "text_encoder_2"] {
         let Ok(dir) = component_dir(model, name) else { continue };
-        let count = match name {
-            "unet" => param_count(&UNet2DConditionModel::from_dir(&dir, &device, DType::F32)?.0),
-            _ => param_count(&AutoencoderKL::from_dir(&dir, &device, DType::F32)?.0),
-        };
+        let (raw, _) = crate::models::config::read_config::<serde_json::Value>(&dir)?;
+        let before = w.requested().len();
+        match name {
+            "unet" => drop(UNet2DConditionModel::load(&serde_json::from_value(raw)?, &w)?),
+            "vae" => drop(AutoencoderKL::load(&serde_json::from_value(raw)?, &w)?),
+            _ => drop(ClipTextModel::load(&serde_json::from_value(raw)?, &w, name == "text_encoder_2")?),
+        }
+        let count: usize = w.requested()[before..].iter().map(|(_, s)| s.iter().product::<usize>()).sum();
         println!("{name}: {count} parameters");
     }
     Ok(())

@@ -62,3 +62,42 @@ pub fn run_unet_case(
         Some(&cond),
     )
 }
+
+/// Runs the `mapo` binary and asserts that it succeeded.
+pub fn run_mapo(args: &[&str]) -> std::process::Output {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mapo")).args(args).output().unwrap();
+    assert!(out.status.success(), "mapo {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// A 3-step LoRA run (rank 2, alpha 4) of `method` on synthetic pairs with latents `size`
+/// for the tiny pipeline, in a fresh `dir`; returns the run's output folder.
+pub fn tiny_lora_run(dir: &std::path::Path, method: &str, lr: &str, size: &str) -> PathBuf {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).unwrap();
+    let model = fixtures().join("tiny-sdxl");
+    let pairs = dir.join("pairs.safetensors");
+    run_mapo(&[
+        "make-pairs",
+        "--model",
+        model.to_str().unwrap(),
+        "--pairs",
+        "4",
+        "--size",
+        size,
+        "--out",
+        pairs.to_str().unwrap(),
+    ]);
+    let config = dir.join("lora.toml");
+    let out = dir.join("run");
+    std::fs::write(
+        &config,
+        format!(
+            "model = {model:?}\ndata = {pairs:?}\noutput_dir = {out:?}\nmethod = \"{method}\"\nsteps = 3\nbatch_size = 2\n\
+             device = \"flex\"\n[lora]\nrank = 2\nalpha = 4\n[optimizer]\nlr = {lr}\n"
+        ),
+    )
+    .unwrap();
+    run_mapo(&["train", "--config", config.to_str().unwrap()]);
+    out
+}
