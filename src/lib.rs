@@ -3,7 +3,10 @@
 
 pub mod bench;
 pub mod cli;
+pub mod data;
 pub mod device;
+pub mod eval;
+pub mod experiment;
 pub mod losses;
 pub mod models;
 pub mod sample;

@@ -76,6 +76,30 @@ pub enum Command {
         #[arg(long)]
         keep: Option<usize>,
     },
+    /// Run an experiment file (methods × sweeps × seeds) and write its report:
+    /// `<runs_dir>/<name>/report.md`, `report.json`, `curves.png`, `samples.png`.
+    /// Finished runs are skipped; an interrupted run resumes from its checkpoint.
+    Experiment {
+        /// The experiment's TOML file (see experiments/).
+        file: PathBuf,
+        /// Override a key, e.g. `--set train.steps=20` (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        #[arg(long, env = "MAPO_DEVICE")]
+        device: Option<String>,
+        /// Print the planned runs and exit.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Rebuild a report from run folders or experiment folders (e.g. the same experiment on
+    /// two backends side by side).
+    Report {
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+        /// Where to write report.md etc. (default: the folder given, when there is one).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Write a synthetic pairs file for a model folder's UNet (demos and tests): chosen
     /// latents are smooth patterns, rejected ones are noise, embeddings are random.
     MakePairs {
@@ -204,6 +228,20 @@ pub fn run(cli: Cli) -> Result<()> {
             let config = crate::train::config::TrainConfig::load(&config, &overrides)?;
             let loss = crate::train::run::train(&config, resume.as_deref())?;
             println!("done: final loss {loss:.6}; outputs in {}", config.output_dir.display());
+            Ok(())
+        }
+        Command::Experiment { file, overrides, device, dry_run } => {
+            crate::experiment::run(&file, &overrides, device.as_deref(), dry_run)
+        }
+        Command::Report { dirs, out } => {
+            let out = match (out, dirs.as_slice()) {
+                (Some(o), _) => o,
+                (None, [one]) => one.clone(),
+                (None, _) => anyhow::bail!("several folders given: say where the report goes with --out DIR"),
+            };
+            let runs = crate::eval::report::collect(&dirs)?;
+            crate::eval::report::write(&out, &runs)?;
+            println!("report: {}", out.join("report.md").display());
             Ok(())
         }
         Command::MakePairs { model, pairs, size, seed, out } => pairs::run(&model, pairs, &size, seed, &out),

@@ -142,6 +142,12 @@ fn wd() -> f64 {
 }
 
 impl TrainConfig {
+    /// Every optional field at its default, with empty paths, method `sft` and 1 step:
+    /// for code that fills in a config (the experiment runner).
+    pub fn defaults() -> Self {
+        toml::from_str("model = \"\"\ndata = \"\"\noutput_dir = \"\"\nmethod = \"sft\"\nsteps = 1").expect("defaults")
+    }
+
     /// Reads `path` and applies `overrides` (`a.b=value`, value parsed as TOML, else a string).
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -173,7 +179,7 @@ impl TrainConfig {
     }
 }
 
-fn set(root: &mut toml::Value, assignment: &str) -> Result<()> {
+pub fn set(root: &mut toml::Value, assignment: &str) -> Result<()> {
     let Some((key, raw)) = assignment.split_once('=') else { bail!("--set {assignment:?}: expected key=value") };
     let parsed: toml::Value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
         .ok()

@@ -30,6 +30,15 @@ use crate::sample::validate::{Prompts, initial_noise, sample_latents, save_sampl
 
 /// Runs (or resumes) a training run; returns the final loss.
 pub fn train(config: &TrainConfig, resume: Option<&str>) -> Result<f64> {
+    train_with(config, resume, &mut |_, _| Ok(()))
+}
+
+/// Called after every optimizer step (1-based) with the current weights; the experiment
+/// runner scores the model from here.
+pub type StepHook<'a> = dyn FnMut(usize, &UNet2DConditionModel) -> Result<()> + 'a;
+
+/// [`train`], calling `hook` after every step.
+pub fn train_with(config: &TrainConfig, resume: Option<&str>, hook: &mut StepHook) -> Result<f64> {
     let out = &config.output_dir;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     write_atomic(&out.join("config.toml"), toml::to_string_pretty(config)?.as_bytes())?;
@@ -200,6 +209,7 @@ pub fn train(config: &TrainConfig, resume: Option<&str>) -> Result<f64> {
         last_loss = loss;
 
         let done = step + 1;
+        hook(done, &unet)?;
         if config.validation_every > 0 && (done % config.validation_every == 0 || done == config.steps) {
             let dir = out.join("validation").join(format!("step-{done:08}"));
             validate(config, &unet, &data, &schedule, vae.as_ref(), &dir)?;

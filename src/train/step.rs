@@ -76,6 +76,13 @@ fn predict(unet: &UNet2DConditionModel, x: &Inputs, dtype: DType) -> Tensor<4> {
     unet.forward(x.noisy.clone().cast(dtype), t, x.context.clone().cast(dtype), Some(&cond)).cast(DType::F32)
 }
 
+/// Per-pair errors of `unet` on a batch's chosen and rejected images, in f32 (evaluation:
+/// call it with a model on a plain device, no graph is recorded).
+pub fn pair_errors(unet: &UNet2DConditionModel, batch: &PairBatch, schedule: &NoiseSchedule) -> Errors {
+    let x = inputs(batch, schedule, true);
+    Errors::from_prediction(predict(unet, &x, DType::F32), x.target.clone(), true)
+}
+
 /// Loss and metrics of one micro-batch, and the gradients of the loss.
 pub struct MicroStep {
     pub loss: f64,

@@ -1,0 +1,292 @@
+//! The comparison report of a set of runs: `report.md` (one table, a row per method and
+//! varied setting, mean ± std across seeds, best value per column in bold), `report.json`,
+//! `curves.png` and `samples.png`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+
+use crate::experiment::runner::{RunSummary, read_jsonl};
+use crate::experiment::toy_eval::ToyMetrics;
+use crate::models::io::write_atomic;
+
+/// A finished run as read from its folder.
+pub struct RunData {
+    pub dir: PathBuf,
+    pub summary: RunSummary,
+    /// metrics.jsonl (training loss per step).
+    pub metrics: Vec<serde_json::Value>,
+    /// eval.jsonl (scores against steps), one entry per step.
+    pub evals: Vec<ToyMetrics>,
+}
+
+/// Reads run folders; a folder without `summary.json` is searched one level down (an
+/// experiment folder), so `mapo report runs/exp-a runs/exp-b` works.
+pub fn collect(dirs: &[PathBuf]) -> Result<Vec<RunData>> {
+    let mut out = Vec::new();
+    for dir in dirs {
+        if dir.join("summary.json").is_file() {
+            out.push(read_run(dir)?);
+            continue;
+        }
+        let mut subs: Vec<PathBuf> = std::fs::read_dir(dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.join("summary.json").is_file())
+            .collect();
+        if subs.is_empty() {
+            bail!("{}: neither a finished run (summary.json) nor a folder of runs", dir.display());
+        }
+        // References first, then by name.
+        subs.sort_by_key(|p| (!p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("reference")), p.clone()));
+        for s in subs {
+            out.push(read_run(&s)?);
+        }
+    }
+    Ok(out)
+}
+
+fn read_run(dir: &Path) -> Result<RunData> {
+    let path = dir.join("summary.json");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let summary: RunSummary =
+        serde_json::from_str(&text).with_context(|| format!("{} is not a run summary", path.display()))?;
+    let mut evals: BTreeMap<usize, ToyMetrics> = BTreeMap::new();
+    for v in read_jsonl(&dir.join("eval.jsonl")) {
+        if let Ok(m) = serde_json::from_value::<ToyMetrics>(v) {
+            evals.insert(m.step, m); // a resumed run may repeat a step: the last one wins
+        }
+    }
+    Ok(RunData {
+        dir: dir.to_path_buf(),
+        summary,
+        metrics: read_jsonl(&dir.join("metrics.jsonl")),
+        evals: evals.into_values().collect(),
+    })
+}
+
+/// Higher is better, lower is better, or neither (no bold).
+#[derive(Clone, Copy, PartialEq)]
+enum Better {
+    Higher,
+    Lower,
+    Neither,
+}
+
+struct Column {
+    title: &'static str,
+    key: &'static str,
+    better: Better,
+    get: fn(&RunSummary) -> Option<f64>,
+    digits: usize,
+}
+
+const COLUMNS: &[Column] = &[
+    Column {
+        title: "style B ↑",
+        key: "style_b",
+        better: Better::Higher,
+        get: |s| s.eval.as_ref().map(|e| e.style_b),
+        digits: 3,
+    },
+    Column {
+        title: "fidelity ↑",
+        key: "fidelity",
+        better: Better::Higher,
+        get: |s| s.eval.as_ref().map(|e| e.fidelity),
+        digits: 3,
+    },
+    Column {
+        title: "chosen err ↓",
+        key: "chosen_error",
+        better: Better::Lower,
+        get: |s| s.eval.as_ref().map(|e| e.chosen_error),
+        digits: 4,
+    },
+    Column {
+        title: "rejected err",
+        key: "rejected_error",
+        better: Better::Neither,
+        get: |s| s.eval.as_ref().map(|e| e.rejected_error),
+        digits: 4,
+    },
+    Column { title: "final loss", key: "final_loss", better: Better::Neither, get: |s| s.final_loss, digits: 4 },
+    Column {
+        title: "wall s ↓",
+        key: "wall_s",
+        better: Better::Lower,
+        get: |s| (s.steps > 0).then_some(s.wall_s),
+        digits: 1,
+    },
+    Column {
+        title: "step ms ↓",
+        key: "step_ms",
+        better: Better::Lower,
+        get: |s| s.step_time_s.map(|t| t * 1e3),
+        digits: 1,
+    },
+    Column {
+        title: "peak MB ↓",
+        key: "peak_mb",
+        better: Better::Lower,
+        get: |s| s.peak_memory_bytes.map(|b| b as f64 / 1e6),
+        digits: 0,
+    },
+];
+
+/// Mean and sample standard deviation (0 for one value).
+fn mean_std(values: &[f64]) -> (f64, f64) {
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let var = if values.len() > 1 { values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+    (mean, var.sqrt())
+}
+
+#[derive(Serialize)]
+pub struct Row {
+    pub method: String,
+    pub varied: BTreeMap<String, String>,
+    pub backend: String,
+    pub dtype: String,
+    pub runs: Vec<String>,
+    pub seeds: Vec<u64>,
+    /// Column key → (mean, std, n).
+    pub values: BTreeMap<String, (f64, f64, usize)>,
+}
+
+/// Groups runs that differ only in their seed.
+pub fn rows(runs: &[RunData]) -> Vec<Row> {
+    let mut rows: Vec<Row> = Vec::new();
+    for r in runs {
+        let s = &r.summary;
+        let same = |row: &Row| {
+            row.method == s.method && row.varied == s.varied && row.backend == s.backend && row.dtype == s.dtype
+        };
+        match rows.iter_mut().find(|row| same(row)) {
+            Some(row) => {
+                row.runs.push(s.run.clone());
+                row.seeds.push(s.seed);
+            }
+            None => rows.push(Row {
+                method: s.method.clone(),
+                varied: s.varied.clone(),
+                backend: s.backend.clone(),
+                dtype: s.dtype.clone(),
+                runs: vec![s.run.clone()],
+                seeds: vec![s.seed],
+                values: BTreeMap::new(),
+            }),
+        }
+    }
+    for row in &mut rows {
+        let members: Vec<&RunSummary> = runs.iter().map(|r| &r.summary).filter(|s| row.runs.contains(&s.run)).collect();
+        for c in COLUMNS {
+            let v: Vec<f64> = members.iter().filter_map(|s| (c.get)(s)).filter(|v| v.is_finite()).collect();
+            if !v.is_empty() {
+                let (m, sd) = mean_std(&v);
+                row.values.insert(c.key.into(), (m, sd, v.len()));
+            }
+        }
+    }
+    rows
+}
+
+fn params_label(varied: &BTreeMap<String, String>) -> String {
+    if varied.is_empty() {
+        "—".into()
+    } else {
+        varied.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+    }
+}
+
+/// The markdown table (best mean per column in bold; the reference rows are not ranked).
+pub fn table(rows: &[Row]) -> String {
+    let mut out = String::from("| method | varied | backend | seeds |");
+    for c in COLUMNS {
+        write!(out, " {} |", c.title).expect("string");
+    }
+    out.push_str("\n|---|---|---|---|");
+    out.push_str(&"---:|".repeat(COLUMNS.len()));
+    out.push('\n');
+    let best: Vec<Option<f64>> = COLUMNS
+        .iter()
+        .map(|c| {
+            let means =
+                rows.iter().filter(|r| r.method != "reference").filter_map(|r| r.values.get(c.key).map(|v| v.0));
+            match c.better {
+                Better::Higher => means.reduce(f64::max),
+                Better::Lower => means.reduce(f64::min),
+                Better::Neither => None,
+            }
+        })
+        .collect();
+    for r in rows {
+        write!(out, "| {} | {} | {} {} | {} |", r.method, params_label(&r.varied), r.backend, r.dtype, r.seeds.len())
+            .expect("string");
+        for (c, b) in COLUMNS.iter().zip(&best) {
+            let cell = match r.values.get(c.key) {
+                None => "—".to_string(),
+                Some(&(m, sd, n)) => {
+                    let text = if n > 1 {
+                        format!("{m:.d$} ± {sd:.d$}", d = c.digits)
+                    } else {
+                        format!("{m:.d$}", d = c.digits)
+                    };
+                    let is_best =
+                        r.method != "reference" && b.is_some_and(|b| (b - m).abs() <= 1e-12 * b.abs().max(1.0));
+                    if is_best { format!("**{text}**") } else { text }
+                }
+            };
+            write!(out, " {cell} |").expect("string");
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Writes report.md, report.json, curves.png and samples.png into `out`.
+pub fn write(out: &Path, runs: &[RunData]) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let rows = rows(runs);
+    let plotted = super::plot::curves(&out.join("curves.png"), runs)?;
+    let grid = super::grid::samples(&out.join("samples.png"), runs)?;
+    let mut md = String::new();
+    let names: Vec<&str> = {
+        let mut n: Vec<&str> = runs.iter().map(|r| r.summary.experiment.as_str()).collect();
+        n.dedup();
+        n
+    };
+    writeln!(md, "# Report: {}\n", names.join(", "))?;
+    writeln!(md, "{}", table(&rows))?;
+    writeln!(
+        md,
+        "style B: share of samples the scorer reads as striped (style B); fidelity: share whose shape, colour and \
+         background match the prompt ({} scorer: `src/eval/toy_score.rs`); chosen/rejected err: mean denoising error \
+         of fixed held pairs with fixed noise; step ms: median optimizer step; peak MB: device memory where the backend \
+         reports it, else the process's peak RSS during the run. `reference` rows: the pretrained model before \
+         fine-tuning. Values are mean ± std over seeds.\n",
+        "transparent"
+    )?;
+    if plotted {
+        writeln!(md, "![curves](curves.png)\n")?;
+    }
+    if let Some(prompts) = grid {
+        writeln!(md, "![samples](samples.png)\n")?;
+        writeln!(
+            md,
+            "samples.png: rows = runs (first seed), columns = prompts (first sampling seed): {}.\n",
+            prompts.join("; ")
+        )?;
+    }
+    writeln!(md, "Runs: {}", runs.iter().map(|r| r.dir.display().to_string()).collect::<Vec<_>>().join(", "))?;
+    write_atomic(&out.join("report.md"), md.as_bytes())?;
+    let json = serde_json::json!({
+        "rows": rows,
+        "runs": runs.iter().map(|r| serde_json::json!({"dir": r.dir, "summary": r.summary, "evals": r.evals})).collect::<Vec<_>>(),
+    });
+    write_atomic(&out.join("report.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
+    Ok(())
+}

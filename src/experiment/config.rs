@@ -1,0 +1,225 @@
+//! Experiment files: which model, which data, which methods, what to sweep. Unknown keys
+//! are an error. `[sweep]` lists expand to their cartesian product and `seeds` to one run
+//! per seed; a `method_params.<method>.<key>` sweep only multiplies that method's runs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail, ensure};
+use serde::{Deserialize, Serialize};
+
+use super::toy::PretrainConfig;
+use super::toy_eval::EvalConfig;
+use crate::train::config::{TrainConfig, set};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentConfig {
+    /// Runs go to `<runs_dir>/<name>/<run>/`.
+    pub name: String,
+    #[serde(default = "runs")]
+    pub runs_dir: PathBuf,
+    /// Methods from the loss registry (sft, dpo, mapo, ...).
+    pub methods: Vec<String>,
+    /// One run per seed (fine-tuning order, noise, timesteps); the report gives mean ± std.
+    #[serde(default = "seed_zero")]
+    pub seeds: Vec<u64>,
+    pub model: ModelSection,
+    pub data: DataSection,
+    /// Pretraining of the built-in model's reference (ignored for a diffusers folder).
+    #[serde(default)]
+    pub pretrain: PretrainConfig,
+    /// Any `mapo train` setting except model, data, output_dir, method, seed, method_params.
+    #[serde(default)]
+    pub train: toml::Table,
+    /// Per-method parameters: `[method_params.dpo] beta = 2000`.
+    #[serde(default)]
+    pub method_params: BTreeMap<String, BTreeMap<String, f64>>,
+    /// Scoring of the built-in model during and after training.
+    #[serde(default)]
+    pub eval: EvalConfig,
+    /// Dotted key → values, e.g. `"method_params.mapo.beta" = [0.05, 0.1]`.
+    #[serde(default)]
+    pub sweep: BTreeMap<String, Vec<toml::Value>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// `"toy"`: the built-in tiny model, pretrained by mapo and cached.
+    pub builtin: Option<String>,
+    /// A diffusers pipeline folder.
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// Built-in pairs: `"style"` (reference mismatch) or `"colour"` (no mismatch).
+    pub generated: Option<String>,
+    /// Generated pairs per subject of the grammar.
+    #[serde(default = "four")]
+    pub pairs_per_subject: usize,
+    /// Seed of the generated pairs' placements.
+    #[serde(default = "seed_one")]
+    pub seed: u64,
+    /// A trainer pairs file (safetensors of latents and embeddings).
+    pub pairs: Option<PathBuf>,
+}
+
+fn runs() -> PathBuf {
+    "runs".into()
+}
+fn seed_zero() -> Vec<u64> {
+    vec![0]
+}
+fn seed_one() -> u64 {
+    1
+}
+fn four() -> usize {
+    4
+}
+
+/// One run of an experiment: its settings with the sweep applied.
+#[derive(Debug, Clone)]
+pub struct PlannedRun {
+    pub name: String,
+    pub method: String,
+    pub seed: u64,
+    /// Swept keys and their values in this run (short key = last dotted component).
+    pub varied: BTreeMap<String, String>,
+    pub config: ExperimentConfig,
+}
+
+impl ExperimentConfig {
+    pub fn is_toy(&self) -> bool {
+        self.model.builtin.is_some()
+    }
+
+    /// This run's `mapo train` config.
+    pub fn train_config(&self, method: &str, seed: u64, model: &Path, data: &Path, out: &Path) -> Result<TrainConfig> {
+        let mut table = self.train.clone();
+        for key in ["model", "data", "output_dir", "method", "seed", "method_params"] {
+            if table.contains_key(key) {
+                bail!("[train] must not set {key:?}: the experiment sets it for each run");
+            }
+        }
+        table.insert("model".into(), toml::Value::String(model.display().to_string()));
+        table.insert("data".into(), toml::Value::String(data.display().to_string()));
+        table.insert("output_dir".into(), toml::Value::String(out.display().to_string()));
+        table.insert("method".into(), toml::Value::String(method.into()));
+        table.insert("seed".into(), toml::Value::Integer(seed as i64));
+        let params = self.method_params.get(method).cloned().unwrap_or_default();
+        let params: toml::Table = params.into_iter().map(|(k, v)| (k, toml::Value::Float(v))).collect();
+        table.insert("method_params".into(), toml::Value::Table(params));
+        let config: TrainConfig = toml::Value::Table(table).try_into().context("[train]: invalid setting")?;
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// Reads an experiment file, applies `--set` overrides, and expands it into runs.
+pub fn load(path: &Path, overrides: &[String]) -> Result<(ExperimentConfig, Vec<PlannedRun>)> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut raw: toml::Value =
+        toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
+    for o in overrides {
+        set(&mut raw, o)?;
+    }
+    let base: ExperimentConfig =
+        raw.clone().try_into().with_context(|| format!("{}: invalid experiment", path.display()))?;
+    let runs = plan(&base, &raw).with_context(|| format!("{}: invalid experiment", path.display()))?;
+    Ok((base, runs))
+}
+
+fn plan(base: &ExperimentConfig, raw: &toml::Value) -> Result<Vec<PlannedRun>> {
+    ensure!(!base.methods.is_empty(), "methods is empty");
+    ensure!(!base.seeds.is_empty(), "seeds is empty");
+    ensure!(
+        base.model.builtin.is_some() != base.model.path.is_some(),
+        "[model]: give exactly one of builtin = \"toy\" or path = \"DIR\""
+    );
+    if let Some(b) = &base.model.builtin {
+        ensure!(b == "toy", "[model] builtin {b:?}: the only built-in model is \"toy\"");
+    }
+    ensure!(
+        base.data.generated.is_some() != base.data.pairs.is_some(),
+        "[data]: give exactly one of generated = \"style\"|\"colour\" or pairs = \"FILE\""
+    );
+    ensure!(
+        base.data.generated.is_none() || base.is_toy(),
+        "[data] generated pairs need the built-in model (model.builtin = \"toy\")"
+    );
+    for m in &base.methods {
+        crate::losses::build(
+            m,
+            crate::losses::Params::from_map(base.method_params.get(m).cloned().unwrap_or_default()),
+        )
+        .with_context(|| format!("method {m:?}"))?;
+    }
+    for (key, values) in &base.sweep {
+        ensure!(!values.is_empty(), "[sweep] {key:?} has no values");
+        ensure!(!key.starts_with("sweep") && key != "name" && key != "seeds", "[sweep] cannot vary {key:?}");
+    }
+
+    let keys: Vec<&String> = base.sweep.keys().collect();
+    let mut combos: Vec<Vec<(String, toml::Value)>> = vec![vec![]];
+    for key in &keys {
+        combos = combos
+            .into_iter()
+            .flat_map(|c| {
+                base.sweep[*key].iter().map(move |v| {
+                    let mut c = c.clone();
+                    c.push(((*key).clone(), v.clone()));
+                    c
+                })
+            })
+            .collect();
+    }
+    let mut out: Vec<PlannedRun> = Vec::new();
+    for combo in &combos {
+        for method in &base.methods {
+            // A sweep of another method's parameter does not make new runs of this one.
+            let relevant: Vec<&(String, toml::Value)> = combo
+                .iter()
+                .filter(|(k, _)| !k.starts_with("method_params.") || k.starts_with(&format!("method_params.{method}.")))
+                .collect();
+            for &seed in &base.seeds {
+                let mut value = raw.clone();
+                if let Some(t) = value.as_table_mut() {
+                    t.remove("sweep");
+                }
+                let mut varied = BTreeMap::new();
+                for (k, v) in &relevant {
+                    set(&mut value, &format!("{k}={v}"))?;
+                    let short = k.rsplit('.').next().unwrap_or(k).to_string();
+                    varied.insert(short, display(v));
+                }
+                let config: ExperimentConfig = value.try_into().context("after applying [sweep]")?;
+                // Checked now, so that a typo fails before hours of earlier runs.
+                let dot = Path::new(".");
+                config.train_config(method, seed, dot, dot, dot)?;
+                let mut name = method.clone();
+                for (k, v) in &varied {
+                    name.push_str(&format!("-{k}={v}"));
+                }
+                name.push_str(&format!("-s{seed}"));
+                let name: String = name
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() || "._=-".contains(c) { c } else { '_' })
+                    .collect();
+                if !out.iter().any(|r| r.name == name) {
+                    out.push(PlannedRun { name, method: method.clone(), seed, varied, config });
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn display(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}

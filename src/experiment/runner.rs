@@ -1,0 +1,228 @@
+//! Runs an experiment's runs one after another into `<runs_dir>/<name>/<run>/`.
+//! A run with a `summary.json` is finished and skipped; one with checkpoints resumes.
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use burn::module::Module;
+use burn::tensor::{DType, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::config::{ExperimentConfig, PlannedRun};
+use super::toy::{self, Conditioner, Variant};
+use super::toy_eval::{ToyEvaluator, ToyMetrics};
+use crate::device::select;
+use crate::models::io::{write_atomic, write_tensors};
+use crate::models::unet::UNet2DConditionModel;
+use crate::train::checkpoint;
+
+/// What the report reads from a finished run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub experiment: String,
+    pub run: String,
+    /// A method name, or `reference` for the model before fine-tuning.
+    pub method: String,
+    pub varied: BTreeMap<String, String>,
+    pub seed: u64,
+    pub backend: String,
+    pub dtype: String,
+    pub steps: usize,
+    pub wall_s: f64,
+    /// Median optimizer-step time.
+    pub step_time_s: Option<f64>,
+    /// Peak device memory where the backend reports it, else the process's peak RSS
+    /// during the run.
+    pub peak_memory_bytes: Option<u64>,
+    pub memory_kind: String,
+    pub final_loss: Option<f64>,
+    pub eval: Option<ToyMetrics>,
+}
+
+pub fn experiment_dir(config: &ExperimentConfig) -> PathBuf {
+    config.runs_dir.join(&config.name)
+}
+
+/// Runs every planned run that has not finished; returns the folders the report reads:
+/// the reference evaluations, then the runs in plan order.
+pub fn run_all(base: &ExperimentConfig, runs: &[PlannedRun], device: Option<&str>) -> Result<Vec<PathBuf>> {
+    let exp = experiment_dir(base);
+    std::fs::create_dir_all(&exp).with_context(|| format!("creating {}", exp.display()))?;
+    let total = runs.len();
+    for (i, run) in runs.iter().enumerate() {
+        let dir = exp.join(&run.name);
+        if dir.join("summary.json").is_file() {
+            eprintln!("[{}/{total}] {}: finished, skipped", i + 1, run.name);
+        } else {
+            eprintln!("[{}/{total}] {}", i + 1, run.name);
+            execute(&exp, run, &dir, device)?;
+        }
+    }
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for d in runs.iter().filter_map(|r| reference_summary_dir(&exp, r)) {
+        if d.join("summary.json").is_file() && !dirs.contains(&d) {
+            dirs.push(d);
+        }
+    }
+    dirs.extend(runs.iter().map(|r| exp.join(&r.name)));
+    Ok(dirs)
+}
+
+fn reference_summary_dir(exp: &Path, run: &PlannedRun) -> Option<PathBuf> {
+    let variant = run.config.data.generated.as_ref()?;
+    Some(exp.join(format!("reference-{variant}")))
+}
+
+/// The model folder and the pairs file of a run (building the toy reference and the
+/// generated pairs on first use).
+fn inputs(exp: &Path, c: &ExperimentConfig, device: Option<&str>) -> Result<(PathBuf, PathBuf)> {
+    let model = match &c.model.path {
+        Some(p) => p.clone(),
+        None => toy::reference(&c.runs_dir.join("_cache"), &c.pretrain, device)?.0,
+    };
+    let data = match (&c.data.pairs, &c.data.generated) {
+        (Some(p), _) => p.clone(),
+        (None, Some(v)) => {
+            let variant = Variant::parse(v)?;
+            let path =
+                exp.join("_data").join(format!("{v}-seed{}-x{}.safetensors", c.data.seed, c.data.pairs_per_subject));
+            if !path.is_file() {
+                std::fs::create_dir_all(path.parent().expect("parent"))?;
+                let cond = Conditioner::load(&model, &burn::tensor::Device::default())?;
+                toy::write_pairs(&path, &variant.rows(c.data.seed, c.data.pairs_per_subject), &cond)?;
+            }
+            path
+        }
+        (None, None) => unreachable!("checked when planning"),
+    };
+    Ok((model, data))
+}
+
+/// Runs one run (scoring the reference first when no run has yet).
+fn execute(exp: &Path, run: &PlannedRun, dir: &Path, device: Option<&str>) -> Result<()> {
+    let c = &run.config;
+    let (model, data) = inputs(exp, c, device)?;
+    let mut train = c.train_config(&run.method, run.seed, &model, &data, dir)?;
+    if let Some(d) = device {
+        train.device = Some(d.to_string());
+    }
+    let selected = select(train.device.as_deref())?;
+    let backend = selected.backend.name().to_string();
+    let plain = selected.device.clone();
+
+    let evaluator = if c.is_toy() { Some(ToyEvaluator::new(&model, &data, &c.eval, &plain)?) } else { None };
+    let mut start_line = None;
+    if let (Some(ev), Some(ref_dir)) = (&evaluator, reference_summary_dir(exp, run)) {
+        let summary = ref_dir.join("summary.json");
+        if !summary.is_file() {
+            eprintln!("scoring the reference model on {}", data.display());
+            let (unet, _) = UNet2DConditionModel::from_dir(&model.join("unet"), &plain, DType::F32)?;
+            let t0 = Instant::now();
+            let (metrics, samples) = ev.evaluate(&unet, 0)?;
+            std::fs::create_dir_all(&ref_dir)?;
+            save_samples(&ref_dir, samples)?;
+            let s = RunSummary {
+                experiment: c.name.clone(),
+                run: ref_dir.file_name().expect("name").to_string_lossy().into(),
+                method: "reference".into(),
+                varied: run
+                    .varied
+                    .iter()
+                    .filter(|(k, _)| *k == "generated")
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                seed: c.pretrain.seed,
+                backend: backend.clone(),
+                dtype: "f32".into(),
+                steps: 0,
+                wall_s: t0.elapsed().as_secs_f64(),
+                step_time_s: None,
+                peak_memory_bytes: None,
+                memory_kind: "none".into(),
+                final_loss: None,
+                eval: Some(metrics),
+            };
+            write_atomic(&summary, serde_json::to_string_pretty(&s)?.as_bytes())?;
+        }
+        let s: RunSummary = serde_json::from_str(&std::fs::read_to_string(&summary)?)?;
+        start_line = s.eval;
+    }
+
+    std::fs::create_dir_all(dir)?;
+    let eval_path = dir.join("eval.jsonl");
+    if let Some(m) = &start_line
+        && !eval_path.is_file()
+    {
+        write_atomic(&eval_path, format!("{}\n", serde_json::to_string(m)?).as_bytes())?;
+    }
+    let resume = checkpoint::list(dir).map(|l| !l.is_empty()).unwrap_or(false);
+    reset_peak_rss();
+    let t0 = Instant::now();
+    let every = c.eval.every.max(1);
+    let steps = train.steps;
+    let mut last_eval: Option<ToyMetrics> = None;
+    let mut hook = |step: usize, unet: &UNet2DConditionModel| -> Result<()> {
+        let Some(ev) = &evaluator else { return Ok(()) };
+        if step % every != 0 && step != steps {
+            return Ok(());
+        }
+        let (m, samples) = ev.evaluate(&unet.valid(), step)?;
+        let mut f = OpenOptions::new().create(true).append(true).open(&eval_path)?;
+        writeln!(f, "{}", serde_json::to_string(&m)?)?;
+        if step == steps {
+            save_samples(dir, samples)?;
+        }
+        last_eval = Some(m);
+        Ok(())
+    };
+    let final_loss = crate::train::run::train_with(&train, resume.then_some("latest"), &mut hook)?;
+    let wall_s = t0.elapsed().as_secs_f64();
+
+    let metrics = read_jsonl(&dir.join("metrics.jsonl"));
+    let mut times: Vec<f64> = metrics.iter().filter_map(|m| m["step_time_s"].as_f64()).collect();
+    times.sort_by(f64::total_cmp);
+    let device_peak = metrics.iter().filter_map(|m| m["peak_memory_reserved_bytes"].as_u64()).max();
+    let (peak, kind) = match device_peak {
+        Some(p) => (Some(p), "device"),
+        None => (crate::bench::peak_rss(), "rss"),
+    };
+    let summary = RunSummary {
+        experiment: c.name.clone(),
+        run: run.name.clone(),
+        method: run.method.clone(),
+        varied: run.varied.clone(),
+        seed: run.seed,
+        backend,
+        dtype: train.dtype.clone(),
+        steps,
+        wall_s,
+        step_time_s: times.get(times.len() / 2).copied(),
+        peak_memory_bytes: peak,
+        memory_kind: kind.into(),
+        final_loss: Some(final_loss),
+        eval: last_eval,
+    };
+    write_atomic(&dir.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
+    eprintln!("{}: {:.1} s", run.name, wall_s);
+    Ok(())
+}
+
+fn save_samples(dir: &Path, samples: Tensor<4>) -> Result<()> {
+    write_tensors(&dir.join("samples.safetensors"), vec![("samples".into(), samples.into_data())])
+}
+
+pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .map(|t| t.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+        .unwrap_or_default()
+}
+
+/// Linux resets the peak-RSS counter (VmHWM) on writing 5 to clear_refs; elsewhere the
+/// figure is the process's peak so far.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}

@@ -1,0 +1,98 @@
+//! `mapo experiment` and `mapo report` end to end on the built-in model with a few steps:
+//! a 2-run sweep produces a report with both rows, and a rerun skips finished runs.
+
+mod common;
+
+use common::run_mapo;
+
+fn write_experiment(dir: &std::path::Path) -> std::path::PathBuf {
+    let file = dir.join("sweep.toml");
+    let text = format!(
+        r#"
+name = "sweep"
+runs_dir = "{runs}"
+methods = ["mapo"]
+[model]
+builtin = "toy"
+[data]
+generated = "style"
+pairs_per_subject = 1
+[pretrain]
+steps = 2
+batch_size = 4
+[train]
+steps = 2
+batch_size = 2
+[eval]
+every = 1
+seeds = 1
+steps = 2
+error_pairs = 4
+[sweep]
+"method_params.mapo.beta" = [0.1, 0.5]
+"#,
+        runs = dir.join("runs").display()
+    );
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+#[test]
+fn sweep_writes_a_report_with_both_runs_and_rerun_skips_them() {
+    let tmp = tempfile_dir("experiment");
+    let file = write_experiment(&tmp);
+    let out = run_mapo(&["experiment", file.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stderr.matches("pretraining the toy model").count(), 1, "{stderr}");
+    assert!(stderr.contains("reference: cached"), "the second run reuses the reference:\n{stderr}");
+    let exp = tmp.join("runs").join("sweep");
+    let report = std::fs::read_to_string(exp.join("report.md")).unwrap();
+    for row in ["| mapo | beta=0.1 |", "| mapo | beta=0.5 |", "| reference | — |"] {
+        assert!(report.contains(row), "missing row {row:?} in\n{report}");
+    }
+    for f in ["curves.png", "samples.png", "report.json"] {
+        assert!(exp.join(f).is_file(), "{f} missing");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(exp.join("report.json")).unwrap()).unwrap();
+    assert_eq!(json["rows"].as_array().unwrap().len(), 3);
+    let evals = std::fs::read_to_string(exp.join("mapo-beta=0.1-s0").join("eval.jsonl")).unwrap();
+    assert_eq!(evals.lines().count(), 3, "step 0 (reference), 1 and 2:\n{evals}");
+
+    let summary = exp.join("mapo-beta=0.5-s0").join("summary.json");
+    let before = std::fs::metadata(&summary).unwrap().modified().unwrap();
+    let again = run_mapo(&["experiment", file.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success(), "{stderr}");
+    assert_eq!(stderr.matches("finished, skipped").count(), 2, "{stderr}");
+    assert_eq!(std::fs::metadata(&summary).unwrap().modified().unwrap(), before);
+
+    // `mapo report` rebuilds the same table from the folder.
+    let other = tmp.join("rebuilt");
+    let rep = run_mapo(&["report", exp.to_str().unwrap(), "--out", other.to_str().unwrap()]);
+    assert!(rep.status.success(), "{}", String::from_utf8_lossy(&rep.stderr));
+    let rebuilt = std::fs::read_to_string(other.join("report.md")).unwrap();
+    assert!(rebuilt.contains("| mapo | beta=0.5 |"), "{rebuilt}");
+}
+
+#[test]
+fn unknown_keys_and_bad_sweeps_are_errors() {
+    let tmp = tempfile_dir("experiment-errors");
+    let file = write_experiment(&tmp);
+    let mapo = |args: &[&str]| std::process::Command::new(env!("CARGO_BIN_EXE_mapo")).args(args).output().unwrap();
+    let out = mapo(&["experiment", file.to_str().unwrap(), "--set", "train.stepz=3", "--dry-run"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("stepz"), "{stderr}");
+    let out = mapo(&["experiment", file.to_str().unwrap(), "--set", "methods=[\"orpo\"]", "--dry-run"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("orpo"), "{stderr}");
+}
+
+fn tempfile_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("mapo-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
