@@ -1,6 +1,9 @@
 //! `mapo bench`: training-step and sampling speed and memory, printed as JSON lines so
 //! that runs on different backends (and the PyTorch baseline in benches/torch/) compare.
 
+pub mod data;
+pub mod max_batch;
+
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};

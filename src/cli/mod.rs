@@ -1,5 +1,6 @@
 //! The command-line interface: argument definitions, and one small function per command.
 
+pub mod cache;
 pub mod forward;
 pub mod generate;
 pub mod pairs;
@@ -100,6 +101,9 @@ pub enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Encode a parquet preference set once (VAE latent distributions + prompt embeddings)
+    /// into a sharded cache that `mapo train` reads as `data = "DIR"`. Resumable.
+    Cache(crate::cli::cache::CacheCommand),
     /// Write a synthetic pairs file for a model folder's UNet (demos and tests): chosen
     /// latents are smooth patterns, rejected ones are noise, embeddings are random.
     MakePairs {
@@ -141,6 +145,10 @@ pub enum Command {
 pub enum BenchCommand {
     /// Preference training steps of a random-init UNet on a fixed batch.
     TrainStep(crate::bench::TrainBench),
+    /// The largest batch whose training step fits (a child process per trial).
+    MaxBatch(crate::bench::max_batch::MaxBatchBench),
+    /// Parquet streaming + image decode + transform throughput.
+    Data(crate::bench::data::DataBench),
     /// Guided Euler sampling of a random-init UNet (no text encoders, no VAE).
     Generate {
         #[arg(long, default_value = "tiny")]
@@ -218,6 +226,14 @@ pub fn run(cli: Cli) -> Result<()> {
             println!("{}", crate::bench::train_step(&b)?);
             Ok(())
         }
+        Command::Bench(BenchCommand::MaxBatch(b)) => {
+            println!("{}", crate::bench::max_batch::run(&b)?);
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Data(b)) => {
+            println!("{}", crate::bench::data::run(&b)?);
+            Ok(())
+        }
         Command::Bench(BenchCommand::Generate { model, resolution, steps, dtype, device }) => {
             println!("{}", crate::bench::generate(&model, resolution, steps, &dtype, device.as_deref())?);
             Ok(())
@@ -244,6 +260,7 @@ pub fn run(cli: Cli) -> Result<()> {
             println!("report: {}", out.join("report.md").display());
             Ok(())
         }
+        Command::Cache(c) => crate::cli::cache::run(&c),
         Command::MakePairs { model, pairs, size, seed, out } => pairs::run(&model, pairs, &size, seed, &out),
         Command::RandomModel { component, config, out, dtype } => {
             forward::random_model(&component, &config, &out, &dtype)

@@ -1,4 +1,9 @@
-//! Preference data: the built-in experiment's generated images and captions.
+//! Preference data: Pick-a-Pic-format parquet pairs, image transforms, a background
+//! loader, the latent/embedding cache, and the built-in experiment's generated images.
 
+pub mod cache;
+pub mod loader;
+pub mod parquet;
 pub mod toy;
+pub mod transform;
 pub mod words;

@@ -63,7 +63,9 @@ pub struct DataSection {
     /// Seed of the generated pairs' placements.
     #[serde(default = "seed_one")]
     pub seed: u64,
-    /// A trainer pairs file (safetensors of latents and embeddings).
+    /// A trainer pairs file (safetensors of latents and embeddings), or a `mapo cache`
+    /// folder (also accepted as `cache = "DIR"`).
+    #[serde(alias = "cache")]
     pub pairs: Option<PathBuf>,
 }
 
@@ -144,7 +146,7 @@ fn plan(base: &ExperimentConfig, raw: &toml::Value) -> Result<Vec<PlannedRun>> {
     }
     ensure!(
         base.data.generated.is_some() != base.data.pairs.is_some(),
-        "[data]: give exactly one of generated = \"style\"|\"colour\" or pairs = \"FILE\""
+        "[data]: give exactly one of generated = \"style\"|\"colour\", pairs = \"FILE\" or cache = \"DIR\""
     );
     ensure!(
         base.data.generated.is_none() || base.is_toy(),

@@ -111,11 +111,43 @@ impl SchedulerConfig {
     }
 }
 
-pub struct SdxlPipeline {
+/// SDXL's two tokenizers and text encoders.
+pub struct PromptEncoder {
     pub tokenizer: ClipTokenizer,
     pub tokenizer_2: ClipTokenizer,
     pub text_encoder: ClipTextModel,
     pub text_encoder_2: ClipTextModel,
+    device: Device,
+}
+
+impl PromptEncoder {
+    pub fn load(model: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        Ok(Self {
+            tokenizer: ClipTokenizer::from_dir(&model.join("tokenizer"))?,
+            tokenizer_2: ClipTokenizer::from_dir(&model.join("tokenizer_2"))?,
+            text_encoder: ClipTextModel::from_dir(&component_dir(model, "text_encoder")?, device, dtype, false)?.0,
+            text_encoder_2: ClipTextModel::from_dir(&component_dir(model, "text_encoder_2")?, device, dtype, true)?.0,
+            device: device.clone(),
+        })
+    }
+
+    /// `(encoder_hidden_states [1,77,D1+D2], text_embeds [1,P])` for one prompt: the two
+    /// encoders' penultimate states side by side, and encoder 2's projected pooled output.
+    pub fn encode(&self, prompt: &str) -> (Tensor<3>, Tensor<2>) {
+        let ids = |t: &ClipTokenizer| {
+            let ids = t.encode(prompt);
+            let n = ids.len();
+            Tensor::<2, Int>::from_data(TensorData::new(ids, [1, n]), &self.device)
+        };
+        let one = self.text_encoder.forward(ids(&self.tokenizer));
+        let two = self.text_encoder_2.forward(ids(&self.tokenizer_2));
+        let context = Tensor::cat(vec![one.penultimate, two.penultimate], 2);
+        (context, two.text_embeds.expect("text_encoder_2 has a projection"))
+    }
+}
+
+pub struct SdxlPipeline {
+    pub prompts: PromptEncoder,
     pub unet: UNet2DConditionModel,
     pub vae: AutoencoderKL,
     pub vae_config: VaeConfig,
@@ -133,10 +165,7 @@ impl SdxlPipeline {
         };
         let (vae, vae_config) = AutoencoderKL::from_dir(&component_dir(model, "vae")?, device, DType::F32)?;
         Ok(Self {
-            tokenizer: ClipTokenizer::from_dir(&model.join("tokenizer"))?,
-            tokenizer_2: ClipTokenizer::from_dir(&model.join("tokenizer_2"))?,
-            text_encoder: ClipTextModel::from_dir(&component_dir(model, "text_encoder")?, device, dtype, false)?.0,
-            text_encoder_2: ClipTextModel::from_dir(&component_dir(model, "text_encoder_2")?, device, dtype, true)?.0,
+            prompts: PromptEncoder::load(model, device, dtype)?,
             unet: UNet2DConditionModel::from_dir(&unet_dir, device, dtype)?.0,
             vae,
             vae_config,
@@ -145,18 +174,8 @@ impl SdxlPipeline {
         })
     }
 
-    /// `(encoder_hidden_states [1,77,D1+D2], text_embeds [1,P])` for one prompt: the two
-    /// encoders' penultimate states side by side, and encoder 2's projected pooled output.
     pub fn encode_prompt(&self, prompt: &str) -> (Tensor<3>, Tensor<2>) {
-        let ids = |t: &ClipTokenizer| {
-            let ids = t.encode(prompt);
-            let n = ids.len();
-            Tensor::<2, Int>::from_data(TensorData::new(ids, [1, n]), &self.device)
-        };
-        let one = self.text_encoder.forward(ids(&self.tokenizer));
-        let two = self.text_encoder_2.forward(ids(&self.tokenizer_2));
-        let context = Tensor::cat(vec![one.penultimate, two.penultimate], 2);
-        (context, two.text_embeds.expect("text_encoder_2 has a projection"))
+        self.prompts.encode(prompt)
     }
 
     /// The VAE's spatial factor: 2 per downsampling block.

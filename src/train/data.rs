@@ -26,7 +26,11 @@ pub struct PairsFile {
 }
 
 impl PairsFile {
+    /// A pairs file, or a `mapo cache` folder (latents = VAE mean × scaling factor).
     pub fn open(path: &Path, device: &Device) -> Result<Self> {
+        if path.is_dir() {
+            return Self::from_cache(path, device);
+        }
         let f = SafeTensorFiles::open_file(path)?;
         let chosen = f.float::<4>("chosen", device, DType::F32)?;
         let len = chosen.dims()[0];
@@ -60,6 +64,41 @@ impl PairsFile {
             bail!("{}: no pairs", path.display());
         }
         Ok(me)
+    }
+
+    fn from_cache(dir: &Path, device: &Device) -> Result<Self> {
+        let index = crate::data::cache::CacheIndex::read(dir)?;
+        if !index.complete {
+            bail!(
+                "{}: the cache is incomplete ({} pairs so far); finish it with `mapo cache` first",
+                dir.display(),
+                index.pairs()
+            );
+        }
+        let scale = index.meta.scaling_factor;
+        let (mut chosen, mut rejected, mut context, mut text_embeds, mut time_ids) =
+            (vec![], vec![], vec![], vec![], vec![]);
+        for shard in &index.shards {
+            let f = SafeTensorFiles::open_file(&dir.join(&shard.file))?;
+            chosen.push(f.float::<4>("chosen_mean", device, DType::F32)?.mul_scalar(scale));
+            rejected.push(f.float::<4>("rejected_mean", device, DType::F32)?.mul_scalar(scale));
+            context.push(f.float::<3>("encoder_hidden_states", device, DType::F32)?);
+            text_embeds.push(f.float::<2>("text_embeds", device, DType::F32)?);
+            time_ids.push(f.float::<2>("time_ids", device, DType::F32)?);
+        }
+        if chosen.is_empty() {
+            bail!("{}: the cache holds no pairs", dir.display());
+        }
+        let chosen = Tensor::cat(chosen, 0);
+        let len = chosen.dims()[0];
+        Ok(Self {
+            chosen,
+            rejected: Tensor::cat(rejected, 0),
+            context: Tensor::cat(context, 0),
+            text_embeds: Tensor::cat(text_embeds, 0),
+            time_ids: Tensor::cat(time_ids, 0),
+            len,
+        })
     }
 
     /// The conditioning of the first `k` pairs (validation prompts), and the latent shape.

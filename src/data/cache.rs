@@ -1,0 +1,277 @@
+//! `mapo cache`: encodes every pair once (the VAE's latent distribution of both images,
+//! and the prompt embeddings of both text encoders) into sharded safetensors with an
+//! index, so training reads tensors instead of decoding JPEGs and running three encoders.
+//!
+//! `<out>/index.json` records what made the cache (model, resolution, transforms, reader
+//! options) and the shards written so far; an interrupted run resumes after the last
+//! shard, and a cache made with other settings is refused, never mixed.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use burn::tensor::{DType, Device, Tensor, TensorData};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+use super::loader::{LoaderConfig, for_each_prepared};
+use super::parquet::{PairReader, ReadOptions, Skipped};
+use super::transform::{Prepared, TransformConfig};
+use crate::cli::forward::component_dir;
+use crate::models::io::{write_atomic, write_tensors};
+use crate::models::vae::{AutoencoderKL, VaeConfig};
+use crate::sample::pipeline::PromptEncoder;
+
+/// What a cache was made with; a rerun must match it exactly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CacheMeta {
+    pub version: u32,
+    pub model: PathBuf,
+    pub vae_config: serde_json::Value,
+    pub scaling_factor: f64,
+    pub resolution: usize,
+    pub transform: TransformConfig,
+    pub read: ReadOptions,
+    pub seed: u64,
+    pub files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Shard {
+    pub file: String,
+    pub pairs: usize,
+    /// Stream position after this shard's last pair (where a resumed run continues).
+    pub end_position: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CacheIndex {
+    pub meta: CacheMeta,
+    pub shards: Vec<Shard>,
+    /// Stream position (kept pairs, in reader order) after the last shard.
+    pub next_position: usize,
+    pub skipped: Skipped,
+    pub complete: bool,
+}
+
+impl CacheIndex {
+    pub fn pairs(&self) -> usize {
+        self.shards.iter().map(|s| s.pairs).sum()
+    }
+
+    pub fn read(dir: &Path) -> Result<Self> {
+        let path = dir.join("index.json");
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{} is not a mapo cache index", path.display()))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CacheArgs {
+    pub model: PathBuf,
+    pub data: PathBuf,
+    pub out: PathBuf,
+    pub transform: TransformConfig,
+    pub read: ReadOptions,
+    pub seed: u64,
+    pub shard_size: usize,
+    /// Pairs per VAE call.
+    pub batch: usize,
+    pub workers: usize,
+    pub device: Option<String>,
+}
+
+struct Encoders {
+    vae: AutoencoderKL,
+    prompts: PromptEncoder,
+    device: Device,
+}
+
+/// Keys of a shard: `{chosen,rejected}_{mean,logvar}` [N,4,h,w] (unscaled VAE
+/// distribution), `encoder_hidden_states` [N,77,D], `text_embeds` [N,P], `time_ids` [N,6],
+/// `file_index` and `row` [N] (where each pair came from: `meta.files[file_index]`).
+#[derive(Default)]
+struct ShardBuffer {
+    tensors: Vec<[Tensor<4>; 4]>,
+    context: Vec<Tensor<3>>,
+    text_embeds: Vec<Tensor<2>>,
+    time_ids: Vec<f32>,
+    source: Vec<(i64, i64)>,
+}
+
+pub fn build(args: &CacheArgs) -> Result<CacheIndex> {
+    let reader = PairReader::open(&args.data, args.read.clone())?;
+    let vae_dir = component_dir(&args.model, "vae")?;
+    let (vae_config_raw, vae_config) = {
+        let (cfg, raw) = crate::models::config::read_config::<VaeConfig>(&vae_dir)?;
+        (raw, cfg)
+    };
+    let meta = CacheMeta {
+        version: 1,
+        model: std::fs::canonicalize(&args.model).unwrap_or_else(|_| args.model.clone()),
+        vae_config: vae_config_raw,
+        scaling_factor: vae_config.scaling_factor,
+        resolution: args.transform.resolution,
+        transform: args.transform.clone(),
+        read: args.read.clone(),
+        seed: args.seed,
+        files: reader.files().iter().map(|f| std::fs::canonicalize(f).unwrap_or_else(|_| f.clone())).collect(),
+    };
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let mut index = match CacheIndex::read(&args.out) {
+        Ok(existing) => {
+            if existing.meta != meta {
+                bail!(
+                    "{}: this cache was made with other settings ({}); use a new --out folder",
+                    args.out.display(),
+                    differences(&existing.meta, &meta)
+                );
+            }
+            if existing.complete {
+                eprintln!("{}: complete ({} pairs)", args.out.display(), existing.pairs());
+                return Ok(existing);
+            }
+            eprintln!("{}: resuming after {} pairs", args.out.display(), existing.pairs());
+            existing
+        }
+        Err(_) if args.out.join("index.json").exists() => return Err(CacheIndex::read(&args.out).unwrap_err()),
+        Err(_) => {
+            CacheIndex { meta, shards: Vec::new(), next_position: 0, skipped: Skipped::default(), complete: false }
+        }
+    };
+
+    let selected = crate::device::select(args.device.as_deref())?;
+    let device = selected.device;
+    let enc = Encoders {
+        vae: AutoencoderKL::from_dir(&vae_dir, &device, DType::F32)?.0,
+        prompts: PromptEncoder::load(&args.model, &device, DType::F32)?,
+        device,
+    };
+    let total = args.read.max_samples.map(|m| m as u64);
+    let bar = match total {
+        Some(t) => ProgressBar::new(t),
+        None => ProgressBar::no_length(),
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos} pairs [{elapsed_precise}<{eta_precise}, {per_sec}] {msg}")
+            .expect("template"),
+    );
+    bar.set_position(index.pairs() as u64);
+    let loader = LoaderConfig {
+        transform: args.transform.clone(),
+        seed: args.seed,
+        workers: args.workers.max(1),
+        queue: (args.batch * 4).max(8),
+        skip: index.next_position,
+    };
+    let t0 = Instant::now();
+    let mut buffer = ShardBuffer::default();
+    let mut batch: Vec<(usize, Prepared, (i64, i64))> = Vec::new();
+    let skipped = for_each_prepared(&reader, &loader, |position, p| {
+        let file_index = reader.files().iter().position(|f| *f == p.file).unwrap_or(0) as i64;
+        let source = (file_index, p.row as i64);
+        batch.push((position, p, source));
+        // Shards hold exactly `shard_size` pairs: a VAE batch never crosses a shard.
+        if batch.len() >= args.batch || buffer.source.len() + batch.len() >= args.shard_size {
+            encode(&enc, &mut batch, &mut buffer)?;
+        }
+        if buffer.source.len() >= args.shard_size {
+            flush(&args.out, &mut index, &mut buffer, position + 1)?;
+            bar.set_position(index.pairs() as u64);
+        }
+        Ok(true)
+    })?;
+    encode(&enc, &mut batch, &mut buffer)?;
+    let end = index.next_position + buffer.source.len();
+    flush(&args.out, &mut index, &mut buffer, end)?;
+    // The reader re-reads the skipped prefix on resume, so its counts are complete; bad
+    // images are only seen when decoded.
+    let bad_before = index.skipped.bad_image;
+    index.skipped = Skipped { bad_image: bad_before + skipped.bad_image, ..skipped };
+    index.complete = true;
+    write_atomic(&args.out.join("index.json"), serde_json::to_string_pretty(&index)?.as_bytes())?;
+    bar.finish();
+    let dt = t0.elapsed().as_secs_f64();
+    eprintln!(
+        "cached {} pairs in {} shards ({dt:.1} s); skipped: {} ties, {} not a preference, {} missing values, {} bad images",
+        index.pairs(),
+        index.shards.len(),
+        index.skipped.ties,
+        index.skipped.not_a_preference,
+        index.skipped.missing_value,
+        index.skipped.bad_image
+    );
+    Ok(index)
+}
+
+fn differences(a: &CacheMeta, b: &CacheMeta) -> String {
+    let (a, b) = (serde_json::to_value(a).expect("json"), serde_json::to_value(b).expect("json"));
+    let keys: Vec<String> = a
+        .as_object()
+        .expect("object")
+        .iter()
+        .filter(|(k, v)| b.get(k.as_str()) != Some(v))
+        .map(|(k, _)| k.clone())
+        .collect();
+    format!("differs in {}", keys.join(", "))
+}
+
+/// Runs the VAE on a batch of pairs and the text encoders on their captions.
+fn encode(enc: &Encoders, batch: &mut Vec<(usize, Prepared, (i64, i64))>, buffer: &mut ShardBuffer) -> Result<()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let n = batch.len();
+    let r = batch[0].1.time_ids[4] as usize;
+    let mut pixels = Vec::with_capacity(2 * n * 3 * r * r);
+    for (_, p, _) in batch.iter() {
+        pixels.extend_from_slice(&p.chosen);
+    }
+    for (_, p, _) in batch.iter() {
+        pixels.extend_from_slice(&p.rejected);
+    }
+    let x = Tensor::<4>::from_data(TensorData::new(pixels, [2 * n, 3, r, r]), &enc.device);
+    let (mean, logvar) = enc.vae.encode(x);
+    let mut means = mean.chunk(2, 0);
+    let mut logvars = logvar.chunk(2, 0);
+    let (rm, cm) = (means.pop().expect("2"), means.pop().expect("2"));
+    let (rl, cl) = (logvars.pop().expect("2"), logvars.pop().expect("2"));
+    for (i, (_, p, source)) in batch.iter().enumerate() {
+        let one = |t: &Tensor<4>| t.clone().narrow(0, i, 1);
+        buffer.tensors.push([one(&cm), one(&cl), one(&rm), one(&rl)]);
+        let (context, pooled) = enc.prompts.encode(p.caption.as_deref().unwrap_or(""));
+        buffer.context.push(context);
+        buffer.text_embeds.push(pooled);
+        buffer.time_ids.extend_from_slice(&p.time_ids);
+        buffer.source.push(*source);
+    }
+    batch.clear();
+    Ok(())
+}
+
+fn flush(out: &Path, index: &mut CacheIndex, buffer: &mut ShardBuffer, next_position: usize) -> Result<()> {
+    let n = buffer.source.len();
+    if n == 0 {
+        return Ok(());
+    }
+    let b = std::mem::take(buffer);
+    let stack = |k: usize| Tensor::cat(b.tensors.iter().map(|t| t[k].clone()).collect(), 0).into_data();
+    let file = format!("shard-{:05}.safetensors", index.shards.len());
+    write_tensors(
+        &out.join(&file),
+        vec![
+            ("chosen_mean".into(), stack(0)),
+            ("chosen_logvar".into(), stack(1)),
+            ("rejected_mean".into(), stack(2)),
+            ("rejected_logvar".into(), stack(3)),
+            ("encoder_hidden_states".into(), Tensor::cat(b.context, 0).into_data()),
+            ("text_embeds".into(), Tensor::cat(b.text_embeds, 0).into_data()),
+            ("time_ids".into(), TensorData::new(b.time_ids, [n, 6])),
+            ("file_index".into(), TensorData::new(b.source.iter().map(|s| s.0).collect::<Vec<i64>>(), [n])),
+            ("row".into(), TensorData::new(b.source.iter().map(|s| s.1).collect::<Vec<i64>>(), [n])),
+        ],
+    )?;
+    index.shards.push(Shard { file, pairs: n, end_position: next_position });
+    index.next_position = next_position;
+    write_atomic(&out.join("index.json"), serde_json::to_string_pretty(index)?.as_bytes())
+}

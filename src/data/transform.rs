@@ -1,0 +1,112 @@
+//! Image transforms of a preference pair, as the SDXL preference-training scripts do them:
+//! decode, resize the shorter side to the resolution (bilinear), crop a square (centre or
+//! random; its offsets go into `time_ids` with the original size), optionally flip both
+//! images of the pair identically, scale to [-1, 1]; drop the caption with probability p.
+
+use anyhow::{Context, Result};
+use image::imageops::FilterType;
+use image::{DynamicImage, RgbImage};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use super::parquet::Pair;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransformConfig {
+    pub resolution: usize,
+    pub random_crop: bool,
+    /// Probability of flipping a pair horizontally.
+    pub flip: f64,
+    /// Probability of replacing the caption with the empty prompt.
+    pub caption_dropout: f64,
+}
+
+impl Default for TransformConfig {
+    fn default() -> Self {
+        Self { resolution: 1024, random_crop: false, flip: 0.0, caption_dropout: 0.0 }
+    }
+}
+
+/// A pair ready for the encoders.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// [3, R, R] in [-1, 1], channel-major.
+    pub chosen: Vec<f32>,
+    pub rejected: Vec<f32>,
+    /// `None`: dropped to the empty prompt.
+    pub caption: Option<String>,
+    /// SDXL's `[orig_h, orig_w, crop_top, crop_left, R, R]` (of the chosen image).
+    pub time_ids: [f32; 6],
+    pub flipped: bool,
+    /// Where the pair came from.
+    pub file: std::path::PathBuf,
+    pub row: usize,
+}
+
+/// Decodes and transforms `pair`. The random choices come from `(seed, index)` only, so
+/// a pair gets the same crop and flip whichever worker prepares it.
+pub fn prepare(pair: &Pair, config: &TransformConfig, seed: u64, index: u64) -> Result<Prepared> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let decode = |bytes: &[u8], which: &str| {
+        image::load_from_memory(bytes)
+            .map(|i| i.to_rgb8())
+            .with_context(|| format!("{} row {}: {which} image does not decode", pair.file.display(), pair.row))
+    };
+    let (chosen, rejected) = (decode(&pair.chosen, "chosen")?, decode(&pair.rejected, "rejected")?);
+    let r = config.resolution;
+    let (orig_w, orig_h) = chosen.dimensions();
+    let (chosen, rejected) = (resize_shorter(chosen, r), resize_shorter(rejected, r));
+    let (w, h) = chosen.dimensions();
+    let (max_top, max_left) = (h as usize - r, w as usize - r);
+    let (top, left) = if config.random_crop {
+        (rng.random_range(0..=max_top), rng.random_range(0..=max_left))
+    } else {
+        // torchvision's CenterCrop rounds the offset to the nearest pixel.
+        (((max_top as f64) / 2.0).round() as usize, ((max_left as f64) / 2.0).round() as usize)
+    };
+    let flipped = config.flip > 0.0 && rng.random::<f64>() < config.flip;
+    let dropped = config.caption_dropout > 0.0 && rng.random::<f64>() < config.caption_dropout;
+    let finish = |img: RgbImage| {
+        // Both images share the crop window (clamped if the rejected one is smaller).
+        let (w, h) = img.dimensions();
+        let (t, l) = (top.min(h as usize - r), left.min(w as usize - r));
+        to_chw(&img, t, l, r, flipped)
+    };
+    Ok(Prepared {
+        chosen: finish(chosen),
+        rejected: finish(rejected),
+        caption: (!dropped).then(|| pair.caption.clone()),
+        time_ids: [orig_h as f32, orig_w as f32, top as f32, left as f32, r as f32, r as f32],
+        flipped,
+        file: pair.file.clone(),
+        row: pair.row,
+    })
+}
+
+fn resize_shorter(img: RgbImage, r: usize) -> RgbImage {
+    let (w, h) = img.dimensions();
+    let scale = r as f64 / w.min(h) as f64;
+    // Round the longer side, and never below the resolution.
+    let (nw, nh) =
+        (((w as f64 * scale).round() as u32).max(r as u32), ((h as f64 * scale).round() as u32).max(r as u32));
+    if (nw, nh) == (w, h) {
+        return img;
+    }
+    DynamicImage::ImageRgb8(img).resize_exact(nw, nh, FilterType::Triangle).to_rgb8()
+}
+
+fn to_chw(img: &RgbImage, top: usize, left: usize, r: usize, flip: bool) -> Vec<f32> {
+    let mut out = vec![0.0; 3 * r * r];
+    for y in 0..r {
+        for x in 0..r {
+            let sx = if flip { left + r - 1 - x } else { left + x };
+            let p = img.get_pixel(sx as u32, (top + y) as u32);
+            for c in 0..3 {
+                out[(c * r + y) * r + x] = p[c] as f32 / 127.5 - 1.0;
+            }
+        }
+    }
+    out
+}
