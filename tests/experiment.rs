@@ -96,3 +96,36 @@ fn tempfile_dir(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+#[test]
+fn shipped_experiment_files_plan() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mapo = |args: &[&str]| std::process::Command::new(env!("CARGO_BIN_EXE_mapo")).args(args).output().unwrap();
+    let plan = |file: &str, extra: &[&str]| {
+        let path = format!("{root}/experiments/{file}");
+        let mut args = vec!["experiment", path.as_str(), "--dry-run"];
+        args.extend_from_slice(extra);
+        let out = mapo(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{file}: {stderr}");
+        stderr.lines().filter(|l| l.starts_with("  ")).map(|l| l.trim().to_string()).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        plan("toy-reference-mismatch.toml", &[]),
+        [
+            "sft-generated=style-s0",
+            "dpo-generated=style-s0",
+            "mapo-generated=style-s0",
+            "sft-generated=colour-s0",
+            "dpo-generated=colour-s0",
+            "mapo-generated=colour-s0"
+        ]
+    );
+    // β sweeps multiply only their own method's runs: 3 βs × 2 seeds per method.
+    let ablation = plan("toy-ablation-beta.toml", &[]);
+    assert_eq!(ablation.len(), 12, "{ablation:?}");
+    assert!(ablation.contains(&"dpo-beta=5000.0-s1".to_string()), "{ablation:?}");
+    let model = format!("model.path={root}/tests/fixtures/tiny-sdxl");
+    let sdxl = plan("sdxl-pick-style-cartoon.toml", &["--set", &model, "--set", "data.cache=/nonexistent"]);
+    assert_eq!(sdxl, ["sft-s0", "dpo-s0", "mapo-s0"]);
+}

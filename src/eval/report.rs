@@ -264,11 +264,10 @@ pub fn write(out: &Path, runs: &[RunData]) -> Result<()> {
     writeln!(
         md,
         "style B: share of samples the scorer reads as striped (style B); fidelity: share whose shape, colour and \
-         background match the prompt ({} scorer: `src/eval/toy_score.rs`); chosen/rejected err: mean denoising error \
+         background match the prompt (transparent scorer: `src/eval/toy_score.rs`); chosen/rejected err: mean denoising error \
          of fixed held pairs with fixed noise; step ms: median optimizer step; peak MB: device memory where the backend \
          reports it, else the process's peak RSS during the run. `reference` rows: the pretrained model before \
-         fine-tuning. Values are mean ± std over seeds.\n",
-        "transparent"
+         fine-tuning. Values are mean ± std over seeds.\n"
     )?;
     if plotted {
         writeln!(md, "![curves](curves.png)\n")?;

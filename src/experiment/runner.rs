@@ -167,7 +167,7 @@ fn execute(exp: &Path, run: &PlannedRun, dir: &Path, device: Option<&str>) -> Re
     let mut last_eval: Option<ToyMetrics> = None;
     let mut hook = |step: usize, unet: &UNet2DConditionModel| -> Result<()> {
         let Some(ev) = &evaluator else { return Ok(()) };
-        if step % every != 0 && step != steps {
+        if !step.is_multiple_of(every) && step != steps {
             return Ok(());
         }
         let (m, samples) = ev.evaluate(&unet.valid(), step)?;
