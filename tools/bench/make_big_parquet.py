@@ -35,7 +35,8 @@ def main() -> None:
     schema = pa.schema([("caption", pa.string()), ("jpg_0", pa.binary()), ("jpg_1", pa.binary()),
                         ("label_0", pa.float64()), ("label_1", pa.float64())])
     target, written, row = a.gb * 1e9, 0, 0
-    with pq.ParquetWriter(a.out, schema, compression="snappy") as w:
+    # No dictionary encoding: repeated images must take their full size on disk.
+    with pq.ParquetWriter(a.out, schema, compression="snappy", use_dictionary=False) as w:
         while written < target:
             n = a.rows_per_group
             idx = [(row + i) % len(pool) for i in range(n)]
