@@ -68,6 +68,13 @@ fn sweep_writes_a_report_with_both_runs_and_rerun_skips_them() {
     assert_eq!(stderr.matches("finished, skipped").count(), 2, "{stderr}");
     assert_eq!(std::fs::metadata(&summary).unwrap().modified().unwrap(), before);
 
+    // An interrupted run (no summary yet, a checkpoint on disk) resumes from it.
+    std::fs::remove_file(exp.join("mapo-beta=0.1-s0").join("summary.json")).unwrap();
+    let resumed = run_mapo(&["experiment", file.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&resumed.stderr);
+    assert!(stderr.contains("resuming from") && stderr.contains("checkpoint-00000002"), "{stderr}");
+    assert!(exp.join("mapo-beta=0.1-s0").join("summary.json").is_file());
+
     // `mapo report` rebuilds the same table from the folder.
     let other = tmp.join("rebuilt");
     let rep = run_mapo(&["report", exp.to_str().unwrap(), "--out", other.to_str().unwrap()]);
@@ -126,6 +133,6 @@ fn shipped_experiment_files_plan() {
     assert_eq!(ablation.len(), 12, "{ablation:?}");
     assert!(ablation.contains(&"dpo-beta=5000.0-s1".to_string()), "{ablation:?}");
     let model = format!("model.path={root}/tests/fixtures/tiny-sdxl");
-    let sdxl = plan("sdxl-pick-style-cartoon.toml", &["--set", &model, "--set", "data.cache=/nonexistent"]);
+    let sdxl = plan("sdxl-pick-style-cartoon.toml", &["--set", &model, "--set", "data.parquet=/nonexistent"]);
     assert_eq!(sdxl, ["sft-s0", "dpo-s0", "mapo-s0"]);
 }

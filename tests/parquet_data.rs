@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use image::imageops::FilterType;
 use mapo::data::loader::{LoaderConfig, for_each_prepared};
@@ -258,5 +258,33 @@ fn cache_round_trip_resume_and_refusal() {
     .unwrap();
     let run = mapo(&["train", "--config", config.to_str().unwrap()]);
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-    let _ = Path::new(&out_s);
+
+    // ...and given parquet, caches it into the run folder first.
+    let run_dir = dir.join("from-parquet");
+    std::fs::write(
+        &config,
+        format!(
+            "model = \"{model_s}\"\ndata = \"{data_s}\"\noutput_dir = \"{}\"\nmethod = \"sft\"\nsteps = 1\n\
+             [data_transform]\nresolution = 32\n",
+            run_dir.display()
+        ),
+    )
+    .unwrap();
+    let run = mapo(&["train", "--config", config.to_str().unwrap()]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert_eq!(mapo::data::cache::CacheIndex::read(&run_dir.join("cache")).unwrap().pairs(), 25);
+}
+
+#[test]
+fn truncated_parquet_file_is_an_error_naming_it() {
+    let dir = std::env::temp_dir().join(format!("mapo-truncated-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bytes = std::fs::read(fixture()).unwrap();
+    let cut = dir.join("cut.parquet");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let err = PairReader::open(&cut, ReadOptions::default()).err().unwrap();
+    let text = format!("{err:#}");
+    assert!(text.contains("cut.parquet") && text.contains("not a readable parquet file"), "{text}");
+    let err = PairReader::open(&dir.join("nothing-*.parquet"), ReadOptions::default()).err().unwrap().to_string();
+    assert!(err.contains("matches no parquet file"), "{err}");
 }

@@ -275,3 +275,39 @@ fn flush(out: &Path, index: &mut CacheIndex, buffer: &mut ShardBuffer, next_posi
     index.next_position = next_position;
     write_atomic(&out.join("index.json"), serde_json::to_string_pretty(index)?.as_bytes())
 }
+
+/// Whether `data` names parquet input (a `.parquet` file, a pattern, or a folder of
+/// parquet files) rather than a pairs file or a cache folder.
+pub fn is_parquet(data: &Path) -> bool {
+    let text = data.to_string_lossy();
+    if data.is_dir() {
+        return !data.join("index.json").is_file();
+    }
+    text.ends_with(".parquet") || text.contains('*')
+}
+
+/// The cache of `data` in `out`, built (or finished) first when needed: training and
+/// experiments given parquet files encode them once, then read tensors.
+pub fn ensure(
+    model: &Path,
+    data: &Path,
+    out: &Path,
+    transform: &TransformConfig,
+    seed: u64,
+    device: Option<&str>,
+) -> Result<PathBuf> {
+    let args = CacheArgs {
+        model: model.to_path_buf(),
+        data: data.to_path_buf(),
+        out: out.to_path_buf(),
+        transform: transform.clone(),
+        read: ReadOptions::default(),
+        seed,
+        shard_size: 256,
+        batch: 4,
+        workers: super::loader::LoaderConfig::default().workers,
+        device: device.map(String::from),
+    };
+    build(&args)?;
+    Ok(out.to_path_buf())
+}

@@ -67,6 +67,12 @@ pub struct DataSection {
     /// folder (also accepted as `cache = "DIR"`).
     #[serde(alias = "cache")]
     pub pairs: Option<PathBuf>,
+    /// Pick-a-Pic-format parquet (a file, folder or pattern): encoded once into
+    /// `<runs_dir>/<name>/_data/cache-<resolution>/`, which every run then reads.
+    pub parquet: Option<PathBuf>,
+    /// Transforms of the parquet images (`resolution`, `random_crop`, `flip`, `caption_dropout`).
+    #[serde(default)]
+    pub transform: crate::data::transform::TransformConfig,
 }
 
 fn runs() -> PathBuf {
@@ -144,9 +150,14 @@ fn plan(base: &ExperimentConfig, raw: &toml::Value) -> Result<Vec<PlannedRun>> {
     if let Some(b) = &base.model.builtin {
         ensure!(b == "toy", "[model] builtin {b:?}: the only built-in model is \"toy\"");
     }
+    let sources = [base.data.generated.is_some(), base.data.pairs.is_some(), base.data.parquet.is_some()];
     ensure!(
-        base.data.generated.is_some() != base.data.pairs.is_some(),
-        "[data]: give exactly one of generated = \"style\"|\"colour\", pairs = \"FILE\" or cache = \"DIR\""
+        sources.iter().filter(|s| **s).count() == 1,
+        "[data]: give exactly one of generated = \"style\"|\"colour\", pairs = \"FILE\", cache = \"DIR\" or parquet = \"FILES\""
+    );
+    ensure!(
+        base.data.parquet.is_none() || !base.is_toy(),
+        "[data] parquet needs a diffusers model (model.path): the built-in model has no VAE"
     );
     ensure!(
         base.data.generated.is_none() || base.is_toy(),

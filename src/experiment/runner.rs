@@ -86,6 +86,11 @@ fn inputs(exp: &Path, c: &ExperimentConfig, device: Option<&str>) -> Result<(Pat
     };
     let data = match (&c.data.pairs, &c.data.generated) {
         (Some(p), _) => p.clone(),
+        (None, None) if c.data.parquet.is_some() => {
+            let files = c.data.parquet.as_ref().expect("checked");
+            let out = exp.join("_data").join(format!("cache-{}", c.data.transform.resolution));
+            crate::data::cache::ensure(&model, files, &out, &c.data.transform, c.data.seed, device)?
+        }
         (None, Some(v)) => {
             let variant = Variant::parse(v)?;
             let path =

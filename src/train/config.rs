@@ -70,6 +70,10 @@ pub struct TrainConfig {
     /// gradient checkpointing) to lower peak memory.
     #[serde(default)]
     pub gradient_checkpointing: bool,
+    /// When `data` is parquet: the transforms of the cache built in `<output_dir>/cache`
+    /// before training (`resolution`, `random_crop`, `flip`, `caption_dropout`).
+    #[serde(default)]
+    pub data_transform: crate::data::transform::TransformConfig,
     /// Compute precision: f32, or bf16/f16 with f32 master weights and optimizer state.
     #[serde(default = "f32_name")]
     pub dtype: String,

@@ -53,7 +53,19 @@ pub fn train_with(config: &TrainConfig, resume: Option<&str>, hook: &mut StepHoo
     };
     let unet_dir = component_dir(&config.model, "unet")?;
     let (_, unet_config) = crate::models::config::read_config::<serde_json::Value>(&unet_dir)?;
-    let data = PairsFile::open(&config.data, &device)?;
+    let data_path = if crate::data::cache::is_parquet(&config.data) {
+        crate::data::cache::ensure(
+            &config.model,
+            &config.data,
+            &out.join("cache"),
+            &config.data_transform,
+            config.seed,
+            config.device.as_deref(),
+        )?
+    } else {
+        config.data.clone()
+    };
+    let data = PairsFile::open(&data_path, &device)?;
     let schedule = NoiseSchedule::sdxl();
     let compute = config.dtype.parse::<crate::device::Precision>()?.dtype();
 
