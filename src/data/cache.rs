@@ -147,11 +147,9 @@ pub fn build(args: &CacheArgs) -> Result<CacheIndex> {
         prompts: PromptEncoder::load(&args.model, &device, DType::F32)?,
         device,
     };
-    let total = args.read.max_samples.map(|m| m as u64);
-    let bar = match total {
-        Some(t) => ProgressBar::new(t),
-        None => ProgressBar::no_length(),
-    };
+    // Rows include ties and bad rows, so the bar may finish short of its end.
+    let total = args.read.max_samples.unwrap_or(usize::MAX).min(reader.total_rows());
+    let bar = ProgressBar::new(total as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {pos} pairs [{elapsed_precise}<{eta_precise}, {per_sec}] {msg}")
             .expect("template"),

@@ -155,6 +155,7 @@ struct Unit {
     group: usize,
     /// Index of the group's first row within the file.
     first_row: usize,
+    rows: usize,
 }
 
 /// A streaming reader over one or more parquet files.
@@ -180,8 +181,9 @@ impl PairReader {
             }
             let mut first_row = 0;
             for g in 0..reader.num_row_groups() {
-                units.push(Unit { file: fi, group: g, first_row });
-                first_row += reader.metadata().row_group(g).num_rows() as usize;
+                let rows = reader.metadata().row_group(g).num_rows() as usize;
+                units.push(Unit { file: fi, group: g, first_row, rows });
+                first_row += rows;
             }
         }
         if let Some(seed) = options.shuffle_seed {
@@ -192,6 +194,11 @@ impl PairReader {
 
     pub fn files(&self) -> &[PathBuf] {
         &self.files
+    }
+
+    /// Rows in all files (from the metadata): an upper bound on the pairs, for progress bars.
+    pub fn total_rows(&self) -> usize {
+        self.units.iter().map(|u| u.rows).sum()
     }
 
     /// Calls `each` with every kept pair, in the reader's order, until it returns false

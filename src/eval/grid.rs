@@ -23,7 +23,7 @@ pub fn samples(path: &Path, runs: &[RunData]) -> Result<Option<Vec<String>>> {
     let mut rows: Vec<(String, Vec<f32>, usize)> = Vec::new();
     let mut seen = Vec::new();
     for r in runs {
-        let key = (r.summary.method.clone(), r.summary.varied.clone());
+        let key = (r.summary.method.clone(), r.summary.varied.clone(), r.summary.backend.clone());
         let file = r.dir.join("samples.safetensors");
         if seen.contains(&key) || !file.is_file() {
             continue;
@@ -36,7 +36,7 @@ pub fn samples(path: &Path, runs: &[RunData]) -> Result<Option<Vec<String>>> {
             continue; // not the built-in model's samples
         }
         seen.push(key);
-        rows.push((r.summary.run.clone(), values, shape[2]));
+        rows.push((format!("{} [{}]", r.summary.run, r.summary.backend), values, shape[2]));
     }
     if rows.is_empty() {
         return Ok(None);

@@ -92,6 +92,11 @@ pub fn curves(path: &Path, runs: &[RunData]) -> Result<bool> {
     if trained.is_empty() {
         return Ok(false);
     }
+    // Runs of one experiment on two backends share names: say which is which.
+    let backends: std::collections::BTreeSet<&str> = trained.iter().map(|r| r.summary.backend.as_str()).collect();
+    let label = |r: &RunData| {
+        if backends.len() > 1 { format!("{} [{}]", r.summary.run, r.summary.backend) } else { r.summary.run.clone() }
+    };
     let loss: Vec<Series> = trained
         .iter()
         .map(|r| {
@@ -101,14 +106,14 @@ pub fn curves(path: &Path, runs: &[RunData]) -> Result<bool> {
                 .filter_map(|m| Some((m["step"].as_f64()?, m["loss"].as_f64()?)))
                 .filter(|p| p.1.is_finite())
                 .collect();
-            (r.summary.run.clone(), smooth(&pts, 0.1))
+            (label(r), smooth(&pts, 0.1))
         })
         .collect();
     let eval = |f: fn(&crate::experiment::toy_eval::ToyMetrics) -> f64| -> Vec<Series> {
         trained
             .iter()
             .filter(|r| !r.evals.is_empty())
-            .map(|r| (r.summary.run.clone(), r.evals.iter().map(|e| (e.step as f64, f(e))).collect()))
+            .map(|r| (label(r), r.evals.iter().map(|e| (e.step as f64, f(e))).collect()))
             .collect()
     };
     let mut panels: Vec<(&str, Vec<Series>)> = vec![("training loss (EMA 0.1)", loss)];

@@ -238,7 +238,7 @@ pub fn reference(cache: &Path, p: &PretrainConfig, device: Option<&str>) -> Resu
     if !data.is_file() {
         write_pairs(&data, &pretrain_rows(p), &cond)?;
     }
-    let config = TrainConfig {
+    let mut config = TrainConfig {
         model: init,
         data,
         output_dir: pretrain.clone(),
@@ -253,7 +253,6 @@ pub fn reference(cache: &Path, p: &PretrainConfig, device: Option<&str>) -> Resu
         device: device.map(String::from),
         ..TrainConfig::defaults()
     };
-    let mut config = config;
     config.optimizer.lr = p.lr;
     config.optimizer.weight_decay = 0.0;
     let resume = crate::train::checkpoint::list(&pretrain).map(|l| !l.is_empty()).unwrap_or(false);

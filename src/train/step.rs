@@ -125,10 +125,14 @@ pub fn forward_backward(
     let out = method.compute(&policy, reference_errors.as_ref());
     let grads = out.loss.backward();
     let grads = param_grads(unet, &grads).into_iter().filter_map(|(name, g, _)| g.map(|g| (name, g))).collect();
-    let scalar = |t: Tensor<1>| t.inner().into_scalar::<f32>() as f64;
+    // One device→host read for the loss and every metric: each read is a sync on a GPU.
+    let mut scalars = vec![out.loss.inner().cast(DType::F32)];
+    scalars.extend(out.metrics.iter().map(|(_, v)| v.clone().inner().cast(DType::F32)));
+    let values: Vec<f32> =
+        Tensor::cat(scalars, 0).into_data().convert::<f32>().try_to_vec().expect("f32 scalars after the cast");
     MicroStep {
-        loss: scalar(out.loss),
-        metrics: out.metrics.into_iter().map(|(k, v)| (k.to_string(), scalar(v))).collect(),
+        loss: values[0] as f64,
+        metrics: out.metrics.iter().zip(&values[1..]).map(|((k, _), v)| (k.to_string(), *v as f64)).collect(),
         grads,
     }
 }
