@@ -73,7 +73,10 @@ fn sweep_writes_a_report_with_both_runs_and_rerun_skips_them() {
     let resumed = run_mapo(&["experiment", file.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&resumed.stderr);
     assert!(stderr.contains("resuming from") && stderr.contains("checkpoint-00000002"), "{stderr}");
-    assert!(exp.join("mapo-beta=0.1-s0").join("summary.json").is_file());
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(exp.join("mapo-beta=0.1-s0").join("summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["eval"]["step"], 2, "the resumed run is scored: {summary}");
 
     // `mapo report` rebuilds the same table from the folder.
     let other = tmp.join("rebuilt");

@@ -186,6 +186,15 @@ fn execute(exp: &Path, run: &PlannedRun, dir: &Path, device: Option<&str>) -> Re
     };
     let final_loss = crate::train::run::train_with(&train, resume.then_some("latest"), &mut hook)?;
     let wall_s = t0.elapsed().as_secs_f64();
+    // Resumed from the last checkpoint, no step ran: score the saved final model.
+    if let (Some(ev), None) = (&evaluator, &last_eval) {
+        let (unet, _) = UNet2DConditionModel::from_dir(&dir.join("unet"), &plain, DType::F32)?;
+        let (m, samples) = ev.evaluate(&unet, steps)?;
+        let mut f = OpenOptions::new().create(true).append(true).open(&eval_path)?;
+        writeln!(f, "{}", serde_json::to_string(&m)?)?;
+        save_samples(dir, samples)?;
+        last_eval = Some(m);
+    }
 
     let metrics = read_jsonl(&dir.join("metrics.jsonl"));
     let mut times: Vec<f64> = metrics.iter().filter_map(|m| m["step_time_s"].as_f64()).collect();
