@@ -175,13 +175,7 @@ fn execute(exp: &Path, run: &PlannedRun, dir: &Path, device: Option<&str>) -> Re
         if !step.is_multiple_of(every) && step != steps {
             return Ok(());
         }
-        let (m, samples) = ev.evaluate(&unet.valid(), step)?;
-        let mut f = OpenOptions::new().create(true).append(true).open(&eval_path)?;
-        writeln!(f, "{}", serde_json::to_string(&m)?)?;
-        if step == steps {
-            save_samples(dir, samples)?;
-        }
-        last_eval = Some(m);
+        last_eval = Some(score(ev, &unet.valid(), step, step == steps, dir)?);
         Ok(())
     };
     let final_loss = crate::train::run::train_with(&train, resume.then_some("latest"), &mut hook)?;
@@ -189,11 +183,7 @@ fn execute(exp: &Path, run: &PlannedRun, dir: &Path, device: Option<&str>) -> Re
     // Resumed from the last checkpoint, no step ran: score the saved final model.
     if let (Some(ev), None) = (&evaluator, &last_eval) {
         let (unet, _) = UNet2DConditionModel::from_dir(&dir.join("unet"), &plain, DType::F32)?;
-        let (m, samples) = ev.evaluate(&unet, steps)?;
-        let mut f = OpenOptions::new().create(true).append(true).open(&eval_path)?;
-        writeln!(f, "{}", serde_json::to_string(&m)?)?;
-        save_samples(dir, samples)?;
-        last_eval = Some(m);
+        last_eval = Some(score(ev, &unet, steps, true, dir)?);
     }
 
     let metrics = read_jsonl(&dir.join("metrics.jsonl"));
@@ -223,6 +213,24 @@ fn execute(exp: &Path, run: &PlannedRun, dir: &Path, device: Option<&str>) -> Re
     write_atomic(&dir.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
     eprintln!("{}: {:.1} s", run.name, wall_s);
     Ok(())
+}
+
+/// Scores `unet` at `step`, appends the line to the run's eval.jsonl, and keeps the
+/// samples when `keep_samples` (the last step).
+fn score(
+    ev: &ToyEvaluator,
+    unet: &UNet2DConditionModel,
+    step: usize,
+    keep_samples: bool,
+    dir: &Path,
+) -> Result<ToyMetrics> {
+    let (m, samples) = ev.evaluate(unet, step)?;
+    let mut f = OpenOptions::new().create(true).append(true).open(dir.join("eval.jsonl"))?;
+    writeln!(f, "{}", serde_json::to_string(&m)?)?;
+    if keep_samples {
+        save_samples(dir, samples)?;
+    }
+    Ok(m)
 }
 
 fn save_samples(dir: &Path, samples: Tensor<4>) -> Result<()> {
