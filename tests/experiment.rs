@@ -139,3 +139,25 @@ fn shipped_experiment_files_plan() {
     let sdxl = plan("sdxl-pick-style-cartoon.toml", &["--set", &model, "--set", "data.parquet=/nonexistent"]);
     assert_eq!(sdxl, ["sft-s0", "dpo-s0", "mapo-s0"]);
 }
+
+/// The same experiment on two devices (flex, and MAPO_TEST_DEVICE when the wgpu tests
+/// run) side by side: `mapo report` keeps the two folders' runs apart.
+#[test]
+fn report_puts_two_runs_of_one_experiment_side_by_side() {
+    let tmp = tempfile_dir("two-devices");
+    let file = write_experiment(&tmp);
+    let other = std::env::var("MAPO_TEST_DEVICE").unwrap_or_else(|_| "flex".into());
+    for (dir, device) in [("a", "flex"), ("b", other.as_str())] {
+        let runs = format!("runs_dir=\"{}\"", tmp.join(dir).display());
+        run_mapo(&["experiment", file.to_str().unwrap(), "--device", device, "--set", &runs, "--set", "sweep={}"]);
+    }
+    let (a, b) = (tmp.join("a").join("sweep"), tmp.join("b").join("sweep"));
+    let out = tmp.join("both");
+    run_mapo(&["report", a.to_str().unwrap(), b.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    let rows: Vec<&str> = report.lines().filter(|l| l.contains("| mapo |")).collect();
+    assert_eq!(rows.len(), 2, "one row per folder, not one averaged row:\n{report}");
+    assert!(rows[0].starts_with(&format!("| {} |", a.display())), "{report}");
+    assert!(rows[1].contains(&format!("| {other} f32 |")), "{report}");
+    assert!(rows.iter().all(|r| r.contains("| 1 |")), "each row is one seed:\n{report}");
+}

@@ -147,10 +147,14 @@ fn mean_std(values: &[f64]) -> (f64, f64) {
 
 #[derive(Serialize)]
 pub struct Row {
+    /// The folder holding the runs (an experiment folder): runs from different folders
+    /// are never averaged together.
+    pub origin: String,
     pub method: String,
     pub varied: BTreeMap<String, String>,
     pub backend: String,
     pub dtype: String,
+    /// Run folders.
     pub runs: Vec<String>,
     pub seeds: Vec<u64>,
     /// Column key → (mean, std, n).
@@ -162,27 +166,35 @@ pub fn rows(runs: &[RunData]) -> Vec<Row> {
     let mut rows: Vec<Row> = Vec::new();
     for r in runs {
         let s = &r.summary;
+        let origin = r.dir.parent().map(|p| p.display().to_string()).unwrap_or_default();
+        let dir = r.dir.display().to_string();
         let same = |row: &Row| {
-            row.method == s.method && row.varied == s.varied && row.backend == s.backend && row.dtype == s.dtype
+            row.origin == origin
+                && row.method == s.method
+                && row.varied == s.varied
+                && row.backend == s.backend
+                && row.dtype == s.dtype
         };
         match rows.iter_mut().find(|row| same(row)) {
             Some(row) => {
-                row.runs.push(s.run.clone());
+                row.runs.push(dir);
                 row.seeds.push(s.seed);
             }
             None => rows.push(Row {
+                origin,
                 method: s.method.clone(),
                 varied: s.varied.clone(),
                 backend: s.backend.clone(),
                 dtype: s.dtype.clone(),
-                runs: vec![s.run.clone()],
+                runs: vec![dir],
                 seeds: vec![s.seed],
                 values: BTreeMap::new(),
             }),
         }
     }
     for row in &mut rows {
-        let members: Vec<&RunSummary> = runs.iter().map(|r| &r.summary).filter(|s| row.runs.contains(&s.run)).collect();
+        let members: Vec<&RunSummary> =
+            runs.iter().filter(|r| row.runs.contains(&r.dir.display().to_string())).map(|r| &r.summary).collect();
         for c in COLUMNS {
             let v: Vec<f64> = members.iter().filter_map(|s| (c.get)(s)).filter(|v| v.is_finite()).collect();
             if !v.is_empty() {
@@ -204,11 +216,17 @@ fn params_label(varied: &BTreeMap<String, String>) -> String {
 
 /// The markdown table (best mean per column in bold; the reference rows are not ranked).
 pub fn table(rows: &[Row]) -> String {
-    let mut out = String::from("| method | varied | backend | seeds |");
+    // A "from" column only when the runs come from several folders.
+    let several = rows.iter().any(|r| r.origin != rows[0].origin);
+    let mut out = String::from(if several {
+        "| from | method | varied | backend | seeds |"
+    } else {
+        "| method | varied | backend | seeds |"
+    });
     for c in COLUMNS {
         write!(out, " {} |", c.title).expect("string");
     }
-    out.push_str("\n|---|---|---|---|");
+    out.push_str(if several { "\n|---|---|---|---|---|" } else { "\n|---|---|---|---|" });
     out.push_str(&"---:|".repeat(COLUMNS.len()));
     out.push('\n');
     let best: Vec<Option<f64>> = COLUMNS
@@ -224,6 +242,9 @@ pub fn table(rows: &[Row]) -> String {
         })
         .collect();
     for r in rows {
+        if several {
+            write!(out, "| {} ", r.origin).expect("string");
+        }
         write!(out, "| {} | {} | {} {} | {} |", r.method, params_label(&r.varied), r.backend, r.dtype, r.seeds.len())
             .expect("string");
         for (c, b) in COLUMNS.iter().zip(&best) {
