@@ -163,17 +163,24 @@ pub fn build(args: &CacheArgs) -> Result<CacheIndex> {
         skip: index.next_position,
     };
     let t0 = Instant::now();
+    // Bad images are only seen when decoded: keep a running count in the index so that a
+    // resumed cache reports those of the earlier runs too. Positions count every kept
+    // row, so the gaps between delivered positions are the bad images.
+    let (bad_before, start) = (index.skipped.bad_image, index.next_position);
+    let mut delivered = 0usize;
     let mut buffer = ShardBuffer::default();
     let mut batch: Vec<(usize, Prepared, (i64, i64))> = Vec::new();
     let skipped = for_each_prepared(&reader, &loader, |position, p| {
         let file_index = reader.files().iter().position(|f| *f == p.file).unwrap_or(0) as i64;
         let source = (file_index, p.row as i64);
+        delivered += 1;
         batch.push((position, p, source));
         // Shards hold exactly `shard_size` pairs: a VAE batch never crosses a shard.
         if batch.len() >= args.batch || buffer.source.len() + batch.len() >= args.shard_size {
             encode(&enc, &mut batch, &mut buffer)?;
         }
         if buffer.source.len() >= args.shard_size {
+            index.skipped.bad_image = bad_before + (position + 1 - start) - delivered;
             flush(&args.out, &mut index, &mut buffer, position + 1)?;
             bar.set_position(index.pairs() as u64);
         }
@@ -182,9 +189,7 @@ pub fn build(args: &CacheArgs) -> Result<CacheIndex> {
     encode(&enc, &mut batch, &mut buffer)?;
     let end = index.next_position + buffer.source.len();
     flush(&args.out, &mut index, &mut buffer, end)?;
-    // The reader re-reads the skipped prefix on resume, so its counts are complete; bad
-    // images are only seen when decoded.
-    let bad_before = index.skipped.bad_image;
+    // The reader re-reads the skipped prefix on resume, so its counts are complete.
     index.skipped = Skipped { bad_image: bad_before + skipped.bad_image, ..skipped };
     index.complete = true;
     write_atomic(&args.out.join("index.json"), serde_json::to_string_pretty(&index)?.as_bytes())?;

@@ -70,6 +70,10 @@ pub struct TrainConfig {
     /// gradient checkpointing) to lower peak memory.
     #[serde(default)]
     pub gradient_checkpointing: bool,
+    /// With a `mapo cache` as data: draw each batch's latents from the cached VAE
+    /// distribution instead of taking its mean.
+    #[serde(default)]
+    pub sample_latents: bool,
     /// When `data` is parquet: the transforms of the cache built in `<output_dir>/cache`
     /// before training (`resolution`, `random_crop`, `flip`, `caption_dropout`).
     #[serde(default)]

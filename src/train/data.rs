@@ -22,14 +22,27 @@ pub struct PairsFile {
     context: Tensor<3>,
     text_embeds: Tensor<2>,
     time_ids: Tensor<2>,
+    /// Scaled standard deviations of the VAE's latent distributions (chosen, rejected),
+    /// when latents are sampled per batch instead of taken at the mean.
+    spread: Option<(Tensor<4>, Tensor<4>)>,
     pub len: usize,
 }
 
 impl PairsFile {
     /// A pairs file, or a `mapo cache` folder (latents = VAE mean × scaling factor).
     pub fn open(path: &Path, device: &Device) -> Result<Self> {
+        Self::open_with(path, device, false)
+    }
+
+    /// As [`PairsFile::open`]; with `sample_latents`, a cache's latents are drawn from the
+    /// VAE's distribution in every batch (`mean + exp(logvar / 2) · ε`, times the scaling
+    /// factor), as training from images does.
+    pub fn open_with(path: &Path, device: &Device, sample_latents: bool) -> Result<Self> {
         if path.is_dir() {
-            return Self::from_cache(path, device);
+            return Self::from_cache(path, device, sample_latents);
+        }
+        if sample_latents {
+            bail!("{}: sample_latents needs a `mapo cache` folder (a pairs file holds latents only)", path.display());
         }
         let f = SafeTensorFiles::open_file(path)?;
         let chosen = f.float::<4>("chosen", device, DType::F32)?;
@@ -39,6 +52,7 @@ impl PairsFile {
             context: f.float::<3>("encoder_hidden_states", device, DType::F32)?,
             text_embeds: f.float::<2>("text_embeds", device, DType::F32)?,
             time_ids: f.float::<2>("time_ids", device, DType::F32)?,
+            spread: None,
             chosen,
             len,
         };
@@ -66,7 +80,7 @@ impl PairsFile {
         Ok(me)
     }
 
-    fn from_cache(dir: &Path, device: &Device) -> Result<Self> {
+    fn from_cache(dir: &Path, device: &Device, sample_latents: bool) -> Result<Self> {
         let index = crate::data::cache::CacheIndex::read(dir)?;
         if !index.complete {
             bail!(
@@ -78,8 +92,16 @@ impl PairsFile {
         let scale = index.meta.scaling_factor;
         let (mut chosen, mut rejected, mut context, mut text_embeds, mut time_ids) =
             (vec![], vec![], vec![], vec![], vec![]);
+        let (mut chosen_sd, mut rejected_sd) = (vec![], vec![]);
         for shard in &index.shards {
             let f = SafeTensorFiles::open_file(&dir.join(&shard.file))?;
+            if sample_latents {
+                let sd = |k: &str| -> Result<Tensor<4>> {
+                    Ok(f.float::<4>(k, device, DType::F32)?.mul_scalar(0.5).exp().mul_scalar(scale))
+                };
+                chosen_sd.push(sd("chosen_logvar")?);
+                rejected_sd.push(sd("rejected_logvar")?);
+            }
             chosen.push(f.float::<4>("chosen_mean", device, DType::F32)?.mul_scalar(scale));
             rejected.push(f.float::<4>("rejected_mean", device, DType::F32)?.mul_scalar(scale));
             context.push(f.float::<3>("encoder_hidden_states", device, DType::F32)?);
@@ -97,6 +119,7 @@ impl PairsFile {
             context: Tensor::cat(context, 0),
             text_embeds: Tensor::cat(text_embeds, 0),
             time_ids: Tensor::cat(time_ids, 0),
+            spread: sample_latents.then(|| (Tensor::cat(chosen_sd, 0), Tensor::cat(rejected_sd, 0))),
             len,
         })
     }
@@ -140,8 +163,21 @@ impl PairsFile {
         let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_add(0xA076_1D64_78BD_642F) ^ index as u64);
         let t: Vec<i64> = (0..batch).map(|_| rng.random_range(0..timesteps as i64)).collect();
         let noise: Vec<f32> = (0..batch * c * h * w).map(|_| standard_normal(&mut rng)).collect();
+        // Drawn after the noise, so that sampling leaves the noise and timesteps unchanged.
+        let (chosen, rejected) = match &self.spread {
+            None => (chosen, self.rejected.clone().select(0, rows.clone())),
+            Some((sd_w, sd_l)) => {
+                let mut eps = |sd: &Tensor<4>| {
+                    let e: Vec<f32> = (0..batch * c * h * w).map(|_| standard_normal(&mut rng)).collect();
+                    sd.clone().select(0, rows.clone())
+                        * Tensor::from_data(TensorData::new(e, [batch, c, h, w]), &device)
+                };
+                let (dw, dl) = (eps(sd_w), eps(sd_l));
+                (chosen + dw, self.rejected.clone().select(0, rows.clone()) + dl)
+            }
+        };
         PairBatch {
-            rejected: self.rejected.clone().select(0, rows.clone()),
+            rejected,
             noise: Tensor::from_data(TensorData::new(noise, [batch, c, h, w]), &device),
             timesteps: t,
             encoder_hidden_states: self.context.clone().select(0, rows.clone()),

@@ -65,7 +65,7 @@ pub fn train_with(config: &TrainConfig, resume: Option<&str>, hook: &mut StepHoo
     } else {
         config.data.clone()
     };
-    let data = PairsFile::open(&data_path, &device)?;
+    let data = PairsFile::open_with(&data_path, &device, config.sample_latents)?;
     let schedule = NoiseSchedule::sdxl();
     let compute = config.dtype.parse::<crate::device::Precision>()?.dtype();
 
