@@ -13,23 +13,13 @@ import tempfile
 
 from transformers import CLIPTokenizer
 
+from clip_bpe import vocabulary
+
 bpe, binary = sys.argv[1:3]
 
 
-def bytes_to_unicode():
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
 merges = [tuple(m.split()) for m in gzip.open(bpe).read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]]
-vocab = list(bytes_to_unicode().values())
-vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
+vocab = vocabulary(merges)
 assert len(vocab) == 49408
 root = tempfile.mkdtemp()
 for name, pad in [("tokenizer", "<|endoftext|>"), ("tokenizer_2", "!")]:

@@ -17,27 +17,15 @@ import torch
 from safetensors.torch import save_file
 from transformers import CLIPTokenizer
 
+from clip_bpe import vocabulary
+
 bpe_path = sys.argv[1]
 OUT = sys.argv[2] if len(sys.argv) > 2 else "tests/fixtures"
 N_MERGES = 486
 
-
-def bytes_to_unicode():
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
 merges = gzip.open(bpe_path).read().decode("utf-8").split("\n")[1:1 + N_MERGES]
 merges = [tuple(m.split()) for m in merges]
-vocab = list(bytes_to_unicode().values())
-vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
+vocab = vocabulary(merges)
 assert len(vocab) == 1000
 vocab_map = {v: i for i, v in enumerate(vocab)}
 
