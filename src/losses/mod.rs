@@ -6,10 +6,12 @@
 
 mod dpo;
 mod mapo;
+pub mod odds;
 mod sft;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Mutex;
 
 use anyhow::{Result, bail};
 use burn::tensor::{DType, Device, Tensor};
@@ -27,7 +29,13 @@ impl Errors {
     /// From a prediction and a target laid out as `[chosen rows; rejected rows]`
     /// (or chosen rows only when `with_rejected` is false).
     pub fn from_prediction(pred: Tensor<4>, target: Tensor<4>, with_rejected: bool) -> Self {
-        let per_sample = per_sample_errors(pred, target);
+        let dtype = loss_dtype(&pred.device());
+        Self::from_prediction_in(pred, target, with_rejected, dtype)
+    }
+
+    /// As [`Errors::from_prediction`], with the loss arithmetic in `dtype`.
+    pub fn from_prediction_in(pred: Tensor<4>, target: Tensor<4>, with_rejected: bool, dtype: DType) -> Self {
+        let per_sample = per_sample_errors_in(pred, target, dtype);
         if !with_rejected {
             return Self { chosen: per_sample, rejected: None };
         }
@@ -109,19 +117,51 @@ pub fn build(name: &str, mut params: Params) -> Result<Box<dyn PreferenceLoss>> 
     Ok(method)
 }
 
-/// The precision of per-sample errors and loss arithmetic: f64 where the backend has it.
-/// These are a few numbers per pair, so the cost is nil, and it keeps DPO's β = 5000 and
-/// MaPO's ×1000 margin from amplifying f32 rounding of errors that differ by ~1e-3.
+/// The precision of per-sample errors and loss arithmetic: f64 where the backend's f64
+/// arithmetic, transcendental functions included, is real; f32 elsewhere. These are a few
+/// numbers per pair, so the cost is nil. The f32 path is written to be accurate on its own
+/// (see [`odds`]); f64 is a bonus, never a requirement.
+///
+/// Asked of the device, not assumed from its name: Vulkan (wgpu) reports f64 support, but
+/// its `exp`/`log` are defined for 16/32-bit floats only and return 0 for f64.
 pub fn loss_dtype(device: &Device) -> DType {
-    if device.supports_dtype(DType::F64) { DType::F64 } else { DType::F32 }
+    static KNOWN: Mutex<Vec<(String, bool)>> = Mutex::new(Vec::new());
+    let key = format!("{device:?}");
+    if let Some(&(_, ok)) = KNOWN.lock().unwrap().iter().find(|(k, _)| *k == key) {
+        return if ok { DType::F64 } else { DType::F32 };
+    }
+    let ok = device.supports_dtype(DType::F64) && f64_math_works(device);
+    KNOWN.lock().unwrap().push((key, ok));
+    if ok { DType::F64 } else { DType::F32 }
 }
 
-/// `mean over (C,h,w) of (pred − target)²` per sample, in [`loss_dtype`].
+/// One tiny computation with the functions the losses use, compared with the host's f64.
+fn f64_math_works(device: &Device) -> bool {
+    let xs = [0.5f32, -2.0, 3.0];
+    let probe = std::panic::catch_unwind(|| {
+        let x = Tensor::<1>::from_floats(xs, device).cast(DType::F64);
+        let y = x.clone().exp() + x.abs().log1p();
+        y.into_data().convert::<f64>().try_to_vec::<f64>().ok()
+    });
+    let Ok(Some(got)) = probe else { return false };
+    let want = xs.map(|x| f64::from(x).exp() + f64::from(x).abs().ln_1p());
+    got.len() == want.len() && got.iter().zip(want).all(|(g, w)| (g - w).abs() <= 1e-12 * w.abs())
+}
+
+/// `mean over (C,h,w) of (pred − target)²` per sample, in [`loss_dtype`]. Reduced in two
+/// stages (over w, then over the rest) so that f32 sums of 10⁵ terms keep ~7 digits: DPO's
+/// β = 5000 multiplies their rounding.
 pub fn per_sample_errors(pred: Tensor<4>, target: Tensor<4>) -> Tensor<1> {
     let dtype = loss_dtype(&pred.device());
+    per_sample_errors_in(pred, target, dtype)
+}
+
+/// As [`per_sample_errors`], in `dtype`.
+pub fn per_sample_errors_in(pred: Tensor<4>, target: Tensor<4>, dtype: DType) -> Tensor<1> {
     let diff = pred.cast(dtype) - target.cast(dtype);
-    let b = diff.dims()[0];
-    diff.square().reshape([b as i64, -1]).mean_dim(1).reshape([b])
+    let [b, c, h, w] = diff.dims();
+    let rows = diff.square().reshape([b, c * h, w]).mean_dim(2);
+    rows.reshape([b, c * h]).mean_dim(1).reshape([b])
 }
 
 /// `log σ(z)`, stable for large |z|: `min(z, 0) − ln(1 + e^{−|z|})`.
