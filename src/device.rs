@@ -56,14 +56,24 @@ impl Backend {
         matches!(self, Backend::Cuda | Backend::Wgpu | Backend::Vulkan)
     }
 
-    fn construct(self) -> Device {
+    /// The device `--device NAME` means (`Adapter::Default`), or, when no device was asked
+    /// for, a real GPU only (`Discrete`, then `Integrated`): wgpu's default adapter may be a
+    /// software one (lavapipe), which must not shadow the native CPU backend.
+    fn construct(self, adapter: Adapter) -> Device {
+        #[cfg(feature = "wgpu")]
+        let kind = match adapter {
+            Adapter::Default => burn::tensor::DeviceKind::DefaultDevice,
+            Adapter::Discrete => burn::tensor::DeviceKind::DiscreteGpu(0),
+            Adapter::Integrated => burn::tensor::DeviceKind::IntegratedGpu(0),
+        };
+        let _ = adapter;
         match self {
             #[cfg(feature = "cuda")]
             Backend::Cuda => Device::cuda(0),
             #[cfg(feature = "wgpu")]
-            Backend::Wgpu => Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
+            Backend::Wgpu => Device::wgpu(kind),
             #[cfg(feature = "vulkan")]
-            Backend::Vulkan => Device::vulkan(burn::tensor::DeviceKind::DefaultDevice),
+            Backend::Vulkan => Device::vulkan(kind),
             #[cfg(feature = "cpu")]
             Backend::Cpu => Device::cpu(),
             #[cfg(feature = "flex")]
@@ -72,6 +82,21 @@ impl Backend {
             other => unreachable!("{} is not compiled in", other.name()),
         }
     }
+
+    /// The adapters to try, in order, when picking this backend unasked.
+    fn default_adapters(self) -> &'static [Adapter] {
+        match self {
+            Backend::Wgpu | Backend::Vulkan => &[Adapter::Discrete, Adapter::Integrated],
+            _ => &[Adapter::Default],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Adapter {
+    Default,
+    Discrete,
+    Integrated,
 }
 
 impl fmt::Display for Backend {
@@ -140,22 +165,29 @@ pub fn select(requested: Option<&str>) -> Result<Selected> {
         Some(name) => {
             let backend: Backend = name.parse()?;
             if !backend.compiled_in() {
+                let hint = if backend == Backend::Cpu && Backend::Flex.compiled_in() {
+                    "; the CPU backend compiled in is the pure-Rust one: `--device flex`"
+                } else {
+                    ""
+                };
                 bail!(
                     "device {backend} is not compiled into this binary: rebuild with \
-                     `cargo build --release --features {}`",
+                     `cargo build --release --features {}`{hint}",
                     backend.feature()
                 );
             }
-            let device = try_init(backend)
+            let device = try_init(backend, Adapter::Default)
                 .with_context(|| format!("device {backend} failed to initialise (is its driver installed?)"))?;
-            Ok(Selected { backend, device })
+            Ok(announce(Selected { backend, device }, "asked for"))
         }
         None => {
             let mut errors = Vec::new();
             for backend in Backend::ALL.into_iter().filter(|b| b.compiled_in()) {
-                match try_init(backend) {
-                    Ok(device) => return Ok(Selected { backend, device }),
-                    Err(e) => errors.push(format!("{backend}: {e:#}")),
+                for &adapter in backend.default_adapters() {
+                    match try_init(backend, adapter) {
+                        Ok(device) => return Ok(announce(Selected { backend, device }, "default")),
+                        Err(e) => errors.push(format!("{backend} ({adapter:?}): {e:#}")),
+                    }
                 }
             }
             bail!(
@@ -166,16 +198,36 @@ pub fn select(requested: Option<&str>) -> Result<Selected> {
     }
 }
 
+/// Every command says which device it computes on (stderr, so outputs stay clean).
+fn announce(selected: Selected, how: &str) -> Selected {
+    if std::env::var_os("MAPO_QUIET_DEVICE").is_none() {
+        eprintln!("mapo: device {} ({how}): {:?}", selected.backend, selected.device);
+    }
+    selected
+}
+
+impl Selected {
+    /// `--dtype NAME` for this device, or an error when the backend cannot compute in it
+    /// (e.g. WGSL has no bf16) instead of a shader-compiler panic later.
+    pub fn precision(&self, name: &str) -> Result<DType> {
+        let dtype = name.parse::<Precision>()?.dtype();
+        if !self.device.supports_dtype(dtype) {
+            bail!("device {} cannot compute in {name} (the backend has no {dtype:?}); use --dtype f32", self.backend);
+        }
+        Ok(dtype)
+    }
+}
+
 /// Initialising a backend whose driver is missing panics inside Burn/CubeCL: turn that
 /// into an error so that a GPU-less machine falls back cleanly.
-fn try_init(backend: Backend) -> Result<Device> {
+fn try_init(backend: Backend, adapter: Adapter) -> Result<Device> {
     if backend == Backend::Cuda && !cuda_driver_present() {
         bail!("libcuda was not found");
     }
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     let result = std::panic::catch_unwind(|| {
-        let device = backend.construct();
+        let device = backend.construct(adapter);
         let probe = Tensor::<1>::ones([4], &device).sum().into_scalar::<f32>();
         (device, probe)
     });

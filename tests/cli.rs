@@ -19,7 +19,7 @@ fn forward_unet_and_vae_from_files() {
     let dir = std::env::temp_dir().join(format!("mapo-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let model = fixtures().join("tiny-sdxl");
-    let device_name = std::env::var("MAPO_TEST_DEVICE").unwrap_or_else(|_| "flex".into());
+    let device_name = device_name();
     let cases = open("unet_cases.safetensors");
     let inputs: Vec<_> = ["sample", "timestep", "encoder_hidden_states", "text_embeds", "time_ids"]
         .iter()

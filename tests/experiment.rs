@@ -146,7 +146,7 @@ fn shipped_experiment_files_plan() {
 fn report_puts_two_runs_of_one_experiment_side_by_side() {
     let tmp = tempfile_dir("two-devices");
     let file = write_experiment(&tmp);
-    let other = std::env::var("MAPO_TEST_DEVICE").unwrap_or_else(|_| "flex".into());
+    let other = common::device_name();
     for (dir, device) in [("a", "flex"), ("b", other.as_str())] {
         let runs = format!("runs_dir=\"{}\"", tmp.join(dir).display());
         run_mapo(&["experiment", file.to_str().unwrap(), "--device", device, "--set", &runs, "--set", "sweep={}"]);

@@ -40,7 +40,7 @@ fn generate_matches_diffusers_pipeline() {
     let init = dir.join("init.safetensors");
     write_tensors(&init, vec![("latents".into(), f.get("init_latents").unwrap().to_data().unwrap())]).unwrap();
     let (latents, png) = (dir.join("final.safetensors"), dir.join("image.png"));
-    let device_name = std::env::var("MAPO_TEST_DEVICE").unwrap_or_else(|_| "flex".into());
+    let device_name = device_name();
     let out = Command::new(env!("CARGO_BIN_EXE_mapo"))
         .args(["generate", "--model", fixtures().join("tiny-sdxl").to_str().unwrap()])
         .args(["--prompt", s["prompt"].as_str().unwrap(), "--steps", "6", "--guidance", "5"])

@@ -13,7 +13,7 @@ use common::*;
 use mapo::losses::{Errors, Params, build, log_sigmoid};
 use mapo::models::io::{SafeTensorFiles, write_tensors};
 
-const CASES: [&str; 4] = ["realistic", "tiny_errors", "large_gaps", "zero_errors"];
+const CASES: [&str; 5] = ["realistic", "tiny_errors", "large_gaps", "zero_errors", "far_from_reference"];
 
 fn method(name: &str) -> Box<dyn mapo::losses::PreferenceLoss> {
     match name {
@@ -126,29 +126,37 @@ fn forward_loss_cli_writes_loss_and_metrics() {
     let f = open("losses.safetensors");
     let dir = std::env::temp_dir().join(format!("mapo-loss-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let inp = dir.join("in.safetensors");
-    let tensors = ["model_pred", "target", "ref_pred"]
-        .iter()
-        .map(|n| (n.to_string(), f.get(&format!("realistic.{n}")).unwrap().to_data().unwrap()))
-        .collect();
-    write_tensors(&inp, tensors).unwrap();
-    for (method, metrics) in [("dpo", vec!["loss", "implicit_acc"]), ("mapo", vec!["loss", "margin", "chosen_loss"])] {
-        let out = dir.join(format!("{method}.safetensors"));
-        let status = Command::new(env!("CARGO_BIN_EXE_mapo"))
-            .args(["forward", "loss", "--method", method, "--device", "flex"])
-            .args(["--inputs", inp.to_str().unwrap(), "--out", out.to_str().unwrap()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let got = SafeTensorFiles::open_file(&out).unwrap();
-        for k in metrics {
-            let v = got.get(k).unwrap_or_else(|| panic!("{method}: no {k}"));
-            assert_eq!(v.shape, vec![1]);
-            let value = v.to_data().unwrap().convert::<f64>().try_to_vec::<f64>().unwrap()[0];
-            let want = f.get(&format!("realistic.{method}.{k}")).unwrap().to_data().unwrap();
-            let want = want.convert::<f64>().try_to_vec::<f64>().unwrap()[0];
-            // The file stores f32: compare at f32 resolution.
-            assert!((value - want).abs() <= 1e-6 * want.abs().max(1e-3), "{method} {k}: {value} vs {want}");
+    let tol = tolerance(mapo::losses::loss_dtype(&device()));
+    for case in ["realistic", "far_from_reference"] {
+        let inp = dir.join(format!("{case}.safetensors"));
+        let tensors = ["model_pred", "target", "ref_pred"]
+            .iter()
+            .map(|n| (n.to_string(), f.get(&format!("{case}.{n}")).unwrap().to_data().unwrap()))
+            .collect();
+        write_tensors(&inp, tensors).unwrap();
+        let methods = [
+            ("sft", vec!["loss", "chosen_loss"]),
+            ("dpo", vec!["loss", "implicit_acc", "chosen_loss", "ref_rejected_loss"]),
+            ("mapo", vec!["loss", "margin", "chosen_loss", "rejected_loss"]),
+        ];
+        for (method, metrics) in methods {
+            let out = dir.join(format!("{case}-{method}.safetensors"));
+            let status = Command::new(env!("CARGO_BIN_EXE_mapo"))
+                .args(["forward", "loss", "--method", method, "--device", &device_name()])
+                .args(["--inputs", inp.to_str().unwrap(), "--out", out.to_str().unwrap()])
+                .status()
+                .unwrap();
+            assert!(status.success());
+            let got = SafeTensorFiles::open_file(&out).unwrap();
+            for k in metrics {
+                let v = got.get(k).unwrap_or_else(|| panic!("{method}: no {k}"));
+                assert_eq!(v.shape, vec![1]);
+                let value = v.to_data().unwrap().convert::<f64>().try_to_vec::<f64>().unwrap()[0];
+                let want = f.get(&format!("{case}.{method}.{k}")).unwrap().to_data().unwrap();
+                let want = want.convert::<f64>().try_to_vec::<f64>().unwrap()[0];
+                // The file stores f32: at best f32 resolution.
+                check(&format!("cli {case} {method} {k}"), value, want, tol);
+            }
         }
     }
     std::fs::remove_dir_all(&dir).unwrap();
@@ -165,8 +173,17 @@ fn odds_derivative(x: f64) -> f64 {
 #[test]
 fn odds_difference_value_and_gradient_in_every_branch() {
     let base = device();
-    let points: [(f64, f64); 9] =
-        [(0.0, 0.0), (0.05, 0.0501), (0.0, 0.3), (0.5, 0.5), (0.9, 1.1), (1.5, 1.5001), (3.0, 7.0), (0.0, 2.0), (40.0, 40.2)];
+    let points: [(f64, f64); 9] = [
+        (0.0, 0.0),
+        (0.05, 0.0501),
+        (0.0, 0.3),
+        (0.5, 0.5),
+        (0.9, 1.1),
+        (1.5, 1.5001),
+        (3.0, 7.0),
+        (0.0, 2.0),
+        (40.0, 40.2),
+    ];
     let f = |x: f64| if x == 0.0 { 1.0 } else { x / x.exp_m1() };
     let mut dtypes = vec![mapo::losses::loss_dtype(&base)];
     if dtypes[0] != DType::F32 {

@@ -26,9 +26,10 @@ fn setup(name: &str) -> (PathBuf, PathBuf) {
         &config,
         format!(
             "model = {model:?}\ndata = {pairs:?}\noutput_dir = {:?}\nmethod = \"mapo\"\nsteps = 6\nbatch_size = 2\n\
-             grad_accumulation = 2\nseed = 3\nwarmup_steps = 2\ncheckpoint_every = 3\nkeep_checkpoints = 5\ndevice = \"flex\"\n\
+             grad_accumulation = 2\nseed = 3\nwarmup_steps = 2\ncheckpoint_every = 3\nkeep_checkpoints = 5\ndevice = \"{}\"\n\
              [optimizer]\nlr = 1e-3\n",
-            dir.join("run")
+            dir.join("run"),
+            device_name()
         ),
     )
     .unwrap();

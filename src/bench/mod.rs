@@ -11,7 +11,7 @@ use burn::module::Module;
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use serde_json::json;
 
-use crate::device::{Precision, select};
+use crate::device::select;
 use crate::losses::{Params, build};
 use crate::models::lora::LoraConfig;
 use crate::models::unet::{UNet2DConditionModel, UNetConfig};
@@ -88,7 +88,7 @@ pub fn train_step(b: &TrainBench) -> Result<serde_json::Value> {
     let selected = select(b.device.as_deref())?;
     let plain = selected.device.clone();
     let device = if b.grad_ckpt { plain.clone().autodiff().gradient_checkpointing() } else { plain.clone().autodiff() };
-    let compute = b.dtype.parse::<Precision>()?.dtype();
+    let compute = selected.precision(&b.dtype)?;
     let method = build(&b.method, Params::default())?;
     let (config, _) = unet_config(&b.model)?;
     if !b.resolution.is_multiple_of(8) {
@@ -155,7 +155,7 @@ pub fn generate(
 ) -> Result<serde_json::Value> {
     let selected = select(device)?;
     let device = selected.device.clone();
-    let compute = dtype.parse::<Precision>()?.dtype();
+    let compute = selected.precision(dtype)?;
     let (config, _) = unet_config(model)?;
     let unet = UNet2DConditionModel::load(&config, &Weights::random(&device, compute))?;
     let h = resolution / 8;

@@ -23,9 +23,8 @@ pub fn run(args: &ForwardArgs) -> Result<()> {
     }
     let Some(model) = args.model.as_deref() else { bail!("forward {:?} needs --model DIR", args.component) };
     let selected = select(args.device.device.as_deref())?;
-    let precision: Precision = args.device.dtype.parse()?;
+    let dtype = selected.precision(&args.device.dtype)?;
     let device = &selected.device;
-    let dtype = precision.dtype();
     let inputs = SafeTensorFiles::open_file(&args.inputs)?;
     let f = |name: &str| -> Result<Tensor<4>> { inputs.float::<4>(name, device, dtype) };
     let outputs: Vec<(&str, Tensor<4>)> = match args.component {

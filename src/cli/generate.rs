@@ -8,7 +8,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::DeviceArgs;
-use crate::device::{Precision, select};
+use crate::device::select;
 use crate::models::clip::tokenizer::ClipTokenizer;
 use crate::models::io::{SafeTensorFiles, write_tensors};
 use crate::models::lora::apply_lora_file;
@@ -65,8 +65,9 @@ pub struct GenerateArgs {
 }
 
 pub fn run(args: &GenerateArgs) -> Result<()> {
-    let device = select(args.device.device.as_deref())?.device;
-    let dtype = args.device.dtype.parse::<Precision>()?.dtype();
+    let selected = select(args.device.device.as_deref())?;
+    let dtype = selected.precision(&args.device.dtype)?;
+    let device = selected.device;
     let prompts: Vec<String> = match (&args.prompt, &args.prompts) {
         (Some(p), None) => vec![p.clone()],
         (None, Some(file)) => std::fs::read_to_string(file)

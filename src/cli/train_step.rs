@@ -19,9 +19,10 @@ pub fn run(args: &ForwardArgs) -> Result<()> {
     let Some(model) = args.model.as_deref() else { bail!("forward train-step needs --model DIR") };
     let Some(name) = args.method.as_deref() else { bail!("forward train-step needs --method (sft, dpo, mapo)") };
     // Master weights, optimizer state and the loss stay f32; `--dtype` sets the compute.
-    let compute = args.device.dtype.parse::<crate::device::Precision>()?.dtype();
     let method = build(name, Params::parse(&args.params)?)?;
-    let plain = select(args.device.device.as_deref())?.device;
+    let selected = select(args.device.device.as_deref())?;
+    let compute = selected.precision(&args.device.dtype)?;
+    let plain = selected.device;
     let device = plain.clone().autodiff();
     let dir = component_dir(model, "unet")?;
 

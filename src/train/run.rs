@@ -67,7 +67,7 @@ pub fn train_with(config: &TrainConfig, resume: Option<&str>, hook: &mut StepHoo
     };
     let data = PairsFile::open_with(&data_path, &device, config.sample_latents)?;
     let schedule = NoiseSchedule::sdxl();
-    let compute = config.dtype.parse::<crate::device::Precision>()?.dtype();
+    let compute = selected.precision(&config.dtype)?;
 
     let o = &config.optimizer;
     let opt_config = match o.name.as_str() {

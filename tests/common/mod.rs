@@ -10,10 +10,15 @@ pub fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
-/// The backend under test: `MAPO_TEST_DEVICE` (flex by default; `wgpu` in the wgpu CI job).
+/// The name of the backend under test: `MAPO_TEST_DEVICE` (flex by default; `wgpu` in the
+/// wgpu CI job).
+pub fn device_name() -> String {
+    std::env::var("MAPO_TEST_DEVICE").unwrap_or_else(|_| "flex".into())
+}
+
+/// The backend under test.
 pub fn device() -> Device {
-    let name = std::env::var("MAPO_TEST_DEVICE").unwrap_or_else(|_| "flex".into());
-    mapo::device::select(Some(&name)).expect("test device").device
+    mapo::device::select(Some(&device_name())).expect("test device").device
 }
 
 pub fn open(name: &str) -> SafeTensorFiles {
@@ -90,11 +95,12 @@ pub fn tiny_lora_run(dir: &std::path::Path, method: &str, lr: &str, size: &str) 
     ]);
     let config = dir.join("lora.toml");
     let out = dir.join("run");
+    let device = device_name();
     std::fs::write(
         &config,
         format!(
             "model = {model:?}\ndata = {pairs:?}\noutput_dir = {out:?}\nmethod = \"{method}\"\nsteps = 3\nbatch_size = 2\n\
-             device = \"flex\"\n[lora]\nrank = 2\nalpha = 4\n[optimizer]\nlr = {lr}\n"
+             device = \"{device}\"\n[lora]\nrank = 2\nalpha = 4\n[optimizer]\nlr = {lr}\n"
         ),
     )
     .unwrap();

@@ -8,7 +8,7 @@ train_*.safetensors: a fixed batch, and after N steps of the official recipe on 
   and a subset of parameters (all 2M would not be a small fixture).
 
 Run from the repo root after make_unet_vae.py:
-  OMP_NUM_THREADS=1 python3 tools/golden/make_losses_train.py
+  OMP_NUM_THREADS=1 python3 tools/golden/make_losses_train.py [OUT] [--losses-only]
 """
 import os
 import sys
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from safetensors.torch import save_file
 
-OUT = sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures"
+OUT = next((a for a in sys.argv[1:] if not a.startswith("--")), "tests/fixtures")
 torch.manual_seed(1)
 torch.use_deterministic_algorithms(True)
 
@@ -74,8 +74,17 @@ def loss_cases():
     pred[0] = target[0]  # L_w = 0 exactly for pair 0
     pred[b + 1] = target[b + 1]  # L_l = 0 exactly for pair 1
     cases["zero_errors"] = (pred, target)
+    refs = {name: target + (pred - target) * (1 + 0.01 * torch.randn(2 * b, 1, 1, 1))
+            for name, (pred, target) in cases.items()}
+    # Far from the reference: the reference's errors are unrelated to the policy's (own
+    # generator, so the cases above keep their bytes).
+    g = torch.Generator().manual_seed(17)
+    target = torch.randn(2 * b, *shape, generator=g)
+    pred = target + torch.randn(2 * b, *shape, generator=g) * 0.3
+    cases["far_from_reference"] = (pred, target)
+    refs["far_from_reference"] = target + torch.randn(2 * b, *shape, generator=g) * torch.rand(2 * b, 1, 1, 1, generator=g)
     for name, (pred, target) in cases.items():
-        ref = target + (pred - target) * (1 + 0.01 * torch.randn(2 * b, 1, 1, 1))
+        ref = refs[name]
         out[f"{name}.model_pred"], out[f"{name}.target"], out[f"{name}.ref_pred"] = pred, target, ref
         results = {
             "sft": sft(pred, target),
@@ -178,6 +187,8 @@ def train_case(name, method, optim, lr, steps, max_norm=1.0, wd=1e-2, params=Non
 
 
 loss_cases()
+if "--losses-only" in sys.argv:
+    sys.exit(0)
 train_case("mapo_adamw", "mapo", "adamw", 1e-3, 2)
 train_case("dpo_sgd", "dpo", "sgd", 1e-2, 1)
 train_case("sft_adamw", "sft", "adamw", 1e-3, 1)
