@@ -160,4 +160,13 @@ fn report_puts_two_runs_of_one_experiment_side_by_side() {
     assert!(rows[0].starts_with(&format!("| {} |", a.display())), "{report}");
     assert!(rows[1].contains(&format!("| {other} f32 |")), "{report}");
     assert!(rows.iter().all(|r| r.contains("| 1 |")), "each row is one seed:\n{report}");
+    // On two different backends the same run is also compared step by step.
+    if other != "flex" {
+        let line =
+            report.lines().find(|l| l.starts_with("| mapo-s0 | flex f32 |")).unwrap_or_else(|| panic!("{report}"));
+        let diff: f64 = line.split('|').nth(5).unwrap().trim().parse().unwrap();
+        eprintln!("{line}");
+        // Measured 1.5e-5 on lavapipe: each backend also pretrains its own toy reference.
+        assert!(diff <= 1e-4, "mapo on flex and {other}: {diff:.2e}");
+    }
 }

@@ -301,10 +301,15 @@ pub fn write(out: &Path, runs: &[RunData]) -> Result<()> {
             prompts.join("; ")
         )?;
     }
+    let backend_pairs = super::backends::compare(runs);
+    if let Some(section) = super::backends::section(&backend_pairs) {
+        writeln!(md, "{section}")?;
+    }
     writeln!(md, "Runs: {}", runs.iter().map(|r| r.dir.display().to_string()).collect::<Vec<_>>().join(", "))?;
     write_atomic(&out.join("report.md"), md.as_bytes())?;
     let json = serde_json::json!({
         "rows": rows,
+        "backends": backend_pairs,
         "runs": runs.iter().map(|r| serde_json::json!({"dir": r.dir, "summary": r.summary, "evals": r.evals})).collect::<Vec<_>>(),
     });
     write_atomic(&out.join("report.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
