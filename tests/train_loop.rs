@@ -183,3 +183,22 @@ fn validation_writes_latents_and_images() {
     assert_eq!(u32::from_be_bytes(img[16..20].try_into().unwrap()), 32);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// lr 1e39 keeps the loss finite but makes every updated weight infinite: the run stops at
+/// once, saves no checkpoint and no final model, and says so.
+#[test]
+fn non_finite_weights_are_never_saved() {
+    let (dir, config) = setup("inf-weights");
+    let out = train(&config, &["--set", "optimizer.lr=1e39"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("the update made parameters non-finite"), "{err}");
+    let run = dir.join("run");
+    assert!(!run.join("unet").exists(), "a final model was saved");
+    let checkpoints = std::fs::read_dir(&run)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("checkpoint"));
+    assert_eq!(checkpoints.count(), 0, "a checkpoint was written");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

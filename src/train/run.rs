@@ -11,11 +11,12 @@ use burn::tensor::DType;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::checkpoint::{self, CheckpointState};
+use super::clip::{clip_coefficient, global_grad_norm};
 use super::config::TrainConfig;
 use super::data::PairsFile;
 use super::lr::multiplier;
 use super::optim::{GradMap, Optimizer, OptimizerConfig};
-use super::step::{apply_update, forward_backward};
+use super::step::{forward_backward, updated_params_finite};
 use crate::cli::forward::component_dir;
 use crate::device::select;
 use crate::losses::{Params, build};
@@ -184,15 +185,31 @@ pub fn train_with(config: &TrainConfig, resume: Option<&str>, hook: &mut StepHoo
         }
         let lr = optimizer.config.lr() * multiplier(&config.lr_schedule, step, config.steps, config.warmup_steps);
         let grad_norm;
-        if loss.is_finite() {
+        let norm = if loss.is_finite() { global_grad_norm(&grads) } else { f64::NAN };
+        if norm.is_finite() {
             bad_in_a_row = 0;
-            let (next, norm) = apply_update(unet, &grads, &mut optimizer, lr, config.max_grad_norm);
-            unet = next;
+            unet = optimizer.step(unet, &grads, clip_coefficient(norm, config.max_grad_norm), lr);
             grad_norm = norm;
+            // Undoing an update would need a second copy of weights and optimizer state (30 GB
+            // for SDXL): a non-finite weight ends the run instead, before anything is saved.
+            if !updated_params_finite(&unet, &grads) {
+                bail!(
+                    "stopping at step {}: the update made parameters non-finite (learning rate {lr:e} too high?); \
+                     nothing of this step was saved; last good checkpoint is in {}",
+                    step + 1,
+                    out.display()
+                );
+            }
         } else {
             bad_in_a_row += 1;
             grad_norm = f64::NAN;
-            bar.println(format!("step {}: loss is {loss}; update skipped ({bad_in_a_row} in a row)", step + 1));
+            warn(
+                &bar,
+                &format!(
+                    "step {}: loss {loss}, gradient norm {norm}; update skipped ({bad_in_a_row} in a row)",
+                    step + 1
+                ),
+            );
             if bad_in_a_row >= config.max_bad_steps {
                 bail!(
                     "stopping: {bad_in_a_row} non-finite losses in a row (max_bad_steps); last good checkpoint is in {}",
@@ -225,7 +242,7 @@ pub fn train_with(config: &TrainConfig, resume: Option<&str>, hook: &mut StepHoo
         if config.validation_every > 0 && (done % config.validation_every == 0 || done == config.steps) {
             let dir = out.join("validation").join(format!("step-{done:08}"));
             validate(config, &unet, &data, &schedule, vae.as_ref(), &dir)?;
-            bar.println(format!("validation samples: {}", dir.display()));
+            warn(&bar, &format!("validation samples: {}", dir.display()));
         }
         if (config.checkpoint_every > 0 && done % config.checkpoint_every == 0) || done == config.steps {
             let state = CheckpointState {
@@ -298,4 +315,10 @@ fn validate(
     let noise = initial_noise(config.seed, plain.context.dims()[0], shape, &plain.context.device());
     let latents = sample_latents(&unet.valid(), &euler, &plain, noise, config.validation_guidance, &mut |_| {});
     save_samples(latents, vae.map(|(v, c)| (v, c.scaling_factor)), dir)
+}
+
+/// A message above the progress bar, or on stderr when the bar is not drawn (no terminal):
+/// indicatif drops `println` of a hidden bar.
+fn warn(bar: &ProgressBar, msg: &str) {
+    if bar.is_hidden() { eprintln!("{msg}") } else { bar.println(msg) }
 }

@@ -149,6 +149,18 @@ pub fn apply_update(
     (optimizer.step(unet, grads, clip_coefficient(grad_norm, max_grad_norm), lr), grad_norm)
 }
 
+/// Whether every parameter that has a gradient (the ones an update touched) is finite: one
+/// fused reduction (x·0 is NaN exactly when x is not finite) and one device read.
+pub fn updated_params_finite(unet: &UNet2DConditionModel, grads: &GradMap) -> bool {
+    let mut parts = Vec::new();
+    crate::models::named::for_each_param(unet, |name, t, _| {
+        if grads.contains_key(&name) {
+            parts.push(t.cast(DType::F32).mul_scalar(0.0).sum());
+        }
+    });
+    parts.is_empty() || Tensor::cat(parts, 0).sum().into_scalar::<f32>().is_finite()
+}
+
 /// Forward, loss, backward, global clipping and one optimizer step on one batch.
 #[allow(clippy::too_many_arguments)]
 pub fn train_step(
