@@ -29,11 +29,11 @@ pub fn run(args: &ForwardArgs) -> Result<()> {
     let f = |name: &str| -> Result<Tensor<4>> { inputs.float::<4>(name, device, dtype) };
     let outputs: Vec<(&str, Tensor<4>)> = match args.component {
         Component::Unet => {
-            let (unet, _) = UNet2DConditionModel::from_dir(&component_dir(model, "unet")?, device, dtype)?;
+            let dir = component_dir(model, "unet")?;
+            check_unet_inputs(&dir, &inputs).with_context(|| format!("{}", args.inputs.display()))?;
+            let (unet, _) = UNet2DConditionModel::from_dir(&dir, device, dtype)?;
             let sample = f("sample")?;
-            let batch = sample.dims()[0];
             let timestep = inputs.int::<1>("timestep", device)?;
-            check_batch(&args.inputs, "timestep", timestep.dims()[0], batch)?;
             let context = inputs.float::<3>("encoder_hidden_states", device, dtype)?;
             let cond = if unet.add_embedding.is_some() {
                 Some(TextTime {
@@ -73,11 +73,26 @@ pub fn run(args: &ForwardArgs) -> Result<()> {
     write_tensors(&args.out, data)
 }
 
-fn check_batch(file: &Path, name: &str, got: usize, batch: usize) -> Result<()> {
-    if got != batch {
-        bail!("{}: {name} has batch {got}, but sample has batch {batch}", file.display());
-    }
-    Ok(())
+/// The UNet inputs' shapes and timesteps against the UNet's config, before anything runs.
+fn check_unet_inputs(dir: &Path, inputs: &SafeTensorFiles) -> Result<()> {
+    use crate::models::unet::inputs::{InputShapes, check_shapes, check_timesteps};
+    let (config, _) = crate::models::config::read_config::<crate::models::unet::config::UNetConfig>(dir)?;
+    let shape = |n: &str| inputs.get(n).map(|v| v.shape.clone());
+    let need = |n: &str| shape(n).with_context(|| format!("input tensor {n:?} is missing"));
+    let (sample, timestep, context) = (need("sample")?, need("timestep")?, need("encoder_hidden_states")?);
+    let (text_embeds, time_ids) = (shape("text_embeds"), shape("time_ids"));
+    check_shapes(
+        &config,
+        &InputShapes {
+            sample: &sample,
+            timestep: &timestep,
+            encoder_hidden_states: &context,
+            text_embeds: text_embeds.as_deref(),
+            time_ids: time_ids.as_deref(),
+        },
+    )?;
+    let t = inputs.get("timestep").expect("checked").to_data_any().convert::<f64>();
+    check_timesteps(&t.try_to_vec::<f64>().map_err(|e| anyhow::anyhow!("timestep: {e:?}"))?)
 }
 
 /// `model/<name>` for a pipeline folder; `model` itself when it already is that component.

@@ -3,6 +3,7 @@
 pub mod blocks;
 pub mod config;
 pub mod embeddings;
+pub mod inputs;
 pub mod transformer;
 
 use std::path::Path;
