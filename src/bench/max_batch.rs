@@ -30,16 +30,18 @@ fn trial(b: &MaxBatchBench, batch: usize) -> Result<Trial> {
     let s = &b.step;
     let exe = std::env::current_exe().context("locating the mapo binary")?;
     let mut cmd = std::process::Command::new(exe);
-    cmd.args(["bench", "train-step", "--method", &s.method, "--model", &s.model, "--dtype", &s.dtype]).args([
-        "--resolution",
-        &s.resolution.to_string(),
-        "--batch",
-        &batch.to_string(),
-        "--steps",
-        "1",
-        "--warmup",
-        "1",
-    ]);
+    cmd.args(["bench", "train-step", "--method", &s.method, "--model", &s.model, "--dtype", &s.dtype])
+        .args(["--attention", &s.attention])
+        .args([
+            "--resolution",
+            &s.resolution.to_string(),
+            "--batch",
+            &batch.to_string(),
+            "--steps",
+            "1",
+            "--warmup",
+            "1",
+        ]);
     if let Some(r) = s.lora {
         cmd.args(["--lora", &r.to_string()]);
     }
@@ -104,7 +106,7 @@ pub fn run(b: &MaxBatchBench) -> Result<serde_json::Value> {
     let s = &b.step;
     Ok(json!({
         "bench": "max-batch", "impl": "mapo", "method": s.method, "model": s.model, "resolution": s.resolution,
-        "dtype": s.dtype, "lora": s.lora, "grad_ckpt": s.grad_ckpt, "limit_gb": b.limit_gb, "max_tried": b.max,
+        "dtype": s.dtype, "lora": s.lora, "grad_ckpt": s.grad_ckpt, "attention": s.attention, "limit_gb": b.limit_gb, "max_tried": b.max,
         "max_batch": good,
         "trials": trials.iter().map(|t| json!({"batch": t.batch, "fits": t.fits, "peak_bytes": t.peak})).collect::<Vec<_>>(),
     }))

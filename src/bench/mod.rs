@@ -13,6 +13,7 @@ use serde_json::json;
 
 use crate::device::select;
 use crate::losses::{Params, build};
+use crate::models::attention::set_training_attention;
 use crate::models::lora::LoraConfig;
 use crate::models::unet::{UNet2DConditionModel, UNetConfig};
 use crate::models::weights::Weights;
@@ -57,6 +58,10 @@ pub struct TrainBench {
     pub lora: Option<usize>,
     #[arg(long)]
     pub grad_ckpt: bool,
+    /// Training attention: `efficient` (blocked, own backward) or `naive` (Burn's
+    /// materialised softmax under autodiff, the reference path).
+    #[arg(long, default_value = "efficient", value_parser = ["efficient", "naive"])]
+    pub attention: String,
     #[arg(long, default_value_t = 5)]
     pub steps: usize,
     #[arg(long, default_value_t = 2)]
@@ -85,6 +90,7 @@ fn stats(times: &mut [f64]) -> (f64, f64, f64) {
 /// Random-init UNet of the chosen shape; a full-batch preference step, timed after
 /// `warmup` steps, with the device synchronised before each clock read.
 pub fn train_step(b: &TrainBench) -> Result<serde_json::Value> {
+    set_training_attention(b.attention.parse()?);
     let selected = select(b.device.as_deref())?;
     let plain = selected.device.clone();
     let device = if b.grad_ckpt { plain.clone().autodiff().gradient_checkpointing() } else { plain.clone().autodiff() };
@@ -137,8 +143,8 @@ pub fn train_step(b: &TrainBench) -> Result<serde_json::Value> {
     let (median, min, max) = stats(&mut times);
     Ok(json!({
         "bench": "train-step", "impl": "mapo", "method": b.method, "model": b.model, "resolution": b.resolution,
-        "batch": b.batch, "dtype": b.dtype, "lora": b.lora, "grad_ckpt": b.grad_ckpt, "device": selected.backend.name(),
-        "steps": b.steps, "median_s": median, "min_s": min, "max_s": max,
+        "batch": b.batch, "dtype": b.dtype, "lora": b.lora, "grad_ckpt": b.grad_ckpt, "attention": b.attention,
+        "device": selected.backend.name(), "steps": b.steps, "median_s": median, "min_s": min, "max_s": max,
         "samples_per_s": b.batch as f64 / median,
         "peak_device_bytes": plain.memory_pool_usage().map(|u| u.bytes_reserved),
         "peak_rss_bytes": peak_rss(),

@@ -98,6 +98,10 @@ pub fn run(a: &CacheCommand) -> Result<()> {
         workers: a.workers.unwrap_or_else(|| crate::data::loader::LoaderConfig::default().workers),
         device: a.device.clone(),
     };
+    args.transform.validate()?;
+    if a.max_samples == Some(0) {
+        bail!("--max-samples 0 would cache nothing: give a positive count or leave it out");
+    }
     let index = build(&args)?;
     println!("{}: {} pairs in {} shards", a.out.display(), index.pairs(), index.shards.len());
     Ok(())

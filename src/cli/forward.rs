@@ -26,11 +26,11 @@ pub fn run(args: &ForwardArgs) -> Result<()> {
     let dtype = selected.precision(&args.device.dtype)?;
     let device = &selected.device;
     let inputs = SafeTensorFiles::open_file(&args.inputs)?;
+    check_inputs(model, args.component, &inputs).with_context(|| format!("{}", args.inputs.display()))?;
     let f = |name: &str| -> Result<Tensor<4>> { inputs.float::<4>(name, device, dtype) };
     let outputs: Vec<(&str, Tensor<4>)> = match args.component {
         Component::Unet => {
             let dir = component_dir(model, "unet")?;
-            check_unet_inputs(&dir, &inputs).with_context(|| format!("{}", args.inputs.display()))?;
             let (unet, _) = UNet2DConditionModel::from_dir(&dir, device, dtype)?;
             let sample = f("sample")?;
             let timestep = inputs.int::<1>("timestep", device)?;
@@ -71,6 +71,55 @@ pub fn run(args: &ForwardArgs) -> Result<()> {
     };
     let data = outputs.into_iter().map(|(n, t)| (n.to_string(), t.cast(DType::F32).into_data())).collect();
     write_tensors(&args.out, data)
+}
+
+/// Every input of `component` against its config (shapes, id ranges, finite values), before
+/// any weight is loaded or any op runs.
+fn check_inputs(model: &Path, component: Component, inputs: &SafeTensorFiles) -> Result<()> {
+    use crate::models::inputs::*;
+    use crate::models::{clip::ClipTextConfig, config::read_config, vae::VaeConfig};
+    let need = |n: &str| inputs.get(n).with_context(|| format!("input tensor {n:?} is missing"));
+    let floats = |n: &str| -> Result<Vec<f32>> {
+        let view = need(n)?;
+        let data = view.to_data().with_context(|| format!("input {n:?}"))?.convert::<f32>();
+        data.try_into_vec::<f32>().map_err(|e| anyhow::anyhow!("{n}: {e:?}"))
+    };
+    match component {
+        Component::Unet => {
+            check_unet_inputs(&component_dir(model, "unet")?, inputs)?;
+            for n in ["sample", "encoder_hidden_states", "text_embeds", "time_ids"] {
+                if inputs.get(n).is_some() {
+                    check_finite(n, &floats(n)?)?;
+                }
+            }
+        }
+        Component::VaeEncode | Component::VaeDecode => {
+            let (config, _) = read_config::<VaeConfig>(&component_dir(model, "vae")?)?;
+            let name = if component == Component::VaeEncode { "sample" } else { "latents" };
+            let shape = need(name)?.shape;
+            match component {
+                Component::VaeEncode => check_vae_images(&config, &shape)?,
+                _ => check_vae_latents(&config, &shape)?,
+            }
+            check_finite(name, &floats(name)?)?;
+        }
+        Component::TextEncoder | Component::TextEncoder2 => {
+            let sub = if component == Component::TextEncoder2 { "text_encoder_2" } else { "text_encoder" };
+            let (config, _) = read_config::<ClipTextConfig>(&component_dir(model, sub)?)?;
+            let view = need("input_ids")?;
+            if !matches!(view.dtype, safetensors::Dtype::I64 | safetensors::Dtype::I32) {
+                bail!("input_ids: stored as {:?}; token ids must be i64 (or i32)", view.dtype);
+            }
+            let ids = view
+                .to_data_any()
+                .convert::<i64>()
+                .try_into_vec::<i64>()
+                .map_err(|e| anyhow::anyhow!("input_ids: {e:?}"))?;
+            check_token_ids(&config, &view.shape, &ids)?;
+        }
+        Component::Loss | Component::TrainStep => {}
+    }
+    Ok(())
 }
 
 /// The UNet inputs' shapes and timesteps against the UNet's config, before anything runs.

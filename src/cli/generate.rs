@@ -64,7 +64,22 @@ pub struct GenerateArgs {
     pub device: DeviceArgs,
 }
 
+/// Option ranges, checked before any model is loaded.
+fn check_options(args: &GenerateArgs) -> Result<()> {
+    anyhow::ensure!(
+        (1..=8192).contains(&args.width) && (1..=8192).contains(&args.height),
+        "--width {} / --height {}: must be in 1..=8192",
+        args.width,
+        args.height
+    );
+    anyhow::ensure!((1..=1000).contains(&args.steps), "--steps {}: must be in 1..=1000", args.steps);
+    anyhow::ensure!(args.guidance.is_finite() && args.guidance >= 0.0, "--guidance {}: must be ≥ 0", args.guidance);
+    anyhow::ensure!(args.num_images > 0, "--num-images must be > 0");
+    Ok(())
+}
+
 pub fn run(args: &GenerateArgs) -> Result<()> {
+    check_options(args)?;
     let selected = select(args.device.device.as_deref())?;
     let dtype = selected.precision(&args.device.dtype)?;
     let device = selected.device;
@@ -78,6 +93,9 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
             .collect(),
         _ => bail!("give either --prompt or --prompts"),
     };
+    if prompts.is_empty() {
+        bail!("{}: no prompt in the file", args.prompts.as_ref().map_or(String::new(), |p| p.display().to_string()));
+    }
     let mut pipe = SdxlPipeline::load(&args.model, args.unet.as_deref(), &device, dtype)?;
     if let Some(lora) = &args.lora {
         pipe.unet = apply_lora_file(pipe.unet, lora, "unet.")?;
@@ -85,6 +103,11 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     let f = pipe.vae_scale_factor();
     if !args.width.is_multiple_of(f) || !args.height.is_multiple_of(f) {
         bail!("--width and --height must be multiples of {f} (the VAE's factor)");
+    }
+    // Each down block but the last halves the latents; the up blocks must meet them again.
+    let unet_factor = f << pipe.unet.down_blocks.len().saturating_sub(1);
+    if !args.width.is_multiple_of(unet_factor) || !args.height.is_multiple_of(unet_factor) {
+        bail!("--width and --height must be multiples of {unet_factor} for this model (VAE × UNet downsampling)");
     }
     let shape = [pipe.unet.conv_in.weight.dims()[1], args.height / f, args.width / f];
     let total = prompts.len() * args.num_images;

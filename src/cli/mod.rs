@@ -73,6 +73,10 @@ pub enum Command {
         /// Resume from `latest` or a checkpoint folder.
         #[arg(long)]
         resume: Option<String>,
+        /// Start afresh in an output folder that holds another run, moving that run aside
+        /// to `<output_dir>.previous-N` (nothing is deleted).
+        #[arg(long, conflicts_with = "resume")]
+        overwrite: bool,
         /// Keep at most N checkpoints (the config's `keep_checkpoints`).
         #[arg(long)]
         keep: Option<usize>,
@@ -239,10 +243,11 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Tokenize { model, prompt } => generate::tokenize(&model, &prompt),
-        Command::Train { config, mut overrides, resume, keep } => {
+        Command::Train { config, mut overrides, resume, overwrite, keep } => {
             overrides.extend(keep.map(|k| format!("keep_checkpoints={k}")));
             let config = crate::train::config::TrainConfig::load(&config, &overrides)?;
-            let loss = crate::train::run::train(&config, resume.as_deref())?;
+            let start = crate::train::run::Start { resume, overwrite };
+            let loss = crate::train::run::train(&config, &start)?;
             println!("done: final loss {loss:.6}; outputs in {}", config.output_dir.display());
             Ok(())
         }

@@ -62,7 +62,19 @@ impl CacheIndex {
     pub fn read(dir: &Path) -> Result<Self> {
         let path = dir.join("index.json");
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("{} is not a mapo cache index", path.display()))
+        let index: Self =
+            serde_json::from_str(&text).with_context(|| format!("{} is not a mapo cache index", path.display()))?;
+        // Shards are plain file names inside the cache: a path would read outside it.
+        for shard in &index.shards {
+            let plain = std::path::Path::new(&shard.file).file_name().is_some_and(|n| n == shard.file.as_str());
+            anyhow::ensure!(
+                plain && !shard.file.starts_with('.'),
+                "{}: shard name {:?} is not a file name inside the cache",
+                path.display(),
+                shard.file
+            );
+        }
+        Ok(index)
     }
 }
 
@@ -194,6 +206,12 @@ pub fn build(args: &CacheArgs) -> Result<CacheIndex> {
     index.complete = true;
     write_atomic(&args.out.join("index.json"), serde_json::to_string_pretty(&index)?.as_bytes())?;
     bar.finish();
+    anyhow::ensure!(
+        index.pairs() > 0,
+        "{}: no usable pair was read (an empty file, ties only, or columns of the wrong type: see the warnings \
+         above); nothing to cache",
+        args.data.display()
+    );
     let dt = t0.elapsed().as_secs_f64();
     eprintln!(
         "cached {} pairs in {} shards ({dt:.1} s); skipped: {} ties, {} not a preference, {} missing values, {} bad images",

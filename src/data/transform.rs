@@ -29,6 +29,24 @@ impl Default for TransformConfig {
     }
 }
 
+impl TransformConfig {
+    /// Ranges checked when the options are read, before any image is decoded.
+    pub fn validate(&self) -> Result<()> {
+        anyhow::ensure!(
+            self.resolution > 0 && self.resolution.is_multiple_of(8) && self.resolution <= 8192,
+            "data_transform.resolution {} must be a positive multiple of 8, at most 8192 (the VAE downsamples by 8)",
+            self.resolution
+        );
+        for (name, p) in [("flip", self.flip), ("caption_dropout", self.caption_dropout)] {
+            anyhow::ensure!(
+                (0.0..=1.0).contains(&p),
+                "data_transform.{name} {p} is a probability: it must be in [0, 1]"
+            );
+        }
+        Ok(())
+    }
+}
+
 /// A pair ready for the encoders.
 #[derive(Debug, Clone)]
 pub struct Prepared {

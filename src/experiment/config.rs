@@ -189,6 +189,7 @@ fn plan(base: &ExperimentConfig, raw: &toml::Value) -> Result<Vec<PlannedRun>> {
             })
             .collect();
     }
+    let short = short_names(&keys);
     let mut out: Vec<PlannedRun> = Vec::new();
     for combo in &combos {
         for method in &base.methods {
@@ -205,8 +206,7 @@ fn plan(base: &ExperimentConfig, raw: &toml::Value) -> Result<Vec<PlannedRun>> {
                 let mut varied = BTreeMap::new();
                 for (k, v) in &relevant {
                     set(&mut value, &format!("{k}={v}"))?;
-                    let short = k.rsplit('.').next().unwrap_or(k).to_string();
-                    varied.insert(short, display(v));
+                    varied.insert(short[k.as_str()].clone(), display(v));
                 }
                 let config: ExperimentConfig = value.try_into().context("after applying [sweep]")?;
                 // Checked now, so that a typo fails before hours of earlier runs.
@@ -228,6 +228,18 @@ fn plan(base: &ExperimentConfig, raw: &toml::Value) -> Result<Vec<PlannedRun>> {
         }
     }
     Ok(out)
+}
+
+/// Each swept key by its last dotted component, or by its whole path where two keys share
+/// that last component (`train.optimizer.lr` and `pretrain.lr`): run names stay unique.
+fn short_names(keys: &[&String]) -> BTreeMap<String, String> {
+    let last = |k: &str| k.rsplit('.').next().unwrap_or(k).to_string();
+    keys.iter()
+        .map(|k| {
+            let shared = keys.iter().filter(|o| last(o) == last(k)).count() > 1;
+            (k.to_string(), if shared { k.to_string() } else { last(k) })
+        })
+        .collect()
 }
 
 fn display(v: &toml::Value) -> String {

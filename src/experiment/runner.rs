@@ -19,6 +19,7 @@ use crate::device::select;
 use crate::models::io::{write_atomic, write_tensors};
 use crate::models::unet::UNet2DConditionModel;
 use crate::train::checkpoint;
+use crate::train::run::Start;
 
 /// What the report reads from a finished run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -165,12 +166,19 @@ fn execute(exp: &Path, run: &PlannedRun, dir: &Path, device: Option<&str>) -> Re
         write_atomic(&eval_path, format!("{}\n", serde_json::to_string(m)?).as_bytes())?;
     }
     let resume = checkpoint::list(dir).map(|l| !l.is_empty()).unwrap_or(false);
+    if !resume {
+        crate::train::outdir::discard_partial(dir)?;
+    }
     reset_peak_rss();
+    // Wall time of the earlier segments of a run that was interrupted and resumed.
+    let wall_path = dir.join("wall.json");
+    let earlier = if resume { read_wall(&wall_path) } else { 0.0 };
     let t0 = Instant::now();
     let every = c.eval.every.max(1);
     let steps = train.steps;
     let mut last_eval: Option<ToyMetrics> = None;
     let mut hook = |step: usize, unet: &UNet2DConditionModel| -> Result<()> {
+        write_wall(&wall_path, earlier + t0.elapsed().as_secs_f64())?;
         let Some(ev) = &evaluator else { return Ok(()) };
         if !step.is_multiple_of(every) && step != steps {
             return Ok(());
@@ -178,14 +186,15 @@ fn execute(exp: &Path, run: &PlannedRun, dir: &Path, device: Option<&str>) -> Re
         last_eval = Some(score(ev, &unet.valid(), step, step == steps, dir)?);
         Ok(())
     };
-    let final_loss = crate::train::run::train_with(&train, resume.then_some("latest"), &mut hook)?;
-    let wall_s = t0.elapsed().as_secs_f64();
+    let final_loss = crate::train::run::train_with(&train, &Start::resume(resume.then_some("latest")), &mut hook)?;
     // Resumed from the last checkpoint, no step ran: score the saved final model.
     if let (Some(ev), None) = (&evaluator, &last_eval) {
         let (unet, _) = UNet2DConditionModel::from_dir(&dir.join("unet"), &plain, DType::F32)?;
         last_eval = Some(score(ev, &unet, steps, true, dir)?);
     }
 
+    let wall_s = earlier + t0.elapsed().as_secs_f64();
+    write_wall(&wall_path, wall_s)?;
     let metrics = read_jsonl(&dir.join("metrics.jsonl"));
     let mut times: Vec<f64> = metrics.iter().filter_map(|m| m["step_time_s"].as_f64()).collect();
     times.sort_by(f64::total_cmp);
@@ -213,6 +222,19 @@ fn execute(exp: &Path, run: &PlannedRun, dir: &Path, device: Option<&str>) -> Re
     write_atomic(&dir.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
     eprintln!("{}: {:.1} s", run.name, wall_s);
     Ok(())
+}
+
+/// The wall time a run has spent so far, over all its segments (0 when none was recorded).
+fn read_wall(path: &Path) -> f64 {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["wall_s"].as_f64())
+        .unwrap_or(0.0)
+}
+
+fn write_wall(path: &Path, wall_s: f64) -> Result<()> {
+    write_atomic(path, serde_json::json!({ "wall_s": wall_s }).to_string().as_bytes())
 }
 
 /// Scores `unet` at `step`, appends the line to the run's eval.jsonl, and keeps the

@@ -256,9 +256,12 @@ pub fn reference(cache: &Path, p: &PretrainConfig, device: Option<&str>) -> Resu
     config.optimizer.lr = p.lr;
     config.optimizer.weight_decay = 0.0;
     let resume = crate::train::checkpoint::list(&pretrain).map(|l| !l.is_empty()).unwrap_or(false);
+    if !resume {
+        crate::train::outdir::discard_partial(&pretrain)?;
+    }
     eprintln!("reference: pretraining the toy model on style-A images ({} steps) into {}", p.steps, dir.display());
     let t0 = Instant::now();
-    let final_loss = crate::train::run::train(&config, resume.then_some("latest"))?;
+    let final_loss = crate::train::run::train(&config, &crate::train::run::Start::resume(resume.then_some("latest")))?;
     let info = ReferenceInfo { pretrain: p.clone(), wall_s: t0.elapsed().as_secs_f64(), final_loss };
     write_atomic(&info_path, serde_json::to_string_pretty(&info)?.as_bytes())?;
     Ok((pretrain, info))

@@ -268,7 +268,7 @@ pub fn write_safetensors(path: &Path, tensors: Vec<PendingTensor<'_>>) -> Result
     while json.len() % 8 != 0 {
         json.push(b' ');
     }
-    let tmp = tmp_path(path);
+    let tmp = tmp_path(path)?;
     let result = (|| -> Result<()> {
         let mut w = BufWriter::new(File::create(&tmp)?);
         w.write_all(&(json.len() as u64).to_le_bytes())?;
@@ -290,21 +290,35 @@ pub fn write_safetensors(path: &Path, tensors: Vec<PendingTensor<'_>>) -> Result
         let _ = std::fs::remove_file(&tmp);
         return Err(e.context(format!("writing {}", path.display())));
     }
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} into place", tmp.display()))?;
-    Ok(())
+    rename_into_place(&tmp, path)
 }
 
-fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
+/// `<name>.tmp-<pid>` beside `path` (a dead writer's leftovers are recognised by the PID);
+/// an error when `path` names a folder, which a file can never replace.
+fn tmp_path(path: &Path) -> Result<PathBuf> {
+    let Some(file) = path.file_name().filter(|_| !path.is_dir()) else {
+        bail!("{} is a folder: give the path of a file to write", path.display())
+    };
+    let mut name = file.to_os_string();
     name.push(format!(".tmp-{}", std::process::id()));
-    path.with_file_name(name)
+    Ok(path.with_file_name(name))
+}
+
+fn rename_into_place(tmp: &Path, path: &Path) -> Result<()> {
+    std::fs::rename(tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(tmp);
+        anyhow::Error::new(e).context(format!("renaming {} to {}", tmp.display(), path.display()))
+    })
 }
 
 /// Writes a small file (config, JSON) atomically.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = tmp_path(path);
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} into place", tmp.display()))
+    let tmp = tmp_path(path)?;
+    if let Err(e) = std::fs::write(&tmp, bytes) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(anyhow::Error::new(e).context(format!("writing {}", tmp.display())));
+    }
+    rename_into_place(&tmp, path)
 }
 
 /// Writes tensors that are already computed (CLI outputs, fixtures) in f32 / i64.

@@ -4,6 +4,7 @@ pub mod attention;
 pub mod clip;
 pub mod config;
 pub mod folder;
+pub mod inputs;
 pub mod io;
 pub mod lora;
 pub mod named;

@@ -79,7 +79,7 @@ pub fn save(
     write_safetensors(&tmp.join("optimizer.safetensors"), moments)?;
     write_atomic(&tmp.join("state.json"), serde_json::to_string_pretty(state)?.as_bytes())?;
     if final_dir.exists() {
-        std::fs::remove_dir_all(&final_dir)?;
+        remove_checkpoint(&final_dir)?;
     }
     std::fs::rename(&tmp, &final_dir).with_context(|| format!("renaming {} into place", tmp.display()))?;
     prune(output_dir, keep)?;
@@ -104,9 +104,20 @@ pub fn list(output_dir: &Path) -> Result<Vec<PathBuf>> {
 fn prune(output_dir: &Path, keep: usize) -> Result<()> {
     let all = list(output_dir)?;
     for old in &all[..all.len().saturating_sub(keep)] {
-        std::fs::remove_dir_all(old).with_context(|| format!("removing old checkpoint {}", old.display()))?;
+        remove_checkpoint(old)?;
     }
     Ok(())
+}
+
+/// Renames the folder out of the checkpoint namespace before deleting it, so a kill in the
+/// middle never leaves a half-deleted folder that still looks like a checkpoint (the next
+/// start removes the `.del-` leftover).
+fn remove_checkpoint(dir: &Path) -> Result<()> {
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let doomed = dir.with_file_name(format!(".del-{name}"));
+    let _ = std::fs::remove_dir_all(&doomed);
+    std::fs::rename(dir, &doomed).with_context(|| format!("removing old checkpoint {}", dir.display()))?;
+    std::fs::remove_dir_all(&doomed).with_context(|| format!("removing old checkpoint {}", doomed.display()))
 }
 
 /// `latest` or a checkpoint path → that checkpoint folder.

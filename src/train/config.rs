@@ -170,21 +170,85 @@ impl TrainConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
-        ensure!(self.steps > 0, "steps must be > 0");
-        ensure!(self.batch_size > 0 && self.grad_accumulation > 0, "batch_size and grad_accumulation must be > 0");
+        // Upper bounds catch typos (an extra digit) before they allocate or run for years.
+        ensure!((1..=100_000_000).contains(&self.steps), "steps {} must be in 1..=100000000", self.steps);
+        ensure!((1..=4096).contains(&self.batch_size), "batch_size {} must be in 1..=4096", self.batch_size);
+        ensure!(
+            (1..=65536).contains(&self.grad_accumulation),
+            "grad_accumulation {} must be in 1..=65536",
+            self.grad_accumulation
+        );
         ensure!(
             ["constant", "constant_with_warmup", "linear", "cosine"].contains(&self.lr_schedule.as_str()),
             "lr_schedule {:?}: expected constant, constant_with_warmup, linear or cosine",
             self.lr_schedule
         );
         ensure!(self.keep_checkpoints > 0, "keep_checkpoints must be > 0");
+        let o = &self.optimizer;
+        // Fine-tuning rates are 1e-8..1e-2; above 1 every optimizer here diverges at once.
+        ensure!(o.lr.is_finite() && o.lr > 0.0 && o.lr <= 1.0, "optimizer.lr {:e} must be in (0, 1]", o.lr);
+        ensure!((0.0..1.0).contains(&o.beta1), "optimizer.beta1 {} must be in [0, 1)", o.beta1);
+        ensure!((0.0..1.0).contains(&o.beta2), "optimizer.beta2 {} must be in [0, 1)", o.beta2);
+        ensure!(o.eps.is_finite() && o.eps > 0.0, "optimizer.eps {} must be > 0", o.eps);
+        ensure!(
+            o.weight_decay.is_finite() && (0.0..1.0).contains(&(o.weight_decay * o.lr)),
+            "optimizer.weight_decay {} must be ≥ 0 with weight_decay × lr < 1",
+            o.weight_decay
+        );
+        ensure!(
+            self.max_grad_norm.is_finite() && self.max_grad_norm >= 0.0,
+            "max_grad_norm {} must be ≥ 0 (0 = off)",
+            self.max_grad_norm
+        );
+        for (k, v) in &self.method_params {
+            ensure!(v.is_finite(), "method_params.{k} = {v} is not a finite number");
+        }
+        ensure!(
+            self.validation_guidance.is_finite() && self.validation_guidance >= 0.0,
+            "validation_guidance {} must be ≥ 0",
+            self.validation_guidance
+        );
+        ensure!(self.validation_every == 0 || self.validation_steps > 0, "validation_steps must be > 0");
+        self.data_transform.validate()?;
         self.dtype.parse::<crate::device::Precision>()?;
         if let Some(l) = &self.lora {
-            ensure!(l.rank > 0, "lora.rank must be > 0");
+            ensure!((1..=4096).contains(&l.rank), "lora.rank {} must be in 1..=4096", l.rank);
             ensure!(!l.targets.is_empty(), "lora.targets is empty");
         }
         Ok(())
     }
+}
+
+/// Keys whose change alters the math of a run: resuming with any of them changed would
+/// continue one run with another's settings.
+const MATH_KEYS: &[&str] = &[
+    "model",
+    "data",
+    "method",
+    "method_params",
+    "batch_size",
+    "grad_accumulation",
+    "seed",
+    "optimizer",
+    "lr_schedule",
+    "warmup_steps",
+    "max_grad_norm",
+    "lora",
+    "dtype",
+    "sample_latents",
+    "data_transform",
+];
+
+/// The math-changing keys that differ between the config a run started with and `now`,
+/// as `key: saved → now` lines.
+pub fn math_changes(saved: &TrainConfig, now: &TrainConfig) -> Result<Vec<String>> {
+    let (a, b) = (toml::Value::try_from(saved)?, toml::Value::try_from(now)?);
+    let show = |v: Option<&toml::Value>| v.map_or("(unset)".to_string(), |v| v.to_string());
+    Ok(MATH_KEYS
+        .iter()
+        .filter(|k| a.get(**k) != b.get(**k))
+        .map(|k| format!("{k}: {} → {}", show(a.get(*k)), show(b.get(*k))))
+        .collect())
 }
 
 pub fn set(root: &mut toml::Value, assignment: &str) -> Result<()> {

@@ -6,13 +6,15 @@
 
 use std::path::Path;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::models::io::SafeTensorFiles;
+use crate::models::unet::UNetConfig;
+use crate::models::unet::inputs::{InputShapes, check_shapes};
 use crate::sample::noise::standard_normal;
 use crate::train::step::PairBatch;
 
@@ -111,6 +113,20 @@ impl PairsFile {
         if chosen.is_empty() {
             bail!("{}: the cache holds no pairs", dir.display());
         }
+        for (i, shard) in index.shards.iter().enumerate() {
+            let same = |a: &[usize], b: &[usize]| a[1..] == b[1..];
+            if !same(&chosen[i].dims(), &chosen[0].dims()) || !same(&context[i].dims(), &context[0].dims()) {
+                bail!(
+                    "{}: shard {} holds latents {:?} / context {:?}, the first shard {:?} / {:?}",
+                    dir.display(),
+                    shard.file,
+                    chosen[i].dims(),
+                    context[i].dims(),
+                    chosen[0].dims(),
+                    context[0].dims()
+                );
+            }
+        }
         let chosen = Tensor::cat(chosen, 0);
         let len = chosen.dims()[0];
         Ok(Self {
@@ -121,6 +137,22 @@ impl PairsFile {
             time_ids: Tensor::cat(time_ids, 0),
             spread: sample_latents.then(|| (Tensor::cat(chosen_sd, 0), Tensor::cat(rejected_sd, 0))),
             len,
+        })
+    }
+
+    /// The pairs' shapes against the UNet they will train (a pairs file or cache made for
+    /// another model would otherwise fail deep inside the first step).
+    pub fn check_model(&self, source: &Path, config: &UNetConfig) -> Result<()> {
+        let n = [self.len];
+        let shapes = InputShapes {
+            sample: &self.chosen.dims(),
+            timestep: &n,
+            encoder_hidden_states: &self.context.dims(),
+            text_embeds: Some(&self.text_embeds.dims()),
+            time_ids: Some(&self.time_ids.dims()),
+        };
+        check_shapes(config, &shapes).with_context(|| {
+            format!("{}: the pairs do not fit the model's UNet (made for another model?)", source.display())
         })
     }
 

@@ -6,5 +6,6 @@ pub mod config;
 pub mod data;
 pub mod lr;
 pub mod optim;
+pub mod outdir;
 pub mod run;
 pub mod step;

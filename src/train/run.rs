@@ -16,6 +16,7 @@ use super::config::TrainConfig;
 use super::data::PairsFile;
 use super::lr::multiplier;
 use super::optim::{GradMap, Optimizer, OptimizerConfig};
+use super::outdir::{self, OutputLock};
 use super::step::{forward_backward, updated_params_finite};
 use crate::cli::forward::component_dir;
 use crate::device::select;
@@ -29,21 +30,74 @@ use crate::sample::euler::EulerSchedule;
 use crate::sample::schedule::NoiseSchedule;
 use crate::sample::validate::{Prompts, initial_noise, sample_latents, save_samples};
 
+/// How a run starts in its output folder.
+#[derive(Debug, Clone, Default)]
+pub struct Start {
+    /// `latest` or a checkpoint folder.
+    pub resume: Option<String>,
+    /// A folder holding another run is moved aside (`<dir>.previous-N`) instead of refused.
+    pub overwrite: bool,
+}
+
+impl Start {
+    pub fn resume(which: Option<&str>) -> Self {
+        Self { resume: which.map(str::to_string), overwrite: false }
+    }
+}
+
 /// Runs (or resumes) a training run; returns the final loss.
-pub fn train(config: &TrainConfig, resume: Option<&str>) -> Result<f64> {
-    train_with(config, resume, &mut |_, _| Ok(()))
+pub fn train(config: &TrainConfig, start: &Start) -> Result<f64> {
+    train_with(config, start, &mut |_, _| Ok(()))
 }
 
 /// Called after every optimizer step (1-based) with the current weights; the experiment
 /// runner scores the model from here.
 pub type StepHook<'a> = dyn FnMut(usize, &UNet2DConditionModel) -> Result<()> + 'a;
 
-/// [`train`], calling `hook` after every step.
-pub fn train_with(config: &TrainConfig, resume: Option<&str>, hook: &mut StepHook) -> Result<f64> {
+/// Takes the output folder for this run: locked, cleaned of dead writers' leftovers, and
+/// refused when it holds another run (unless `overwrite`) or, on resume, a run whose
+/// math-changing settings differ from `config`'s.
+fn claim_output(config: &TrainConfig, start: &Start) -> Result<OutputLock> {
     let out = &config.output_dir;
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    write_atomic(&out.join("config.toml"), toml::to_string_pretty(config)?.as_bytes())?;
+    let lock = outdir::lock(out)?;
+    outdir::refuse_symlinks(out)?;
+    outdir::clean_stale(out)?;
+    match &start.resume {
+        None if outdir::holds_run(out) => {
+            if !start.overwrite {
+                bail!(
+                    "{} holds another run (config.toml, metrics or checkpoints): continue it with --resume latest, \
+                     move it aside with --overwrite, or choose another output_dir",
+                    out.display()
+                );
+            }
+            let aside = outdir::move_aside(out)?;
+            eprintln!("--overwrite: the previous run in {} was moved to {}", out.display(), aside.display());
+        }
+        None => {}
+        Some(_) => {
+            let saved = out.join("config.toml");
+            if let Ok(text) = std::fs::read_to_string(&saved) {
+                let before: TrainConfig =
+                    toml::from_str(&text).with_context(|| format!("{} (the run's saved config)", saved.display()))?;
+                let changed = super::config::math_changes(&before, config)?;
+                if !changed.is_empty() {
+                    bail!(
+                        "--resume: the run in {} was started with other settings; resuming would mix two runs:\n  {}\n\
+                         undo these changes, or start a new run elsewhere",
+                        out.display(),
+                        changed.join("\n  ")
+                    );
+                }
+            }
+        }
+    }
+    Ok(lock)
+}
 
+/// [`train`], calling `hook` after every step.
+pub fn train_with(config: &TrainConfig, how: &Start, hook: &mut StepHook) -> Result<f64> {
+    let out = &config.output_dir;
     let method = build(&config.method, Params::from_map(config.method_params.clone()))?;
     let selected = select(config.device.as_deref())?;
     let plain = selected.device.clone();
@@ -52,23 +106,10 @@ pub fn train_with(config: &TrainConfig, resume: Option<&str>, hook: &mut StepHoo
     } else {
         plain.clone().autodiff()
     };
+    let compute = selected.precision(&config.dtype)?;
     let unet_dir = component_dir(&config.model, "unet")?;
     let (_, unet_config) = crate::models::config::read_config::<serde_json::Value>(&unet_dir)?;
-    let data_path = if crate::data::cache::is_parquet(&config.data) {
-        crate::data::cache::ensure(
-            &config.model,
-            &config.data,
-            &out.join("cache"),
-            &config.data_transform,
-            config.seed,
-            config.device.as_deref(),
-        )?
-    } else {
-        config.data.clone()
-    };
-    let data = PairsFile::open_with(&data_path, &device, config.sample_latents)?;
     let schedule = NoiseSchedule::sdxl();
-    let compute = selected.precision(&config.dtype)?;
 
     let o = &config.optimizer;
     let opt_config = match o.name.as_str() {
@@ -91,7 +132,7 @@ pub fn train_with(config: &TrainConfig, resume: Option<&str>, hook: &mut StepHoo
     let mut optimizer = Optimizer::new(opt_config);
 
     let metrics_path = out.join("metrics.jsonl");
-    let (mut unet, start, mut bad_in_a_row) = match resume {
+    let (mut unet, start, mut bad_in_a_row) = match how.resume.as_deref() {
         Some(which) => {
             let dir = checkpoint::resolve(out, which)?;
             let (state, unet_ckpt) = checkpoint::load(&dir, &mut optimizer, &plain)?;
@@ -105,7 +146,6 @@ pub fn train_with(config: &TrainConfig, resume: Option<&str>, hook: &mut StepHoo
                     config.grad_accumulation
                 );
             }
-            truncate_metrics(&metrics_path, state.step)?;
             eprintln!("resuming from {} (step {})", dir.display(), state.step);
             let unet = match &config.lora {
                 Some(lora) => {
@@ -124,7 +164,6 @@ pub fn train_with(config: &TrainConfig, resume: Option<&str>, hook: &mut StepHoo
             (unet, state.step, state.bad_in_a_row)
         }
         None => {
-            let _ = std::fs::remove_file(&metrics_path);
             // Fresh LoRA adapters are drawn from the device's generator: seed it.
             plain.seed(config.seed);
             device.seed(config.seed);
@@ -148,6 +187,30 @@ pub fn train_with(config: &TrainConfig, resume: Option<&str>, hook: &mut StepHoo
         (true, Ok(dir)) => Some(AutoencoderKL::from_dir(&dir, &plain, DType::F32)?),
         _ => None,
     };
+    // The models have loaded: the folder is claimed only now (a run that cannot start
+    // leaves it as it was), then the data is read (a parquet source is cached into it).
+    let _lock = claim_output(config, how)?;
+    let data_path = if crate::data::cache::is_parquet(&config.data) {
+        crate::data::cache::ensure(
+            &config.model,
+            &config.data,
+            &out.join("cache"),
+            &config.data_transform,
+            config.seed,
+            config.device.as_deref(),
+        )?
+    } else {
+        config.data.clone()
+    };
+    let data = PairsFile::open_with(&data_path, &device, config.sample_latents)?;
+    data.check_model(&data_path, &serde_json::from_value(unet_config.clone())?)?;
+    // Every input has loaded: only now is the folder's run state written.
+    write_atomic(&out.join("config.toml"), toml::to_string_pretty(config)?.as_bytes())?;
+    if start > 0 {
+        truncate_metrics(&metrics_path, start)?;
+    } else {
+        let _ = std::fs::remove_file(&metrics_path);
+    }
     let mut metrics = OpenOptions::new().create(true).append(true).open(&metrics_path)?;
     let bar = ProgressBar::new(config.steps as u64).with_position(start as u64);
     bar.set_style(

@@ -1,0 +1,60 @@
+//! Inputs of the VAE and the text encoders checked against their configs before any tensor
+//! op (the UNet's are in `unet/inputs.rs`): shapes, token-id ranges and finiteness, each
+//! error naming the tensor and what was expected.
+
+use anyhow::{Result, bail, ensure};
+
+use super::clip::ClipTextConfig;
+use super::vae::VaeConfig;
+
+fn rank_and_size(name: &str, got: &[usize], want: &[Option<usize>]) -> Result<()> {
+    let fits = got.len() == want.len() && got.iter().zip(want).all(|(g, w)| w.is_none_or(|w| *g == w));
+    if !fits {
+        let want: Vec<String> = want.iter().map(|w| w.map_or("_".into(), |w| w.to_string())).collect();
+        bail!("{name}: expected shape [{}], found {got:?}", want.join(", "));
+    }
+    ensure!(got.iter().all(|&d| d > 0), "{name}: shape {got:?} has an empty dimension");
+    Ok(())
+}
+
+/// Images for `vae-encode`: [B, in_channels, H, W] with H, W divisible by the encoder's
+/// downsampling factor.
+pub fn check_vae_images(config: &VaeConfig, shape: &[usize]) -> Result<()> {
+    rank_and_size("sample", shape, &[None, Some(config.in_channels), None, None])?;
+    let factor = 1usize << config.block_out_channels.len().saturating_sub(1);
+    ensure!(
+        shape[2].is_multiple_of(factor) && shape[3].is_multiple_of(factor),
+        "sample: height and width {}×{} must be multiples of {factor} (the VAE's downsampling)",
+        shape[2],
+        shape[3]
+    );
+    Ok(())
+}
+
+/// Latents for `vae-decode`: [B, latent_channels, h, w].
+pub fn check_vae_latents(config: &VaeConfig, shape: &[usize]) -> Result<()> {
+    rank_and_size("latents", shape, &[None, Some(config.latent_channels), None, None])
+}
+
+/// Token ids [B, L]: 0 < L ≤ max_position_embeddings, every id in [0, vocab_size).
+pub fn check_token_ids(config: &ClipTextConfig, shape: &[usize], ids: &[i64]) -> Result<()> {
+    rank_and_size("input_ids", shape, &[None, None])?;
+    ensure!(
+        shape[1] <= config.max_position_embeddings,
+        "input_ids: {} tokens per prompt, the encoder has {} positions",
+        shape[1],
+        config.max_position_embeddings
+    );
+    if let Some((i, id)) = ids.iter().enumerate().find(|(_, id)| **id < 0 || **id >= config.vocab_size as i64) {
+        bail!("input_ids: id {id} at position {i} is outside the vocabulary [0, {})", config.vocab_size);
+    }
+    Ok(())
+}
+
+/// A float input with a NaN or an infinity would flow through silently.
+pub fn check_finite(name: &str, values: &[f32]) -> Result<()> {
+    if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        bail!("{name}: element {i} is {v} (inputs must be finite)");
+    }
+    Ok(())
+}

@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Everything a GPU machine measures, in one run (≤ 8 minutes on an H200), into one folder:
+#   1. CUDA parity of `mapo forward` against the committed PyTorch fixtures, f32 and bf16;
+#   2. training steps on the real SDXL UNet config (random weights), 1024², bf16, gradient
+#      checkpointing: SFT / DPO / MaPO × LoRA / full, mapo and PyTorch + diffusers (SDPA)
+#      side by side, plus mapo with `--attention naive` for the attention's before/after;
+#   3. 30-step generation, mapo vs diffusers;
+#   4. max batch of MaPO and DPO (LoRA), mapo, while time is left.
+# then prints one summary table (also $OUT/summary.md).
+#
+# On the GPU machine (no Rust, no diffusers): `bash tools/gpu/pack.sh` here first, which
+# puts the xz'd CUDA binary and the diffusers wheel into .gpu/ (carry it), then there:
+#   bash tools/gpu/run-all.sh
+# Rehearsal on a CPU, every step the same but flex, the tiny config, 64² and small counts:
+#   MAPO_GPU_REHEARSAL=1 bash tools/gpu/run-all.sh
+#
+# Env: OUT (result folder; default gpu-results/), MAPO_BIN (default: .gpu/mapo, unpacked
+# from .gpu/mapo-cuda.xz), PYTHON (default python3), MAPO_GPU_BUDGET_S (default 450: the
+# sections after the budget is spent are skipped and say so).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+OUT="${OUT:-$ROOT/gpu-results}"
+mkdir -p "$OUT"
+LOG="$OUT/log.txt"
+RESULTS="$OUT/results.jsonl"
+: >"$LOG"
+: >"$RESULTS"
+PYTHON="${PYTHON:-python3}"
+BUDGET="${MAPO_GPU_BUDGET_S:-450}"
+T0=$(date +%s)
+export PYTHONUNBUFFERED=1 MAPO_QUIET_DEVICE=1
+
+if [ "${MAPO_GPU_REHEARSAL:-0}" = 1 ]; then
+  DEV=flex TORCH_DEV=cpu MODEL=tiny RES=64 GEN_RES=64 GEN_STEPS=3 DTYPE=bf16 STEPS=1 WARMUP=1 MAXB=4 TMO=300
+  BIN="${MAPO_BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/mapo-target}/release/mapo}"
+else
+  DEV=cuda TORCH_DEV=cuda MODEL=sdxl RES=1024 GEN_RES=1024 GEN_STEPS=30 DTYPE=bf16 STEPS=3 WARMUP=1 MAXB=32 TMO=150
+  BIN="${MAPO_BIN:-$ROOT/.gpu/mapo}"
+fi
+
+say() { printf '%s\n' "$*" | tee -a "$LOG"; }
+left() { echo $((BUDGET - ($(date +%s) - T0))); }
+# Runs one measurement (a command printing one JSON line last); records it, or its failure.
+measure() {
+  local label=$1
+  shift
+  if [ "$(left)" -le 0 ]; then
+    say "skip $label: budget of ${BUDGET}s spent"
+    echo "{\"label\":\"$label\",\"skipped\":\"budget\"}" >>"$RESULTS"
+    return
+  fi
+  local t=$(date +%s) line rc
+  line=$(timeout "$TMO" "$@" 2>>"$LOG" | tail -n 1)
+  rc=${PIPESTATUS[0]}
+  if [ "$rc" = 0 ] && [ "${line:0:1}" = "{" ]; then
+    echo "{\"label\":\"$label\",\"result\":$line}" >>"$RESULTS"
+    say "ok   $label ($(($(date +%s) - t)) s)"
+  else
+    echo "{\"label\":\"$label\",\"failed\":$rc}" >>"$RESULTS"
+    say "FAIL $label (exit $rc after $(($(date +%s) - t)) s; see log.txt)"
+  fi
+}
+
+say "== setup ($(date -u +%FT%TZ))"
+if [ ! -x "$BIN" ] && [ -f "$ROOT/.gpu/mapo-cuda.xz" ]; then
+  xz -dc "$ROOT/.gpu/mapo-cuda.xz" >"$ROOT/.gpu/mapo" && chmod +x "$ROOT/.gpu/mapo"
+fi
+[ -x "$BIN" ] || { say "no mapo binary at $BIN (run tools/gpu/pack.sh here and carry .gpu)"; exit 1; }
+if ls "$ROOT"/.gpu/*.whl >/dev/null 2>&1; then
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/mapo-site \
+    "$ROOT"/.gpu/*.whl >>"$LOG" 2>&1 && export PYTHONPATH=/tmp/mapo-site${PYTHONPATH:+:$PYTHONPATH}
+fi
+{ nvidia-smi -L 2>/dev/null || echo "no nvidia-smi"; "$BIN" --version; "$PYTHON" -c \
+  'import torch, diffusers; print("torch", torch.__version__, "diffusers", diffusers.__version__)'; } 2>&1 | tee -a "$LOG"
+
+say "== 1. parity ($DEV)"
+for dt in f32 bf16; do
+  if timeout "$TMO" "$PYTHON" tools/gpu/check_backend.py "$BIN" "$DEV" "$dt" >"$OUT/parity-$dt.txt" 2>&1; then
+    say "ok   parity $dt: $(tail -n 1 "$OUT/parity-$dt.txt")"
+  else
+    say "FAIL parity $dt: $(tail -n 1 "$OUT/parity-$dt.txt")"
+  fi
+done
+
+say "== 2. train step ($MODEL, ${RES}², $DTYPE, gradient checkpointing)"
+common=(--model "$MODEL" --resolution "$RES" --batch 1 --dtype "$DTYPE" --grad-ckpt --steps "$STEPS" --warmup "$WARMUP")
+for mode in lora full; do
+  extra=()
+  [ "$mode" = lora ] && extra=(--lora 8)
+  for method in mapo dpo sft; do
+    measure "train $method $mode mapo" "$BIN" bench train-step --method "$method" "${common[@]}" "${extra[@]}" --device "$DEV"
+    measure "train $method $mode torch" "$PYTHON" benches/torch/bench.py train-step --method "$method" \
+      "${common[@]}" "${extra[@]}" --device "$TORCH_DEV"
+  done
+done
+measure "train mapo lora mapo-naive-attention" "$BIN" bench train-step --method mapo "${common[@]}" --lora 8 \
+  --attention naive --device "$DEV"
+
+say "== 3. generation (${GEN_RES}², $GEN_STEPS steps, $DTYPE)"
+measure "generate mapo" "$BIN" bench generate --model "$MODEL" --resolution "$GEN_RES" --steps "$GEN_STEPS" \
+  --dtype "$DTYPE" --device "$DEV"
+measure "generate torch" "$PYTHON" benches/torch/bench.py generate --model "$MODEL" --resolution "$GEN_RES" \
+  --steps "$GEN_STEPS" --dtype "$DTYPE" --device "$TORCH_DEV"
+
+say "== 4. max batch (LoRA 8, ≤ $MAXB)"
+for method in mapo dpo; do
+  measure "max-batch $method lora mapo" "$BIN" bench max-batch --method "$method" --model "$MODEL" \
+    --resolution "$RES" --dtype "$DTYPE" --grad-ckpt --lora 8 --max "$MAXB" --device "$DEV"
+done
+
+say "== summary ($(($(date +%s) - T0)) s in all)"
+"$PYTHON" tools/gpu/summary.py "$RESULTS" "$OUT"/parity-*.txt | tee "$OUT/summary.md"

@@ -1,0 +1,69 @@
+"""One table from run-all.sh's results.jsonl (and the parity logs):
+
+  python3 tools/gpu/summary.py OUT/results.jsonl OUT/parity-*.txt
+
+Peaks: device memory reserved by the allocator where the backend reports it (CUDA: Burn's
+pool, PyTorch's max_memory_reserved), else the process's peak RSS.
+"""
+import json
+import sys
+
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+by = {r["label"]: r for r in rows}
+
+
+def res(label):
+    return by.get(label, {}).get("result")
+
+
+def status(label):
+    r = by.get(label)
+    if r is None:
+        return "not run"
+    if "skipped" in r:
+        return "skipped"
+    if "failed" in r:
+        return f"failed ({r['failed']})"
+    return None
+
+
+def gb(r):
+    b = r.get("peak_device_bytes") or r.get("peak_rss_bytes")
+    return f"{b / 1e9:.2f}" if b else "—"
+
+
+def cell_time(label, key="median_s"):
+    r = res(label)
+    return f"{r[key]:.3f}" if r else status(label)
+
+
+out = ["## Parity", ""]
+for path in sys.argv[2:]:
+    lines = [line.strip() for line in open(path) if line.strip()]
+    out.append(f"- {path.rsplit('/', 1)[-1]}: {lines[-1] if lines else 'no output'}")
+
+out += ["", "## Training step (median s/step, peak GB)", "",
+        "| method | weights | mapo s | torch s | mapo / torch | mapo GB | torch GB |", "|---|---|---:|---:|---:|---:|---:|"]
+for mode in ["lora", "full"]:
+    for method in ["sft", "dpo", "mapo"]:
+        m, t = res(f"train {method} {mode} mapo"), res(f"train {method} {mode} torch")
+        ratio = f"{m['median_s'] / t['median_s']:.2f}" if m and t else "—"
+        out.append(f"| {method} | {mode} | {cell_time(f'train {method} {mode} mapo')} | "
+                   f"{cell_time(f'train {method} {mode} torch')} | {ratio} | {gb(m) if m else '—'} | {gb(t) if t else '—'} |")
+for label, name in [("train mapo lora mapo", "efficient"), ("train mapo lora mapo-naive-attention", "naive")]:
+    r = res(label)
+    out.append(f"- mapo LoRA MaPO step, {name} attention: "
+               + (f"{r['median_s']:.3f} s, {gb(r)} GB" if r else status(label)))
+
+out += ["", "## Generation (whole run, s)", ""]
+for impl in ["mapo", "torch"]:
+    r = res(f"generate {impl}")
+    out.append(f"- {impl}: " + (f"{r['total_s']:.2f} s ({r['step_median_s']:.3f} s/step), {gb(r)} GB" if r
+                                  else status(f"generate {impl}")))
+
+out += ["", "## Max batch (LoRA)", ""]
+for method in ["mapo", "dpo"]:
+    r = res(f"max-batch {method} lora mapo")
+    out.append(f"- {method}: " + (f"{r['max_batch']} (tried ≤ {r['max_tried']})" if r
+                                  else status(f"max-batch {method} lora mapo")))
+print("\n".join(out))
