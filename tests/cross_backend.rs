@@ -31,9 +31,10 @@ fn a_tiny_run_gives_the_same_loss_curve_on_flex_and_on_the_device_under_test() {
     let other = device_name();
     for (method, tol) in [("mapo", 1e-5), ("dpo", 2e-3), ("sft", 1e-5)] {
         let mut curves = Vec::new();
-        for device in ["flex", other.as_str()] {
-            let out = dir.join(format!("{method}-{device}"));
-            let config = dir.join(format!("{method}-{device}.toml"));
+        // Two folders even when the device under test is flex itself.
+        for (i, device) in ["flex", other.as_str()].into_iter().enumerate() {
+            let out = dir.join(format!("{method}-{i}-{device}"));
+            let config = dir.join(format!("{method}-{i}-{device}.toml"));
             std::fs::write(
                 &config,
                 format!(

@@ -135,6 +135,13 @@ fn shipped_experiment_files_plan() {
     let ablation = plan("toy-ablation-beta.toml", &[]);
     assert_eq!(ablation.len(), 12, "{ablation:?}");
     assert!(ablation.contains(&"dpo-beta=5000.0-s1".to_string()), "{ablation:?}");
+    // Two swept keys with the same last name keep their whole paths: no run is dropped.
+    let both = plan(
+        "toy-ablation-beta.toml",
+        &["--set", "sweep={\"train.optimizer.lr\" = [1e-4, 2e-4], \"pretrain.lr\" = [1e-3, 2e-3]}", "--set", "seeds=[0]"],
+    );
+    assert_eq!(both.len(), 8, "{both:?}");
+    assert!(both.contains(&"mapo-pretrain.lr=0.002-train.optimizer.lr=0.0002-s0".to_string()), "{both:?}");
     let model = format!("model.path={root}/tests/fixtures/tiny-sdxl");
     let sdxl = plan("sdxl-pick-style-cartoon.toml", &["--set", &model, "--set", "data.parquet=/nonexistent"]);
     assert_eq!(sdxl, ["sft-s0", "dpo-s0", "mapo-s0"]);

@@ -189,7 +189,6 @@ fn plan(base: &ExperimentConfig, raw: &toml::Value) -> Result<Vec<PlannedRun>> {
             })
             .collect();
     }
-    let short = short_names(&keys);
     let mut out: Vec<PlannedRun> = Vec::new();
     for combo in &combos {
         for method in &base.methods {
@@ -198,6 +197,7 @@ fn plan(base: &ExperimentConfig, raw: &toml::Value) -> Result<Vec<PlannedRun>> {
                 .iter()
                 .filter(|(k, _)| !k.starts_with("method_params.") || k.starts_with(&format!("method_params.{method}.")))
                 .collect();
+            let short = short_names(&relevant.iter().map(|(k, _)| k).collect::<Vec<_>>());
             for &seed in &base.seeds {
                 let mut value = raw.clone();
                 if let Some(t) = value.as_table_mut() {
@@ -230,8 +230,9 @@ fn plan(base: &ExperimentConfig, raw: &toml::Value) -> Result<Vec<PlannedRun>> {
     Ok(out)
 }
 
-/// Each swept key by its last dotted component, or by its whole path where two keys share
-/// that last component (`train.optimizer.lr` and `pretrain.lr`): run names stay unique.
+/// Each swept key of a run by its last dotted component, or by its whole path where two of
+/// the run's keys share that last component (`train.optimizer.lr` and `pretrain.lr`): run
+/// names stay unique.
 fn short_names(keys: &[&String]) -> BTreeMap<String, String> {
     let last = |k: &str| k.rsplit('.').next().unwrap_or(k).to_string();
     keys.iter()
