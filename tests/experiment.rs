@@ -138,7 +138,12 @@ fn shipped_experiment_files_plan() {
     // Two swept keys with the same last name keep their whole paths: no run is dropped.
     let both = plan(
         "toy-ablation-beta.toml",
-        &["--set", "sweep={\"train.optimizer.lr\" = [1e-4, 2e-4], \"pretrain.lr\" = [1e-3, 2e-3]}", "--set", "seeds=[0]"],
+        &[
+            "--set",
+            "sweep={\"train.optimizer.lr\" = [1e-4, 2e-4], \"pretrain.lr\" = [1e-3, 2e-3]}",
+            "--set",
+            "seeds=[0]",
+        ],
     );
     assert_eq!(both.len(), 8, "{both:?}");
     assert!(both.contains(&"mapo-pretrain.lr=0.002-train.optimizer.lr=0.0002-s0".to_string()), "{both:?}");

@@ -308,6 +308,46 @@ fn leftovers_links_and_escapes() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Defect 4: a parquet file with no rows (or none usable) is an error, not "0 pairs cached".
+#[test]
+fn an_empty_parquet_is_an_error() {
+    use parquet::file::properties::WriterProperties;
+    use parquet::file::writer::SerializedFileWriter;
+    use parquet::schema::parser::parse_message_type;
+    let dir = std::env::temp_dir().join(format!("mapo-rel-empty-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let schema = parse_message_type(
+        "message pairs { required binary caption (UTF8); required binary jpg_0; required binary jpg_1; \
+         required double label_0; required double label_1; }",
+    )
+    .unwrap();
+    let file = dir.join("empty.parquet");
+    let writer = SerializedFileWriter::new(
+        std::fs::File::create(&file).unwrap(),
+        std::sync::Arc::new(schema),
+        std::sync::Arc::new(WriterProperties::builder().build()),
+    )
+    .unwrap();
+    writer.close().unwrap();
+    let out = mapo(&[
+        "cache",
+        "--device",
+        "flex",
+        "--model",
+        fixtures().join("tiny-sdxl").to_str().unwrap(),
+        "--data",
+        file.to_str().unwrap(),
+        "--out",
+        dir.join("cache").to_str().unwrap(),
+        "--resolution",
+        "32",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no usable pair"), "{}", stderr(&out));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {

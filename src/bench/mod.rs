@@ -22,7 +22,7 @@ use crate::sample::noise::gaussian;
 use crate::sample::schedule::NoiseSchedule;
 use crate::sample::validate::{Prompts, sample_latents};
 use crate::train::optim::{Optimizer, OptimizerConfig};
-use crate::train::step::{PairBatch, apply_update, forward_backward};
+use crate::train::step::{PairBatch, apply_update, forward_backward, updated_params_finite};
 
 /// Built-in configs: `tiny` (the test fixtures' UNet) and `sdxl` (the real one).
 pub fn unet_config(model: &str) -> Result<(UNetConfig, serde_json::Value)> {
@@ -128,7 +128,7 @@ pub fn train_step(b: &TrainBench) -> Result<serde_json::Value> {
     };
     let schedule = NoiseSchedule::sdxl();
     let mut optimizer = Optimizer::new(OptimizerConfig::adamw(1e-5));
-    let mut times = Vec::new();
+    let (mut times, mut checks) = (Vec::new(), Vec::new());
     for i in 0..b.warmup + b.steps {
         plain.sync()?;
         let t0 = Instant::now();
@@ -136,16 +136,25 @@ pub fn train_step(b: &TrainBench) -> Result<serde_json::Value> {
         let (next, _) = apply_update(unet, &micro.grads, &mut optimizer, 1e-5, 1.0);
         unet = next;
         plain.sync()?;
+        // The trainer's finite check of the updated weights, timed on its own.
+        let t1 = Instant::now();
+        let finite = updated_params_finite(&unet, &micro.grads);
         if i >= b.warmup {
+            checks.push(t1.elapsed().as_secs_f64());
             times.push(t0.elapsed().as_secs_f64());
         }
+        if !finite {
+            bail!("step {}: the update made parameters non-finite", i + 1);
+        }
     }
+    let (check, _, _) = stats(&mut checks);
     let (median, min, max) = stats(&mut times);
     Ok(json!({
         "bench": "train-step", "impl": "mapo", "method": b.method, "model": b.model, "resolution": b.resolution,
         "batch": b.batch, "dtype": b.dtype, "lora": b.lora, "grad_ckpt": b.grad_ckpt, "attention": b.attention,
         "device": selected.backend.name(), "steps": b.steps, "median_s": median, "min_s": min, "max_s": max,
         "samples_per_s": b.batch as f64 / median,
+        "finite_check_s": check, "finite_check_share": check / median,
         "peak_device_bytes": plain.memory_pool_usage().map(|u| u.bytes_reserved),
         "peak_rss_bytes": peak_rss(),
     }))

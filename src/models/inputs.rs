@@ -7,7 +7,8 @@ use anyhow::{Result, bail, ensure};
 use super::clip::ClipTextConfig;
 use super::vae::VaeConfig;
 
-fn rank_and_size(name: &str, got: &[usize], want: &[Option<usize>]) -> Result<()> {
+/// `got` against `want` (`None`: any size), and no dimension empty.
+pub fn expect_shape(name: &str, got: &[usize], want: &[Option<usize>]) -> Result<()> {
     let fits = got.len() == want.len() && got.iter().zip(want).all(|(g, w)| w.is_none_or(|w| *g == w));
     if !fits {
         let want: Vec<String> = want.iter().map(|w| w.map_or("_".into(), |w| w.to_string())).collect();
@@ -20,7 +21,7 @@ fn rank_and_size(name: &str, got: &[usize], want: &[Option<usize>]) -> Result<()
 /// Images for `vae-encode`: [B, in_channels, H, W] with H, W divisible by the encoder's
 /// downsampling factor.
 pub fn check_vae_images(config: &VaeConfig, shape: &[usize]) -> Result<()> {
-    rank_and_size("sample", shape, &[None, Some(config.in_channels), None, None])?;
+    expect_shape("sample", shape, &[None, Some(config.in_channels), None, None])?;
     let factor = 1usize << config.block_out_channels.len().saturating_sub(1);
     ensure!(
         shape[2].is_multiple_of(factor) && shape[3].is_multiple_of(factor),
@@ -33,12 +34,12 @@ pub fn check_vae_images(config: &VaeConfig, shape: &[usize]) -> Result<()> {
 
 /// Latents for `vae-decode`: [B, latent_channels, h, w].
 pub fn check_vae_latents(config: &VaeConfig, shape: &[usize]) -> Result<()> {
-    rank_and_size("latents", shape, &[None, Some(config.latent_channels), None, None])
+    expect_shape("latents", shape, &[None, Some(config.latent_channels), None, None])
 }
 
 /// Token ids [B, L]: 0 < L ≤ max_position_embeddings, every id in [0, vocab_size).
 pub fn check_token_ids(config: &ClipTextConfig, shape: &[usize], ids: &[i64]) -> Result<()> {
-    rank_and_size("input_ids", shape, &[None, None])?;
+    expect_shape("input_ids", shape, &[None, None])?;
     ensure!(
         shape[1] <= config.max_position_embeddings,
         "input_ids: {} tokens per prompt, the encoder has {} positions",

@@ -119,7 +119,14 @@ pub fn forward_backward(
             },
         };
         let e = Errors::from_prediction(predict(reference, &plain, compute), plain.target, with_rejected);
-        Errors { chosen: Tensor::from_inner(e.chosen), rejected: e.rejected.map(Tensor::from_inner) }
+        // Back on the autodiff device, with the policy's checkpointing strategy: tensors of
+        // one op must share it (Burn panics otherwise).
+        let strategy = x.noisy.gradient_checkpointing_strategy();
+        let lift = |t: Tensor<1>| match strategy {
+            Some(s) => Tensor::from_inner(t).with_gradient_checkpointing_strategy(s),
+            None => Tensor::from_inner(t),
+        };
+        Errors { chosen: lift(e.chosen), rejected: e.rejected.map(lift) }
     });
 
     let out = method.compute(&policy, reference_errors.as_ref());

@@ -1,9 +1,10 @@
 //! The UNet's inputs checked against its config before any tensor op: a wrong shape deep in
 //! Burn is a panic (or, with an empty batch, a segfault), never an error a user can read.
 
-use anyhow::{Result, bail, ensure};
+use anyhow::{Result, bail};
 
 use super::config::UNetConfig;
+use crate::models::inputs::expect_shape as expect;
 
 /// The shapes of one UNet call's inputs (`text_embeds`/`time_ids` only for SDXL-type UNets).
 pub struct InputShapes<'a> {
@@ -12,16 +13,6 @@ pub struct InputShapes<'a> {
     pub encoder_hidden_states: &'a [usize],
     pub text_embeds: Option<&'a [usize]>,
     pub time_ids: Option<&'a [usize]>,
-}
-
-fn expect(name: &str, got: &[usize], want: &[Option<usize>]) -> Result<()> {
-    let fits = got.len() == want.len() && got.iter().zip(want).all(|(g, w)| w.is_none_or(|w| *g == w));
-    if !fits {
-        let want: Vec<String> = want.iter().map(|w| w.map_or("_".into(), |w| w.to_string())).collect();
-        bail!("{name}: expected shape [{}], found {got:?}", want.join(", "));
-    }
-    ensure!(got.iter().all(|&d| d > 0), "{name}: shape {got:?} has an empty dimension");
-    Ok(())
 }
 
 /// Every input's rank, size and batch against `config`, naming the tensor at fault.
