@@ -308,6 +308,50 @@ fn leftovers_links_and_escapes() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A run killed with SIGKILL at a random moment (here: once its second checkpoint exists,
+/// possibly mid-write of the next) resumes to exactly the uninterrupted run's weights and
+/// metrics; the dead process's lock and temporaries are no obstacle.
+#[test]
+fn kill_9_then_resume_equals_an_uninterrupted_run() {
+    let (dir, config) = setup("kill");
+    let steps = ["--set", "steps=12"];
+    let full = train(&config, &[&steps[..], &["--set", &format!("output_dir={:?}", dir.join("full"))]].concat());
+    assert!(full.status.success(), "{}", stderr(&full));
+    let run = dir.join("run");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mapo"))
+        .args(["train", "--config", config.to_str().unwrap(), "--set", "steps=12"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while !run.join("checkpoint-00000002/state.json").exists() {
+        assert!(t0.elapsed().as_secs() < 120, "no checkpoint after 120 s");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(run.join(".mapo.lock").exists(), "a killed run leaves its lock");
+    let out = train(&config, &[&steps[..], &["--resume", "latest"]].concat());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let metrics = |d: &Path| -> Vec<serde_json::Value> {
+        String::from_utf8(read(&d.join("metrics.jsonl")))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                for k in ["step_time_s", "samples_per_s"] {
+                    v.as_object_mut().unwrap().remove(k);
+                }
+                v
+            })
+            .collect()
+    };
+    assert_eq!(metrics(&run), metrics(&dir.join("full")));
+    let weights = |d: &Path| read(&d.join("unet/diffusion_pytorch_model.safetensors"));
+    assert!(weights(&run) == weights(&dir.join("full")), "final weights differ");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// Defect 4: a parquet file with no rows (or none usable) is an error, not "0 pairs cached".
 #[test]
 fn an_empty_parquet_is_an_error() {

@@ -108,10 +108,11 @@ pub fn move_aside(dir: &Path) -> Result<PathBuf> {
 }
 
 /// Refuses symlinks where the run writes: a linked `unet/` would have its target overwritten.
+/// `cache` may be a link: a shared latent cache checks its own identity before any reuse.
 pub fn refuse_symlinks(dir: &Path) -> Result<()> {
     for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let entry = entry?;
-        if entry.file_type()?.is_symlink() {
+        if entry.file_type()?.is_symlink() && entry.file_name() != "cache" {
             bail!(
                 "{} is a symbolic link inside the output folder; mapo does not write through links (remove it or \
                  choose another output_dir)",

@@ -55,6 +55,11 @@ for label, name in [("train mapo lora mapo", "efficient"), ("train mapo lora map
     out.append(f"- mapo LoRA MaPO step, {name} attention: "
                + (f"{r['median_s']:.3f} s, {gb(r)} GB" if r else status(label)))
 
+shares = [r["finite_check_share"] for r in (res(f"train {m} {w} mapo") for m in ["sft", "dpo", "mapo"]
+                                             for w in ["lora", "full"]) if r and "finite_check_share" in r]
+if shares:
+    out.append(f"- finite check of the updated weights: {100 * min(shares):.2f}–{100 * max(shares):.2f}% of a step")
+
 out += ["", "## Generation (whole run, s)", ""]
 for impl in ["mapo", "torch"]:
     r = res(f"generate {impl}")
