@@ -102,3 +102,24 @@ fn generate_with_lora_file_equals_the_merged_unet() {
     assert_close("--lora vs merged --unet", with_lora, merged, 1e-5);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Without --width/--height the image is the UNet's `sample_size` × the VAE's factor, as in
+/// diffusers (tiny fixture: 16 × 4 = 64; SDXL: 128 × 8 = 1024).
+#[test]
+fn generate_defaults_to_the_models_size() {
+    let dir = std::env::temp_dir().join(format!("mapo-generate-size-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let png = dir.join("cat.png");
+    let model = fixtures().join("tiny-sdxl");
+    run_mapo(
+        &["generate", "--model", model.to_str().unwrap(), "--prompt", "a cat", "--steps", "2", "--device", "flex"]
+            .iter()
+            .copied()
+            .chain(["--out", png.to_str().unwrap()])
+            .collect::<Vec<_>>(),
+    );
+    let img = std::fs::read(&png).unwrap();
+    assert_eq!(u32::from_be_bytes(img[16..20].try_into().unwrap()), 64, "width");
+    assert_eq!(u32::from_be_bytes(img[20..24].try_into().unwrap()), 64, "height");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

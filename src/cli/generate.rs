@@ -35,10 +35,11 @@ pub struct GenerateArgs {
     pub sampler: String,
     #[arg(long, default_value_t = 5.0)]
     pub guidance: f64,
-    #[arg(long, default_value_t = 1024)]
-    pub width: usize,
-    #[arg(long, default_value_t = 1024)]
-    pub height: usize,
+    /// Default: the UNet's `sample_size` × the VAE's factor, as diffusers (1024 for SDXL).
+    #[arg(long)]
+    pub width: Option<usize>,
+    #[arg(long)]
+    pub height: Option<usize>,
     /// Seed of the initial noise (image i of a run uses seed + i).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -66,12 +67,9 @@ pub struct GenerateArgs {
 
 /// Option ranges, checked before any model is loaded.
 fn check_options(args: &GenerateArgs) -> Result<()> {
-    anyhow::ensure!(
-        (1..=8192).contains(&args.width) && (1..=8192).contains(&args.height),
-        "--width {} / --height {}: must be in 1..=8192",
-        args.width,
-        args.height
-    );
+    for (name, v) in [("--width", args.width), ("--height", args.height)] {
+        anyhow::ensure!(v.is_none_or(|v| (1..=8192).contains(&v)), "{name} {}: must be in 1..=8192", v.unwrap_or(0));
+    }
     anyhow::ensure!((1..=1000).contains(&args.steps), "--steps {}: must be in 1..=1000", args.steps);
     anyhow::ensure!(args.guidance.is_finite() && args.guidance >= 0.0, "--guidance {}: must be ≥ 0", args.guidance);
     anyhow::ensure!(args.num_images > 0, "--num-images must be > 0");
@@ -101,15 +99,31 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         pipe.unet = apply_lora_file(pipe.unet, lora, "unet.")?;
     }
     let f = pipe.vae_scale_factor();
-    if !args.width.is_multiple_of(f) || !args.height.is_multiple_of(f) {
+    let default_size = || -> Result<usize> {
+        let unet_dir = match &args.unet {
+            Some(d) => d.clone(),
+            None => crate::cli::forward::component_dir(&args.model, "unet")?,
+        };
+        let (raw, _) = crate::models::config::read_config::<serde_json::Value>(&unet_dir)?;
+        Ok(raw["sample_size"].as_u64().map_or(128, |s| s as usize) * f)
+    };
+    let width = match args.width {
+        Some(w) => w,
+        None => default_size()?,
+    };
+    let height = match args.height {
+        Some(h) => h,
+        None => default_size()?,
+    };
+    if !width.is_multiple_of(f) || !height.is_multiple_of(f) {
         bail!("--width and --height must be multiples of {f} (the VAE's factor)");
     }
     // Each down block but the last halves the latents; the up blocks must meet them again.
     let unet_factor = f << pipe.unet.down_blocks.len().saturating_sub(1);
-    if !args.width.is_multiple_of(unet_factor) || !args.height.is_multiple_of(unet_factor) {
+    if !width.is_multiple_of(unet_factor) || !height.is_multiple_of(unet_factor) {
         bail!("--width and --height must be multiples of {unet_factor} for this model (VAE × UNet downsampling)");
     }
-    let shape = [pipe.unet.conv_in.weight.dims()[1], args.height / f, args.width / f];
+    let shape = [pipe.unet.conv_in.weight.dims()[1], height / f, width / f];
     let total = prompts.len() * args.num_images;
     if args.init_latents.is_some() && total != 1 {
         bail!("--init-latents gives the noise of one image; generate one image with it");
