@@ -30,7 +30,7 @@ pub fn unet_config(model: &str) -> Result<(UNetConfig, serde_json::Value)> {
         "tiny" => include_str!("../models/presets/tiny_unet.json").to_string(),
         "sdxl" => include_str!("../models/presets/sdxl_unet.json").to_string(),
         dir => {
-            let path = crate::cli::forward::component_dir(std::path::Path::new(dir), "unet")?.join("config.json");
+            let path = crate::models::folder::component_dir(std::path::Path::new(dir), "unet")?.join("config.json");
             std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?
         }
     };

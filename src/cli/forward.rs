@@ -1,6 +1,6 @@
 //! `mapo forward`: one component on tensors from a file, for parity checks by other tools.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::{DType, Device, Tensor};
@@ -9,6 +9,7 @@ use super::{Component, ForwardArgs};
 use crate::device::{Precision, select};
 use crate::losses::{Errors, Params, build};
 use crate::models::clip::ClipTextModel;
+pub use crate::models::folder::component_dir;
 use crate::models::folder::{save_as, save_component};
 use crate::models::io::{SafeTensorFiles, write_tensors};
 use crate::models::unet::{TextTime, UNet2DConditionModel};
@@ -142,18 +143,6 @@ fn check_unet_inputs(dir: &Path, inputs: &SafeTensorFiles) -> Result<()> {
     )?;
     let t = inputs.get("timestep").expect("checked").to_data_any().convert::<f64>();
     check_timesteps(&t.try_to_vec::<f64>().map_err(|e| anyhow::anyhow!("timestep: {e:?}"))?)
-}
-
-/// `model/<name>` for a pipeline folder; `model` itself when it already is that component.
-pub fn component_dir(model: &Path, name: &str) -> Result<PathBuf> {
-    let sub = model.join(name);
-    if sub.join("config.json").is_file() {
-        return Ok(sub);
-    }
-    if model.join("config.json").is_file() && model.file_name().is_some_and(|f| f == name) {
-        return Ok(model.to_path_buf());
-    }
-    bail!("{} has no {name}/config.json (expected a diffusers pipeline folder)", model.display())
 }
 
 /// Parameter counts from the configs alone (the weights are not read: the real UNet would

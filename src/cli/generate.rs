@@ -102,7 +102,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     let default_size = || -> Result<usize> {
         let unet_dir = match &args.unet {
             Some(d) => d.clone(),
-            None => crate::cli::forward::component_dir(&args.model, "unet")?,
+            None => crate::models::folder::component_dir(&args.model, "unet")?,
         };
         let (raw, _) = crate::models::config::read_config::<serde_json::Value>(&unet_dir)?;
         Ok(raw["sample_size"].as_u64().map_or(128, |s| s as usize) * f)

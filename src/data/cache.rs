@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::loader::{LoaderConfig, for_each_prepared};
 use super::parquet::{PairReader, ReadOptions, Skipped};
 use super::transform::{Prepared, TransformConfig};
-use crate::cli::forward::component_dir;
+use crate::models::folder::component_dir;
 use crate::models::io::{write_atomic, write_tensors};
 use crate::models::vae::{AutoencoderKL, VaeConfig};
 use crate::sample::pipeline::PromptEncoder;

@@ -1,8 +1,9 @@
-//! Writing models back as diffusers component folders.
+//! Diffusers component folders: finding a component in a pipeline folder, and writing
+//! models back in that layout.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use burn::tensor::DType;
 
@@ -32,4 +33,16 @@ pub fn save_as<M: Module>(
     });
     write_safetensors(file, tensors)?;
     write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(config)?.as_bytes())
+}
+
+/// `model/<name>` for a pipeline folder; `model` itself when it already is that component.
+pub fn component_dir(model: &Path, name: &str) -> Result<PathBuf> {
+    let sub = model.join(name);
+    if sub.join("config.json").is_file() {
+        return Ok(sub);
+    }
+    if model.join("config.json").is_file() && model.file_name().is_some_and(|f| f == name) {
+        return Ok(model.to_path_buf());
+    }
+    bail!("{} has no {name}/config.json (expected a diffusers pipeline folder)", model.display())
 }

@@ -12,9 +12,9 @@ use super::euler::EulerSchedule;
 use super::sampler::Sampler;
 use super::schedule::NoiseSchedule;
 use super::validate::{Prompts, sample_latents};
-use crate::cli::forward::component_dir;
 use crate::models::clip::ClipTextModel;
 use crate::models::clip::tokenizer::ClipTokenizer;
+use crate::models::folder::component_dir;
 use crate::models::unet::UNet2DConditionModel;
 use crate::models::vae::{AutoencoderKL, VaeConfig};
 
