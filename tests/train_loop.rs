@@ -217,3 +217,16 @@ fn non_finite_weights_are_never_saved() {
     assert_eq!(checkpoints.count(), 0, "a checkpoint was written");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `mapo report` reads a `mapo train` folder (config.toml + metrics.jsonl) as one run.
+#[test]
+fn report_reads_a_train_folder() {
+    let (dir, config) = setup("report");
+    let run = dir.join("run");
+    assert!(train(&config, &["--set", "steps=2"]).status.success());
+    let out = mapo(&["report", run.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report = std::fs::read_to_string(run.join("report.md")).unwrap();
+    assert!(report.contains("| mapo |"), "{report}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

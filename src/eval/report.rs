@@ -32,13 +32,21 @@ pub fn collect(dirs: &[PathBuf]) -> Result<Vec<RunData>> {
             out.push(read_run(dir)?);
             continue;
         }
+        if dir.join("config.toml").is_file() && dir.join("metrics.jsonl").is_file() {
+            out.push(read_train_run(dir)?);
+            continue;
+        }
         let mut subs: Vec<PathBuf> = std::fs::read_dir(dir)
             .with_context(|| format!("reading {}", dir.display()))?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.join("summary.json").is_file())
             .collect();
         if subs.is_empty() {
-            bail!("{}: neither a finished run (summary.json) nor a folder of runs", dir.display());
+            bail!(
+                "{}: neither a run (summary.json, or a `mapo train` folder's config.toml + metrics.jsonl) nor a \
+                 folder of runs",
+                dir.display()
+            );
         }
         // References first, then by name.
         subs.sort_by_key(|p| (!p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("reference")), p.clone()));
@@ -47,6 +55,37 @@ pub fn collect(dirs: &[PathBuf]) -> Result<Vec<RunData>> {
         }
     }
     Ok(out)
+}
+
+/// A `mapo train` output folder, summarised from its config and metrics (no evaluation;
+/// wall time is the sum of the logged step times).
+fn read_train_run(dir: &Path) -> Result<RunData> {
+    let path = dir.join("config.toml");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let config: crate::train::config::TrainConfig =
+        toml::from_str(&text).with_context(|| format!("{} is not a mapo train config", path.display()))?;
+    let metrics = read_jsonl(&dir.join("metrics.jsonl"));
+    let mut times: Vec<f64> = metrics.iter().filter_map(|m| m["step_time_s"].as_f64()).collect();
+    let wall_s = times.iter().sum();
+    times.sort_by(f64::total_cmp);
+    let peak = metrics.iter().filter_map(|m| m["peak_memory_reserved_bytes"].as_u64()).max();
+    let summary = RunSummary {
+        experiment: "train".into(),
+        run: dir.file_name().map_or("run".into(), |n| n.to_string_lossy().into_owned()),
+        method: config.method.clone(),
+        varied: BTreeMap::new(),
+        seed: config.seed,
+        backend: config.device.clone().unwrap_or_else(|| "default".into()),
+        dtype: config.dtype.clone(),
+        steps: metrics.len(),
+        wall_s,
+        step_time_s: times.get(times.len() / 2).copied(),
+        peak_memory_bytes: peak,
+        memory_kind: if peak.is_some() { "device" } else { "none" }.into(),
+        final_loss: metrics.last().and_then(|m| m["loss"].as_f64()),
+        eval: None,
+    };
+    Ok(RunData { dir: dir.to_path_buf(), summary, metrics, evals: Vec::new() })
 }
 
 fn read_run(dir: &Path) -> Result<RunData> {
