@@ -161,7 +161,6 @@ fn valid_inputs(d: &Path) -> Vec<(&'static str, Vec<u8>)> {
 #[test]
 fn mutated_safetensors_inputs_never_panic() {
     let d = dir("safetensors");
-    let model = common::fixtures().join("tiny-sdxl");
     let valid = valid_inputs(&d);
     let mut rng = ChaCha8Rng::seed_from_u64(13);
     let mut tally = Tally::default();
@@ -170,18 +169,7 @@ fn mutated_safetensors_inputs_never_panic() {
         let bytes = if i % 2 == 0 { mutate_header(&mut rng, bytes) } else { mutate(&mut rng, bytes) };
         let input = d.join(format!("in-{i}.safetensors"));
         std::fs::write(&input, bytes).unwrap();
-        let out = mapo(&[
-            "forward",
-            component,
-            "--device",
-            "flex",
-            "--model",
-            model.to_str().unwrap(),
-            "--inputs",
-            input.to_str().unwrap(),
-            "--out",
-            d.join("out.safetensors").to_str().unwrap(),
-        ]);
+        let out = common::forward_tiny(component, &input, &d.join("out.safetensors"));
         tally.check(&format!("forward {component} on mutation {i}"), &out, &input);
     }
     eprintln!("safetensors: {} inputs, {} clean errors, 0 panics", tally.tried, tally.errors);
@@ -191,28 +179,13 @@ fn mutated_safetensors_inputs_never_panic() {
 #[test]
 fn mutated_parquet_files_never_panic() {
     let d = dir("parquet");
-    let model = common::fixtures().join("tiny-sdxl");
     let valid = std::fs::read(common::fixtures().join("parquet/pairs.parquet")).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(17);
     let mut tally = Tally::default();
     for i in 0..60 {
         let input = d.join(format!("in-{i}.parquet"));
         std::fs::write(&input, mutate(&mut rng, &valid)).unwrap();
-        let out = mapo(&[
-            "cache",
-            "--device",
-            "flex",
-            "--model",
-            model.to_str().unwrap(),
-            "--data",
-            input.to_str().unwrap(),
-            "--out",
-            d.join(format!("cache-{i}")).to_str().unwrap(),
-            "--resolution",
-            "32",
-            "--max-samples",
-            "2",
-        ]);
+        let out = common::cache_tiny(&input, &d.join(format!("cache-{i}")), &["--max-samples", "2"]);
         tally.check(&format!("cache on mutation {i}"), &out, &input);
     }
     eprintln!("parquet: {} files, {} clean errors, 0 panics", tally.tried, tally.errors);

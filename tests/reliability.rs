@@ -174,22 +174,10 @@ fn absurd_options_are_refused_when_read() {
 fn bad_inputs_of_every_component_are_errors() {
     use burn::tensor::TensorData;
     let (dir, config) = setup("inputs");
-    let model = fixtures().join("tiny-sdxl");
     let run = |component: &str, tensors: Vec<(&str, TensorData)>| {
         let inp = dir.join("in.safetensors");
         mapo::models::io::write_tensors(&inp, tensors.into_iter().map(|(n, d)| (n.to_string(), d)).collect()).unwrap();
-        let out = mapo(&[
-            "forward",
-            component,
-            "--device",
-            "flex",
-            "--model",
-            model.to_str().unwrap(),
-            "--inputs",
-            inp.to_str().unwrap(),
-            "--out",
-            dir.join("out.safetensors").to_str().unwrap(),
-        ]);
+        let out = forward_tiny(component, &inp, &dir.join("out.safetensors"));
         assert_eq!(out.status.code(), Some(1), "{component}: {}", stderr(&out));
         stderr(&out)
     };
@@ -280,21 +268,8 @@ fn leftovers_links_and_escapes() {
 
     // A cache whose index names a shard outside it.
     let cache = dir.join("cache");
-    let made = mapo(&[
-        "cache",
-        "--device",
-        "flex",
-        "--model",
-        fixtures().join("tiny-sdxl").to_str().unwrap(),
-        "--data",
-        fixtures().join("parquet/pairs.parquet").to_str().unwrap(),
-        "--out",
-        cache.to_str().unwrap(),
-        "--resolution",
-        "32",
-        "--max-samples",
-        "2",
-    ]);
+    let parquet = fixtures().join("parquet/pairs.parquet");
+    let made = cache_tiny(&parquet, &cache, &["--max-samples", "2"]);
     assert!(made.status.success(), "{}", stderr(&made));
     let text = String::from_utf8(read(&cache.join("index.json"))).unwrap();
     let mut index: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -374,19 +349,7 @@ fn an_empty_parquet_is_an_error() {
     )
     .unwrap();
     writer.close().unwrap();
-    let out = mapo(&[
-        "cache",
-        "--device",
-        "flex",
-        "--model",
-        fixtures().join("tiny-sdxl").to_str().unwrap(),
-        "--data",
-        file.to_str().unwrap(),
-        "--out",
-        dir.join("cache").to_str().unwrap(),
-        "--resolution",
-        "32",
-    ]);
+    let out = cache_tiny(&file, &dir.join("cache"), &[]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("no usable pair"), "{}", stderr(&out));
     std::fs::remove_dir_all(&dir).unwrap();

@@ -107,3 +107,28 @@ pub fn tiny_lora_run(dir: &std::path::Path, method: &str, lr: &str, size: &str) 
     run_mapo(&["train", "--config", config.to_str().unwrap()]);
     out
 }
+
+/// `mapo forward COMPONENT` on the tiny fixture pipeline (flex), whatever its outcome.
+pub fn forward_tiny(component: &str, inputs: &std::path::Path, out: &std::path::Path) -> std::process::Output {
+    let model = fixtures().join("tiny-sdxl");
+    std::process::Command::new(env!("CARGO_BIN_EXE_mapo"))
+        .args(["forward", component, "--device", "flex", "--model", model.to_str().unwrap()])
+        .args(["--inputs", inputs.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .env("RUST_BACKTRACE", "0")
+        .env("MAPO_QUIET_DEVICE", "1")
+        .output()
+        .unwrap()
+}
+
+/// `mapo cache` of `data` for the tiny fixture pipeline at 32² (flex), whatever its outcome.
+pub fn cache_tiny(data: &std::path::Path, out: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    let model = fixtures().join("tiny-sdxl");
+    std::process::Command::new(env!("CARGO_BIN_EXE_mapo"))
+        .args(["cache", "--device", "flex", "--model", model.to_str().unwrap(), "--resolution", "32"])
+        .args(["--data", data.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .args(extra)
+        .env("RUST_BACKTRACE", "0")
+        .env("MAPO_QUIET_DEVICE", "1")
+        .output()
+        .unwrap()
+}
