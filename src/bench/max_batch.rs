@@ -42,6 +42,9 @@ fn trial(b: &MaxBatchBench, batch: usize) -> Result<Trial> {
             "--warmup",
             "1",
         ]);
+    if let Some(n) = s.attention_block {
+        cmd.args(["--attention-block", &n.to_string()]);
+    }
     if let Some(r) = s.lora {
         cmd.args(["--lora", &r.to_string()]);
     }

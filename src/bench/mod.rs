@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::device::select;
 use crate::losses::{Params, build};
-use crate::models::attention::set_training_attention;
+use crate::models::attention::{DEFAULT_BLOCK_ELEMENTS, set_block_elements, set_training_attention};
 use crate::models::lora::LoraConfig;
 use crate::models::unet::{UNet2DConditionModel, UNetConfig};
 use crate::models::weights::Weights;
@@ -62,6 +62,9 @@ pub struct TrainBench {
     /// materialised softmax under autodiff, the reference path).
     #[arg(long, default_value = "efficient", value_parser = ["efficient", "naive"])]
     pub attention: String,
+    /// Score elements one block of the efficient attention may hold (default 2²⁴).
+    #[arg(long)]
+    pub attention_block: Option<usize>,
     #[arg(long, default_value_t = 5)]
     pub steps: usize,
     #[arg(long, default_value_t = 2)]
@@ -91,6 +94,7 @@ fn stats(times: &mut [f64]) -> (f64, f64, f64) {
 /// `warmup` steps, with the device synchronised before each clock read.
 pub fn train_step(b: &TrainBench) -> Result<serde_json::Value> {
     set_training_attention(b.attention.parse()?);
+    set_block_elements(b.attention_block.unwrap_or(DEFAULT_BLOCK_ELEMENTS));
     let selected = select(b.device.as_deref())?;
     let plain = selected.device.clone();
     let device = if b.grad_ckpt { plain.clone().autodiff().gradient_checkpointing() } else { plain.clone().autodiff() };
@@ -152,6 +156,7 @@ pub fn train_step(b: &TrainBench) -> Result<serde_json::Value> {
     Ok(json!({
         "bench": "train-step", "impl": "mapo", "method": b.method, "model": b.model, "resolution": b.resolution,
         "batch": b.batch, "dtype": b.dtype, "lora": b.lora, "grad_ckpt": b.grad_ckpt, "attention": b.attention,
+        "attention_block": b.attention_block.unwrap_or(DEFAULT_BLOCK_ELEMENTS),
         "device": selected.backend.name(), "steps": b.steps, "median_s": median, "min_s": min, "max_s": max,
         "samples_per_s": b.batch as f64 / median,
         "finite_check_s": check, "finite_check_share": check / median,

@@ -96,6 +96,9 @@ for mode in lora full; do
 done
 measure "train mapo lora mapo-naive-attention" "$BIN" bench train-step --method mapo "${common[@]}" --lora 8 \
   --attention naive --device "$DEV"
+# Larger attention blocks (2²⁷ score elements): fewer, bigger kernels, more transient memory.
+measure "train mapo lora mapo-block-2^27" "$BIN" bench train-step --method mapo "${common[@]}" --lora 8 \
+  --attention-block 134217728 --device "$DEV"
 
 say "== 3. generation (${GEN_RES}², $GEN_STEPS steps, $DTYPE)"
 measure "generate mapo" "$BIN" bench generate --model "$MODEL" --resolution "$GEN_RES" --steps "$GEN_STEPS" \

@@ -50,7 +50,8 @@ for mode in ["lora", "full"]:
         ratio = f"{m['median_s'] / t['median_s']:.2f}" if m and t else "—"
         out.append(f"| {method} | {mode} | {cell_time(f'train {method} {mode} mapo')} | "
                    f"{cell_time(f'train {method} {mode} torch')} | {ratio} | {gb(m) if m else '—'} | {gb(t) if t else '—'} |")
-for label, name in [("train mapo lora mapo", "efficient"), ("train mapo lora mapo-naive-attention", "naive")]:
+for label, name in [("train mapo lora mapo", "efficient"), ("train mapo lora mapo-naive-attention", "naive"),
+                    ("train mapo lora mapo-block-2^27", "efficient, 2^27-element blocks")]:
     r = res(label)
     out.append(f"- mapo LoRA MaPO step, {name} attention: "
                + (f"{r['median_s']:.3f} s, {gb(r)} GB" if r else status(label)))
