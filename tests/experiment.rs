@@ -68,6 +68,20 @@ fn sweep_writes_a_report_with_both_runs_and_rerun_skips_them() {
     assert_eq!(stderr.matches("finished, skipped").count(), 2, "{stderr}");
     assert_eq!(std::fs::metadata(&summary).unwrap().modified().unwrap(), before);
 
+    // Other settings for the same run names are refused, not reported as these runs.
+    let changed = std::process::Command::new(env!("CARGO_BIN_EXE_mapo"))
+        .args(["experiment", file.to_str().unwrap(), "--set", "train.steps=3"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&changed.stderr);
+    assert!(!changed.status.success() && stderr.contains("made with other settings (changed: train)"), "{stderr}");
+    // A method list that drops a run does not change the runs that remain.
+    let fewer =
+        run_mapo(&["experiment", file.to_str().unwrap(), "--set", "sweep={\"method_params.mapo.beta\" = [0.5]}"]);
+    assert!(String::from_utf8_lossy(&fewer.stderr).contains("finished, skipped"));
+    let report = std::fs::read_to_string(exp.join("report.md")).unwrap();
+    assert!(report.contains("does not include (not in the table): mapo-beta=0.1-s0"), "{report}");
+
     // An interrupted run (no summary yet, a checkpoint on disk) resumes from it.
     std::fs::remove_file(exp.join("mapo-beta=0.1-s0").join("summary.json")).unwrap();
     let resumed = run_mapo(&["experiment", file.to_str().unwrap()]);

@@ -230,3 +230,20 @@ fn report_reads_a_train_folder() {
     assert!(report.contains("| mapo |"), "{report}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `--set method=dpo` on a config written for MaPO takes DPO's defaults instead of failing
+/// on MaPO's parameters (or using MaPO's β of 0.1 for DPO), and says so.
+#[test]
+fn switching_the_method_takes_its_defaults() {
+    let (dir, config) = setup("switch");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text = text.replace("[optimizer]", "[method_params]\nbeta = 0.1\nnum_train_timesteps = 1000\n[optimizer]");
+    std::fs::write(&config, text).unwrap();
+    let out = train(&config, &["--set", "method=dpo", "--set", "steps=1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("method_params") && err.contains("are not used"), "{err}");
+    let saved = std::fs::read_to_string(dir.join("run/config.toml")).unwrap();
+    assert!(saved.contains("method = \"dpo\"") && !saved.contains("num_train_timesteps"), "{saved}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

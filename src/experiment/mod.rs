@@ -26,6 +26,7 @@ pub fn run(file: &Path, overrides: &[String], device: Option<&str>, dry_run: boo
     let dirs = runner::run_all(&base, &runs, device)?;
     let data = crate::eval::report::collect(&dirs)?;
     crate::eval::report::write(&exp, &data)?;
+    note_runs_left_out(&exp, &dirs)?;
     let table = crate::eval::report::table(&crate::eval::report::rows(&data));
     println!("{table}");
     println!(
@@ -35,4 +36,29 @@ pub fn run(file: &Path, overrides: &[String], device: Option<&str>, dry_run: boo
         exp.join("report.md").display()
     );
     Ok(())
+}
+
+/// Finished runs in the experiment's folder that this plan does not include (a narrower
+/// `--set methods=...`, say) are named under the report rather than silently dropped.
+fn note_runs_left_out(exp: &Path, planned: &[std::path::PathBuf]) -> Result<()> {
+    let mut left: Vec<String> = std::fs::read_dir(exp)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("summary.json").is_file() && !planned.contains(p))
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    if left.is_empty() {
+        return Ok(());
+    }
+    left.sort();
+    let line = format!(
+        "Finished runs in this folder that this plan does not include (not in the table): {}. \
+         `mapo report {}` shows every run.",
+        left.join(", "),
+        exp.display()
+    );
+    eprintln!("note: {line}");
+    let path = exp.join("report.md");
+    let mut text = std::fs::read_to_string(&path)?;
+    text.push_str(&format!("\n{line}\n"));
+    crate::models::io::write_atomic(&path, text.as_bytes())
 }

@@ -56,6 +56,7 @@ pub fn run_all(base: &ExperimentConfig, runs: &[PlannedRun], device: Option<&str
     let total = runs.len();
     for (i, run) in runs.iter().enumerate() {
         let dir = exp.join(&run.name);
+        check_identity(&dir, run)?;
         if dir.join("summary.json").is_file() {
             eprintln!("[{}/{total}] {}: finished, skipped", i + 1, run.name);
         } else {
@@ -71,6 +72,39 @@ pub fn run_all(base: &ExperimentConfig, runs: &[PlannedRun], device: Option<&str
     }
     dirs.extend(runs.iter().map(|r| exp.join(&r.name)));
     Ok(dirs)
+}
+
+/// What makes a run this run: everything of the experiment that reaches it (other
+/// methods' parameters, the method and seed lists and the sweep itself do not).
+fn identity(run: &PlannedRun) -> serde_json::Value {
+    let c = &run.config;
+    serde_json::json!({
+        "method": run.method, "seed": run.seed, "model": c.model, "data": c.data, "pretrain": c.pretrain,
+        "train": c.train, "method_params": c.method_params.get(&run.method), "eval": c.eval,
+    })
+}
+
+const IDENTITY: &str = "identity.json";
+
+/// A run folder made with other settings (an edited file, a `--set`) is refused, not
+/// skipped or resumed: its results would be reported under the new settings.
+fn check_identity(dir: &Path, run: &PlannedRun) -> Result<()> {
+    let path = dir.join(IDENTITY);
+    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
+    let saved: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not a run identity", path.display()))?;
+    let now = identity(run);
+    let keys = now.as_object().expect("an object").keys();
+    let changed: Vec<&String> = keys.filter(|k| saved.get(k.as_str()) != now.get(k.as_str())).collect();
+    if !changed.is_empty() {
+        anyhow::bail!(
+            "{}: this run was made with other settings (changed: {}); remove the folder to redo it, or give the \
+             experiment another name (--set name=...) to keep both",
+            dir.display(),
+            changed.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+        );
+    }
+    Ok(())
 }
 
 fn reference_summary_dir(exp: &Path, run: &PlannedRun) -> Option<PathBuf> {
@@ -159,6 +193,7 @@ fn execute(exp: &Path, run: &PlannedRun, dir: &Path, device: Option<&str>) -> Re
     }
 
     std::fs::create_dir_all(dir)?;
+    write_atomic(&dir.join(IDENTITY), serde_json::to_string_pretty(&identity(run))?.as_bytes())?;
     let eval_path = dir.join("eval.jsonl");
     if let Some(m) = &start_line
         && !eval_path.is_file()

@@ -161,8 +161,25 @@ impl TrainConfig {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let mut value: toml::Value =
             toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
+        let file_method = value.get("method").cloned();
         for o in overrides {
             set(&mut value, o)?;
+        }
+        // `--set method=dpo` on a MaPO file: the file's parameters were MaPO's (its β of 0.1
+        // would be absurd for DPO), so the new method starts from its own defaults.
+        let key = |o: &String| o.split_once('=').map(|(k, _)| k.trim().to_string()).unwrap_or_default();
+        let sets_params = overrides.iter().any(|o| key(o).starts_with("method_params"));
+        if value.get("method") != file_method.as_ref()
+            && !sets_params
+            && let Some(t) = value.as_table_mut()
+            && t.get("method_params").and_then(|p| p.as_table()).is_some_and(|p| !p.is_empty())
+        {
+            let dropped = t.remove("method_params").expect("checked");
+            eprintln!(
+                "note: --set method changed the method; the file's method_params {dropped} were for {} and are not \
+                 used (set the new method's with --set method_params.NAME=VALUE)",
+                file_method.map_or("another method".to_string(), |m| m.to_string())
+            );
         }
         let config: TrainConfig = value.try_into().with_context(|| format!("{}: invalid config", path.display()))?;
         config.validate()?;
