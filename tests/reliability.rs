@@ -327,6 +327,37 @@ fn kill_9_then_resume_equals_an_uninterrupted_run() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Defect 3: a cache whose shards disagree in shape (one replaced by another model's) is an
+/// error naming the shard, found from the headers before anything is loaded.
+#[test]
+fn cache_shards_of_other_shapes_are_refused() {
+    use burn::tensor::TensorData;
+    let dir = std::env::temp_dir().join(format!("mapo-rel-shards-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cache = dir.join("cache");
+    let parquet = fixtures().join("parquet/pairs.parquet");
+    let made = cache_tiny(&parquet, &cache, &["--max-samples", "2", "--shard-size", "1"]);
+    assert!(made.status.success(), "{}", stderr(&made));
+    let shard = cache.join("shard-00001.safetensors");
+    let f = mapo::models::io::SafeTensorFiles::open_file(&shard).unwrap();
+    let mut tensors: Vec<(String, TensorData)> =
+        f.names().map(|n| (n.to_string(), f.get(n).unwrap().to_data_any())).collect();
+    drop(f);
+    for (name, data) in &mut tensors {
+        if name == "encoder_hidden_states" {
+            let s = data.shape().to_vec();
+            *data = TensorData::new(vec![0f32; s[0] * s[1] * (s[2] + 1)], [s[0], s[1], s[2] + 1]);
+        }
+    }
+    mapo::models::io::write_tensors(&shard, tensors).unwrap();
+    let err = match mapo::train::data::PairsFile::open(&cache, &device()) {
+        Ok(_) => panic!("mismatched shards were accepted"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("shard-00001.safetensors holds tensors of shapes"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// Defect 4: a parquet file with no rows (or none usable) is an error, not "0 pairs cached".
 #[test]
 fn an_empty_parquet_is_an_error() {

@@ -99,22 +99,19 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         pipe.unet = apply_lora_file(pipe.unet, lora, "unet.")?;
     }
     let f = pipe.vae_scale_factor();
-    let default_size = || -> Result<usize> {
-        let unet_dir = match &args.unet {
-            Some(d) => d.clone(),
-            None => crate::models::folder::component_dir(&args.model, "unet")?,
-        };
-        let (raw, _) = crate::models::config::read_config::<serde_json::Value>(&unet_dir)?;
-        Ok(raw["sample_size"].as_u64().map_or(128, |s| s as usize) * f)
+    // diffusers' default: the UNet's sample_size × the VAE's factor (read once, if needed).
+    let default_size = match (args.width, args.height) {
+        (Some(_), Some(_)) => 0,
+        _ => {
+            let unet_dir = match &args.unet {
+                Some(d) => d.clone(),
+                None => crate::models::folder::component_dir(&args.model, "unet")?,
+            };
+            let (raw, _) = crate::models::config::read_config::<serde_json::Value>(&unet_dir)?;
+            raw["sample_size"].as_u64().map_or(128, |s| s as usize) * f
+        }
     };
-    let width = match args.width {
-        Some(w) => w,
-        None => default_size()?,
-    };
-    let height = match args.height {
-        Some(h) => h,
-        None => default_size()?,
-    };
+    let (width, height) = (args.width.unwrap_or(default_size), args.height.unwrap_or(default_size));
     if !width.is_multiple_of(f) || !height.is_multiple_of(f) {
         bail!("--width and --height must be multiples of {f} (the VAE's factor)");
     }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
-use crate::experiment::runner::{RunSummary, read_jsonl};
+use crate::experiment::runner::{RunSummary, read_jsonl, step_stats};
 use crate::experiment::toy_eval::ToyMetrics;
 use crate::models::io::write_atomic;
 
@@ -65,10 +65,8 @@ fn read_train_run(dir: &Path) -> Result<RunData> {
     let config: crate::train::config::TrainConfig =
         toml::from_str(&text).with_context(|| format!("{} is not a mapo train config", path.display()))?;
     let metrics = read_jsonl(&dir.join("metrics.jsonl"));
-    let mut times: Vec<f64> = metrics.iter().filter_map(|m| m["step_time_s"].as_f64()).collect();
-    let wall_s = times.iter().sum();
-    times.sort_by(f64::total_cmp);
-    let peak = metrics.iter().filter_map(|m| m["peak_memory_reserved_bytes"].as_u64()).max();
+    let wall_s = metrics.iter().filter_map(|m| m["step_time_s"].as_f64()).sum();
+    let (median_step, peak) = step_stats(&metrics);
     let summary = RunSummary {
         experiment: "train".into(),
         run: dir.file_name().map_or("run".into(), |n| n.to_string_lossy().into_owned()),
@@ -79,7 +77,7 @@ fn read_train_run(dir: &Path) -> Result<RunData> {
         dtype: config.dtype.clone(),
         steps: metrics.len(),
         wall_s,
-        step_time_s: times.get(times.len() / 2).copied(),
+        step_time_s: median_step,
         peak_memory_bytes: peak,
         memory_kind: if peak.is_some() { "device" } else { "none" }.into(),
         final_loss: metrics.last().and_then(|m| m["loss"].as_f64()),

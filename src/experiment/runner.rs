@@ -231,9 +231,7 @@ fn execute(exp: &Path, run: &PlannedRun, dir: &Path, device: Option<&str>) -> Re
     let wall_s = earlier + t0.elapsed().as_secs_f64();
     write_wall(&wall_path, wall_s)?;
     let metrics = read_jsonl(&dir.join("metrics.jsonl"));
-    let mut times: Vec<f64> = metrics.iter().filter_map(|m| m["step_time_s"].as_f64()).collect();
-    times.sort_by(f64::total_cmp);
-    let device_peak = metrics.iter().filter_map(|m| m["peak_memory_reserved_bytes"].as_u64()).max();
+    let (median_step, device_peak) = step_stats(&metrics);
     let (peak, kind) = match device_peak {
         Some(p) => (Some(p), "device"),
         None => (crate::bench::peak_rss(), "rss"),
@@ -248,7 +246,7 @@ fn execute(exp: &Path, run: &PlannedRun, dir: &Path, device: Option<&str>) -> Re
         dtype: train.dtype.clone(),
         steps,
         wall_s,
-        step_time_s: times.get(times.len() / 2).copied(),
+        step_time_s: median_step,
         peak_memory_bytes: peak,
         memory_kind: kind.into(),
         final_loss: Some(final_loss),
@@ -257,6 +255,15 @@ fn execute(exp: &Path, run: &PlannedRun, dir: &Path, device: Option<&str>) -> Re
     write_atomic(&dir.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
     eprintln!("{}: {:.1} s", run.name, wall_s);
     Ok(())
+}
+
+/// From a run's metric lines: the median optimizer-step time, and the peak device memory
+/// where the backend reported it.
+pub fn step_stats(metrics: &[serde_json::Value]) -> (Option<f64>, Option<u64>) {
+    let mut times: Vec<f64> = metrics.iter().filter_map(|m| m["step_time_s"].as_f64()).collect();
+    times.sort_by(f64::total_cmp);
+    let peak = metrics.iter().filter_map(|m| m["peak_memory_reserved_bytes"].as_u64()).max();
+    (times.get(times.len() / 2).copied(), peak)
 }
 
 /// The wall time a run has spent so far, over all its segments (0 when none was recorded).

@@ -95,8 +95,24 @@ impl PairsFile {
         let (mut chosen, mut rejected, mut context, mut text_embeds, mut time_ids) =
             (vec![], vec![], vec![], vec![], vec![]);
         let (mut chosen_sd, mut rejected_sd) = (vec![], vec![]);
+        // Every shard's tensors must agree with the first's beyond the row count (checked from
+        // the headers, before anything is loaded): `cat` of mismatched shards would panic.
+        let keys = ["chosen_mean", "rejected_mean", "encoder_hidden_states", "text_embeds", "time_ids"];
+        let mut first: Option<Vec<Vec<usize>>> = None;
         for shard in &index.shards {
             let f = SafeTensorFiles::open_file(&dir.join(&shard.file))?;
+            let tails: Vec<Vec<usize>> =
+                keys.iter().map(|k| f.shape(k).map_or(vec![], |s| s.get(1..).unwrap_or_default().to_vec())).collect();
+            match &first {
+                None => first = Some(tails),
+                Some(want) if *want != tails => bail!(
+                    "{}: shard {} holds tensors of shapes {tails:?} (after the row count) for {keys:?}; the first \
+                     shard has {want:?}",
+                    dir.display(),
+                    shard.file
+                ),
+                Some(_) => {}
+            }
             if sample_latents {
                 let sd = |k: &str| -> Result<Tensor<4>> {
                     Ok(f.float::<4>(k, device, DType::F32)?.mul_scalar(0.5).exp().mul_scalar(scale))
@@ -112,20 +128,6 @@ impl PairsFile {
         }
         if chosen.is_empty() {
             bail!("{}: the cache holds no pairs", dir.display());
-        }
-        for (i, shard) in index.shards.iter().enumerate() {
-            let same = |a: &[usize], b: &[usize]| a[1..] == b[1..];
-            if !same(&chosen[i].dims(), &chosen[0].dims()) || !same(&context[i].dims(), &context[0].dims()) {
-                bail!(
-                    "{}: shard {} holds latents {:?} / context {:?}, the first shard {:?} / {:?}",
-                    dir.display(),
-                    shard.file,
-                    chosen[i].dims(),
-                    context[i].dims(),
-                    chosen[0].dims(),
-                    context[0].dims()
-                );
-            }
         }
         let chosen = Tensor::cat(chosen, 0);
         let len = chosen.dims()[0];

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{Result, bail};
 use burn::module::{Module, ModuleMapper, Param};
-use burn::tensor::Tensor;
+use burn::tensor::{GradientCheckpointingStrategy, Tensor};
 
 use crate::models::named::segment;
 
@@ -173,14 +173,20 @@ impl ModuleMapper for Apply<'_> {
             return Param::from_mapped_value(id, tensor, mapper);
         };
         let shape = tensor.dims();
-        let checkpointing = tensor.gradient_checkpointing_strategy();
+        let strategy = tensor.gradient_checkpointing_strategy();
         let w = tensor.inner().reshape([-1]);
         let g = grad.clone().mul_scalar(self.grad_scale);
         let updated = self.opt.update(&name, w, g, self.lr, &shape).reshape(shape);
-        let mut fresh = Tensor::from_inner(updated);
-        if let Some(strategy) = checkpointing {
-            fresh = fresh.with_gradient_checkpointing_strategy(strategy);
-        }
-        Param::from_mapped_value(id, fresh.require_grad(), mapper)
+        Param::from_mapped_value(id, to_autodiff(updated, strategy).require_grad(), mapper)
+    }
+}
+
+/// `t` (plain device) back on the autodiff device, with the gradient checkpointing strategy
+/// of the graph it joins: tensors of one op must share it (Burn panics otherwise).
+pub fn to_autodiff<const D: usize>(t: Tensor<D>, strategy: Option<GradientCheckpointingStrategy>) -> Tensor<D> {
+    let lifted = Tensor::from_inner(t);
+    match strategy {
+        Some(strategy) => lifted.with_gradient_checkpointing_strategy(strategy),
+        None => lifted,
     }
 }

@@ -7,7 +7,7 @@ use crate::models::named::param_grads;
 use crate::models::unet::{TextTime, UNet2DConditionModel};
 use crate::sample::schedule::{NoiseSchedule, timestep_tensor};
 use crate::train::clip::{clip_coefficient, global_grad_norm};
-use crate::train::optim::{GradMap, Optimizer};
+use crate::train::optim::{GradMap, Optimizer, to_autodiff};
 
 /// One batch of preference pairs, on the autodiff device. Conditioning is per pair.
 #[derive(Debug, Clone)]
@@ -119,13 +119,7 @@ pub fn forward_backward(
             },
         };
         let e = Errors::from_prediction(predict(reference, &plain, compute), plain.target, with_rejected);
-        // Back on the autodiff device, with the policy's checkpointing strategy: tensors of
-        // one op must share it (Burn panics otherwise).
-        let strategy = x.noisy.gradient_checkpointing_strategy();
-        let lift = |t: Tensor<1>| match strategy {
-            Some(s) => Tensor::from_inner(t).with_gradient_checkpointing_strategy(s),
-            None => Tensor::from_inner(t),
-        };
+        let lift = |t: Tensor<1>| to_autodiff(t, x.noisy.gradient_checkpointing_strategy());
         Errors { chosen: lift(e.chosen), rejected: e.rejected.map(lift) }
     });
 

@@ -14,7 +14,6 @@ use burn::backend::Dispatch;
 use burn::module::Module;
 use burn::tensor::Tensor;
 use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 
 use self::op::EfficientAttention;
 use super::nn::Linear;
@@ -85,7 +84,7 @@ pub fn efficient(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, causal: bool, rows: u
 
 /// Burn's attention on [B, H, L, d] tensors (under autodiff: the materialised softmax).
 pub fn naive(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, causal: bool) -> Tensor<4> {
-    attention(q, k, v, None, None, AttentionModuleOptions { is_causal: causal, ..Default::default() })
+    attention(q, k, v, None, None, op::options(causal))
 }
 
 /// Scaled dot-product attention on `[B, L, heads*d]` inputs.

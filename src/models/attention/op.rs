@@ -38,8 +38,13 @@ pub trait EfficientAttention: Backend {
         rows: usize,
     ) -> FloatTensor<Self> {
         let _ = rows;
-        Self::attention(q, k, v, None, None, AttentionModuleOptions { is_causal: causal, ..Default::default() })
+        Self::attention(q, k, v, None, None, options(causal))
     }
+}
+
+/// Burn's attention options for a plain (optionally causal) call.
+pub fn options(causal: bool) -> AttentionModuleOptions {
+    AttentionModuleOptions { is_causal: causal, ..Default::default() }
 }
 
 #[cfg(feature = "flex")]
@@ -88,14 +93,7 @@ impl<B: Backend, C: CheckpointStrategy> EfficientAttention for Autodiff<B, C> {
                 let (out, lse) = blocked::forward::<B>(q.clone(), k.clone(), v.clone(), &plan);
                 prep.finish((q, k, v, out.clone(), lse, plan), out)
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::attention(
-                q,
-                k,
-                v,
-                None,
-                None,
-                AttentionModuleOptions { is_causal: causal, ..Default::default() },
-            )),
+            OpsKind::UnTracked(prep) => prep.finish(B::attention(q, k, v, None, None, options(causal))),
         }
     }
 }
