@@ -199,17 +199,10 @@ fn bad_inputs_of_every_component_are_errors() {
 
     // A pairs file whose context width is not the model's cross-attention width.
     let pairs = dir.join("pairs.safetensors");
-    let file = mapo::models::io::SafeTensorFiles::open_file(&pairs).unwrap();
-    let mut tensors: Vec<(String, TensorData)> =
-        file.names().map(|n| (n.to_string(), file.get(n).unwrap().to_data_any())).collect();
-    drop(file);
-    for (name, data) in &mut tensors {
-        if name == "encoder_hidden_states" {
-            let s = data.shape().to_vec();
-            *data = f(vec![s[0], s[1], s[2] + 3], 0.0);
-        }
-    }
-    mapo::models::io::write_tensors(&pairs, tensors).unwrap();
+    rewrite_tensor(&pairs, "encoder_hidden_states", |d| {
+        let s = d.shape().to_vec();
+        f(vec![s[0], s[1], s[2] + 3], 0.0)
+    });
     let out = train(&config, &[]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("do not fit the model") && stderr(&out).contains("encoder_hidden_states"));
@@ -339,17 +332,10 @@ fn cache_shards_of_other_shapes_are_refused() {
     let made = cache_tiny(&parquet, &cache, &["--max-samples", "2", "--shard-size", "1"]);
     assert!(made.status.success(), "{}", stderr(&made));
     let shard = cache.join("shard-00001.safetensors");
-    let f = mapo::models::io::SafeTensorFiles::open_file(&shard).unwrap();
-    let mut tensors: Vec<(String, TensorData)> =
-        f.names().map(|n| (n.to_string(), f.get(n).unwrap().to_data_any())).collect();
-    drop(f);
-    for (name, data) in &mut tensors {
-        if name == "encoder_hidden_states" {
-            let s = data.shape().to_vec();
-            *data = TensorData::new(vec![0f32; s[0] * s[1] * (s[2] + 1)], [s[0], s[1], s[2] + 1]);
-        }
-    }
-    mapo::models::io::write_tensors(&shard, tensors).unwrap();
+    rewrite_tensor(&shard, "encoder_hidden_states", |d| {
+        let s = d.shape().to_vec();
+        TensorData::new(vec![0f32; s[0] * s[1] * (s[2] + 1)], [s[0], s[1], s[2] + 1])
+    });
     let err = match mapo::train::data::PairsFile::open(&cache, &device()) {
         Ok(_) => panic!("mismatched shards were accepted"),
         Err(e) => format!("{e:#}"),

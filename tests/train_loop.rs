@@ -129,18 +129,9 @@ fn unknown_config_keys_and_bad_overrides_are_errors() {
 fn non_finite_losses_skip_updates_then_stop() {
     let (dir, config) = setup("nan");
     // A NaN in the data makes every loss NaN.
-    let pairs = dir.join("pairs.safetensors");
-    let f = SafeTensorFiles::open_file(&pairs).unwrap();
-    let mut tensors: Vec<_> = f.names().map(|n| (n.to_string(), f.get(n).unwrap().to_data().unwrap())).collect();
-    drop(f);
-    for (name, data) in &mut tensors {
-        if name == "chosen" {
-            let mut v = data.clone().convert::<f32>().try_to_vec::<f32>().unwrap();
-            v.iter_mut().for_each(|x| *x = f32::NAN);
-            *data = burn::tensor::TensorData::new(v, data.shape().to_vec());
-        }
-    }
-    mapo::models::io::write_tensors(&pairs, tensors).unwrap();
+    rewrite_tensor(&dir.join("pairs.safetensors"), "chosen", |d| {
+        burn::tensor::TensorData::new(vec![f32::NAN; d.num_elements()], d.shape().to_vec())
+    });
     let out = train(&config, &["--set", "max_bad_steps=2"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

@@ -132,3 +132,21 @@ pub fn cache_tiny(data: &std::path::Path, out: &std::path::Path, extra: &[&str])
         .output()
         .unwrap()
 }
+
+/// Rewrites one tensor of a safetensors file in place (the others unchanged).
+pub fn rewrite_tensor(
+    path: &std::path::Path,
+    name: &str,
+    f: impl Fn(&burn::tensor::TensorData) -> burn::tensor::TensorData,
+) {
+    let file = SafeTensorFiles::open_file(path).unwrap();
+    let tensors: Vec<(String, burn::tensor::TensorData)> = file
+        .names()
+        .map(|n| {
+            let data = file.get(n).unwrap().to_data_any();
+            (n.to_string(), if n == name { f(&data) } else { data })
+        })
+        .collect();
+    drop(file);
+    mapo::models::io::write_tensors(path, tensors).unwrap();
+}
