@@ -59,17 +59,17 @@ impl Backend {
     /// The device `--device NAME` means (`Adapter::Default`), or, when no device was asked
     /// for, a real GPU only (`Discrete`, then `Integrated`): wgpu's default adapter may be a
     /// software one (lavapipe), which must not shadow the native CPU backend.
-    fn construct(self, adapter: Adapter) -> Device {
+    fn construct(self, adapter: Adapter, index: usize) -> Device {
         #[cfg(feature = "wgpu")]
-        let kind = match adapter {
-            Adapter::Default => burn::tensor::DeviceKind::DefaultDevice,
-            Adapter::Discrete => burn::tensor::DeviceKind::DiscreteGpu(0),
-            Adapter::Integrated => burn::tensor::DeviceKind::IntegratedGpu(0),
+        let kind = match (adapter, index) {
+            (Adapter::Default, 0) => burn::tensor::DeviceKind::DefaultDevice,
+            (Adapter::Default | Adapter::Discrete, i) => burn::tensor::DeviceKind::DiscreteGpu(i),
+            (Adapter::Integrated, i) => burn::tensor::DeviceKind::IntegratedGpu(i),
         };
-        let _ = adapter;
+        let _ = (adapter, index);
         match self {
             #[cfg(feature = "cuda")]
-            Backend::Cuda => Device::cuda(0),
+            Backend::Cuda => Device::cuda(index),
             #[cfg(feature = "wgpu")]
             Backend::Wgpu => Device::wgpu(kind),
             #[cfg(feature = "vulkan")]
@@ -163,7 +163,21 @@ pub fn select(requested: Option<&str>) -> Result<Selected> {
     let env = std::env::var("MAPO_DEVICE").ok().filter(|s| !s.is_empty());
     match requested.map(str::to_owned).or(env) {
         Some(name) => {
+            // `cuda:1`, `wgpu:1`: the device's index (data-parallel ranks name theirs).
+            let (name, index) = match name.split_once(':') {
+                Some((b, i)) => (
+                    b.to_string(),
+                    i.parse::<usize>()
+                        .with_context(|| format!("device {name:?}: the index after ':' is not a number"))?,
+                ),
+                None => (name.clone(), 0),
+            };
             let backend: Backend = name.parse()?;
+            if index > 0 && matches!(backend, Backend::Flex | Backend::Cpu) {
+                bail!(
+                    "device {name}:{index}: the {name} backend has one device (index 0); to run several ranks on it,                      repeat \"{name}\""
+                );
+            }
             if !backend.compiled_in() {
                 let hint = if backend == Backend::Cpu && Backend::Flex.compiled_in() {
                     "; the CPU backend compiled in is the pure-Rust one: `--device flex`"
@@ -176,15 +190,16 @@ pub fn select(requested: Option<&str>) -> Result<Selected> {
                     backend.feature()
                 );
             }
-            let device = try_init(backend, Adapter::Default)
-                .with_context(|| format!("device {backend} failed to initialise (is its driver installed?)"))?;
+            let device = try_init(backend, Adapter::Default, index).with_context(|| {
+                format!("device {backend}:{index} failed to initialise (does it exist? is its driver installed?)")
+            })?;
             Ok(announce(Selected { backend, device }, "asked for"))
         }
         None => {
             let mut errors = Vec::new();
             for backend in Backend::ALL.into_iter().filter(|b| b.compiled_in()) {
                 for &adapter in backend.default_adapters() {
-                    match try_init(backend, adapter) {
+                    match try_init(backend, adapter, 0) {
                         Ok(device) => return Ok(announce(Selected { backend, device }, "default")),
                         Err(e) => errors.push(format!("{backend} ({adapter:?}): {e:#}")),
                     }
@@ -220,14 +235,14 @@ impl Selected {
 
 /// Initialising a backend whose driver is missing panics inside Burn/CubeCL: turn that
 /// into an error so that a GPU-less machine falls back cleanly.
-fn try_init(backend: Backend, adapter: Adapter) -> Result<Device> {
+fn try_init(backend: Backend, adapter: Adapter, index: usize) -> Result<Device> {
     if backend == Backend::Cuda && !cuda_driver_present() {
         bail!("libcuda was not found");
     }
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     let result = std::panic::catch_unwind(|| {
-        let device = backend.construct(adapter);
+        let device = backend.construct(adapter, index);
         let probe = Tensor::<1>::ones([4], &device).sum().into_scalar::<f32>();
         (device, probe)
     });
@@ -261,4 +276,11 @@ fn cuda_driver_present() -> bool {
             .chain(ld.split(':').filter(|s| !s.is_empty()).map(str::to_string))
             .any(|d| std::path::Path::new(&d).join(lib).exists())
     })
+}
+
+/// The process's peak resident memory (Linux `VmHWM`), in bytes.
+pub fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
 }

@@ -247,33 +247,35 @@ fn cache_round_trip_resume_and_refusal() {
     assert!(!run.status.success() && stderr.contains("resolution"), "{stderr}");
 
     // Latents at the mean, or sampled from the cached distribution (same noise, timesteps).
-    let mean = mapo::train::data::PairsFile::open_with(&out, &device, false).unwrap().batch(5, 0, 4, 1000);
-    let drawn = mapo::train::data::PairsFile::open_with(&out, &device, true).unwrap().batch(5, 0, 4, 1000);
+    let open = |spread| mapo::data::stream::PairSource::open(&out, 5, 8, spread).unwrap();
+    let mean = mapo::train::data::first_batch(&open(false), 4, 1000, &device).unwrap();
+    let drawn = mapo::train::data::first_batch(&open(true), 4, 1000, &device).unwrap();
     assert_eq!(mean.timesteps, drawn.timesteps);
     assert_eq!(common::to_vec(mean.noise.clone()), common::to_vec(drawn.noise.clone()));
     // (drawn − mean) / (exp(logvar / 2) · scale) is standard normal.
-    let pairs = mapo::train::data::PairsFile::open_with(&out, &device, false).unwrap();
-    let rows: Vec<usize> = pairs.indices(5, 0, 4);
     let index = mapo::data::cache::CacheIndex::read(&out).unwrap();
-    let logvar: Vec<f32> = (0..index.shards.len())
-        .flat_map(|k| {
-            let f =
-                mapo::models::io::SafeTensorFiles::open_file(&out.join(format!("shard-{k:05}.safetensors"))).unwrap();
-            common::to_vec(f.float::<4>("chosen_logvar", &device, burn::tensor::DType::F32).unwrap())
+    let source = open(false);
+    let logvar: Vec<Vec<f32>> = (0..4)
+        .map(|c| {
+            let at = source.position(c);
+            let f = mapo::models::io::SafeTensorFiles::open_file(&out.join(&at.shard)).unwrap();
+            let all = common::to_vec(f.float::<4>("chosen_logvar", &device, burn::tensor::DType::F32).unwrap());
+            let per = all.len() / f.shape("chosen_logvar").unwrap()[0];
+            all[at.row * per..(at.row + 1) * per].to_vec()
         })
         .collect();
     let (m, d) = (common::to_vec(mean.chosen.clone()), common::to_vec(drawn.chosen.clone()));
     let per = m.len() / 4;
     let z: Vec<f64> = (0..m.len())
         .map(|i| {
-            let sd = (0.5 * logvar[rows[i / per] * per + i % per] as f64).exp() * index.meta.scaling_factor;
+            let sd = (0.5 * logvar[i / per][i % per] as f64).exp() * index.meta.scaling_factor;
             (d[i] - m[i]) as f64 / sd
         })
         .collect();
     let mu = z.iter().sum::<f64>() / z.len() as f64;
     let var = z.iter().map(|v| (v - mu).powi(2)).sum::<f64>() / z.len() as f64;
     assert!(mu.abs() < 0.15 && (var - 1.0).abs() < 0.25, "z over {} values: mean {mu}, variance {var}", z.len());
-    let err = mapo::train::data::PairsFile::open_with(&fixture(), &device, true).err().unwrap().to_string();
+    let err = mapo::data::stream::PairSource::open(&fixture(), 0, 8, true).err().unwrap().to_string();
     assert!(err.contains("sample_latents needs a `mapo cache` folder"), "{err}");
 
     // The trainer reads the cache.

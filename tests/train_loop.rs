@@ -49,7 +49,13 @@ fn metrics(run: &Path) -> Vec<serde_json::Value> {
         .lines()
         .map(|l| {
             let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            for k in ["step_time_s", "samples_per_s", "memory_reserved_bytes"] {
+            for k in [
+                "step_time_s",
+                "samples_per_s",
+                "memory_reserved_bytes",
+                "peak_memory_reserved_bytes",
+                "peak_rss_bytes",
+            ] {
                 v.as_object_mut().unwrap().remove(k);
             }
             v

@@ -73,12 +73,7 @@ pub struct TrainBench {
     pub device: Option<String>,
 }
 
-/// The process's peak resident memory (Linux `VmHWM`), in bytes.
-pub fn peak_rss() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
-}
+pub use crate::device::peak_rss;
 
 fn tensor<const D: usize>(seed: u64, shape: [usize; D], device: &Device) -> Tensor<D> {
     let n = shape.iter().product();

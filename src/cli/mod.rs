@@ -120,6 +120,12 @@ pub enum Command {
         size: String,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Write a complete `mapo cache` folder at --out instead of a pairs file.
+        #[arg(long)]
+        cache: bool,
+        /// Pairs per cache shard (with --cache).
+        #[arg(long, default_value_t = 256)]
+        shard_size: usize,
         #[arg(long)]
         out: PathBuf,
     },
@@ -266,7 +272,9 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Cache(c) => crate::cli::cache::run(&c),
-        Command::MakePairs { model, pairs, size, seed, out } => pairs::run(&model, pairs, &size, seed, &out),
+        Command::MakePairs { model, pairs, size, seed, cache, shard_size, out } => {
+            pairs::run(&model, pairs, &size, seed, &out, cache.then_some(shard_size))
+        }
         Command::RandomModel { component, config, out, dtype } => {
             forward::random_model(&component, &config, &out, &dtype)
         }

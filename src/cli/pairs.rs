@@ -1,4 +1,5 @@
-//! `mapo make-pairs`: a synthetic pairs file shaped for a model folder's UNet.
+//! `mapo make-pairs`: a synthetic pairs file shaped for a model folder's UNet, or (with
+//! `--cache`) a synthetic `mapo cache` folder of any size (streaming and memory tests).
 
 use std::path::Path;
 
@@ -12,7 +13,108 @@ use crate::models::io::write_tensors;
 use crate::models::unet::UNetConfig;
 use crate::sample::noise::standard_normal;
 
-pub fn run(model: &Path, pairs: usize, size: &str, seed: u64, out: &Path) -> Result<()> {
+/// Synthetic pairs: chosen latents are smooth patterns, rejected ones noise.
+struct Synthetic {
+    c: usize,
+    h: usize,
+    w: usize,
+    context_dim: usize,
+    text_dim: usize,
+    rng: ChaCha8Rng,
+}
+
+struct Rows {
+    chosen: Vec<f32>,
+    rejected: Vec<f32>,
+    context: Vec<f32>,
+    text: Vec<f32>,
+    time_ids: Vec<f32>,
+}
+
+impl Synthetic {
+    /// Pairs `first..first + pairs`.
+    fn rows(&mut self, first: usize, pairs: usize) -> Rows {
+        let (c, h, w) = (self.c, self.h, self.w);
+        let rng = &mut self.rng;
+        let mut chosen = Vec::with_capacity(pairs * c * h * w);
+        for p in first..first + pairs {
+            let phase = p as f32 * 0.7;
+            for ch in 0..c {
+                for y in 0..h {
+                    for x in 0..w {
+                        let v = ((x as f32 * 0.8 + phase).sin() + (y as f32 * 0.6 + ch as f32).cos()) * 0.7;
+                        chosen.push(v + 0.05 * standard_normal(rng));
+                    }
+                }
+            }
+        }
+        let rejected: Vec<f32> = (0..pairs * c * h * w).map(|_| standard_normal(rng)).collect();
+        let context: Vec<f32> = (0..pairs * 77 * self.context_dim).map(|_| standard_normal(rng)).collect();
+        let text: Vec<f32> = (0..pairs * self.text_dim).map(|_| standard_normal(rng)).collect();
+        let (ph, pw) = ((h * 8) as f32, (w * 8) as f32);
+        let time_ids: Vec<f32> = (0..pairs).flat_map(|_| [ph, pw, 0.0, 0.0, ph, pw]).collect();
+        Rows { chosen, rejected, context, text, time_ids }
+    }
+}
+
+/// `--cache`: `pairs` synthetic pairs as a complete cache folder of `shard_size`-pair shards
+/// (latent means = the pairs' latents ÷ the VAE's scaling factor, log-variances −6).
+fn write_cache(model: &Path, pairs: usize, shard_size: usize, mut synth: Synthetic, out: &Path) -> Result<()> {
+    use crate::data::cache::{CacheIndex, CacheMeta, append_shard, finish};
+    let (vae_config, scale) = match component_dir(model, "vae") {
+        Ok(dir) => {
+            let (raw, _) = crate::models::config::read_config::<serde_json::Value>(&dir)?;
+            let scale = raw["scaling_factor"].as_f64().unwrap_or(0.13025);
+            (raw, scale)
+        }
+        Err(_) => (serde_json::json!({"block_out_channels": [1, 1, 1, 1], "scaling_factor": 0.13025}), 0.13025),
+    };
+    let factor = 1usize << vae_config["block_out_channels"].as_array().map_or(3, |a| a.len().saturating_sub(1));
+    if out.join("index.json").exists() {
+        bail!("{}: already holds a cache; choose another --out", out.display());
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let transform = crate::data::transform::TransformConfig { resolution: synth.h * factor, ..Default::default() };
+    let meta = CacheMeta {
+        version: 1,
+        model: std::fs::canonicalize(model).unwrap_or_else(|_| model.to_path_buf()),
+        vae_config,
+        scaling_factor: scale,
+        resolution: synth.h * factor,
+        transform,
+        read: Default::default(),
+        seed: 0,
+        files: vec![],
+    };
+    let mut index = CacheIndex { meta, shards: vec![], next_position: 0, skipped: Default::default(), complete: false };
+    let (c, h, w) = (synth.c, synth.h, synth.w);
+    let mut done = 0;
+    while done < pairs {
+        let n = shard_size.min(pairs - done);
+        let r = synth.rows(done, n);
+        let unscale = |v: Vec<f32>| -> Vec<f32> { v.into_iter().map(|x| x / scale as f32).collect() };
+        let latent = |v: Vec<f32>| TensorData::new(v, [n, c, h, w]);
+        let logvar = || TensorData::new(vec![-6f32; n * c * h * w], [n, c, h, w]);
+        let tensors = vec![
+            ("chosen_mean".into(), latent(unscale(r.chosen))),
+            ("chosen_logvar".into(), logvar()),
+            ("rejected_mean".into(), latent(unscale(r.rejected))),
+            ("rejected_logvar".into(), logvar()),
+            ("encoder_hidden_states".into(), TensorData::new(r.context, [n, 77, synth.context_dim])),
+            ("text_embeds".into(), TensorData::new(r.text, [n, synth.text_dim])),
+            ("time_ids".into(), TensorData::new(r.time_ids, [n, 6])),
+            ("file_index".into(), TensorData::new(vec![0i64; n], [n])),
+            ("row".into(), TensorData::new((done..done + n).map(|i| i as i64).collect::<Vec<_>>(), [n])),
+        ];
+        append_shard(out, &mut index, tensors, n, done + n)?;
+        done += n;
+    }
+    finish(out, &mut index)?;
+    println!("wrote a cache of {pairs} pairs in {} shards to {}", index.shards.len(), out.display());
+    Ok(())
+}
+
+pub fn run(model: &Path, pairs: usize, size: &str, seed: u64, out: &Path, cache: Option<usize>) -> Result<()> {
     let (h, w) = size
         .split_once('x')
         .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)))
@@ -24,25 +126,15 @@ pub fn run(model: &Path, pairs: usize, size: &str, seed: u64, out: &Path) -> Res
     let time_dim = cfg.addition_time_embed_dim.unwrap_or(0) * 6;
     let text_dim = cfg.projection_class_embeddings_input_dim.unwrap_or(time_dim) - time_dim;
     let c = cfg.in_channels;
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut normal = || standard_normal(&mut rng);
-    let mut chosen = Vec::with_capacity(pairs * c * h * w);
-    for p in 0..pairs {
-        let phase = p as f32 * 0.7;
-        for ch in 0..c {
-            for y in 0..h {
-                for x in 0..w {
-                    let v = ((x as f32 * 0.8 + phase).sin() + (y as f32 * 0.6 + ch as f32).cos()) * 0.7;
-                    chosen.push(v + 0.05 * normal());
-                }
-            }
+    let mut synth =
+        Synthetic { c, h, w, context_dim: cfg.cross_attention_dim, text_dim, rng: ChaCha8Rng::seed_from_u64(seed) };
+    if let Some(shard_size) = cache {
+        if shard_size == 0 {
+            bail!("--shard-size must be > 0");
         }
+        return write_cache(model, pairs, shard_size, synth, out);
     }
-    let rejected: Vec<f32> = (0..pairs * c * h * w).map(|_| normal()).collect();
-    let context: Vec<f32> = (0..pairs * 77 * cfg.cross_attention_dim).map(|_| normal()).collect();
-    let text: Vec<f32> = (0..pairs * text_dim).map(|_| normal()).collect();
-    let (ph, pw) = ((h * 8) as f32, (w * 8) as f32);
-    let time_ids: Vec<f32> = (0..pairs).flat_map(|_| [ph, pw, 0.0, 0.0, ph, pw]).collect();
+    let Rows { chosen, rejected, context, text, time_ids } = synth.rows(0, pairs);
     write_tensors(
         out,
         vec![

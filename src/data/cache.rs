@@ -277,23 +277,39 @@ fn flush(out: &Path, index: &mut CacheIndex, buffer: &mut ShardBuffer, next_posi
     }
     let b = std::mem::take(buffer);
     let stack = |k: usize| Tensor::cat(b.tensors.iter().map(|t| t[k].clone()).collect(), 0).into_data();
+    let tensors = vec![
+        ("chosen_mean".into(), stack(0)),
+        ("chosen_logvar".into(), stack(1)),
+        ("rejected_mean".into(), stack(2)),
+        ("rejected_logvar".into(), stack(3)),
+        ("encoder_hidden_states".into(), Tensor::cat(b.context, 0).into_data()),
+        ("text_embeds".into(), Tensor::cat(b.text_embeds, 0).into_data()),
+        ("time_ids".into(), TensorData::new(b.time_ids, [n, 6])),
+        ("file_index".into(), TensorData::new(b.source.iter().map(|s| s.0).collect::<Vec<i64>>(), [n])),
+        ("row".into(), TensorData::new(b.source.iter().map(|s| s.1).collect::<Vec<i64>>(), [n])),
+    ];
+    append_shard(out, index, tensors, n, next_position)
+}
+
+/// Writes the next shard (the keys of [`ShardBuffer`]) and the index that lists it: the
+/// shard is complete on disk before the index names it.
+pub fn append_shard(
+    out: &Path,
+    index: &mut CacheIndex,
+    tensors: Vec<(String, TensorData)>,
+    pairs: usize,
+    next_position: usize,
+) -> Result<()> {
     let file = format!("shard-{:05}.safetensors", index.shards.len());
-    write_tensors(
-        &out.join(&file),
-        vec![
-            ("chosen_mean".into(), stack(0)),
-            ("chosen_logvar".into(), stack(1)),
-            ("rejected_mean".into(), stack(2)),
-            ("rejected_logvar".into(), stack(3)),
-            ("encoder_hidden_states".into(), Tensor::cat(b.context, 0).into_data()),
-            ("text_embeds".into(), Tensor::cat(b.text_embeds, 0).into_data()),
-            ("time_ids".into(), TensorData::new(b.time_ids, [n, 6])),
-            ("file_index".into(), TensorData::new(b.source.iter().map(|s| s.0).collect::<Vec<i64>>(), [n])),
-            ("row".into(), TensorData::new(b.source.iter().map(|s| s.1).collect::<Vec<i64>>(), [n])),
-        ],
-    )?;
-    index.shards.push(Shard { file, pairs: n, end_position: next_position });
+    write_tensors(&out.join(&file), tensors)?;
+    index.shards.push(Shard { file, pairs, end_position: next_position });
     index.next_position = next_position;
+    write_atomic(&out.join("index.json"), serde_json::to_string_pretty(index)?.as_bytes())
+}
+
+/// Marks the cache complete (training refuses an incomplete one).
+pub fn finish(out: &Path, index: &mut CacheIndex) -> Result<()> {
+    index.complete = true;
     write_atomic(&out.join("index.json"), serde_json::to_string_pretty(index)?.as_bytes())
 }
 

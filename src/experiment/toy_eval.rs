@@ -8,13 +8,14 @@ use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::toy::{Conditioner, SIZE, eval_subjects};
+use crate::data::stream::PairSource;
 use crate::data::toy::{Style, Subject};
 use crate::eval::toy_score::{read, summarize};
 use crate::models::unet::UNet2DConditionModel;
 use crate::sample::euler::EulerSchedule;
 use crate::sample::schedule::NoiseSchedule;
 use crate::sample::validate::{Prompts, initial_noise, sample_latents};
-use crate::train::data::PairsFile;
+use crate::train::data::first_batch;
 use crate::train::step::{PairBatch, pair_errors};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -69,13 +70,13 @@ impl ToyEvaluator {
         let prompts =
             Prompts { context: cond.context, text_embeds: cond.text_embeds, time_ids: cond.time_ids, negative: None };
         let schedule = NoiseSchedule::sdxl();
-        let data = PairsFile::open(pairs, device)?;
+        let data = PairSource::open(pairs, config.seed, 1, false)?;
         let n = config.error_pairs.min(data.len).max(1);
         Ok(Self {
             noise: initial_noise(config.seed, subjects.len(), [3, SIZE, SIZE], device),
             sampler: EulerSchedule::new(&schedule, config.steps, "leading", 1)?,
             guidance: config.guidance,
-            pairs: data.batch(config.seed, 0, n, schedule.num_train_timesteps()),
+            pairs: first_batch(&data, n, schedule.num_train_timesteps(), device)?,
             schedule,
             subjects,
             prompts,

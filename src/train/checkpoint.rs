@@ -26,6 +26,20 @@ pub struct CheckpointState {
     /// seeded by (seed, i): this pair is the whole RNG state and data position.
     pub seed: u64,
     pub micro_batches_done: usize,
+    /// Pairs consumed so far (all ranks): the data stream resumes here. Absent in
+    /// checkpoints of older versions (one rank: micro-batches × batch size).
+    #[serde(default)]
+    pub data_cursor: Option<usize>,
+    /// Where that is in the data (epoch, shard, row), for people.
+    #[serde(default)]
+    pub data_position: Option<crate::data::stream::Position>,
+    /// Data-parallel ranks of the run that wrote it.
+    #[serde(default = "one")]
+    pub ranks: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 const PREFIX: &str = "checkpoint-";

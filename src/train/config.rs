@@ -52,6 +52,18 @@ pub struct TrainConfig {
     pub max_bad_steps: usize,
     #[serde(default)]
     pub device: Option<String>,
+    /// Data parallel: one rank per device (`["cuda:0", "cuda:1"]`, or `["flex", "flex"]`),
+    /// `batch_size` pairs per rank. Empty: the single `device`.
+    #[serde(default)]
+    pub devices: Vec<String>,
+    /// DPO-type methods: compute the frozen reference's errors for every pair training will
+    /// draw before the first step, then free the reference model.
+    #[serde(default)]
+    pub reference_cache: bool,
+    /// A cache's shuffle buffer: its shards are read in a seeded order, this many at a time,
+    /// and the pairs of those shards shuffled together (memory ∝ this, not the dataset).
+    #[serde(default = "eight")]
+    pub shuffle_shards: usize,
     /// Train LoRA adapters instead of the full UNet (`[lora] rank = 8`, optional `alpha`,
     /// `targets`).
     #[serde(default)]
@@ -117,6 +129,9 @@ fn two() -> usize {
 }
 fn five() -> usize {
     5
+}
+fn eight() -> usize {
+    8
 }
 fn twenty() -> usize {
     20
@@ -190,6 +205,12 @@ impl TrainConfig {
         // Upper bounds catch typos (an extra digit) before they allocate or run for years.
         ensure!((1..=100_000_000).contains(&self.steps), "steps {} must be in 1..=100000000", self.steps);
         ensure!((1..=4096).contains(&self.batch_size), "batch_size {} must be in 1..=4096", self.batch_size);
+        ensure!(self.devices.len() <= 256, "devices: {} entries; at most 256 ranks", self.devices.len());
+        ensure!(
+            (1..=100_000).contains(&self.shuffle_shards),
+            "shuffle_shards {} must be in 1..=100000",
+            self.shuffle_shards
+        );
         ensure!(
             (1..=65536).contains(&self.grad_accumulation),
             "grad_accumulation {} must be in 1..=65536",
@@ -254,6 +275,7 @@ const MATH_KEYS: &[&str] = &[
     "dtype",
     "sample_latents",
     "data_transform",
+    "shuffle_shards",
 ];
 
 /// The math-changing keys that differ between the config a run started with and `now`,

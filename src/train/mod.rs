@@ -7,5 +7,7 @@ pub mod data;
 pub mod lr;
 pub mod optim;
 pub mod outdir;
+pub mod ranks;
+pub mod reference_cache;
 pub mod run;
 pub mod step;

@@ -7,18 +7,22 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
-use burn::tensor::DType;
+use burn::tensor::{DType, Device};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::checkpoint::{self, CheckpointState};
 use super::clip::{clip_coefficient, global_grad_norm};
 use super::config::TrainConfig;
-use super::data::PairsFile;
+use super::data::to_batch;
 use super::lr::multiplier;
 use super::optim::{GradMap, Optimizer, OptimizerConfig};
 use super::outdir::{self, OutputLock};
-use super::step::{forward_backward, updated_params_finite};
-use crate::device::select;
+use super::ranks::{
+    Rank, average, each_rank, reduction_for, replicate, replicate_optimizer, select_devices, start_communication,
+};
+use super::reference_cache::{ReferenceErrors, ReferencePass};
+use super::step::{Reference, forward_backward, updated_params_finite};
+use crate::data::stream::PairSource;
 use crate::losses::{Params, build};
 use crate::models::folder::component_dir;
 use crate::models::folder::save_component;
@@ -28,7 +32,7 @@ use crate::models::unet::UNet2DConditionModel;
 use crate::models::vae::{AutoencoderKL, VaeConfig};
 use crate::sample::euler::EulerSchedule;
 use crate::sample::schedule::NoiseSchedule;
-use crate::sample::validate::{Prompts, initial_noise, sample_latents, save_samples};
+use crate::sample::validate::{initial_noise, sample_latents, save_samples};
 
 /// How a run starts in its output folder.
 #[derive(Debug, Clone, Default)]
@@ -99,17 +103,24 @@ fn claim_output(config: &TrainConfig, start: &Start) -> Result<OutputLock> {
 pub fn train_with(config: &TrainConfig, how: &Start, hook: &mut StepHook) -> Result<f64> {
     let out = &config.output_dir;
     let method = build(&config.method, Params::from_map(config.method_params.clone()))?;
-    let selected = select(config.device.as_deref())?;
-    let plain = selected.device.clone();
-    let device = if config.gradient_checkpointing {
-        plain.clone().autodiff().gradient_checkpointing()
-    } else {
-        plain.clone().autodiff()
+    let selected = select_devices(config.device.as_deref(), &config.devices)?;
+    let backends: Vec<_> = selected.iter().map(|s| s.backend).collect();
+    let reduction = reduction_for(&backends);
+    let autodiff = |plain: &Device| {
+        if config.gradient_checkpointing {
+            plain.clone().autodiff().gradient_checkpointing()
+        } else {
+            plain.clone().autodiff()
+        }
     };
-    let compute = selected.precision(&config.dtype)?;
+    let plain = selected[0].device.clone();
+    let device = autodiff(&plain);
+    let compute = selected[0].precision(&config.dtype)?;
     let unet_dir = component_dir(&config.model, "unet")?;
     let (_, unet_config) = crate::models::config::read_config::<serde_json::Value>(&unet_dir)?;
     let schedule = NoiseSchedule::sdxl();
+    let ranks_n = selected.len();
+    let global_batch = config.batch_size * ranks_n;
 
     let o = &config.optimizer;
     let opt_config = match o.name.as_str() {
@@ -132,7 +143,7 @@ pub fn train_with(config: &TrainConfig, how: &Start, hook: &mut StepHook) -> Res
     let mut optimizer = Optimizer::new(opt_config);
 
     let metrics_path = out.join("metrics.jsonl");
-    let (mut unet, start, mut bad_in_a_row) = match how.resume.as_deref() {
+    let (unet, start, mut bad_in_a_row, cursor) = match how.resume.as_deref() {
         Some(which) => {
             let dir = checkpoint::resolve(out, which)?;
             let (state, unet_ckpt) = checkpoint::load(&dir, &mut optimizer, &plain)?;
@@ -146,6 +157,15 @@ pub fn train_with(config: &TrainConfig, how: &Start, hook: &mut StepHook) -> Res
                     config.grad_accumulation
                 );
             }
+            if state.ranks != ranks_n {
+                bail!(
+                    "{}: written by a run of {} rank(s); this config has {ranks_n} (the global batch would change): \
+                     resume with the same number of devices",
+                    dir.display(),
+                    state.ranks
+                );
+            }
+            let cursor = state.data_cursor.unwrap_or(state.micro_batches_done * config.batch_size);
             eprintln!("resuming from {} (step {})", dir.display(), state.step);
             let unet = match &config.lora {
                 Some(lora) => {
@@ -161,7 +181,7 @@ pub fn train_with(config: &TrainConfig, how: &Start, hook: &mut StepHook) -> Res
                 }
                 None => UNet2DConditionModel::from_dir(&unet_ckpt, &device, DType::F32)?.0,
             };
-            (unet, state.step, state.bad_in_a_row)
+            (unet, state.step, state.bad_in_a_row, cursor)
         }
         None => {
             // Fresh LoRA adapters are drawn from the device's generator: seed it.
@@ -171,20 +191,39 @@ pub fn train_with(config: &TrainConfig, how: &Start, hook: &mut StepHook) -> Res
                 UNet2DConditionModel::from_dir_with_lora(&unet_dir, &device, DType::F32, config.lora.clone(), None)?.0,
                 0,
                 0,
+                0,
             )
         }
     };
+    let uses_reference = method.uses_reference();
+    if config.reference_cache && !uses_reference {
+        eprintln!("note: reference_cache has no effect: {} uses no reference model", method.name());
+    }
     // Reference-free methods never build the reference. With LoRA the base weights are
     // frozen, so the reference is the policy with its adapters zeroed (no second copy).
-    let reference = if method.uses_reference() && config.lora.is_none() {
+    let reference = if uses_reference && config.lora.is_none() {
         Some(UNet2DConditionModel::from_dir(&unet_dir, &plain, DType::F32)?.0)
     } else {
         None
     };
+    let mut ranks = vec![Rank { backend: backends[0], plain: plain.clone(), device, unet, reference, optimizer }];
+    for s in &selected[1..] {
+        let first = &ranks[0];
+        let device = autodiff(&s.device);
+        ranks.push(Rank {
+            backend: s.backend,
+            plain: s.device.clone(),
+            unet: replicate(&first.unet, &device),
+            reference: first.reference.clone().map(|r| r.to_device(&s.device)),
+            optimizer: replicate_optimizer(&first.optimizer, &s.device),
+            device,
+        });
+    }
 
     // Validation decodes through the folder's VAE when it has one.
-    let vae = match (config.validation_every > 0, component_dir(&config.model, "vae")) {
-        (true, Ok(dir)) => Some(AutoencoderKL::from_dir(&dir, &plain, DType::F32)?),
+    let vae_dir = component_dir(&config.model, "vae").ok();
+    let vae = match (config.validation_every > 0, &vae_dir) {
+        (true, Some(dir)) => Some(AutoencoderKL::from_dir(dir, &plain, DType::F32)?),
         _ => None,
     };
     // The models have loaded: the folder is claimed only now (a run that cannot start
@@ -202,8 +241,15 @@ pub fn train_with(config: &TrainConfig, how: &Start, hook: &mut StepHook) -> Res
     } else {
         config.data.clone()
     };
-    let data = PairsFile::open_with(&data_path, &device, config.sample_latents)?;
+    let data = PairSource::open(&data_path, config.seed, config.shuffle_shards, config.sample_latents)?;
     data.check_model(&data_path, &serde_json::from_value(unet_config.clone())?)?;
+    if let Some(dir) = &vae_dir {
+        data.check_vae(&crate::models::config::read_config::<serde_json::Value>(dir)?.1)?;
+    }
+    let expected = start * config.grad_accumulation * global_batch;
+    if cursor != expected {
+        bail!("the checkpoint's data position ({cursor} pairs) does not match its step ({expected} pairs expected)");
+    }
     // Every input has loaded: only now is the folder's run state written.
     write_atomic(&out.join("config.toml"), toml::to_string_pretty(config)?.as_bytes())?;
     if start > 0 {
@@ -211,6 +257,33 @@ pub fn train_with(config: &TrainConfig, how: &Start, hook: &mut StepHook) -> Res
     } else {
         let _ = std::fs::remove_file(&metrics_path);
     }
+    if ranks_n > 1 {
+        eprintln!(
+            "data parallel: {ranks_n} ranks on {:?}, {} pairs each, global batch {global_batch}; reduction: {}",
+            config.devices,
+            config.batch_size,
+            reduction.describe()
+        );
+    }
+    let accum = config.grad_accumulation;
+    let reference_errors = if config.reference_cache && uses_reference {
+        let remaining = (config.steps - start) * accum * global_batch;
+        let adapters_off = config.lora.is_some().then(|| disable_adapters(ranks[0].unet.valid()));
+        let model = ranks[0].reference.as_ref().or(adapters_off.as_ref()).expect("a reference for this method");
+        let pass = ReferencePass { reference: model, device: &plain, dtype: compute, chunk: global_batch };
+        let t0 = Instant::now();
+        let cached = ReferenceErrors::compute(&pass, &data, &schedule, cursor, remaining)?;
+        ranks.iter_mut().for_each(|r| r.reference = None);
+        eprintln!(
+            "reference_cache: the reference's errors for {remaining} pairs computed in {:.1} s; reference model freed",
+            t0.elapsed().as_secs_f64()
+        );
+        Some(cached)
+    } else {
+        None
+    };
+    let _communication = start_communication(&ranks, reduction);
+    let mut stream = data.stream(cursor, 2);
     let mut metrics = OpenOptions::new().create(true).append(true).open(&metrics_path)?;
     let bar = ProgressBar::new(config.steps as u64).with_position(start as u64);
     bar.set_style(
@@ -220,42 +293,67 @@ pub fn train_with(config: &TrainConfig, how: &Start, hook: &mut StepHook) -> Res
     let mut peak_reserved = 0;
     for step in start..config.steps {
         let t0 = Instant::now();
-        let mut grads = GradMap::new();
+        let mut grads: Vec<GradMap> = vec![GradMap::new(); ranks_n];
         let (mut loss, mut sums): (f64, Vec<(String, f64)>) = (0.0, Vec::new());
-        let accum = config.grad_accumulation;
-        for micro in 0..accum {
-            let batch =
-                data.batch(config.seed, step * accum + micro, config.batch_size, schedule.num_train_timesteps());
-            let adapters_off =
-                (method.uses_reference() && config.lora.is_some()).then(|| disable_adapters(unet.valid()));
-            let reference = reference.as_ref().or(adapters_off.as_ref());
-            let m = forward_backward(&unet, reference, method.as_ref(), &batch, &schedule, compute);
-            loss += m.loss / accum as f64;
-            for (k, v) in m.metrics {
-                match sums.iter_mut().find(|(n, _)| *n == k) {
-                    Some((_, s)) => *s += v / accum as f64,
-                    None => sums.push((k, v / accum as f64)),
+        // Each micro-batch's share per rank: a function of the pairs' cursors only.
+        let scale = (accum * ranks_n) as f64;
+        for _ in 0..accum {
+            let (rows, cursors) = stream.next(global_batch)?;
+            let b = config.batch_size;
+            let micro = each_rank(&mut ranks, |i, rank| {
+                let batch = to_batch(
+                    &rows.slice(i * b, b),
+                    &cursors[i * b..(i + 1) * b],
+                    config.seed,
+                    schedule.num_train_timesteps(),
+                    &rank.device,
+                );
+                let adapters_off =
+                    (uses_reference && config.lora.is_some()).then(|| disable_adapters(rank.unet.valid()));
+                let reference = match (&reference_errors, rank.reference.as_ref().or(adapters_off.as_ref())) {
+                    (Some(cached), _) => {
+                        Reference::Errors(Box::new(cached.get(&cursors[i * b..(i + 1) * b], &rank.plain)))
+                    }
+                    (None, model) => model.into(),
+                };
+                forward_backward(&rank.unet, reference, method.as_ref(), &batch, &schedule, compute)
+            });
+            for (r, m) in micro.into_iter().enumerate() {
+                loss += m.loss / scale;
+                for (k, v) in m.metrics {
+                    match sums.iter_mut().find(|(n, _)| *n == k) {
+                        Some((_, s)) => *s += v / scale,
+                        None => sums.push((k, v / scale)),
+                    }
+                }
+                for (name, g) in m.grads {
+                    // Each rank's own share of the accumulation; the ranks' mean follows.
+                    let g = g.div_scalar(accum as f64);
+                    let total = match grads[r].remove(&name) {
+                        Some(acc) => acc + g,
+                        None => g,
+                    };
+                    grads[r].insert(name, total);
                 }
             }
-            for (name, g) in m.grads {
-                let g = g.div_scalar(accum as f64);
-                let total = match grads.remove(&name) {
-                    Some(acc) => acc + g,
-                    None => g,
-                };
-                grads.insert(name, total);
-            }
         }
-        let lr = optimizer.config.lr() * multiplier(&config.lr_schedule, step, config.steps, config.warmup_steps);
+        let grads = average(&mut ranks, grads, reduction);
+        let lr =
+            ranks[0].optimizer.config.lr() * multiplier(&config.lr_schedule, step, config.steps, config.warmup_steps);
         let grad_norm;
-        let norm = if loss.is_finite() { global_grad_norm(&grads) } else { f64::NAN };
+        let norm = if loss.is_finite() { global_grad_norm(&grads[0]) } else { f64::NAN };
         if norm.is_finite() {
             bad_in_a_row = 0;
-            unet = optimizer.step(unet, &grads, clip_coefficient(norm, config.max_grad_norm), lr);
+            let coefficient = clip_coefficient(norm, config.max_grad_norm);
+            for (rank, g) in ranks.iter_mut().zip(&grads) {
+                let unet = rank.unet.clone();
+                rank.unet = rank.optimizer.step(unet, g, coefficient, lr);
+            }
             grad_norm = norm;
             // Undoing an update would need a second copy of weights and optimizer state (30 GB
             // for SDXL): a non-finite weight ends the run instead, before anything is saved.
-            if !updated_params_finite(&unet, &grads) {
+            // Every rank applied the same update: rank 0 speaks for all.
+            if !updated_params_finite(&ranks[0].unet, &grads[0]) {
                 bail!(
                     "stopping at step {}: the update made parameters non-finite (learning rate {lr:e} too high?); \
                      nothing of this step was saved; last good checkpoint is in {}",
@@ -283,7 +381,8 @@ pub fn train_with(config: &TrainConfig, how: &Start, hook: &mut StepHook) -> Res
         let dt = t0.elapsed().as_secs_f64();
         let mut line = serde_json::json!({
             "step": step + 1, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-            "step_time_s": dt, "samples_per_s": (config.batch_size * accum) as f64 / dt,
+            "step_time_s": dt, "samples_per_s": (global_batch * accum) as f64 / dt,
+            "epoch": stream.cursor() as f64 / data.len as f64,
         });
         for (k, v) in &sums {
             line[k] = serde_json::json!(v);
@@ -294,6 +393,9 @@ pub fn train_with(config: &TrainConfig, how: &Start, hook: &mut StepHook) -> Res
             line["memory_reserved_bytes"] = serde_json::json!(usage.bytes_reserved);
             line["peak_memory_reserved_bytes"] = serde_json::json!(peak_reserved);
         }
+        if let Some(rss) = crate::device::peak_rss() {
+            line["peak_rss_bytes"] = serde_json::json!(rss);
+        }
         writeln!(metrics, "{line}")?;
         metrics.flush()?;
         bar.set_message(format!("loss {loss:.5}"));
@@ -301,39 +403,45 @@ pub fn train_with(config: &TrainConfig, how: &Start, hook: &mut StepHook) -> Res
         last_loss = loss;
 
         let done = step + 1;
-        hook(done, &unet)?;
+        let unet = &ranks[0].unet;
+        hook(done, unet)?;
         if config.validation_every > 0 && (done % config.validation_every == 0 || done == config.steps) {
             let dir = out.join("validation").join(format!("step-{done:08}"));
-            validate(config, &unet, &data, &schedule, vae.as_ref(), &dir)?;
+            validate(config, unet, &data, &schedule, vae.as_ref(), &dir)?;
             warn(&bar, &format!("validation samples: {}", dir.display()));
         }
         if (config.checkpoint_every > 0 && done % config.checkpoint_every == 0) || done == config.steps {
+            // Rank 0 writes; every rank resumes from it (the ranks' states are identical).
             let state = CheckpointState {
                 step: done,
-                optimizer_step: optimizer.step,
+                optimizer_step: ranks[0].optimizer.step,
                 bad_in_a_row,
                 seed: config.seed,
                 micro_batches_done: done * accum,
+                data_cursor: Some(stream.cursor()),
+                data_position: Some(data.position(stream.cursor())),
+                ranks: ranks_n,
             };
             checkpoint::save(
                 out,
                 &state,
-                &unet,
+                unet,
                 &unet_config,
-                &optimizer,
+                &ranks[0].optimizer,
                 config.keep_checkpoints,
                 config.lora.is_some(),
             )?;
         }
     }
     bar.finish();
+    let unet = &ranks[0].unet;
     match &config.lora {
         // The adapters in diffusers' format, and the UNet with them merged in.
         Some(lora) => {
-            save_lora(&unet, &out.join("pytorch_lora_weights.safetensors"), "unet.", lora.scale())?;
-            save_merged(&unet, &unet_config, &out.join("unet"), lora.scale())?;
+            save_lora(unet, &out.join("pytorch_lora_weights.safetensors"), "unet.", lora.scale())?;
+            save_merged(unet, &unet_config, &out.join("unet"), lora.scale())?;
         }
-        None => save_component(&unet, &unet_config, &out.join("unet"), DType::F32)?,
+        None => save_component(unet, &unet_config, &out.join("unet"), DType::F32)?,
     }
     Ok(last_loss)
 }
@@ -362,19 +470,14 @@ fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
 fn validate(
     config: &TrainConfig,
     unet: &UNet2DConditionModel,
-    data: &PairsFile,
+    data: &PairSource,
     schedule: &NoiseSchedule,
     vae: Option<&(AutoencoderKL, VaeConfig)>,
     dir: &Path,
 ) -> Result<()> {
     let euler = EulerSchedule::new(schedule, config.validation_steps, "leading", 1)?;
-    let (prompts, shape) = data.prompts(config.validation_prompts);
-    let plain = Prompts {
-        context: prompts.context.inner(),
-        text_embeds: prompts.text_embeds.inner(),
-        time_ids: prompts.time_ids.inner(),
-        negative: None,
-    };
+    let device = unet.devices().first().cloned().map(|d| d.inner()).expect("the UNet has parameters");
+    let (plain, shape) = super::data::prompts(data, config.validation_prompts, &device)?;
     let noise = initial_noise(config.seed, plain.context.dims()[0], shape, &plain.context.device());
     let latents = sample_latents(&unet.valid(), &euler, &plain, noise, config.validation_guidance, &mut |_| {});
     save_samples(latents, vae.map(|(v, c)| (v, c.scaling_factor)), dir)

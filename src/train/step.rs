@@ -79,8 +79,35 @@ fn predict(unet: &UNet2DConditionModel, x: &Inputs, dtype: DType) -> Tensor<4> {
 /// Per-pair errors of `unet` on a batch's chosen and rejected images, in f32 (evaluation:
 /// call it with a model on a plain device, no graph is recorded).
 pub fn pair_errors(unet: &UNet2DConditionModel, batch: &PairBatch, schedule: &NoiseSchedule) -> Errors {
-    let x = inputs(batch, schedule, true);
-    Errors::from_prediction(predict(unet, &x, DType::F32), x.target.clone(), true)
+    pair_errors_in(unet, batch, schedule, DType::F32, true)
+}
+
+/// [`pair_errors`] with activations in `dtype`, chosen only unless `with_rejected`.
+pub fn pair_errors_in(
+    unet: &UNet2DConditionModel,
+    batch: &PairBatch,
+    schedule: &NoiseSchedule,
+    dtype: DType,
+    with_rejected: bool,
+) -> Errors {
+    let x = inputs(batch, schedule, with_rejected);
+    Errors::from_prediction(predict(unet, &x, dtype), x.target.clone(), with_rejected)
+}
+
+/// What a method that needs a reference compares against.
+pub enum Reference<'a> {
+    /// No reference (reference-free methods).
+    None,
+    /// The frozen model, run on the inner (non-autodiff) device.
+    Model(&'a UNet2DConditionModel),
+    /// Its per-pair errors, computed before training (`reference_cache`), on the inner device.
+    Errors(Box<Errors>),
+}
+
+impl<'a> From<Option<&'a UNet2DConditionModel>> for Reference<'a> {
+    fn from(model: Option<&'a UNet2DConditionModel>) -> Self {
+        model.map_or(Reference::None, Reference::Model)
+    }
 }
 
 /// Loss and metrics of one micro-batch, and the gradients of the loss.
@@ -92,11 +119,11 @@ pub struct MicroStep {
 
 /// Forward and backward of one micro-batch.
 ///
-/// `reference` is the frozen model for methods that need one; it runs on the inner
-/// (non-autodiff) device, so no graph is recorded for it.
-pub fn forward_backward(
+/// `reference` is the frozen model (or its errors) for methods that need one; it runs on the
+/// inner (non-autodiff) device, so no graph is recorded for it.
+pub fn forward_backward<'a>(
     unet: &UNet2DConditionModel,
-    reference: Option<&UNet2DConditionModel>,
+    reference: impl Into<Reference<'a>>,
     method: &dyn PreferenceLoss,
     batch: &PairBatch,
     schedule: &NoiseSchedule,
@@ -106,8 +133,16 @@ pub fn forward_backward(
     let x = inputs(batch, schedule, with_rejected);
 
     let policy = Errors::from_prediction(predict(unet, &x, compute), x.target.clone(), with_rejected);
+    let lift = |t: Tensor<1>| to_autodiff(t, x.noisy.gradient_checkpointing_strategy());
     let reference_errors = method.uses_reference().then(|| {
-        let reference = reference.expect("this method needs a reference model");
+        let reference = match reference.into() {
+            Reference::Errors(e) => {
+                let e = *e;
+                return Errors { chosen: lift(e.chosen), rejected: e.rejected.map(lift) };
+            }
+            Reference::Model(m) => m,
+            Reference::None => panic!("this method needs a reference model"),
+        };
         let plain = Inputs {
             noisy: x.noisy.clone().inner(),
             timesteps: x.timesteps.clone(),
@@ -119,7 +154,6 @@ pub fn forward_backward(
             },
         };
         let e = Errors::from_prediction(predict(reference, &plain, compute), plain.target, with_rejected);
-        let lift = |t: Tensor<1>| to_autodiff(t, x.noisy.gradient_checkpointing_strategy());
         Errors { chosen: lift(e.chosen), rejected: e.rejected.map(lift) }
     });
 
