@@ -72,16 +72,16 @@ impl PairRows {
     /// Appends row `i` of `from`.
     pub fn push_row(&mut self, from: &PairRows, i: usize) {
         let (l, c, p) = (self.shape.latent_len(), self.shape.context[0] * self.shape.context[1], self.shape.pooled);
-        let row = |v: &[f32], k: usize| v[i * k..(i + 1) * k].to_vec();
-        self.chosen.extend(row(&from.chosen, l));
-        self.rejected.extend(row(&from.rejected, l));
+        let row = |k: usize| i * k..(i + 1) * k;
+        self.chosen.extend_from_slice(&from.chosen[row(l)]);
+        self.rejected.extend_from_slice(&from.rejected[row(l)]);
         if let (Some((a, b)), Some((fa, fb))) = (&mut self.spread, &from.spread) {
-            a.extend(row(fa, l));
-            b.extend(row(fb, l));
+            a.extend_from_slice(&fa[row(l)]);
+            b.extend_from_slice(&fb[row(l)]);
         }
-        self.context.extend(row(&from.context, c));
-        self.text_embeds.extend(row(&from.text_embeds, p));
-        self.time_ids.extend(row(&from.time_ids, 6));
+        self.context.extend_from_slice(&from.context[row(c)]);
+        self.text_embeds.extend_from_slice(&from.text_embeds[row(p)]);
+        self.time_ids.extend_from_slice(&from.time_ids[row(6)]);
         self.n += 1;
     }
 
@@ -359,19 +359,21 @@ impl PairSource {
         }
     }
 
-    /// One group of an epoch, loaded and in its shuffled order.
+    /// One group of an epoch, loaded and in its shuffled order (rows are copied once, from
+    /// the shards into the order, so the group is held at most twice while it is built).
     fn load_group(&self, plan: &Plan, epoch: usize, g: usize) -> Result<PairRows> {
         let (first, count, _) = plan.groups[g];
-        let mut all = PairRows::empty(self.shape, self.spread);
-        for &s in &plan.order[first..first + count] {
-            let rows = self.load_shard(s, self.spread)?;
-            for i in 0..rows.n {
-                all.push_row(&rows, i);
-            }
-        }
+        let shards: Vec<PairRows> =
+            plan.order[first..first + count].iter().map(|&s| self.load_shard(s, self.spread)).collect::<Result<_>>()?;
+        let total = shards.iter().map(|r| r.n).sum();
         let mut out = PairRows::empty(self.shape, self.spread);
-        for j in self.group_perm(epoch, g, all.n) {
-            out.push_row(&all, j);
+        for mut j in self.group_perm(epoch, g, total) {
+            let mut k = 0;
+            while j >= shards[k].n {
+                j -= shards[k].n;
+                k += 1;
+            }
+            out.push_row(&shards[k], j);
         }
         Ok(out)
     }

@@ -62,7 +62,7 @@ pub struct TrainConfig {
     pub reference_cache: bool,
     /// A cache's shuffle buffer: its shards are read in a seeded order, this many at a time,
     /// and the pairs of those shards shuffled together (memory ∝ this, not the dataset).
-    #[serde(default = "eight")]
+    #[serde(default = "four")]
     pub shuffle_shards: usize,
     /// Train LoRA adapters instead of the full UNet (`[lora] rank = 8`, optional `alpha`,
     /// `targets`).
@@ -130,8 +130,8 @@ fn two() -> usize {
 fn five() -> usize {
     5
 }
-fn eight() -> usize {
-    8
+fn four() -> usize {
+    4
 }
 fn twenty() -> usize {
     20

@@ -70,13 +70,15 @@ pub fn select_devices(device: Option<&str>, devices: &[String]) -> Result<Vec<Se
     Ok(out)
 }
 
+/// `MAPO_ALL_REDUCE=1` takes the all-reduce path with a single CUDA rank too (world size 1:
+/// how the GPU script checks the NCCL path on one GPU).
 pub fn reduction_for(backends: &[Backend]) -> Reduction {
-    if backends.len() == 1 {
-        Reduction::Single
-    } else if cfg!(feature = "cuda") && backends.iter().all(|b| *b == Backend::Cuda) {
-        Reduction::Nccl
-    } else {
-        Reduction::FirstDevice
+    let forced = std::env::var_os("MAPO_ALL_REDUCE").is_some_and(|v| v == "1");
+    let cuda = cfg!(feature = "cuda") && backends.iter().all(|b| *b == Backend::Cuda);
+    match backends.len() {
+        n if cuda && (n > 1 || forced) => Reduction::Nccl,
+        1 => Reduction::Single,
+        _ => Reduction::FirstDevice,
     }
 }
 

@@ -47,7 +47,7 @@ impl ReferenceErrors {
             )
             .expect("template"),
         );
-        let mut stream = source.stream(start, 2);
+        let mut stream = source.stream(start, 1);
         let (mut chosen, mut rejected) = (Vec::with_capacity(count), Vec::with_capacity(count));
         let mut done = 0;
         while done < count {

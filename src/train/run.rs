@@ -18,7 +18,8 @@ use super::lr::multiplier;
 use super::optim::{GradMap, Optimizer, OptimizerConfig};
 use super::outdir::{self, OutputLock};
 use super::ranks::{
-    Rank, average, each_rank, reduction_for, replicate, replicate_optimizer, select_devices, start_communication,
+    Rank, Reduction, average, each_rank, reduction_for, replicate, replicate_optimizer, select_devices,
+    start_communication,
 };
 use super::reference_cache::{ReferenceErrors, ReferencePass};
 use super::step::{Reference, forward_backward, updated_params_finite};
@@ -257,7 +258,7 @@ pub fn train_with(config: &TrainConfig, how: &Start, hook: &mut StepHook) -> Res
     } else {
         let _ = std::fs::remove_file(&metrics_path);
     }
-    if ranks_n > 1 {
+    if ranks_n > 1 || reduction == Reduction::Nccl {
         eprintln!(
             "data parallel: {ranks_n} ranks on {:?}, {} pairs each, global batch {global_batch}; reduction: {}",
             config.devices,
@@ -283,7 +284,7 @@ pub fn train_with(config: &TrainConfig, how: &Start, hook: &mut StepHook) -> Res
         None
     };
     let _communication = start_communication(&ranks, reduction);
-    let mut stream = data.stream(cursor, 2);
+    let mut stream = data.stream(cursor, 1);
     let mut metrics = OpenOptions::new().create(true).append(true).open(&metrics_path)?;
     let bar = ProgressBar::new(config.steps as u64).with_position(start as u64);
     bar.set_style(

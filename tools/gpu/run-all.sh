@@ -100,6 +100,37 @@ measure "train mapo lora mapo-naive-attention" "$BIN" bench train-step --method 
 measure "train mapo lora mapo-block-2^27" "$BIN" bench train-step --method mapo "${common[@]}" --lora 8 \
   --attention-block 134217728 --device "$DEV"
 
+say "== 2b. Burn's all-reduce (NCCL) at world size 1: same weights as without it"
+# Two 2-step MaPO runs of the tiny fixture on one device; the second averages its
+# gradients through burn::tensor::distributed::all_reduce (MAPO_ALL_REDUCE=1; on CPUs,
+# where Burn has no all-reduce, the variable changes nothing and the check is trivial).
+all_reduce_check() {
+  local d="$OUT/all-reduce" rank=$DEV
+  [ "$DEV" = cuda ] && rank=cuda:0
+  rm -rf "$d" && mkdir -p "$d"
+  "$BIN" make-pairs --model tests/fixtures/tiny-sdxl --pairs 4 --out "$d/pairs.safetensors" >/dev/null || return 1
+  for mode in plain all-reduce; do
+    printf 'model = "%s"\ndata = "%s"\noutput_dir = "%s"\nmethod = "mapo"\nsteps = 2\nbatch_size = 2\ndevices = ["%s"]\n' \
+      "$ROOT/tests/fixtures/tiny-sdxl" "$d/pairs.safetensors" "$d/$mode" "$rank" >"$d/$mode.toml"
+    MAPO_ALL_REDUCE=$([ $mode = all-reduce ] && echo 1 || echo 0) "$BIN" train --config "$d/$mode.toml" \
+      >/dev/null 2>"$d/$mode.log" || { cat "$d/$mode.log" >&2; return 1; }
+  done
+  grep -h "reduction" "$d/all-reduce.log" >&2
+  "$PYTHON" - "$d" <<'EOF'
+import json, sys
+from safetensors.numpy import load_file
+d = sys.argv[1]
+f = "unet/diffusion_pytorch_model.safetensors"
+a, b = load_file(f"{d}/plain/{f}"), load_file(f"{d}/all-reduce/{f}")
+diff = max(float(abs(a[k] - b[k]).max()) for k in a)
+nccl = "NCCL" in open(f"{d}/all-reduce.log").read()
+print(json.dumps({"max_abs_diff": diff, "all_reduce_used": nccl}))
+EOF
+}
+export -f all_reduce_check
+export OUT DEV BIN ROOT PYTHON
+measure "all-reduce world-size-1" bash -c all_reduce_check
+
 say "== 3. generation (${GEN_RES}², $GEN_STEPS steps, $DTYPE)"
 measure "generate mapo" "$BIN" bench generate --model "$MODEL" --resolution "$GEN_RES" --steps "$GEN_STEPS" \
   --dtype "$DTYPE" --device "$DEV"

@@ -61,6 +61,11 @@ shares = [r["finite_check_share"] for r in (res(f"train {m} {w} mapo") for m in 
 if shares:
     out.append(f"- finite check of the updated weights: {100 * min(shares):.2f}–{100 * max(shares):.2f}% of a step")
 
+r = res("all-reduce world-size-1")
+out.append("- Burn all-reduce at world size 1: " + (
+    f"max |Δw| {r['max_abs_diff']:.2e} vs no reduction, all-reduce used: {r['all_reduce_used']}" if r
+    else status("all-reduce world-size-1")))
+
 out += ["", "## Generation (whole run, s)", ""]
 for impl in ["mapo", "torch"]:
     r = res(f"generate {impl}")
