@@ -100,6 +100,45 @@ fn sweep_writes_a_report_with_both_runs_and_rerun_skips_them() {
     assert!(rebuilt.contains("| mapo | beta=0.5 |"), "{rebuilt}");
 }
 
+/// `--jobs 2` (each run in its own process, one thread each) gives the results of `--jobs 1`
+/// bit for bit: the same evaluations, weights and table (all but the wall time, step time
+/// and memory columns, which are measured).
+#[test]
+fn concurrent_runs_give_the_sequential_results() {
+    let mut tables = Vec::new();
+    let mut dirs = Vec::new();
+    for jobs in ["1", "2"] {
+        let tmp = tempfile_dir(&format!("experiment-jobs{jobs}"));
+        let file = write_experiment(&tmp);
+        let out = run_mapo(&["experiment", file.to_str().unwrap(), "--jobs", jobs]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        if jobs == "2" {
+            assert!(stderr.contains("2 runs, 2 at a time, "), "{stderr}");
+        }
+        let exp = tmp.join("runs").join("sweep");
+        let report = std::fs::read_to_string(exp.join("report.md")).unwrap();
+        assert!(report.contains(&format!("up to {jobs} run(s) at once")), "{report}");
+        let rows: Vec<String> = report
+            .lines()
+            .filter(|l| l.starts_with("| mapo") || l.starts_with("| reference"))
+            .map(|l| l.split('|').take(10).collect::<Vec<_>>().join("|"))
+            .collect();
+        assert_eq!(rows.len(), 3, "{report}");
+        tables.push(rows);
+        dirs.push(exp);
+    }
+    assert_eq!(tables[0], tables[1]);
+    for run in ["mapo-beta=0.1-s0", "mapo-beta=0.5-s0"] {
+        for f in ["eval.jsonl", "unet/diffusion_pytorch_model.safetensors", "samples.safetensors"] {
+            let (a, b) =
+                (std::fs::read(dirs[0].join(run).join(f)).unwrap(), std::fs::read(dirs[1].join(run).join(f)).unwrap());
+            assert!(a == b, "{run}/{f} differs between --jobs 1 and --jobs 2");
+        }
+    }
+    assert!(dirs[1].join("_logs/mapo-beta=0.1-s0.log").is_file());
+}
+
 #[test]
 fn unknown_keys_and_bad_sweeps_are_errors() {
     let tmp = tempfile_dir("experiment-errors");

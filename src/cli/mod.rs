@@ -95,6 +95,13 @@ pub enum Command {
         /// Print the planned runs and exit.
         #[arg(long)]
         dry_run: bool,
+        /// Independent runs at once, each in its own process with its share of the cores
+        /// (default: the number of cores; 1 = one after another in this process).
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Run only this planned run and write no report (what --jobs starts per run).
+        #[arg(long, value_name = "RUN")]
+        only: Option<String>,
     },
     /// Rebuild a report from run folders or experiment folders (e.g. the same experiment on
     /// two backends side by side).
@@ -257,8 +264,9 @@ pub fn run(cli: Cli) -> Result<()> {
             println!("done: final loss {loss:.6}; outputs in {}", config.output_dir.display());
             Ok(())
         }
-        Command::Experiment { file, overrides, device, dry_run } => {
-            crate::experiment::run(&file, &overrides, device.as_deref(), dry_run)
+        Command::Experiment { file, overrides, device, dry_run, jobs, only } => {
+            let options = crate::experiment::RunOptions { dry_run, jobs, only };
+            crate::experiment::run(&file, &overrides, device.as_deref(), &options)
         }
         Command::Report { dirs, out } => {
             let out = match (out, dirs.as_slice()) {

@@ -2,6 +2,7 @@
 //! writes a report that puts the methods side by side.
 
 pub mod config;
+pub mod jobs;
 pub mod runner;
 pub mod toy;
 pub mod toy_eval;
@@ -11,9 +12,23 @@ use std::time::Instant;
 
 use anyhow::Result;
 
+/// How to run an experiment's runs.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub dry_run: bool,
+    /// Runs at once (default: the machine's cores).
+    pub jobs: Option<usize>,
+    /// Only this run, no report (how `--jobs` starts each run).
+    pub only: Option<String>,
+}
+
 /// `mapo experiment FILE`: plans, runs what is not finished, writes the report.
-pub fn run(file: &Path, overrides: &[String], device: Option<&str>, dry_run: bool) -> Result<()> {
+pub fn run(file: &Path, overrides: &[String], device: Option<&str>, options: &RunOptions) -> Result<()> {
     let (base, runs) = config::load(file, overrides)?;
+    if let Some(name) = &options.only {
+        return runner::run_one(&base, &runs, name, device);
+    }
+    let dry_run = options.dry_run;
     let exp = runner::experiment_dir(&base);
     eprintln!("experiment {}: {} runs into {}", base.name, runs.len(), exp.display());
     for r in &runs {
@@ -23,10 +38,20 @@ pub fn run(file: &Path, overrides: &[String], device: Option<&str>, dry_run: boo
         return Ok(());
     }
     let t0 = Instant::now();
-    let dirs = runner::run_all(&base, &runs, device)?;
+    let jobs = options.jobs.unwrap_or_else(jobs::cores).max(1);
+    let how = runner::Invocation { file, overrides, device, jobs };
+    let dirs = runner::run_all(&base, &runs, &how)?;
     let data = crate::eval::report::collect(&dirs)?;
     crate::eval::report::write(&exp, &data)?;
     note_runs_left_out(&exp, &dirs)?;
+    append_to_report(
+        &exp,
+        &format!(
+            "Wall time of this `mapo experiment` call: {:.1} s, up to {jobs} run(s) at once (`--jobs`); each run's \
+             wall s is its own, measured while the others ran.",
+            t0.elapsed().as_secs_f64()
+        ),
+    )?;
     let table = crate::eval::report::table(&crate::eval::report::rows(&data));
     println!("{table}");
     println!(
@@ -57,6 +82,10 @@ fn note_runs_left_out(exp: &Path, planned: &[std::path::PathBuf]) -> Result<()> 
         exp.display()
     );
     eprintln!("note: {line}");
+    append_to_report(exp, &line)
+}
+
+fn append_to_report(exp: &Path, line: &str) -> Result<()> {
     let path = exp.join("report.md");
     let mut text = std::fs::read_to_string(&path)?;
     text.push_str(&format!("\n{line}\n"));

@@ -48,21 +48,43 @@ pub fn experiment_dir(config: &ExperimentConfig) -> PathBuf {
     config.runs_dir.join(&config.name)
 }
 
+/// How `mapo experiment` was invoked: what a child process needs to redo one run.
+pub struct Invocation<'a> {
+    pub file: &'a Path,
+    pub overrides: &'a [String],
+    pub device: Option<&'a str>,
+    /// Runs at once (child processes when > 1).
+    pub jobs: usize,
+}
+
 /// Runs every planned run that has not finished; returns the folders the report reads:
 /// the reference evaluations, then the runs in plan order.
-pub fn run_all(base: &ExperimentConfig, runs: &[PlannedRun], device: Option<&str>) -> Result<Vec<PathBuf>> {
+pub fn run_all(base: &ExperimentConfig, runs: &[PlannedRun], how: &Invocation) -> Result<Vec<PathBuf>> {
     let exp = experiment_dir(base);
     std::fs::create_dir_all(&exp).with_context(|| format!("creating {}", exp.display()))?;
     let total = runs.len();
+    let mut pending = Vec::new();
     for (i, run) in runs.iter().enumerate() {
         let dir = exp.join(&run.name);
         check_identity(&dir, run)?;
         if dir.join("summary.json").is_file() {
             eprintln!("[{}/{total}] {}: finished, skipped", i + 1, run.name);
         } else {
-            eprintln!("[{}/{total}] {}", i + 1, run.name);
-            execute(&exp, run, &dir, device)?;
+            pending.push(run);
         }
+    }
+    // What runs share (the toy reference, generated pairs, caches, the reference's scores)
+    // is made once, before any run starts: concurrent runs only read it.
+    for run in &pending {
+        prepare(&exp, run, how.device)?;
+    }
+    if how.jobs <= 1 || pending.len() <= 1 {
+        for (k, run) in pending.iter().enumerate() {
+            eprintln!("[{}/{}] {}", k + 1, pending.len(), run.name);
+            execute(&exp, run, &exp.join(&run.name), how.device)?;
+        }
+    } else {
+        super::jobs::run_concurrently(&exp, &pending, how)?;
     }
     let mut dirs: Vec<PathBuf> = Vec::new();
     for d in runs.iter().filter_map(|r| reference_summary_dir(&exp, r)) {
@@ -72,6 +94,18 @@ pub fn run_all(base: &ExperimentConfig, runs: &[PlannedRun], device: Option<&str
     }
     dirs.extend(runs.iter().map(|r| exp.join(&r.name)));
     Ok(dirs)
+}
+
+/// `--only NAME` (a child of `--jobs`): runs that one planned run, writes no report.
+pub fn run_one(base: &ExperimentConfig, runs: &[PlannedRun], name: &str, device: Option<&str>) -> Result<()> {
+    let exp = experiment_dir(base);
+    let run = runs.iter().find(|r| r.name == name).with_context(|| format!("--only {name}: no such planned run"))?;
+    let dir = exp.join(&run.name);
+    check_identity(&dir, run)?;
+    if dir.join("summary.json").is_file() {
+        return Ok(());
+    }
+    execute(&exp, run, &dir, device)
 }
 
 /// What makes a run this run: everything of the experiment that reaches it (other
@@ -142,15 +176,23 @@ fn inputs(exp: &Path, c: &ExperimentConfig, device: Option<&str>) -> Result<(Pat
     Ok((model, data))
 }
 
-/// Runs one run (scoring the reference first when no run has yet).
-fn execute(exp: &Path, run: &PlannedRun, dir: &Path, device: Option<&str>) -> Result<()> {
+/// A run's inputs, ready: its model and data folders (built on first use), its evaluator,
+/// and the reference's scores (computed on first use) as the first evaluation line.
+struct Prepared {
+    model: PathBuf,
+    data: PathBuf,
+    evaluator: Option<ToyEvaluator>,
+    start_line: Option<ToyMetrics>,
+    backend: String,
+    plain: burn::tensor::Device,
+}
+
+fn prepare(exp: &Path, run: &PlannedRun, device: Option<&str>) -> Result<Prepared> {
     let c = &run.config;
     let (model, data) = inputs(exp, c, device)?;
-    let mut train = c.train_config(&run.method, run.seed, &model, &data, dir)?;
-    if let Some(d) = device {
-        train.device = Some(d.to_string());
-    }
-    let selected = select(train.device.as_deref())?;
+    let requested =
+        device.map(String::from).or_else(|| c.train.get("device").and_then(|d| d.as_str()).map(String::from));
+    let selected = select(requested.as_deref())?;
     let backend = selected.backend.name().to_string();
     let plain = selected.device.clone();
 
@@ -190,6 +232,17 @@ fn execute(exp: &Path, run: &PlannedRun, dir: &Path, device: Option<&str>) -> Re
         }
         let s: RunSummary = serde_json::from_str(&std::fs::read_to_string(&summary)?)?;
         start_line = s.eval;
+    }
+    Ok(Prepared { model, data, evaluator, start_line, backend, plain })
+}
+
+/// Runs one run.
+fn execute(exp: &Path, run: &PlannedRun, dir: &Path, device: Option<&str>) -> Result<()> {
+    let c = &run.config;
+    let Prepared { model, data, evaluator, start_line, backend, plain } = prepare(exp, run, device)?;
+    let mut train = c.train_config(&run.method, run.seed, &model, &data, dir)?;
+    if let Some(d) = device {
+        train.device = Some(d.to_string());
     }
 
     std::fs::create_dir_all(dir)?;

@@ -36,11 +36,15 @@ pub struct PretrainConfig {
     /// Share of extra rows with the empty (all-zero) conditioning, so that classifier-free
     /// guidance has an unconditional model to push against.
     pub caption_dropout: f64,
+    /// Data-parallel ranks (threads of this process) sharing each batch: the toy model's
+    /// ops are too small for the backend's own threads, whole half-batches are not. Fixed
+    /// (not the machine's core count) so that the reference is the same everywhere.
+    pub ranks: usize,
 }
 
 impl Default for PretrainConfig {
     fn default() -> Self {
-        Self { steps: 600, batch_size: 16, lr: 1e-3, seed: 0, images_per_subject: 24, caption_dropout: 0.1 }
+        Self { steps: 600, batch_size: 16, lr: 1e-3, seed: 0, images_per_subject: 24, caption_dropout: 0.1, ranks: 2 }
     }
 }
 
@@ -238,13 +242,24 @@ pub fn reference(cache: &Path, p: &PretrainConfig, device: Option<&str>) -> Resu
     if !data.is_file() {
         write_pairs(&data, &pretrain_rows(p), &cond)?;
     }
+    let ranks = p.ranks.max(1);
+    anyhow::ensure!(
+        p.batch_size.is_multiple_of(ranks),
+        "pretrain.batch_size {} is not a multiple of pretrain.ranks {ranks}",
+        p.batch_size
+    );
+    let name = match device {
+        Some(d) => d.to_string(),
+        None => crate::device::select(None)?.backend.name().to_string(),
+    };
     let mut config = TrainConfig {
         model: init,
         data,
         output_dir: pretrain.clone(),
         method: "sft".into(),
         steps: p.steps,
-        batch_size: p.batch_size,
+        batch_size: p.batch_size / ranks,
+        devices: if ranks > 1 { vec![name; ranks] } else { vec![] },
         seed: p.seed,
         lr_schedule: "cosine".into(),
         warmup_steps: p.steps / 20,
