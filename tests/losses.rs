@@ -1,8 +1,10 @@
-//! Loss parity with the official SFT / Diffusion-DPO / MaPO formulas evaluated in float64
-//! by tools/golden/make_losses_train.py, from the same f32 predictions.
+//! Loss parity with the official formulas of every method (SFT, Diffusion-DPO, MaPO, IPO,
+//! DPO-hinge, DMPO, DSPO, Diffusion-KTO) evaluated in float64 by
+//! tools/golden/make_methods.py, from the f32 predictions of losses.safetensors (written by
+//! tools/golden/make_losses_train.py), and the diagnostics every method logs.
 //!
-//! Tolerance 1e-6 relative (to max(|value|, 1e-3) for metrics that can be ~0): per-sample
-//! errors and loss arithmetic run in f64 on backends that have it (flex does).
+//! Tolerance 1e-6 relative (to max(|value|, 1e-3) for metrics that can be ~0) where the loss
+//! arithmetic runs in f64 (flex); F32_TOL on the f32 path (wgpu).
 
 mod common;
 
@@ -10,16 +12,30 @@ use std::process::Command;
 
 use burn::tensor::{DType, Tensor};
 use common::*;
-use mapo::losses::{Errors, Params, build, log_sigmoid};
+use mapo::losses::{Errors, LossInput, Method, Params, build, log_sigmoid};
 use mapo::models::io::{SafeTensorFiles, write_tensors};
 
 const CASES: [&str; 5] = ["realistic", "tiny_errors", "large_gaps", "zero_errors", "far_from_reference"];
 
-fn method(name: &str) -> Box<dyn mapo::losses::PreferenceLoss> {
-    match name {
-        "mapo_b1_s2" => build("mapo", Params::parse(&["beta=1".into(), "snr_value=2".into()]).unwrap()).unwrap(),
-        other => build(other, Params::default()).unwrap(),
-    }
+/// Fixture key, registry name, parameters.
+const METHODS: [(&str, &str, &[&str]); 12] = [
+    ("sft", "sft", &[]),
+    ("dpo", "dpo", &[]),
+    ("mapo", "mapo", &[]),
+    ("mapo_b1_s2", "mapo", &["beta=1", "snr_value=2"]),
+    ("ipo", "ipo", &[]),
+    ("ipo_b1000", "ipo", &["beta=1000"]),
+    ("dpo_hinge", "dpo_hinge", &[]),
+    ("dmpo", "dmpo", &[]),
+    ("dmpo_a0.2", "dmpo", &["beta=2000", "alpha=0.2"]),
+    ("dspo", "dspo", &[]),
+    ("kto", "kto", &[]),
+    ("kto_l2", "kto", &["beta=500", "lambda_d=2", "lambda_u=0.5"]),
+];
+
+fn method(name: &str, params: &[&str]) -> Method {
+    let params: Vec<String> = params.iter().map(|p| p.to_string()).collect();
+    build(name, Params::parse(&params).unwrap()).unwrap()
 }
 
 /// Relative error allowed for the loss arithmetic in `dtype`: f64 agrees with the f64
@@ -41,11 +57,13 @@ fn scalar(t: Tensor<1>) -> f64 {
 }
 
 /// Every case and method in the backend's own loss precision and, where that is f64, in f32
-/// too: the f32 arithmetic is tested on every backend.
+/// too: the f32 arithmetic is tested on every backend. Every metric a method logs must be
+/// in the fixture, and every fixture value must be logged.
 #[test]
 fn losses_match_official_formulas() {
     let device = device();
-    let f = open("losses.safetensors");
+    let inputs = open("losses.safetensors");
+    let expected = open("methods.safetensors");
     let mut dtypes = vec![mapo::losses::loss_dtype(&device)];
     if dtypes[0] != DType::F32 {
         dtypes.push(DType::F32);
@@ -53,31 +71,34 @@ fn losses_match_official_formulas() {
     for dtype in dtypes {
         let tol = tolerance(dtype);
         for case in CASES {
-            let read = |n: &str| f.float::<4>(&format!("{case}.{n}"), &device, DType::F32).unwrap();
+            let read = |n: &str| inputs.float::<4>(&format!("{case}.{n}"), &device, DType::F32).unwrap();
             let (pred, target, ref_pred) = (read("model_pred"), read("target"), read("ref_pred"));
             let errors = mapo::losses::per_sample_errors_in(pred.clone(), target.clone(), dtype);
-            let want = f.float::<1>(&format!("{case}.errors"), &device, DType::F64).unwrap();
+            let want = inputs.float::<1>(&format!("{case}.errors"), &device, DType::F64).unwrap();
             let want = want.into_data().convert::<f64>().try_to_vec::<f64>().unwrap();
             let got = errors.cast(DType::F64).into_data().convert::<f64>().try_to_vec::<f64>().unwrap();
             for (g, w) in got.iter().zip(&want) {
                 check(&format!("{dtype:?} {case} per-sample error"), *g, *w, tol);
             }
-            for name in ["sft", "dpo", "mapo", "mapo_b1_s2"] {
-                let (m, key) = (method(name), name);
-                let rows = pred.dims()[0];
-                let (p, t) = if m.uses_rejected() {
-                    (pred.clone(), target.clone())
-                } else {
-                    (pred.clone().narrow(0, 0, rows / 2), target.clone().narrow(0, 0, rows / 2))
-                };
-                let policy = Errors::from_prediction_in(p, t, m.uses_rejected(), dtype);
-                let reference = m
-                    .uses_reference()
-                    .then(|| Errors::from_prediction_in(ref_pred.clone(), target.clone(), true, dtype));
-                let out = m.compute(&policy, reference.as_ref());
-                let want = |k: &str| scalar(f.float::<1>(&format!("{case}.{key}.{k}"), &device, DType::F64).unwrap());
+            let rows = pred.dims()[0];
+            for (key, name, params) in METHODS {
+                let m = method(name, params);
+                let input = LossInput::from_pair_rows(
+                    pred.clone(),
+                    target.clone(),
+                    Some(ref_pred.clone()),
+                    m.needs,
+                    vec![500; rows],
+                    dtype,
+                );
+                let out = m.compute(&input);
+                let prefix = format!("{case}.{key}.");
+                let want = |k: &str| scalar(expected.float::<1>(&format!("{prefix}{k}"), &device, DType::F64).unwrap());
                 check(&format!("{dtype:?} {case} {key} loss"), scalar(out.loss), want("loss"), tol);
-                assert!(!out.metrics.is_empty());
+                let logged: Vec<&str> = out.metrics.iter().map(|(k, _)| *k).collect();
+                for k in expected.names().filter_map(|n| n.strip_prefix(&prefix)).filter(|k| *k != "loss") {
+                    assert!(logged.contains(&k), "{case} {key}: {k} is in the fixture but not logged ({logged:?})");
+                }
                 for (k, v) in out.metrics {
                     check(&format!("{dtype:?} {case} {key} {k}"), scalar(v), want(k), tol);
                 }
@@ -103,7 +124,8 @@ fn mapo_gradient_is_finite_at_zero_error() {
     let chosen = Tensor::<1>::from_floats([0.0, 0.1], &device).require_grad();
     let rejected = Tensor::<1>::from_floats([0.2, 0.0], &device).require_grad();
     let m = build("mapo", Params::default()).unwrap();
-    let out = m.compute(&Errors { chosen: chosen.clone(), rejected: Some(rejected.clone()) }, None);
+    let errors = Errors { chosen: chosen.clone(), rejected: Some(rejected.clone()) };
+    let out = m.compute(&LossInput::from_errors(&errors, None));
     let grads = out.loss.backward();
     for g in [chosen.grad(&grads).unwrap(), rejected.grad(&grads).unwrap()] {
         assert!(to_vec(g).iter().all(|v| v.is_finite()));
@@ -113,17 +135,31 @@ fn mapo_gradient_is_finite_at_zero_error() {
 #[test]
 fn registry_rejects_unknown_names_and_parameters() {
     let err = build("orpo", Params::default()).unwrap_err().to_string();
-    assert!(err.contains("unknown method \"orpo\"") && err.contains("sft, dpo, mapo"), "{err}");
+    assert!(
+        err.contains("unknown method \"orpo\"") && err.contains("sft, dpo, mapo, ipo, dpo_hinge, dmpo, dspo, kto"),
+        "{err}"
+    );
     let err = build("mapo", Params::parse(&["gamma=1".into()]).unwrap()).unwrap_err().to_string();
     assert!(err.contains("no parameter \"gamma\""), "{err}");
+    let err = build("dmpo", Params::parse(&["alpha=2".into()]).unwrap()).unwrap_err().to_string();
+    assert!(err.contains("dmpo: alpha must be in [0, 1]"), "{err}");
+    let err = build("ipo", Params::parse(&["beta=0".into()]).unwrap()).unwrap_err().to_string();
+    assert!(err.contains("ipo: beta must be positive"), "{err}");
     assert!(!build("sft", Params::default()).unwrap().uses_rejected());
     assert!(!build("mapo", Params::default()).unwrap().uses_reference());
-    assert!(build("dpo", Params::default()).unwrap().uses_reference());
+    for name in ["dpo", "ipo", "dpo_hinge", "dmpo", "dspo", "kto"] {
+        let m = build(name, Params::default()).unwrap();
+        assert!(m.uses_reference() && m.uses_rejected() && m.name == name, "{name}");
+    }
+    assert!(build("dspo", Params::default()).unwrap().needs.predictions);
+    assert!(!build("kto", Params::default()).unwrap().needs.pairs);
 }
 
+/// `mapo forward loss` for every method: the official values, through the f32 file.
 #[test]
 fn forward_loss_cli_writes_loss_and_metrics() {
     let f = open("losses.safetensors");
+    let expected = open("methods.safetensors");
     let dir = std::env::temp_dir().join(format!("mapo-loss-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let tol = tolerance(mapo::losses::loss_dtype(&device()));
@@ -134,28 +170,27 @@ fn forward_loss_cli_writes_loss_and_metrics() {
             .map(|n| (n.to_string(), f.get(&format!("{case}.{n}")).unwrap().to_data().unwrap()))
             .collect();
         write_tensors(&inp, tensors).unwrap();
-        let methods = [
-            ("sft", vec!["loss", "chosen_loss"]),
-            ("dpo", vec!["loss", "implicit_acc", "chosen_loss", "ref_rejected_loss"]),
-            ("mapo", vec!["loss", "margin", "chosen_loss", "rejected_loss"]),
-        ];
-        for (method, metrics) in methods {
-            let out = dir.join(format!("{case}-{method}.safetensors"));
+        for (key, method, params) in METHODS {
+            let out = dir.join(format!("{case}-{key}.safetensors"));
             let status = Command::new(env!("CARGO_BIN_EXE_mapo"))
                 .args(["forward", "loss", "--method", method, "--device", &device_name()])
+                .args(params.iter().flat_map(|p| ["--param", p]))
                 .args(["--inputs", inp.to_str().unwrap(), "--out", out.to_str().unwrap()])
                 .status()
                 .unwrap();
             assert!(status.success());
             let got = SafeTensorFiles::open_file(&out).unwrap();
-            for k in metrics {
+            let prefix = format!("{case}.{key}.");
+            let keys: Vec<&str> = expected.names().filter_map(|n| n.strip_prefix(&prefix)).collect();
+            assert!(keys.contains(&"loss") && keys.contains(&"chosen_loss"), "{key}: {keys:?}");
+            for k in keys {
                 let v = got.get(k).unwrap_or_else(|| panic!("{method}: no {k}"));
                 assert_eq!(v.shape, vec![1]);
                 let value = v.to_data().unwrap().convert::<f64>().try_to_vec::<f64>().unwrap()[0];
-                let want = f.get(&format!("{case}.{method}.{k}")).unwrap().to_data().unwrap();
+                let want = expected.get(&format!("{prefix}{k}")).unwrap().to_data().unwrap();
                 let want = want.convert::<f64>().try_to_vec::<f64>().unwrap()[0];
                 // The file stores f32: at best f32 resolution.
-                check(&format!("cli {case} {method} {k}"), value, want, tol);
+                check(&format!("cli {case} {key} {k}"), value, want, tol.max(1e-7));
             }
         }
     }

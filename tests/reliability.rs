@@ -301,20 +301,7 @@ fn kill_9_then_resume_equals_an_uninterrupted_run() {
     assert!(run.join(".mapo.lock").exists(), "a killed run leaves its lock");
     let out = train(&config, &[&steps[..], &["--resume", "latest"]].concat());
     assert!(out.status.success(), "{}", stderr(&out));
-    let metrics = |d: &Path| -> Vec<serde_json::Value> {
-        String::from_utf8(read(&d.join("metrics.jsonl")))
-            .unwrap()
-            .lines()
-            .map(|l| {
-                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-                for k in ["step_time_s", "samples_per_s", "peak_rss_bytes"] {
-                    v.as_object_mut().unwrap().remove(k);
-                }
-                v
-            })
-            .collect()
-    };
-    assert_eq!(metrics(&run), metrics(&dir.join("full")));
+    assert_eq!(metric_lines(&run), metric_lines(&dir.join("full")));
     let weights = |d: &Path| read(&d.join("unet/diffusion_pytorch_model.safetensors"));
     assert!(weights(&run) == weights(&dir.join("full")), "final weights differ");
     std::fs::remove_dir_all(&dir).unwrap();

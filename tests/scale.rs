@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{fixtures, rel_err};
+use common::{fixtures, metric_lines, rel_err};
 use mapo::data::stream::PairSource;
 use mapo::models::io::SafeTensorFiles;
 
@@ -70,17 +70,7 @@ fn train(config: &Path, extra: &[&str]) -> Output {
 }
 
 fn metrics(run: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            for k in ["step_time_s", "samples_per_s", "peak_rss_bytes"] {
-                v.as_object_mut().unwrap().remove(k);
-            }
-            v
-        })
-        .collect()
+    metric_lines(run)
 }
 
 /// Every UNet tensor of a finished run, by name.

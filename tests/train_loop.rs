@@ -44,23 +44,7 @@ fn train<S: AsRef<str>>(config: &Path, extra: &[S]) -> std::process::Output {
 
 /// Metric lines without the timing fields (which differ between any two runs).
 fn metrics(run: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            for k in [
-                "step_time_s",
-                "samples_per_s",
-                "memory_reserved_bytes",
-                "peak_memory_reserved_bytes",
-                "peak_rss_bytes",
-            ] {
-                v.as_object_mut().unwrap().remove(k);
-            }
-            v
-        })
-        .collect()
+    metric_lines(run)
 }
 
 fn weights(dir: &Path) -> Vec<(String, Vec<u8>)> {

@@ -131,7 +131,7 @@ pub fn train_step(b: &TrainBench) -> Result<serde_json::Value> {
     for i in 0..b.warmup + b.steps {
         plain.sync()?;
         let t0 = Instant::now();
-        let micro = forward_backward(&unet, reference.as_ref(), method.as_ref(), &batch, &schedule, compute);
+        let micro = forward_backward(&unet, reference.as_ref(), &method, &batch, &schedule, compute);
         let (next, _) = apply_update(unet, &micro.grads, &mut optimizer, 1e-5, 1.0);
         unet = next;
         plain.sync()?;

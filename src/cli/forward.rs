@@ -7,7 +7,7 @@ use burn::tensor::{DType, Device, Tensor};
 
 use super::{Component, ForwardArgs};
 use crate::device::{Precision, select};
-use crate::losses::{Errors, Params, build};
+use crate::losses::{LossInput, Params, build, loss_dtype, names};
 use crate::models::clip::ClipTextModel;
 pub use crate::models::folder::component_dir;
 use crate::models::folder::{save_as, save_component};
@@ -203,9 +203,10 @@ pub fn random_model(component: &str, config: &Path, out: &Path, dtype: &str) -> 
     Ok(())
 }
 
-/// `mapo forward loss`: predictions and targets laid out `[chosen; rejected]`.
+/// `mapo forward loss`: predictions and targets laid out `[chosen; rejected]`, optional
+/// `timestep` [2B] (i64) per row.
 fn loss(args: &ForwardArgs) -> Result<()> {
-    let Some(name) = args.method.as_deref() else { bail!("forward loss needs --method (sft, dpo, mapo)") };
+    let Some(name) = args.method.as_deref() else { bail!("forward loss needs --method ({})", names().join(", ")) };
     let method = build(name, Params::parse(&args.params)?)?;
     let device = select(args.device.device.as_deref())?.device;
     let inputs = SafeTensorFiles::open_file(&args.inputs)?;
@@ -218,20 +219,35 @@ fn loss(args: &ForwardArgs) -> Result<()> {
     if rows % 2 != 0 {
         bail!("{}: model_pred has {rows} rows; expected 2B (chosen rows, then rejected)", args.inputs.display());
     }
-    let errors = |p: Tensor<4>, t: Tensor<4>| {
-        if method.uses_rejected() {
-            Errors::from_prediction(p, t, true)
-        } else {
-            Errors::from_prediction(p.narrow(0, 0, rows / 2), t.narrow(0, 0, rows / 2), false)
-        }
-    };
     let reference = if method.uses_reference() {
         let r = read("ref_pred").with_context(|| format!("method {name} needs ref_pred"))?;
-        Some(errors(r, target.clone()))
+        if r.dims() != pred.dims() {
+            bail!(
+                "{}: ref_pred {:?} differs from model_pred {:?} in shape",
+                args.inputs.display(),
+                r.dims(),
+                pred.dims()
+            );
+        }
+        Some(r)
     } else {
         None
     };
-    let out = method.compute(&errors(pred, target), reference.as_ref());
+    let timesteps = match inputs.get("timestep") {
+        Some(_) => {
+            let t = inputs.int::<1>("timestep", &device)?;
+            let t: Vec<i64> =
+                t.into_data().convert::<i64>().try_to_vec::<i64>().map_err(|e| anyhow::anyhow!("timestep: {e:?}"))?;
+            if t.len() != rows {
+                bail!("{}: timestep has {} entries; expected one per row ({rows})", args.inputs.display(), t.len());
+            }
+            t
+        }
+        None => vec![0; rows],
+    };
+    let dtype = loss_dtype(&device);
+    let input = LossInput::from_pair_rows(pred, target, reference, method.needs, timesteps, dtype);
+    let out = method.compute(&input);
     let mut data = vec![("loss".to_string(), out.loss.into_data())];
     data.extend(out.metrics.into_iter().map(|(k, v)| (k.to_string(), v.into_data())));
     write_tensors(&args.out, data)

@@ -66,7 +66,7 @@ pub fn run(args: &ForwardArgs) -> Result<()> {
         let (next, stats) = train_step(
             unet,
             reference.as_ref(),
-            method.as_ref(),
+            &method,
             &batch,
             &schedule,
             &mut optimizer,

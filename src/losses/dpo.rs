@@ -4,7 +4,10 @@
 use anyhow::{Result, ensure};
 use burn::tensor::Tensor;
 
-use super::{Errors, LossOutput, Params, PreferenceLoss, log_sigmoid, scalar_out};
+use super::{LossInput, LossOutput, Needs, Params, PreferenceLoss, log_sigmoid, scalar_out};
+
+/// A reference method on pairs: policy and reference errors of chosen and rejected rows.
+pub(super) const NEEDS: Needs = Needs { rejected: true, reference: true, predictions: false, pairs: true };
 
 #[derive(Debug)]
 pub struct DiffusionDpo {
@@ -12,38 +15,31 @@ pub struct DiffusionDpo {
     pub beta: f64,
 }
 
+/// β with its default and a check, for every method of the DPO family.
+pub(super) fn take_beta(p: &mut Params, method: &str, default: f64) -> Result<f64> {
+    let beta = p.take("beta", default);
+    ensure!(beta > 0.0 && beta.is_finite(), "{method}: beta must be positive, got {beta}");
+    Ok(beta)
+}
+
 pub(super) fn build(p: &mut Params) -> Result<(Box<dyn PreferenceLoss>, &'static [&'static str])> {
-    let beta = p.take("beta", 5000.0);
-    ensure!(beta > 0.0, "dpo: beta must be positive, got {beta}");
-    Ok((Box::new(DiffusionDpo { beta }), &["beta"]))
+    Ok((Box::new(DiffusionDpo { beta: take_beta(p, "dpo", 5000.0)? }), &["beta"]))
+}
+
+/// The DPO logit per pair, `z = −β/2 · ((L_w − L_l) − (R_w − R_l))` (the reference detached).
+pub(super) fn logit(input: &LossInput, beta: f64) -> Tensor<1> {
+    let model_diff = input.chosen() - input.rejected();
+    let ref_diff = input.ref_chosen() - input.ref_rejected();
+    (model_diff - ref_diff.detach()).mul_scalar(-0.5 * beta)
 }
 
 impl PreferenceLoss for DiffusionDpo {
-    fn name(&self) -> &'static str {
-        "dpo"
+    fn needs(&self) -> Needs {
+        NEEDS
     }
 
-    fn uses_reference(&self) -> bool {
-        true
-    }
-
-    fn compute(&self, policy: &Errors, reference: Option<&Errors>) -> LossOutput {
-        let reference = reference.expect("dpo needs the reference model's errors");
-        let model_diff = policy.chosen.clone() - policy.rejected().clone();
-        let ref_diff = reference.chosen.clone() - reference.rejected().clone();
-        let inside: Tensor<1> = (model_diff - ref_diff.detach()).mul_scalar(-0.5 * self.beta);
-        let loss = log_sigmoid(inside.clone()).mean().neg();
-        // A tie counts as half right.
-        let wins = inside.clone().greater_elem(0.0).float() + inside.clone().equal_elem(0.0).float().mul_scalar(0.5);
-        LossOutput {
-            loss: scalar_out(loss),
-            metrics: vec![
-                ("implicit_acc", scalar_out(wins.mean())),
-                ("chosen_loss", scalar_out(policy.chosen.clone().mean())),
-                ("rejected_loss", scalar_out(policy.rejected().clone().mean())),
-                ("ref_chosen_loss", scalar_out(reference.chosen.clone().mean())),
-                ("ref_rejected_loss", scalar_out(reference.rejected().clone().mean())),
-            ],
-        }
+    fn compute(&self, input: &LossInput) -> LossOutput {
+        let loss = log_sigmoid(logit(input, self.beta)).mean().neg();
+        LossOutput { loss: scalar_out(loss), metrics: vec![] }
     }
 }

@@ -3,7 +3,7 @@
 use anyhow::{Result, ensure};
 
 use super::odds::odds_difference;
-use super::{Errors, LossOutput, Params, PreferenceLoss, log_sigmoid, scalar_out};
+use super::{LossInput, LossOutput, Needs, Params, PreferenceLoss, log_sigmoid, scalar_out};
 
 #[derive(Debug)]
 pub struct Mapo {
@@ -27,25 +27,18 @@ pub(super) fn build(p: &mut Params) -> Result<(Box<dyn PreferenceLoss>, &'static
 }
 
 impl PreferenceLoss for Mapo {
-    fn name(&self) -> &'static str {
-        "mapo"
+    fn needs(&self) -> Needs {
+        Needs::PAIRS
     }
 
-    fn compute(&self, policy: &Errors, _: Option<&Errors>) -> LossOutput {
+    fn compute(&self, input: &LossInput) -> LossOutput {
         let s = self.snr_value;
-        let (lw, ll) = (policy.chosen.clone(), policy.rejected().clone());
+        let (lw, ll) = (input.chosen(), input.rejected());
         // The gap is formed from the errors before scaling: it is exact when they are close.
         let gap = (ll.clone() - lw.clone()).mul_scalar(s);
-        let margin = odds_difference(lw.mul_scalar(s), ll.mul_scalar(s), gap).mul_scalar(self.num_train_timesteps);
-        let chosen_loss = policy.chosen.clone().mean();
-        let loss = chosen_loss.clone() - log_sigmoid(margin.clone()).mean().mul_scalar(self.beta);
-        LossOutput {
-            loss: scalar_out(loss),
-            metrics: vec![
-                ("chosen_loss", scalar_out(chosen_loss)),
-                ("rejected_loss", scalar_out(policy.rejected().clone().mean())),
-                ("margin", scalar_out(margin.mean())),
-            ],
-        }
+        let margin =
+            odds_difference(lw.clone().mul_scalar(s), ll.mul_scalar(s), gap).mul_scalar(self.num_train_timesteps);
+        let loss = lw.mean() - log_sigmoid(margin.clone()).mean().mul_scalar(self.beta);
+        LossOutput { loss: scalar_out(loss), metrics: vec![("margin", scalar_out(margin.mean()))] }
     }
 }

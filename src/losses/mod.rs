@@ -1,10 +1,18 @@
 //! Preference losses behind one small trait.
 //!
-//! A method turns per-sample denoising errors of the policy (and, if it asks for one, of a
-//! frozen reference) into a loss and named metrics. Adding a method is one file with a
-//! `build` function plus one line in [`REGISTRY`].
+//! A method turns per-row denoising errors of the policy (and, if it asks for one, of a
+//! frozen reference), their labels and timesteps, and the predictions when it asks for them,
+//! into a loss and named metrics. Adding a method is one file with a `build` function plus
+//! one line in [`REGISTRY`], the only place its name appears.
 
+pub mod diagnostics;
+mod dmpo;
 mod dpo;
+mod dpo_hinge;
+mod dspo;
+mod input;
+mod ipo;
+mod kto;
 mod mapo;
 pub mod odds;
 mod sft;
@@ -15,6 +23,8 @@ use std::sync::Mutex;
 
 use anyhow::{Result, bail};
 use burn::tensor::{DType, Device, Tensor};
+
+pub use input::{Layout, LossInput, Needs, Predictions};
 
 /// Per-pair denoising errors `L = mean over (C,h,w) of (ε_θ − ε)²`.
 #[derive(Debug, Clone)]
@@ -56,16 +66,41 @@ pub struct LossOutput {
 }
 
 pub trait PreferenceLoss: fmt::Debug + Send + Sync {
-    fn name(&self) -> &'static str;
+    /// What the method reads; nothing else is computed or kept for it.
+    fn needs(&self) -> Needs;
+    /// The loss and the method's own metrics ([`diagnostics`] adds the common ones).
+    fn compute(&self, input: &LossInput) -> LossOutput;
+}
+
+/// A built method: its registry name, what it needs, and the loss.
+#[derive(Debug)]
+pub struct Method {
+    pub name: &'static str,
+    pub needs: Needs,
+    loss: Box<dyn PreferenceLoss>,
+}
+
+impl Method {
     /// Whether the rejected half of each pair is run through the model at all.
-    fn uses_rejected(&self) -> bool {
-        true
+    pub fn uses_rejected(&self) -> bool {
+        self.needs.rejected
     }
+
     /// Whether a frozen reference model must be built and run.
-    fn uses_reference(&self) -> bool {
-        false
+    pub fn uses_reference(&self) -> bool {
+        self.needs.reference
     }
-    fn compute(&self, policy: &Errors, reference: Option<&Errors>) -> LossOutput;
+
+    /// The loss, the method's metrics, then the diagnostics every method logs.
+    pub fn compute(&self, input: &LossInput) -> LossOutput {
+        let mut out = self.loss.compute(input);
+        for (k, v) in diagnostics::common(input) {
+            if !out.metrics.iter().any(|(n, _)| *n == k) {
+                out.metrics.push((k, v));
+            }
+        }
+        out
+    }
 }
 
 /// Method parameters given as `key=value`; each method takes what it knows, and anything
@@ -105,16 +140,29 @@ impl Params {
 type Builder = fn(&mut Params) -> Result<(Box<dyn PreferenceLoss>, &'static [&'static str])>;
 
 /// Every method by name.
-pub const REGISTRY: &[(&str, Builder)] = &[("sft", sft::build), ("dpo", dpo::build), ("mapo", mapo::build)];
+pub const REGISTRY: &[(&str, Builder)] = &[
+    ("sft", sft::build),
+    ("dpo", dpo::build),
+    ("mapo", mapo::build),
+    ("ipo", ipo::build),
+    ("dpo_hinge", dpo_hinge::build),
+    ("dmpo", dmpo::build),
+    ("dspo", dspo::build),
+    ("kto", kto::build),
+];
 
-pub fn build(name: &str, mut params: Params) -> Result<Box<dyn PreferenceLoss>> {
-    let Some((_, builder)) = REGISTRY.iter().find(|(n, _)| *n == name) else {
-        let names: Vec<_> = REGISTRY.iter().map(|(n, _)| *n).collect();
-        bail!("unknown method {name:?} (known: {})", names.join(", "));
+/// The registry's names, in order.
+pub fn names() -> Vec<&'static str> {
+    REGISTRY.iter().map(|(n, _)| *n).collect()
+}
+
+pub fn build(name: &str, mut params: Params) -> Result<Method> {
+    let Some(&(name, builder)) = REGISTRY.iter().find(|(n, _)| *n == name) else {
+        bail!("unknown method {name:?} (known: {})", names().join(", "));
     };
-    let (method, known) = builder(&mut params)?;
+    let (loss, known) = builder(&mut params)?;
     params.finish(name, known)?;
-    Ok(method)
+    Ok(Method { name, needs: loss.needs(), loss })
 }
 
 /// The precision of per-sample errors and loss arithmetic: f64 where the backend's f64
@@ -167,6 +215,16 @@ pub fn per_sample_errors_in(pred: Tensor<4>, target: Tensor<4>, dtype: DType) ->
 /// `log σ(z)`, stable for large |z|: `min(z, 0) − ln(1 + e^{−|z|})`.
 pub fn log_sigmoid(z: Tensor<1>) -> Tensor<1> {
     z.clone().clamp_max(0.0) - z.abs().neg().exp().log1p()
+}
+
+/// σ(z), stable for large |z|.
+pub fn sigmoid(z: Tensor<1>) -> Tensor<1> {
+    log_sigmoid(z).exp()
+}
+
+/// `ln(1 + eᶻ)`, stable for large |z|: `max(z, 0) + ln(1 + e^{−|z|})`.
+pub fn softplus(z: Tensor<1>) -> Tensor<1> {
+    z.clone().clamp_min(0.0) + z.abs().neg().exp().log1p()
 }
 
 /// A [1] f32 tensor for the outside world.

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 
-use super::{Errors, LossOutput, Params, PreferenceLoss, scalar_out};
+use super::{LossInput, LossOutput, Needs, Params, PreferenceLoss, scalar_out};
 
 #[derive(Debug)]
 pub struct Sft;
@@ -12,16 +12,11 @@ pub(super) fn build(_: &mut Params) -> Result<(Box<dyn PreferenceLoss>, &'static
 }
 
 impl PreferenceLoss for Sft {
-    fn name(&self) -> &'static str {
-        "sft"
+    fn needs(&self) -> Needs {
+        Needs { rejected: false, reference: false, predictions: false, pairs: true }
     }
 
-    fn uses_rejected(&self) -> bool {
-        false
-    }
-
-    fn compute(&self, policy: &Errors, _: Option<&Errors>) -> LossOutput {
-        let loss = policy.chosen.clone().mean();
-        LossOutput { loss: scalar_out(loss.clone()), metrics: vec![("chosen_loss", scalar_out(loss))] }
+    fn compute(&self, input: &LossInput) -> LossOutput {
+        LossOutput { loss: scalar_out(input.chosen().mean()), metrics: vec![] }
     }
 }

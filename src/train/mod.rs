@@ -4,6 +4,7 @@ pub mod checkpoint;
 pub mod clip;
 pub mod config;
 pub mod data;
+pub mod drift;
 pub mod lr;
 pub mod optim;
 pub mod outdir;

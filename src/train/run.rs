@@ -14,6 +14,7 @@ use super::checkpoint::{self, CheckpointState};
 use super::clip::{clip_coefficient, global_grad_norm};
 use super::config::TrainConfig;
 use super::data::to_batch;
+use super::drift::Drift;
 use super::lr::multiplier;
 use super::optim::{GradMap, Optimizer, OptimizerConfig};
 use super::outdir::{self, OutputLock};
@@ -198,7 +199,18 @@ pub fn train_with(config: &TrainConfig, how: &Start, hook: &mut StepHook) -> Res
     };
     let uses_reference = method.uses_reference();
     if config.reference_cache && !uses_reference {
-        eprintln!("note: reference_cache has no effect: {} uses no reference model", method.name());
+        eprintln!("note: reference_cache has no effect: {} uses no reference model", method.name);
+    }
+    if config.reference_cache && method.needs.predictions {
+        bail!(
+            "reference_cache: method {} needs the reference's predictions, and the cache holds only its errors; \
+             set reference_cache = false",
+            method.name
+        );
+    }
+    if !method.needs.pairs && ranks_n > 1 {
+        // KTO's k is a statistic of the whole batch: per-rank values would change the method.
+        bail!("method {} is not supported with more than one device yet (devices has {ranks_n})", method.name);
     }
     // Reference-free methods never build the reference. With LoRA the base weights are
     // frozen, so the reference is the policy with its adapters zeroed (no second copy).
@@ -292,6 +304,7 @@ pub fn train_with(config: &TrainConfig, how: &Start, hook: &mut StepHook) -> Res
     );
     let mut last_loss = f64::NAN;
     let mut peak_reserved = 0;
+    let mut drift = Drift::resume(&metrics_path, start);
     for step in start..config.steps {
         let t0 = Instant::now();
         let mut grads: Vec<GradMap> = vec![GradMap::new(); ranks_n];
@@ -317,7 +330,7 @@ pub fn train_with(config: &TrainConfig, how: &Start, hook: &mut StepHook) -> Res
                     }
                     (None, model) => model.into(),
                 };
-                forward_backward(&rank.unet, reference, method.as_ref(), &batch, &schedule, compute)
+                forward_backward(&rank.unet, reference, &method, &batch, &schedule, compute)
             });
             for (r, m) in micro.into_iter().enumerate() {
                 loss += m.loss / scale;
@@ -388,6 +401,7 @@ pub fn train_with(config: &TrainConfig, how: &Start, hook: &mut StepHook) -> Res
         for (k, v) in &sums {
             line[k] = serde_json::json!(v);
         }
+        drift.annotate(&mut line);
         // Device memory where the backend reports it (CubeCL backends; not flex).
         if let Some(usage) = plain.memory_pool_usage() {
             peak_reserved = peak_reserved.max(usage.bytes_reserved);

@@ -2,7 +2,7 @@
 
 use burn::tensor::{DType, Tensor};
 
-use crate::losses::{Errors, PreferenceLoss};
+use crate::losses::{Errors, LossInput, Method, loss_dtype};
 use crate::models::named::param_grads;
 use crate::models::unet::{TextTime, UNet2DConditionModel};
 use crate::sample::schedule::{NoiseSchedule, timestep_tensor};
@@ -124,40 +124,48 @@ pub struct MicroStep {
 pub fn forward_backward<'a>(
     unet: &UNet2DConditionModel,
     reference: impl Into<Reference<'a>>,
-    method: &dyn PreferenceLoss,
+    method: &Method,
     batch: &PairBatch,
     schedule: &NoiseSchedule,
     compute: DType,
 ) -> MicroStep {
-    let with_rejected = method.uses_rejected();
-    let x = inputs(batch, schedule, with_rejected);
-
-    let policy = Errors::from_prediction(predict(unet, &x, compute), x.target.clone(), with_rejected);
+    let needs = method.needs;
+    let x = inputs(batch, schedule, needs.rejected);
+    let dtype = loss_dtype(&x.noisy.device());
     let lift = |t: Tensor<1>| to_autodiff(t, x.noisy.gradient_checkpointing_strategy());
-    let reference_errors = method.uses_reference().then(|| {
-        let reference = match reference.into() {
+
+    let pred = predict(unet, &x, compute);
+    let mut input =
+        LossInput::new(pred, x.target.clone(), needs.pair_layout(), x.timesteps.clone(), needs.predictions, dtype);
+    if needs.reference {
+        input = match reference.into() {
             Reference::Errors(e) => {
                 let e = *e;
-                return Errors { chosen: lift(e.chosen), rejected: e.rejected.map(lift) };
+                let rows = match e.rejected {
+                    Some(r) if needs.rejected => Tensor::cat(vec![e.chosen, r], 0),
+                    _ => e.chosen,
+                };
+                input.with_reference_errors(lift(rows))
             }
-            Reference::Model(m) => m,
-            Reference::None => panic!("this method needs a reference model"),
+            Reference::Model(m) => {
+                let plain = Inputs {
+                    noisy: x.noisy.clone().inner(),
+                    timesteps: x.timesteps.clone(),
+                    target: x.target.clone().inner(),
+                    context: x.context.clone().inner(),
+                    cond: TextTime {
+                        text_embeds: x.cond.text_embeds.clone().inner(),
+                        time_ids: x.cond.time_ids.clone().inner(),
+                    },
+                };
+                let ref_pred = to_autodiff(predict(m, &plain, compute), x.noisy.gradient_checkpointing_strategy());
+                input.with_reference_prediction(ref_pred, x.target.clone(), dtype)
+            }
+            Reference::None => panic!("method {} needs a reference model", method.name),
         };
-        let plain = Inputs {
-            noisy: x.noisy.clone().inner(),
-            timesteps: x.timesteps.clone(),
-            target: x.target.clone().inner(),
-            context: x.context.clone().inner(),
-            cond: TextTime {
-                text_embeds: x.cond.text_embeds.clone().inner(),
-                time_ids: x.cond.time_ids.clone().inner(),
-            },
-        };
-        let e = Errors::from_prediction(predict(reference, &plain, compute), plain.target, with_rejected);
-        Errors { chosen: lift(e.chosen), rejected: e.rejected.map(lift) }
-    });
+    }
 
-    let out = method.compute(&policy, reference_errors.as_ref());
+    let out = method.compute(&input);
     let grads = out.loss.backward();
     let grads = param_grads(unet, &grads).into_iter().filter_map(|(name, g, _)| g.map(|g| (name, g))).collect();
     // One device→host read for the loss and every metric: each read is a sync on a GPU.
@@ -201,7 +209,7 @@ pub fn updated_params_finite(unet: &UNet2DConditionModel, grads: &GradMap) -> bo
 pub fn train_step(
     unet: UNet2DConditionModel,
     reference: Option<&UNet2DConditionModel>,
-    method: &dyn PreferenceLoss,
+    method: &Method,
     batch: &PairBatch,
     schedule: &NoiseSchedule,
     optimizer: &mut Optimizer,

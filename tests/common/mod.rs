@@ -150,3 +150,21 @@ pub fn rewrite_tensor(
     drop(file);
     mapo::models::io::write_tensors(path, tensors).unwrap();
 }
+
+/// A run's metrics.jsonl lines without the fields that differ between any two runs of the
+/// same math (timings and memory).
+pub fn metric_lines(run: &std::path::Path) -> Vec<serde_json::Value> {
+    const TIMING: [&str; 5] =
+        ["step_time_s", "samples_per_s", "memory_reserved_bytes", "peak_memory_reserved_bytes", "peak_rss_bytes"];
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap_or_else(|e| panic!("{}: {e}", run.join("metrics.jsonl").display()))
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            for k in TIMING {
+                v.as_object_mut().unwrap().remove(k);
+            }
+            v
+        })
+        .collect()
+}
