@@ -112,7 +112,8 @@ pub fn train_step(b: &TrainBench) -> Result<serde_json::Value> {
     let size = b.resolution as f32;
     let batch = PairBatch {
         chosen: tensor(1, [b.batch, config.in_channels, h, h], &device),
-        rejected: tensor(2, [b.batch, config.in_channels, h, h], &device),
+        rejected: Some(tensor(2, [b.batch, config.in_channels, h, h], &device)),
+        labels: None,
         noise: tensor(3, [b.batch, config.in_channels, h, h], &device),
         timesteps: (0..b.batch).map(|i| (100 + 97 * i as i64) % 1000).collect(),
         encoder_hidden_states: tensor(4, [b.batch, 77, config.cross_attention_dim], &device),

@@ -42,9 +42,13 @@ pub struct CacheCommand {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Other column names: `--column caption=prompt` (keys caption, image_0, image_1,
-    /// label_0, label_1).
+    /// label_0, label_1; with --unpaired, image and label).
     #[arg(long = "column", value_name = "KEY=NAME")]
     pub columns: Vec<String>,
+    /// Rows of one image and a binary label (columns `caption`, `image`, `label`: 1
+    /// desirable, 0 undesirable) instead of pairs, for methods such as kto.
+    #[arg(long)]
+    pub unpaired: bool,
     #[arg(long, default_value_t = 256)]
     pub shard_size: usize,
     /// Pairs per VAE call.
@@ -67,7 +71,9 @@ pub fn columns(pairs: &[String]) -> Result<Columns> {
             "image_1" => &mut c.image_1,
             "label_0" => &mut c.label_0,
             "label_1" => &mut c.label_1,
-            other => bail!("--column {other:?}: expected caption, image_0, image_1, label_0 or label_1"),
+            "image" => &mut c.image,
+            "label" => &mut c.label,
+            other => bail!("--column {other:?}: expected caption, image_0, image_1, label_0, label_1, image or label"),
         };
         *slot = v.to_string();
     }
@@ -90,6 +96,7 @@ pub fn run(a: &CacheCommand) -> Result<()> {
             keep_ties: a.keep_ties,
             max_samples: a.max_samples,
             shuffle_seed: a.shuffle_seed,
+            unpaired: a.unpaired,
             ..ReadOptions::default()
         },
         seed: a.seed,
@@ -103,6 +110,7 @@ pub fn run(a: &CacheCommand) -> Result<()> {
         bail!("--max-samples 0 would cache nothing: give a positive count or leave it out");
     }
     let index = build(&args)?;
-    println!("{}: {} pairs in {} shards", a.out.display(), index.pairs(), index.shards.len());
+    let unit = if a.unpaired { "images" } else { "pairs" };
+    println!("{}: {} {unit} in {} shards", a.out.display(), index.pairs(), index.shards.len());
     Ok(())
 }

@@ -12,6 +12,7 @@ use crate::models::clip::ClipTextModel;
 pub use crate::models::folder::component_dir;
 use crate::models::folder::{save_as, save_component};
 use crate::models::io::{SafeTensorFiles, write_tensors};
+use crate::models::lora::BlockLayout;
 use crate::models::unet::{TextTime, UNet2DConditionModel};
 use crate::models::vae::AutoencoderKL;
 use crate::models::weights::Weights;
@@ -23,6 +24,9 @@ pub fn run(args: &ForwardArgs) -> Result<()> {
         _ => {}
     }
     let Some(model) = args.model.as_deref() else { bail!("forward {:?} needs --model DIR", args.component) };
+    if args.lora.is_some() && args.component != Component::Unet {
+        bail!("--lora applies to the UNet only (forward unet), not to {:?}", args.component);
+    }
     let selected = select(args.device.device.as_deref())?;
     let dtype = selected.precision(&args.device.dtype)?;
     let device = &selected.device;
@@ -32,7 +36,10 @@ pub fn run(args: &ForwardArgs) -> Result<()> {
     let outputs: Vec<(&str, Tensor<4>)> = match args.component {
         Component::Unet => {
             let dir = component_dir(model, "unet")?;
-            let (unet, _) = UNet2DConditionModel::from_dir(&dir, device, dtype)?;
+            let (mut unet, config) = UNet2DConditionModel::from_dir(&dir, device, dtype)?;
+            if let Some(lora) = &args.lora {
+                unet = crate::models::lora::apply_lora_file(unet, lora, &BlockLayout::of(&config)?)?;
+            }
             let sample = f("sample")?;
             let timestep = inputs.int::<1>("timestep", device)?;
             let context = inputs.float::<3>("encoder_hidden_states", device, dtype)?;

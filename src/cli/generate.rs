@@ -11,7 +11,7 @@ use super::DeviceArgs;
 use crate::device::select;
 use crate::models::clip::tokenizer::ClipTokenizer;
 use crate::models::io::{SafeTensorFiles, write_tensors};
-use crate::models::lora::apply_lora_file;
+use crate::models::lora::{BlockLayout, apply_lora_file};
 use crate::sample::pipeline::SdxlPipeline;
 use crate::sample::validate::{initial_noise, save_samples};
 
@@ -96,7 +96,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     }
     let mut pipe = SdxlPipeline::load(&args.model, args.unet.as_deref(), &device, dtype)?;
     if let Some(lora) = &args.lora {
-        pipe.unet = apply_lora_file(pipe.unet, lora, "unet.")?;
+        pipe.unet = apply_lora_file(pipe.unet, lora, &BlockLayout::of(&pipe.unet_config)?)?;
     }
     let f = pipe.vae_scale_factor();
     // diffusers' default: the UNet's sample_size × the VAE's factor (read once, if needed).

@@ -3,6 +3,7 @@
 pub mod cache;
 pub mod forward;
 pub mod generate;
+pub mod lora;
 pub mod pairs;
 pub mod train_step;
 
@@ -150,6 +151,9 @@ pub enum Command {
         #[arg(long, default_value = "f16")]
         dtype: String,
     },
+    /// LoRA files: convert between the diffusers/PEFT and kohya layouts.
+    #[command(subcommand)]
+    Lora(crate::cli::lora::LoraCommand),
     /// Print the parameter count of each component of a diffusers folder.
     Params {
         /// A diffusers pipeline folder, or one component folder (unet/, vae/).
@@ -211,6 +215,9 @@ pub struct ForwardArgs {
     pub out: PathBuf,
     #[command(flatten)]
     pub device: DeviceArgs,
+    /// unet: a LoRA file (peft or kohya keys) folded into the UNet at its scale alpha/rank.
+    #[arg(long)]
+    pub lora: Option<PathBuf>,
     /// Preference method (loss, train-step): sft, dpo or mapo.
     #[arg(long)]
     pub method: Option<String>,
@@ -280,6 +287,7 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Cache(c) => crate::cli::cache::run(&c),
+        Command::Lora(c) => crate::cli::lora::run(&c),
         Command::MakePairs { model, pairs, size, seed, cache, shard_size, out } => {
             pairs::run(&model, pairs, &size, seed, &out, cache.then_some(shard_size))
         }

@@ -36,7 +36,8 @@ pub fn run(args: &ForwardArgs) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let batch = PairBatch {
         chosen: f4("chosen")?,
-        rejected: f4("rejected")?,
+        rejected: Some(f4("rejected")?),
+        labels: None,
         noise: f4("noise")?,
         timesteps,
         encoder_hidden_states: inputs.float::<3>("encoder_hidden_states", &device, DType::F32)?,
@@ -45,7 +46,7 @@ pub fn run(args: &ForwardArgs) -> Result<()> {
     };
     let b = batch.chosen.dims()[0];
     for (n, got) in
-        [("rejected", batch.rejected.dims()[0]), ("noise", batch.noise.dims()[0]), ("timestep", batch.timesteps.len())]
+        [("rejected", f4("rejected")?.dims()[0]), ("noise", batch.noise.dims()[0]), ("timestep", batch.timesteps.len())]
     {
         if got != b {
             bail!("{}: {n} has {got} rows, chosen has {b}", args.inputs.display());

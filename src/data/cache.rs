@@ -102,9 +102,13 @@ struct Encoders {
 /// Keys of a shard: `{chosen,rejected}_{mean,logvar}` [N,4,h,w] (unscaled VAE
 /// distribution), `encoder_hidden_states` [N,77,D], `text_embeds` [N,P], `time_ids` [N,6],
 /// `file_index` and `row` [N] (where each pair came from: `meta.files[file_index]`).
+/// Unpaired rows: `image_{mean,logvar}` and `label` [N] (i64, 1 desirable) instead of the
+/// chosen and rejected latents.
 #[derive(Default)]
 struct ShardBuffer {
-    tensors: Vec<[Tensor<4>; 4]>,
+    /// Per row, the latent tensors in the order of [`latent_keys`].
+    tensors: Vec<Vec<Tensor<4>>>,
+    labels: Vec<i64>,
     context: Vec<Tensor<3>>,
     text_embeds: Vec<Tensor<2>>,
     time_ids: Vec<f32>,
@@ -161,10 +165,13 @@ pub fn build(args: &CacheArgs) -> Result<CacheIndex> {
     };
     // Rows include ties and bad rows, so the bar may finish short of its end.
     let total = args.read.max_samples.unwrap_or(usize::MAX).min(reader.total_rows());
+    let unit = if args.read.unpaired { "images" } else { "pairs" };
     let bar = ProgressBar::new(total as u64);
     bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos} pairs [{elapsed_precise}<{eta_precise}, {per_sec}] {msg}")
-            .expect("template"),
+        ProgressStyle::with_template(&format!(
+            "{{bar:30}} {{pos}} {unit} [{{elapsed_precise}}<{{eta_precise}}, {{per_sec}}] {{msg}}"
+        ))
+        .expect("template"),
     );
     bar.set_position(index.pairs() as u64);
     let loader = LoaderConfig {
@@ -208,13 +215,14 @@ pub fn build(args: &CacheArgs) -> Result<CacheIndex> {
     bar.finish();
     anyhow::ensure!(
         index.pairs() > 0,
-        "{}: no usable pair was read (an empty file, ties only, or columns of the wrong type: see the warnings \
+        "{}: no usable {} was read (an empty file, ties only, or columns of the wrong type: see the warnings \
          above); nothing to cache",
-        args.data.display()
+        args.data.display(),
+        if args.read.unpaired { "image" } else { "pair" }
     );
     let dt = t0.elapsed().as_secs_f64();
     eprintln!(
-        "cached {} pairs in {} shards ({dt:.1} s); skipped: {} ties, {} not a preference, {} missing values, {} bad images",
+        "cached {} {unit} in {} shards ({dt:.1} s); skipped: {} ties, {} not a preference, {} missing values, {} bad images",
         index.pairs(),
         index.shards.len(),
         index.skipped.ties,
@@ -244,22 +252,24 @@ fn encode(enc: &Encoders, batch: &mut Vec<(usize, Prepared, (i64, i64))>, buffer
     }
     let n = batch.len();
     let r = batch[0].1.time_ids[4] as usize;
-    let mut pixels = Vec::with_capacity(2 * n * 3 * r * r);
+    let unpaired = batch[0].1.label.is_some();
+    let images = if unpaired { 1 } else { 2 };
+    let mut pixels = Vec::with_capacity(images * n * 3 * r * r);
     for (_, p, _) in batch.iter() {
         pixels.extend_from_slice(&p.chosen);
     }
-    for (_, p, _) in batch.iter() {
+    for (_, p, _) in batch.iter().filter(|_| !unpaired) {
         pixels.extend_from_slice(&p.rejected);
     }
-    let x = Tensor::<4>::from_data(TensorData::new(pixels, [2 * n, 3, r, r]), &enc.device);
+    let x = Tensor::<4>::from_data(TensorData::new(pixels, [images * n, 3, r, r]), &enc.device);
     let (mean, logvar) = enc.vae.encode(x);
-    let mut means = mean.chunk(2, 0);
-    let mut logvars = logvar.chunk(2, 0);
-    let (rm, cm) = (means.pop().expect("2"), means.pop().expect("2"));
-    let (rl, cl) = (logvars.pop().expect("2"), logvars.pop().expect("2"));
     for (i, (_, p, source)) in batch.iter().enumerate() {
-        let one = |t: &Tensor<4>| t.clone().narrow(0, i, 1);
-        buffer.tensors.push([one(&cm), one(&cl), one(&rm), one(&rl)]);
+        // Rows i (chosen, or the unpaired image) and n + i (rejected).
+        let one = |t: &Tensor<4>, k: usize| t.clone().narrow(0, k * n + i, 1);
+        buffer.tensors.push((0..images).flat_map(|k| [one(&mean, k), one(&logvar, k)]).collect());
+        if let Some(desirable) = p.label {
+            buffer.labels.push(desirable as i64);
+        }
         let (context, pooled) = enc.prompts.encode(p.caption.as_deref().unwrap_or(""));
         buffer.context.push(context);
         buffer.text_embeds.push(pooled);
@@ -277,18 +287,29 @@ fn flush(out: &Path, index: &mut CacheIndex, buffer: &mut ShardBuffer, next_posi
     }
     let b = std::mem::take(buffer);
     let stack = |k: usize| Tensor::cat(b.tensors.iter().map(|t| t[k].clone()).collect(), 0).into_data();
-    let tensors = vec![
-        ("chosen_mean".into(), stack(0)),
-        ("chosen_logvar".into(), stack(1)),
-        ("rejected_mean".into(), stack(2)),
-        ("rejected_logvar".into(), stack(3)),
+    let unpaired = !b.labels.is_empty();
+    let mut tensors: Vec<(String, TensorData)> =
+        latent_keys(unpaired).iter().enumerate().map(|(k, name)| (name.to_string(), stack(k))).collect();
+    if unpaired {
+        tensors.push(("label".into(), TensorData::new(b.labels, [n])));
+    }
+    tensors.extend([
         ("encoder_hidden_states".into(), Tensor::cat(b.context, 0).into_data()),
         ("text_embeds".into(), Tensor::cat(b.text_embeds, 0).into_data()),
         ("time_ids".into(), TensorData::new(b.time_ids, [n, 6])),
         ("file_index".into(), TensorData::new(b.source.iter().map(|s| s.0).collect::<Vec<i64>>(), [n])),
         ("row".into(), TensorData::new(b.source.iter().map(|s| s.1).collect::<Vec<i64>>(), [n])),
-    ];
+    ]);
     append_shard(out, index, tensors, n, next_position)
+}
+
+/// The latent keys of a shard, mean before log-variance for each image.
+pub fn latent_keys(unpaired: bool) -> &'static [&'static str] {
+    if unpaired {
+        &["image_mean", "image_logvar"]
+    } else {
+        &["chosen_mean", "chosen_logvar", "rejected_mean", "rejected_logvar"]
+    }
 }
 
 /// Writes the next shard (the keys of [`ShardBuffer`]) and the index that lists it: the
@@ -330,6 +351,7 @@ pub fn ensure(
     data: &Path,
     out: &Path,
     transform: &TransformConfig,
+    read: &ReadOptions,
     seed: u64,
     device: Option<&str>,
 ) -> Result<PathBuf> {
@@ -338,7 +360,7 @@ pub fn ensure(
         data: data.to_path_buf(),
         out: out.to_path_buf(),
         transform: transform.clone(),
-        read: ReadOptions::default(),
+        read: read.clone(),
         seed,
         shard_size: 256,
         batch: 4,

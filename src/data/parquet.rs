@@ -1,6 +1,8 @@
 //! Pick-a-Pic-format preference pairs from local parquet files (Pick-a-Pic v2, and the
 //! MaPO sets Pick-Style and Pick-Safety): `caption`, `jpg_0`, `jpg_1`, `label_0`,
-//! `label_1`; the chosen image is the one whose label is 1.
+//! `label_1`; the chosen image is the one whose label is 1. With `unpaired`, rows of one
+//! image each (`caption`, `image`, `label`: 1 desirable, 0 undesirable), as Diffusion-KTO
+//! trains on.
 //!
 //! Files are streamed row group by row group through parquet's page reader, so a split of
 //! hundreds of GB is never loaded whole. The order is deterministic for a seed: row
@@ -28,6 +30,9 @@ pub struct Columns {
     pub image_1: String,
     pub label_0: String,
     pub label_1: String,
+    /// Unpaired rows: the image and its binary label.
+    pub image: String,
+    pub label: String,
 }
 
 impl Default for Columns {
@@ -38,13 +43,20 @@ impl Default for Columns {
             image_1: "jpg_1".into(),
             label_0: "label_0".into(),
             label_1: "label_1".into(),
+            image: "image".into(),
+            label: "label".into(),
         }
     }
 }
 
 impl Columns {
-    fn names(&self) -> [&str; 5] {
-        [&self.caption, &self.image_0, &self.image_1, &self.label_0, &self.label_1]
+    /// The columns read for pair rows, or for unpaired rows.
+    fn names(&self, unpaired: bool) -> Vec<&str> {
+        if unpaired {
+            vec![&self.caption, &self.image, &self.label]
+        } else {
+            vec![&self.caption, &self.image_0, &self.image_1, &self.label_0, &self.label_1]
+        }
     }
 }
 
@@ -60,6 +72,8 @@ pub struct ReadOptions {
     /// file order.
     pub shuffle_seed: Option<u64>,
     pub shuffle_buffer: usize,
+    /// Rows of one image and a binary label (columns `image`, `label`) instead of pairs.
+    pub unpaired: bool,
 }
 
 impl Default for ReadOptions {
@@ -70,19 +84,24 @@ impl Default for ReadOptions {
             max_samples: None,
             shuffle_seed: None,
             shuffle_buffer: 256,
+            unpaired: false,
         }
     }
 }
 
-/// One preference pair, images still encoded.
+/// One preference pair, images still encoded; or one unpaired image and its label.
 #[derive(Debug, Clone)]
 pub struct Pair {
     pub file: PathBuf,
     /// Row index within the file.
     pub row: usize,
     pub caption: String,
+    /// The chosen image (unpaired: the row's image).
     pub chosen: Vec<u8>,
+    /// The rejected image (unpaired: empty).
     pub rejected: Vec<u8>,
+    /// Unpaired rows only: whether the image is desirable.
+    pub label: Option<bool>,
 }
 
 /// Rows left out, by reason (each also printed as a warning naming file and row).
@@ -174,7 +193,7 @@ impl PairReader {
             let reader = open_file(path)?;
             let schema = reader.metadata().file_metadata().schema_descr();
             let have: Vec<&str> = schema.root_schema().get_fields().iter().map(|f| f.name()).collect();
-            for want in options.columns.names() {
+            for want in options.columns.names(options.unpaired) {
                 if !have.contains(&want) {
                     bail!("{}: no column {want:?} (columns: {})", path.display(), have.join(", "));
                 }
@@ -220,7 +239,7 @@ impl PairReader {
             let group = reader
                 .get_row_group(unit.group)
                 .with_context(|| format!("{}: row group {}", path.display(), unit.group))?;
-            let projection = projection(&reader, &self.options.columns)?;
+            let projection = projection(&reader, &self.options.columns, self.options.unpaired)?;
             let rows = group
                 .get_row_iter(Some(projection))
                 .with_context(|| format!("{}: reading row group {}", path.display(), unit.group))?;
@@ -277,6 +296,22 @@ impl PairReader {
         let c = &self.options.columns;
         let get = |name: &str| row.get_column_iter().find(|(n, _)| n.as_str() == name).map(|(_, f)| f);
         let warn = |what: String| eprintln!("warning: {} row {at}: {what}; skipped", path.display());
+        if self.options.unpaired {
+            let (caption, image, label) =
+                (get(&c.caption).and_then(text), get(&c.image).and_then(bytes), get(&c.label).and_then(number));
+            let (Some(caption), Some(image), Some(label)) = (caption, image, label) else {
+                warn("a missing or mistyped value".into());
+                skipped.missing_value += 1;
+                return None;
+            };
+            if label != 0.0 && label != 1.0 {
+                warn(format!("label {label} is not 1 (desirable) or 0 (undesirable)"));
+                skipped.not_a_preference += 1;
+                return None;
+            }
+            let (file, row) = (path.to_path_buf(), at);
+            return Some(Pair { file, row, caption, chosen: image, rejected: Vec::new(), label: Some(label == 1.0) });
+        }
         let (caption, img0, img1) =
             (get(&c.caption).and_then(text), get(&c.image_0).and_then(bytes), get(&c.image_1).and_then(bytes));
         let (l0, l1) = (get(&c.label_0).and_then(number), get(&c.label_1).and_then(number));
@@ -302,7 +337,7 @@ impl PairReader {
             }
         };
         let (chosen, rejected) = if chosen_first { (img0, img1) } else { (img1, img0) };
-        Some(Pair { file: path.to_path_buf(), row: at, caption, chosen, rejected })
+        Some(Pair { file: path.to_path_buf(), row: at, caption, chosen, rejected, label: None })
     }
 }
 
@@ -311,9 +346,10 @@ fn open_file(path: &Path) -> Result<SerializedFileReader<std::fs::File>> {
     SerializedFileReader::new(f).with_context(|| format!("{}: not a readable parquet file", path.display()))
 }
 
-fn projection(reader: &SerializedFileReader<std::fs::File>, columns: &Columns) -> Result<Type> {
+fn projection(reader: &SerializedFileReader<std::fs::File>, columns: &Columns, unpaired: bool) -> Result<Type> {
     let root = reader.metadata().file_metadata().schema_descr().root_schema();
-    let fields = root.get_fields().iter().filter(|f| columns.names().contains(&f.name())).cloned().collect();
+    let names = columns.names(unpaired);
+    let fields = root.get_fields().iter().filter(|f| names.contains(&f.name())).cloned().collect();
     Ok(Type::group_type_builder(root.name()).with_fields(fields).build()?)
 }
 
@@ -342,6 +378,7 @@ fn number(f: &Field) -> Option<f64> {
         Field::Long(v) => Some(*v as f64),
         Field::Short(v) => Some(*v as f64),
         Field::Byte(v) => Some(*v as f64),
+        Field::Bool(v) => Some(if *v { 1.0 } else { 0.0 }),
         _ => None,
     }
 }

@@ -40,23 +40,26 @@ impl PairShape {
     }
 }
 
-/// Some pairs' tensors on the host, row-major, f32.
+/// Some pairs' tensors on the host, row-major, f32; or unpaired images with their labels.
 #[derive(Debug, Clone)]
 pub struct PairRows {
     pub shape: PairShape,
     pub n: usize,
-    /// Scaled latents (VAE mean × scaling factor for a cache).
+    /// Scaled latents (VAE mean × scaling factor for a cache); unpaired: the images.
     pub chosen: Vec<f32>,
+    /// Empty for unpaired rows.
     pub rejected: Vec<f32>,
     /// Scaled standard deviations of the latent distributions (with `sample_latents`).
     pub spread: Option<(Vec<f32>, Vec<f32>)>,
     pub context: Vec<f32>,
     pub text_embeds: Vec<f32>,
     pub time_ids: Vec<f32>,
+    /// Unpaired rows: whether each image is desirable.
+    pub labels: Option<Vec<bool>>,
 }
 
 impl PairRows {
-    fn empty(shape: PairShape, spread: bool) -> Self {
+    fn empty(shape: PairShape, spread: bool, unpaired: bool) -> Self {
         Self {
             shape,
             n: 0,
@@ -66,6 +69,7 @@ impl PairRows {
             context: vec![],
             text_embeds: vec![],
             time_ids: vec![],
+            labels: unpaired.then(Vec::new),
         }
     }
 
@@ -74,10 +78,18 @@ impl PairRows {
         let (l, c, p) = (self.shape.latent_len(), self.shape.context[0] * self.shape.context[1], self.shape.pooled);
         let row = |k: usize| i * k..(i + 1) * k;
         self.chosen.extend_from_slice(&from.chosen[row(l)]);
-        self.rejected.extend_from_slice(&from.rejected[row(l)]);
+        let paired = from.labels.is_none();
+        if paired {
+            self.rejected.extend_from_slice(&from.rejected[row(l)]);
+        }
         if let (Some((a, b)), Some((fa, fb))) = (&mut self.spread, &from.spread) {
             a.extend_from_slice(&fa[row(l)]);
-            b.extend_from_slice(&fb[row(l)]);
+            if paired {
+                b.extend_from_slice(&fb[row(l)]);
+            }
+        }
+        if let (Some(to), Some(labels)) = (&mut self.labels, &from.labels) {
+            to.push(labels[i]);
         }
         self.context.extend_from_slice(&from.context[row(c)]);
         self.text_embeds.extend_from_slice(&from.text_embeds[row(p)]);
@@ -87,7 +99,7 @@ impl PairRows {
 
     /// Rows `start..start + len`.
     pub fn slice(&self, start: usize, len: usize) -> PairRows {
-        let mut out = PairRows::empty(self.shape, self.spread.is_some());
+        let mut out = PairRows::empty(self.shape, self.spread.is_some(), self.labels.is_some());
         for i in start..start + len {
             out.push_row(self, i);
         }
@@ -138,10 +150,56 @@ pub struct PairSource {
     pub seed: u64,
     /// Latents drawn per batch from the cached distributions (`sample_latents`).
     pub spread: bool,
+    /// Rows of one image and a label each (Diffusion-KTO's data), not pairs.
+    pub unpaired: bool,
 }
 
-const KEYS_FILE: [&str; 5] = ["chosen", "rejected", "encoder_hidden_states", "text_embeds", "time_ids"];
-const KEYS_CACHE: [&str; 5] = ["chosen_mean", "rejected_mean", "encoder_hidden_states", "text_embeds", "time_ids"];
+/// The keys a pairs file or a cache shard stores its rows under.
+#[derive(Debug, Clone, Copy)]
+struct RowKeys {
+    /// The chosen latents, or the unpaired images.
+    first: &'static str,
+    /// The rejected latents (None: unpaired rows).
+    second: Option<&'static str>,
+    /// The log-variances of `first` and `second` (caches).
+    logvar: [Option<&'static str>; 2],
+    /// Unpaired rows: 1 desirable, 0 undesirable.
+    label: Option<&'static str>,
+}
+
+const CONDITIONING: [&str; 3] = ["encoder_hidden_states", "text_embeds", "time_ids"];
+
+impl RowKeys {
+    /// A pairs file (`chosen`, `rejected`; unpaired: `image`, `label`) or a cache shard
+    /// (`chosen_mean`, `rejected_mean`, their log-variances; unpaired: `image_*`, `label`).
+    /// Unpaired storage is recognised by its `label` tensor.
+    fn of(f: &SafeTensorFiles, cache: bool) -> Self {
+        let unpaired = f.shape("label").is_some();
+        let logvar = |k: &'static str| cache.then_some(k);
+        match (cache, unpaired) {
+            (false, false) => Self { first: "chosen", second: Some("rejected"), logvar: [None, None], label: None },
+            (false, true) => Self { first: "image", second: None, logvar: [None, None], label: Some("label") },
+            (true, false) => Self {
+                first: "chosen_mean",
+                second: Some("rejected_mean"),
+                logvar: [logvar("chosen_logvar"), logvar("rejected_logvar")],
+                label: None,
+            },
+            (true, true) => {
+                Self { first: "image_mean", second: None, logvar: [logvar("image_logvar"), None], label: Some("label") }
+            }
+        }
+    }
+
+    /// The keys that hold one row per pair (or image).
+    fn all(&self) -> Vec<&'static str> {
+        let mut keys = vec![self.first];
+        keys.extend(self.second);
+        keys.extend(self.label);
+        keys.extend(CONDITIONING);
+        keys
+    }
+}
 
 impl PairSource {
     /// A pairs file, or a `mapo cache` folder (latents = VAE mean × scaling factor; with
@@ -155,10 +213,11 @@ impl PairSource {
             bail!("{}: sample_latents needs a `mapo cache` folder (a pairs file holds latents only)", path.display());
         }
         let f = SafeTensorFiles::open_file(path)?;
-        let shape = shape_of(&f, &KEYS_FILE, path)?;
-        let n = rows_of(&f, &KEYS_FILE, path)?;
+        let keys = RowKeys::of(&f, false);
+        let shape = shape_of(&f, &keys, path)?;
+        let n = rows_of(&f, &keys, path)?;
         ensure!(n > 0, "{}: no pairs", path.display());
-        let rows = read_rows(&f, &KEYS_FILE, shape, n, 1.0, None, path)?;
+        let rows = read_rows(&f, &keys, shape, n, 1.0, false, path)?;
         Ok(Self {
             origin: Origin::File { path: path.to_path_buf(), rows: Arc::new(rows) },
             shards: vec![ShardSpec { file: None, pairs: n }],
@@ -167,6 +226,7 @@ impl PairSource {
             shuffle_shards,
             seed,
             spread: false,
+            unpaired: keys.label.is_some(),
         })
     }
 
@@ -183,11 +243,20 @@ impl PairSource {
         // Every shard is checked from its header before training starts: a shard that
         // disagrees with the index or with the others would otherwise fail mid-run.
         let mut shape = None;
+        let unpaired = index.meta.read.unpaired;
         for s in &index.shards {
             let path = dir.join(&s.file);
             let f = SafeTensorFiles::open_file(&path)?;
-            let here = shape_of(&f, &KEYS_CACHE, &path)?;
-            let rows = rows_of(&f, &KEYS_CACHE, &path)?;
+            let keys = RowKeys::of(&f, true);
+            ensure!(
+                keys.label.is_some() == unpaired,
+                "{}: {} rows, but the cache's index.json says {} (the cache was changed after it was made?)",
+                path.display(),
+                if unpaired { "paired" } else { "unpaired" },
+                if unpaired { "unpaired" } else { "paired" }
+            );
+            let here = shape_of(&f, &keys, &path)?;
+            let rows = rows_of(&f, &keys, &path)?;
             ensure!(
                 rows == s.pairs,
                 "{}: holds {rows} pairs, the cache's index.json says {} (the cache was changed after it was made?)",
@@ -195,7 +264,7 @@ impl PairSource {
                 s.pairs
             );
             if sample_latents {
-                for k in ["chosen_logvar", "rejected_logvar"] {
+                for k in keys.logvar.into_iter().flatten() {
                     let want = [&[rows][..], &here.latent[..]].concat();
                     ensure!(
                         f.shape(k) == Some(&want[..]),
@@ -236,6 +305,7 @@ impl PairSource {
             shuffle_shards,
             seed,
             spread: sample_latents,
+            unpaired,
         })
     }
 
@@ -279,7 +349,7 @@ impl PairSource {
     /// The first `k` pairs in storage order (validation prompts).
     pub fn first(&self, k: usize) -> Result<PairRows> {
         let k = k.min(self.len);
-        let mut out = PairRows::empty(self.shape, false);
+        let mut out = PairRows::empty(self.shape, false, self.unpaired);
         for s in 0..self.shards.len() {
             if out.n >= k {
                 break;
@@ -352,8 +422,7 @@ impl PairSource {
             (Origin::Cache { dir, scale }, Some(file)) => {
                 let path = dir.join(file);
                 let f = SafeTensorFiles::open_file(&path)?;
-                let spread = spread.then_some(["chosen_logvar", "rejected_logvar"]);
-                read_rows(&f, &KEYS_CACHE, self.shape, self.shards[s].pairs, *scale, spread, &path)
+                read_rows(&f, &RowKeys::of(&f, true), self.shape, self.shards[s].pairs, *scale, spread, &path)
             }
             (Origin::Cache { .. }, None) => unreachable!("cache shards have names"),
         }
@@ -366,7 +435,7 @@ impl PairSource {
         let shards: Vec<PairRows> =
             plan.order[first..first + count].iter().map(|&s| self.load_shard(s, self.spread)).collect::<Result<_>>()?;
         let total = shards.iter().map(|r| r.n).sum();
-        let mut out = PairRows::empty(self.shape, self.spread);
+        let mut out = PairRows::empty(self.shape, self.spread, self.unpaired);
         for mut j in self.group_perm(epoch, g, total) {
             let mut k = 0;
             while j >= shards[k].n {
@@ -441,7 +510,7 @@ impl PairStream {
                 self.current = Some(next);
             }
             let g = self.current.as_ref().expect("loaded above");
-            out.get_or_insert_with(|| PairRows::empty(g.rows.shape, g.rows.spread.is_some()))
+            out.get_or_insert_with(|| PairRows::empty(g.rows.shape, g.rows.spread.is_some(), g.rows.labels.is_some()))
                 .push_row(&g.rows, c - g.start);
         }
         self.cursor += n;
@@ -454,37 +523,51 @@ impl PairStream {
 }
 
 /// Rows of the first key, the same in every key (checked from the header).
-fn rows_of(f: &SafeTensorFiles, keys: &[&str; 5], path: &Path) -> Result<usize> {
-    let n = f.shape(keys[0]).with_context(|| format!("{}: no tensor {}", path.display(), keys[0]))?[0];
-    for k in &keys[1..] {
+fn rows_of(f: &SafeTensorFiles, keys: &RowKeys, path: &Path) -> Result<usize> {
+    let n = f.shape(keys.first).with_context(|| format!("{}: no tensor {}", path.display(), keys.first))?[0];
+    for k in &keys.all()[1..] {
         let shape = f.shape(k).with_context(|| format!("{}: no tensor {k}", path.display()))?;
-        ensure!(shape.first() == Some(&n), "{}: {k} has {:?} rows, {} has {n}", path.display(), shape.first(), keys[0]);
+        ensure!(
+            shape.first() == Some(&n),
+            "{}: {k} has {:?} rows, {} has {n}",
+            path.display(),
+            shape.first(),
+            keys.first
+        );
+    }
+    if let Some(k) = keys.label {
+        let shape = f.shape(k).expect("checked above");
+        ensure!(shape.len() == 1, "{}: {k} has shape {shape:?}, expected [{n}] (one label per image)", path.display());
     }
     Ok(n)
 }
 
-fn shape_of(f: &SafeTensorFiles, keys: &[&str; 5], path: &Path) -> Result<PairShape> {
+fn shape_of(f: &SafeTensorFiles, keys: &RowKeys, path: &Path) -> Result<PairShape> {
     let get = |k: &str, rank: usize| -> Result<Vec<usize>> {
         let s = f.shape(k).with_context(|| format!("{}: no tensor {k}", path.display()))?;
         ensure!(s.len() == rank, "{}: {k} has shape {s:?}, expected {rank} dimensions", path.display());
         Ok(s[1..].to_vec())
     };
-    let (w, l) = (get(keys[0], 4)?, get(keys[1], 4)?);
-    ensure!(w == l, "{}: {} {w:?} and {} {l:?} differ in shape", path.display(), keys[0], keys[1]);
-    let c = get(keys[2], 3)?;
-    let p = get(keys[3], 2)?;
-    let t = get(keys[4], 2)?;
-    ensure!(t == [6], "{}: {} has {t:?} values per pair, expected 6", path.display(), keys[4]);
+    let w = get(keys.first, 4)?;
+    if let Some(second) = keys.second {
+        let l = get(second, 4)?;
+        ensure!(w == l, "{}: {} {w:?} and {second} {l:?} differ in shape", path.display(), keys.first);
+    }
+    let [context, pooled, time_ids] = CONDITIONING;
+    let c = get(context, 3)?;
+    let p = get(pooled, 2)?;
+    let t = get(time_ids, 2)?;
+    ensure!(t == [6], "{}: {time_ids} has {t:?} values per pair, expected 6", path.display());
     Ok(PairShape { latent: [w[0], w[1], w[2]], context: [c[0], c[1]], pooled: p[0] })
 }
 
 fn read_rows(
     f: &SafeTensorFiles,
-    keys: &[&str; 5],
+    keys: &RowKeys,
     shape: PairShape,
     n: usize,
     scale: f64,
-    spread: Option<[&str; 2]>,
+    spread: bool,
     path: &Path,
 ) -> Result<PairRows> {
     let read = |k: &str| -> Result<Vec<f32>> {
@@ -502,20 +585,39 @@ fn read_rows(
         }
         Ok(v)
     };
-    let sd =
-        |k: &str| -> Result<Vec<f32>> { Ok(read(k)?.into_iter().map(|lv| (lv * 0.5).exp() * scale as f32).collect()) };
+    let sd = |k: Option<&str>| -> Result<Vec<f32>> {
+        match k {
+            Some(k) => Ok(read(k)?.into_iter().map(|lv| (lv * 0.5).exp() * scale as f32).collect()),
+            None => Ok(Vec::new()),
+        }
+    };
+    let labels = match keys.label {
+        Some(k) => {
+            // Labels are stored as integers (i64); read them whatever their dtype.
+            let v = f.get(k).with_context(|| format!("{}: no tensor {k}", path.display()))?;
+            let values = v
+                .to_data_any()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .map_err(|e| anyhow::anyhow!("{}: {k}: {e:?}", path.display()))?;
+            if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| **v != 0.0 && **v != 1.0) {
+                bail!("{}: {k}[{i}] is {v}; labels must be 1 (desirable) or 0 (undesirable)", path.display());
+            }
+            Some(values.into_iter().map(|v| v == 1.0).collect())
+        }
+        None => None,
+    };
+    let [context, pooled, time_ids] = CONDITIONING;
     let rows = PairRows {
         shape,
         n,
-        chosen: scaled(keys[0])?,
-        rejected: scaled(keys[1])?,
-        spread: match spread {
-            Some([a, b]) => Some((sd(a)?, sd(b)?)),
-            None => None,
-        },
-        context: read(keys[2])?,
-        text_embeds: read(keys[3])?,
-        time_ids: read(keys[4])?,
+        chosen: scaled(keys.first)?,
+        rejected: keys.second.map(scaled).transpose()?.unwrap_or_default(),
+        spread: if spread { Some((sd(keys.logvar[0])?, sd(keys.logvar[1])?)) } else { None },
+        context: read(context)?,
+        text_embeds: read(pooled)?,
+        time_ids: read(time_ids)?,
+        labels,
     };
     Ok(rows)
 }

@@ -50,9 +50,12 @@ impl TransformConfig {
 /// A pair ready for the encoders.
 #[derive(Debug, Clone)]
 pub struct Prepared {
-    /// [3, R, R] in [-1, 1], channel-major.
+    /// [3, R, R] in [-1, 1], channel-major (unpaired: the row's image).
     pub chosen: Vec<f32>,
+    /// Empty for an unpaired row.
     pub rejected: Vec<f32>,
+    /// Unpaired rows: whether the image is desirable.
+    pub label: Option<bool>,
     /// `None`: dropped to the empty prompt.
     pub caption: Option<String>,
     /// SDXL's `[orig_h, orig_w, crop_top, crop_left, R, R]` (of the chosen image).
@@ -72,10 +75,12 @@ pub fn prepare(pair: &Pair, config: &TransformConfig, seed: u64, index: u64) -> 
             .map(|i| i.to_rgb8())
             .with_context(|| format!("{} row {}: {which} image does not decode", pair.file.display(), pair.row))
     };
-    let (chosen, rejected) = (decode(&pair.chosen, "chosen")?, decode(&pair.rejected, "rejected")?);
+    let unpaired = pair.label.is_some();
+    let chosen = decode(&pair.chosen, if unpaired { "the" } else { "chosen" })?;
+    let rejected = if unpaired { None } else { Some(decode(&pair.rejected, "rejected")?) };
     let r = config.resolution;
     let (orig_w, orig_h) = chosen.dimensions();
-    let (chosen, rejected) = (resize_shorter(chosen, r), resize_shorter(rejected, r));
+    let (chosen, rejected) = (resize_shorter(chosen, r), rejected.map(|i| resize_shorter(i, r)));
     let (w, h) = chosen.dimensions();
     let (max_top, max_left) = (h as usize - r, w as usize - r);
     let (top, left) = if config.random_crop {
@@ -94,7 +99,8 @@ pub fn prepare(pair: &Pair, config: &TransformConfig, seed: u64, index: u64) -> 
     };
     Ok(Prepared {
         chosen: finish(chosen),
-        rejected: finish(rejected),
+        rejected: rejected.map(finish).unwrap_or_default(),
+        label: pair.label,
         caption: (!dropped).then(|| pair.caption.clone()),
         time_ids: [orig_h as f32, orig_w as f32, top as f32, left as f32, r as f32, r as f32],
         flipped,

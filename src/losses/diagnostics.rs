@@ -22,7 +22,9 @@ fn weighted_mean(x: Tensor<1>, weight: Tensor<1>) -> Tensor<1> {
 /// - `ref_chosen_loss`, `ref_rejected_loss`: the same for the reference;
 /// - `implicit_acc`: share of pairs ranked right, `(L_w − L_l) − (R_w − R_l) < 0` (without a
 ///   reference `L_w < L_l`); for unpaired rows, share with `R − L` of the label's sign;
-/// - `reward_margin`: mean of `(R_w − L_w) − (R_l − L_l)` (unscaled by β, so that methods compare).
+/// - `reward_margin`: mean of `(R_w − L_w) − (R_l − L_l)` (unscaled by β, so that methods compare);
+/// - `chosen_vs_ref`, `rejected_vs_ref`: mean `L − R` of chosen / rejected rows, how far the
+///   policy's errors have moved from the reference's on the very same noise and timesteps.
 pub fn common(input: &LossInput) -> Vec<(&'static str, Tensor<1>)> {
     let mut out = Vec::new();
     match &input.layout {
@@ -43,6 +45,9 @@ pub fn common(input: &LossInput) -> Vec<(&'static str, Tensor<1>)> {
                     out.push(("ref_chosen_loss", scalar_out(input.ref_chosen().mean())));
                     out.push(("ref_rejected_loss", scalar_out(input.ref_rejected().mean())));
                     out.push(("reward_margin", scalar_out(gap.mean().neg())));
+                    // Same noise and timesteps as the policy's: the drift without the batch's noise.
+                    out.push(("chosen_vs_ref", scalar_out((input.chosen() - input.ref_chosen()).mean())));
+                    out.push(("rejected_vs_ref", scalar_out((input.rejected() - input.ref_rejected()).mean())));
                 }
                 None => out.push(("implicit_acc", scalar_out(share_positive(policy_gap.neg())))),
             }

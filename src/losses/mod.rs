@@ -156,6 +156,11 @@ pub fn names() -> Vec<&'static str> {
     REGISTRY.iter().map(|(n, _)| *n).collect()
 }
 
+/// The methods that train on unpaired rows (one labelled image each), not only on pairs.
+pub fn unpaired_names() -> Vec<&'static str> {
+    names().into_iter().filter(|n| build(n, Params::default()).is_ok_and(|m| !m.needs.pairs)).collect()
+}
+
 pub fn build(name: &str, mut params: Params) -> Result<Method> {
     let Some(&(name, builder)) = REGISTRY.iter().find(|(n, _)| *n == name) else {
         bail!("unknown method {name:?} (known: {})", names().join(", "));

@@ -24,6 +24,8 @@ struct Shard {
     mmap: Mmap,
     /// Offset of the data section (8-byte length + JSON header).
     data_start: usize,
+    /// The header's `__metadata__` strings.
+    metadata: BTreeMap<String, String>,
 }
 
 struct Entry {
@@ -58,7 +60,8 @@ impl SafeTensorFiles {
                     bail!("tensor {name} appears in more than one file (last: {})", path.display());
                 }
             }
-            shards.push(Shard { path: path.clone(), mmap, data_start: 8 + header_len });
+            let metadata = meta.metadata().clone().unwrap_or_default().into_iter().collect();
+            shards.push(Shard { path: path.clone(), mmap, data_start: 8 + header_len, metadata });
         }
         Ok(Self { shards, entries })
     }
@@ -83,6 +86,11 @@ impl SafeTensorFiles {
             }
         }
         bail!("no weights in {}: expected {}.safetensors or a sharded .safetensors.index.json", dir.display(), stems[0])
+    }
+
+    /// A `__metadata__` string of the header (the first file that has it).
+    pub fn metadata(&self, key: &str) -> Option<&str> {
+        self.shards.iter().find_map(|s| s.metadata.get(key)).map(String::as_str)
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
@@ -250,8 +258,22 @@ fn st_dtype(dtype: DType) -> Result<(&'static str, usize)> {
 /// Writes a safetensors file through a temporary file and a rename, so that an interrupted
 /// write never leaves a truncated file under the final name.
 pub fn write_safetensors(path: &Path, tensors: Vec<PendingTensor<'_>>) -> Result<()> {
+    write_safetensors_with(path, tensors, &BTreeMap::new())
+}
+
+/// [`write_safetensors`] with more `__metadata__` strings beside `"format": "pt"`.
+pub fn write_safetensors_with(
+    path: &Path,
+    tensors: Vec<PendingTensor<'_>>,
+    metadata: &BTreeMap<String, String>,
+) -> Result<()> {
     let mut header = serde_json::Map::new();
-    header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
+    let mut meta = serde_json::Map::new();
+    meta.insert("format".into(), "pt".into());
+    for (k, v) in metadata {
+        meta.insert(k.clone(), v.clone().into());
+    }
+    header.insert("__metadata__".into(), serde_json::Value::Object(meta));
     let mut offset = 0usize;
     let mut sorted = tensors;
     sorted.sort_by(|a, b| a.name.cmp(&b.name));

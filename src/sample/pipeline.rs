@@ -15,7 +15,7 @@ use super::validate::{Prompts, sample_latents};
 use crate::models::clip::ClipTextModel;
 use crate::models::clip::tokenizer::ClipTokenizer;
 use crate::models::folder::component_dir;
-use crate::models::unet::UNet2DConditionModel;
+use crate::models::unet::{UNet2DConditionModel, UNetConfig};
 use crate::models::vae::{AutoencoderKL, VaeConfig};
 
 /// The keys of `scheduler/scheduler_config.json` that change sampling.
@@ -149,6 +149,7 @@ impl PromptEncoder {
 pub struct SdxlPipeline {
     pub prompts: PromptEncoder,
     pub unet: UNet2DConditionModel,
+    pub unet_config: UNetConfig,
     pub vae: AutoencoderKL,
     pub vae_config: VaeConfig,
     pub scheduler: SchedulerConfig,
@@ -164,9 +165,11 @@ impl SdxlPipeline {
             None => component_dir(model, "unet")?,
         };
         let (vae, vae_config) = AutoencoderKL::from_dir(&component_dir(model, "vae")?, device, DType::F32)?;
+        let (unet, unet_config) = UNet2DConditionModel::from_dir(&unet_dir, device, dtype)?;
         Ok(Self {
             prompts: PromptEncoder::load(model, device, dtype)?,
-            unet: UNet2DConditionModel::from_dir(&unet_dir, device, dtype)?.0,
+            unet,
+            unet_config,
             vae,
             vae_config,
             scheduler: SchedulerConfig::read(model)?,

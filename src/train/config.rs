@@ -90,6 +90,10 @@ pub struct TrainConfig {
     /// before training (`resolution`, `random_crop`, `flip`, `caption_dropout`).
     #[serde(default)]
     pub data_transform: crate::data::transform::TransformConfig,
+    /// When `data` is parquet: how its rows are read (`unpaired = true` for one image and a
+    /// label per row; `[data_read.columns]` for other column names; `keep_ties`, `max_samples`).
+    #[serde(default)]
+    pub data_read: crate::data::parquet::ReadOptions,
     /// Compute precision: f32, or bf16/f16 with f32 master weights and optimizer state.
     #[serde(default = "f32_name")]
     pub dtype: String,

@@ -4,7 +4,9 @@
 //! micro-batches, and a resumed run draws exactly what an uninterrupted one would.
 //!
 //! A pairs file's keys: `chosen`, `rejected` [N,4,h,w] (scaled latents),
-//! `encoder_hidden_states` [N,77,D], `text_embeds` [N,P], `time_ids` [N,6].
+//! `encoder_hidden_states` [N,77,D], `text_embeds` [N,P], `time_ids` [N,6]. Unpaired rows
+//! (Diffusion-KTO): `image` [N,4,h,w] and `label` [N] (1 desirable, 0 undesirable) instead of
+//! `chosen` and `rejected`.
 
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
@@ -36,7 +38,8 @@ pub fn to_batch(rows: &PairRows, cursors: &[usize], seed: u64, timesteps: usize,
         t.push(rng.random_range(0..timesteps as i64));
         noise.extend((0..l).map(|_| standard_normal(&mut rng)));
         if let Some((sd_w, sd_l)) = &rows.spread {
-            for (x, sd) in [(&mut chosen, sd_w), (&mut rejected, sd_l)] {
+            // Unpaired rows have no rejected latents.
+            for (x, sd) in [(&mut chosen, sd_w), (&mut rejected, sd_l)].into_iter().filter(|(x, _)| !x.is_empty()) {
                 for k in i * l..(i + 1) * l {
                     x[k] += sd[k] * standard_normal(&mut rng);
                 }
@@ -47,7 +50,8 @@ pub fn to_batch(rows: &PairRows, cursors: &[usize], seed: u64, timesteps: usize,
     let [tokens, d] = rows.shape.context;
     PairBatch {
         chosen: latent(chosen),
-        rejected: latent(rejected),
+        rejected: rows.labels.is_none().then(|| latent(rejected)),
+        labels: rows.labels.clone(),
         noise: latent(noise),
         timesteps: t,
         encoder_hidden_states: Tensor::from_data(TensorData::new(rows.context.clone(), [b, tokens, d]), device),

@@ -56,7 +56,10 @@ impl ReferenceErrors {
             let batch = to_batch(&rows, &cursors, source.seed, schedule.num_train_timesteps(), pass.device);
             let e = pair_errors_in(pass.reference, &batch, schedule, pass.dtype, true);
             chosen.extend(values(e.chosen));
-            rejected.extend(values(e.rejected.expect("with rejected")));
+            // Unpaired rows have no rejected image.
+            if let Some(r) = e.rejected {
+                rejected.extend(values(r));
+            }
             done += n;
             bar.set_position(done as u64);
         }
@@ -70,7 +73,7 @@ impl ReferenceErrors {
             let xs: Vec<f64> = cursors.iter().map(|c| v[c - self.start]).collect();
             Tensor::from_data(TensorData::new(xs, [cursors.len()]), (device, loss_dtype(device)))
         };
-        Errors { chosen: pick(&self.chosen), rejected: Some(pick(&self.rejected)) }
+        Errors { chosen: pick(&self.chosen), rejected: (!self.rejected.is_empty()).then(|| pick(&self.rejected)) }
     }
 }
 

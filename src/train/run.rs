@@ -29,7 +29,9 @@ use crate::losses::{Params, build};
 use crate::models::folder::component_dir;
 use crate::models::folder::save_component;
 use crate::models::io::write_atomic;
-use crate::models::lora::{disable_adapters, save_lora, save_merged};
+use crate::models::lora::{
+    BlockLayout, LORA_FILE_KOHYA, LORA_FILE_PEFT, LoraFormat, disable_adapters, save_lora, save_merged,
+};
 use crate::models::unet::UNet2DConditionModel;
 use crate::models::vae::{AutoencoderKL, VaeConfig};
 use crate::sample::euler::EulerSchedule;
@@ -248,6 +250,7 @@ pub fn train_with(config: &TrainConfig, how: &Start, hook: &mut StepHook) -> Res
             &config.data,
             &out.join("cache"),
             &config.data_transform,
+            &config.data_read,
             config.seed,
             config.device.as_deref(),
         )?
@@ -255,6 +258,15 @@ pub fn train_with(config: &TrainConfig, how: &Start, hook: &mut StepHook) -> Res
         config.data.clone()
     };
     let data = PairSource::open(&data_path, config.seed, config.shuffle_shards, config.sample_latents)?;
+    if data.unpaired && method.needs.pairs {
+        bail!(
+            "{}: holds unpaired images with labels, but method {} needs preference pairs (a chosen and a rejected \
+             image per prompt); train it on pair data, or use a method for unpaired data ({})",
+            data_path.display(),
+            method.name,
+            crate::losses::unpaired_names().join(", ")
+        );
+    }
     data.check_model(&data_path, &serde_json::from_value(unet_config.clone())?)?;
     if let Some(dir) = &vae_dir {
         data.check_vae(&crate::models::config::read_config::<serde_json::Value>(dir)?.1)?;
@@ -308,7 +320,9 @@ pub fn train_with(config: &TrainConfig, how: &Start, hook: &mut StepHook) -> Res
     for step in start..config.steps {
         let t0 = Instant::now();
         let mut grads: Vec<GradMap> = vec![GradMap::new(); ranks_n];
-        let (mut loss, mut sums): (f64, Vec<(String, f64)>) = (0.0, Vec::new());
+        // Metrics: sum and count of the micro-batches that logged each (a micro-batch of
+        // desirable images only has no rejected_loss).
+        let (mut loss, mut sums): (f64, Vec<(String, f64, usize)>) = (0.0, Vec::new());
         // Each micro-batch's share per rank: a function of the pairs' cursors only.
         let scale = (accum * ranks_n) as f64;
         for _ in 0..accum {
@@ -335,9 +349,9 @@ pub fn train_with(config: &TrainConfig, how: &Start, hook: &mut StepHook) -> Res
             for (r, m) in micro.into_iter().enumerate() {
                 loss += m.loss / scale;
                 for (k, v) in m.metrics {
-                    match sums.iter_mut().find(|(n, _)| *n == k) {
-                        Some((_, s)) => *s += v / scale,
-                        None => sums.push((k, v / scale)),
+                    match sums.iter_mut().find(|(n, _, _)| *n == k) {
+                        Some((_, s, count)) => (*s, *count) = (*s + v, *count + 1),
+                        None => sums.push((k, v, 1)),
                     }
                 }
                 for (name, g) in m.grads {
@@ -398,8 +412,8 @@ pub fn train_with(config: &TrainConfig, how: &Start, hook: &mut StepHook) -> Res
             "step_time_s": dt, "samples_per_s": (global_batch * accum) as f64 / dt,
             "epoch": stream.cursor() as f64 / data.len as f64,
         });
-        for (k, v) in &sums {
-            line[k] = serde_json::json!(v);
+        for (k, sum, count) in &sums {
+            line[k] = serde_json::json!(sum / *count as f64);
         }
         drift.annotate(&mut line);
         // Device memory where the backend reports it (CubeCL backends; not flex).
@@ -451,9 +465,12 @@ pub fn train_with(config: &TrainConfig, how: &Start, hook: &mut StepHook) -> Res
     bar.finish();
     let unet = &ranks[0].unet;
     match &config.lora {
-        // The adapters in diffusers' format, and the UNet with them merged in.
+        // The adapters in diffusers' format and in kohya's (ComfyUI, A1111), and the UNet
+        // with them merged in.
         Some(lora) => {
-            save_lora(unet, &out.join("pytorch_lora_weights.safetensors"), "unet.", lora.scale())?;
+            let layout = BlockLayout::of(&serde_json::from_value(unet_config.clone())?)?;
+            save_lora(unet, &out.join(LORA_FILE_PEFT), LoraFormat::Peft, &layout, lora.scale())?;
+            save_lora(unet, &out.join(LORA_FILE_KOHYA), LoraFormat::Kohya, &layout, lora.scale())?;
             save_merged(unet, &unet_config, &out.join("unet"), lora.scale())?;
         }
         None => save_component(unet, &unet_config, &out.join("unet"), DType::F32)?,

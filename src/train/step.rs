@@ -2,20 +2,23 @@
 
 use burn::tensor::{DType, Tensor};
 
-use crate::losses::{Errors, LossInput, Method, loss_dtype};
+use crate::losses::{Errors, Layout, LossInput, Method, loss_dtype};
 use crate::models::named::param_grads;
 use crate::models::unet::{TextTime, UNet2DConditionModel};
 use crate::sample::schedule::{NoiseSchedule, timestep_tensor};
 use crate::train::clip::{clip_coefficient, global_grad_norm};
 use crate::train::optim::{GradMap, Optimizer, to_autodiff};
 
-/// One batch of preference pairs, on the autodiff device. Conditioning is per pair.
+/// One batch of preference pairs (or of unpaired labelled images), on the autodiff device.
+/// Conditioning is per pair.
 #[derive(Debug, Clone)]
 pub struct PairBatch {
-    /// [B,4,h,w] latents of the chosen images (already scaled).
+    /// [B,4,h,w] latents of the chosen images (already scaled); unpaired: the images.
     pub chosen: Tensor<4>,
-    /// [B,4,h,w] latents of the rejected images.
-    pub rejected: Tensor<4>,
+    /// [B,4,h,w] latents of the rejected images (None: unpaired rows).
+    pub rejected: Option<Tensor<4>>,
+    /// Unpaired rows: whether each image is desirable.
+    pub labels: Option<Vec<bool>>,
     /// [B,4,h,w] noise, shared by both images of a pair.
     pub noise: Tensor<4>,
     /// One timestep per pair, shared by both images.
@@ -45,7 +48,7 @@ struct Inputs {
 
 fn inputs(batch: &PairBatch, schedule: &NoiseSchedule, with_rejected: bool) -> Inputs {
     let noisy_w = schedule.add_noise(batch.chosen.clone(), batch.noise.clone(), &batch.timesteps);
-    if !with_rejected {
+    let Some(rejected) = batch.rejected.clone().filter(|_| with_rejected) else {
         return Inputs {
             noisy: noisy_w,
             timesteps: batch.timesteps.clone(),
@@ -53,8 +56,8 @@ fn inputs(batch: &PairBatch, schedule: &NoiseSchedule, with_rejected: bool) -> I
             context: batch.encoder_hidden_states.clone(),
             cond: TextTime { text_embeds: batch.text_embeds.clone(), time_ids: batch.time_ids.clone() },
         };
-    }
-    let noisy_l = schedule.add_noise(batch.rejected.clone(), batch.noise.clone(), &batch.timesteps);
+    };
+    let noisy_l = schedule.add_noise(rejected, batch.noise.clone(), &batch.timesteps);
     let twice = |t: &[i64]| [t, t].concat();
     Inputs {
         noisy: Tensor::cat(vec![noisy_w, noisy_l], 0),
@@ -82,7 +85,8 @@ pub fn pair_errors(unet: &UNet2DConditionModel, batch: &PairBatch, schedule: &No
     pair_errors_in(unet, batch, schedule, DType::F32, true)
 }
 
-/// [`pair_errors`] with activations in `dtype`, chosen only unless `with_rejected`.
+/// [`pair_errors`] with activations in `dtype`, chosen only unless `with_rejected` (and the
+/// batch has rejected images).
 pub fn pair_errors_in(
     unet: &UNet2DConditionModel,
     batch: &PairBatch,
@@ -90,6 +94,7 @@ pub fn pair_errors_in(
     dtype: DType,
     with_rejected: bool,
 ) -> Errors {
+    let with_rejected = with_rejected && batch.rejected.is_some();
     let x = inputs(batch, schedule, with_rejected);
     Errors::from_prediction(predict(unet, &x, dtype), x.target.clone(), with_rejected)
 }
@@ -130,19 +135,23 @@ pub fn forward_backward<'a>(
     compute: DType,
 ) -> MicroStep {
     let needs = method.needs;
-    let x = inputs(batch, schedule, needs.rejected);
+    // Unpaired rows are all there is; the training loop refuses them for pair methods.
+    let layout = match &batch.labels {
+        Some(labels) => Layout::Unpaired(labels.clone()),
+        None => needs.pair_layout(),
+    };
+    let x = inputs(batch, schedule, layout == Layout::Pairs);
     let dtype = loss_dtype(&x.noisy.device());
     let lift = |t: Tensor<1>| to_autodiff(t, x.noisy.gradient_checkpointing_strategy());
 
     let pred = predict(unet, &x, compute);
-    let mut input =
-        LossInput::new(pred, x.target.clone(), needs.pair_layout(), x.timesteps.clone(), needs.predictions, dtype);
+    let mut input = LossInput::new(pred, x.target.clone(), layout, x.timesteps.clone(), needs.predictions, dtype);
     if needs.reference {
         input = match reference.into() {
             Reference::Errors(e) => {
                 let e = *e;
                 let rows = match e.rejected {
-                    Some(r) if needs.rejected => Tensor::cat(vec![e.chosen, r], 0),
+                    Some(r) if input.layout == Layout::Pairs => Tensor::cat(vec![e.chosen, r], 0),
                     _ => e.chosen,
                 };
                 input.with_reference_errors(lift(rows))

@@ -122,6 +122,7 @@ def diagnostics(pred, target, ref, rejected, reference):
     if reference:
         out["ref_chosen_loss"], out["ref_rejected_loss"] = rw.mean(), rl.mean()
         out["reward_margin"] = -gap.mean()
+        out["chosen_vs_ref"], out["rejected_vs_ref"] = (lw - rw).mean(), (ll - rl).mean()
     return out
 
 

@@ -7,7 +7,13 @@ jpg_1; row 26 has labels 0/0 (not a preference). Images are 40×32 (landscape) o
 (portrait) gradients with a square whose colour encodes the row and the side (0 or 1),
 so tests can tell which image came out as chosen.
 
+With `--unpaired`, Diffusion-KTO-style rows instead: caption, image (bytes), label (int64,
+1 desirable / 0 undesirable). 12 rows in row groups of 5; the label is 1 on even rows;
+row 3 has label 2 (not a label), row 7 a non-image blob, row 9 a null label. The image of
+row r is `image(r, label)`.
+
     python tools/golden/make_parquet.py tests/fixtures/parquet/pairs.parquet
+    python tools/golden/make_parquet.py --unpaired tests/fixtures/parquet/unpaired.parquet
 """
 import io
 import sys
@@ -61,5 +67,30 @@ def main(out: str) -> None:
     print(f"wrote {out}: {table.num_rows} rows")
 
 
+def unpaired(out: str) -> None:
+    captions, images, labels = [], [], []
+    for r in range(12):
+        label = 1 if r % 2 == 0 else 0
+        img = image(r, label, "PNG" if r % 3 else "JPEG")
+        if r == 7:
+            img = b"this is not an image"
+        captions.append(f"image {r}: a gradient with a square")
+        images.append(img)
+        labels.append(None if r == 9 else (2 if r == 3 else label))
+    table = pa.table(
+        {
+            "caption": pa.array(captions, pa.string()),
+            "image": pa.array(images, pa.binary()),
+            "label": pa.array(labels, pa.int64()),
+        }
+    )
+    pq.write_table(table, out, row_group_size=5, compression="snappy")
+    print(f"wrote {out}: {table.num_rows} rows")
+
+
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures/parquet/pairs.parquet")
+    args = sys.argv[1:]
+    if args and args[0] == "--unpaired":
+        unpaired(args[1] if len(args) > 1 else "tests/fixtures/parquet/unpaired.parquet")
+    else:
+        main(args[0] if args else "tests/fixtures/parquet/pairs.parquet")

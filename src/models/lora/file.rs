@@ -1,0 +1,391 @@
+//! LoRA files in the two layouts SDXL tools exchange:
+//! - **peft**, what diffusers' `save_lora_weights` writes: `unet.<layer>.lora_A.weight`
+//!   [r, in] and `lora_B.weight` [out, r], the adapter config (`r`, `lora_alpha`, patterns)
+//!   as JSON under the safetensors metadata key `lora_adapter_metadata`;
+//! - **kohya**, what sd-scripts writes and ComfyUI/A1111/Forge load:
+//!   `lora_unet_<sgm layer with _>.lora_down.weight` [r, in], `.lora_up.weight` [out, r]
+//!   and `.alpha` (a scalar); the update is `(alpha / r) · up · down`.
+//!
+//! Files are written with one alpha (the most common rank) and each layer's scale folded
+//! into B / up, so that a reader that ignores alpha or the metadata still applies the right
+//! update to every layer of that rank, and no reader depends on per-layer alphas.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail, ensure};
+use burn::module::Module;
+use burn::tensor::{DType, Device, Tensor, TensorData};
+
+use super::sgm::{BlockLayout, KOHYA_UNET, kohya_name, layer_of_kohya};
+use crate::models::io::{PendingTensor, SafeTensorFiles, write_safetensors_with};
+use crate::models::named::for_each_param;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoraFormat {
+    Peft,
+    Kohya,
+}
+
+impl LoraFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            LoraFormat::Peft => "peft",
+            LoraFormat::Kohya => "kohya",
+        }
+    }
+}
+
+/// One layer's adapter: `W += scale · up · down`.
+#[derive(Debug, Clone)]
+pub struct Adapter {
+    /// [r, in] (PEFT's `lora_A`, kohya's `lora_down`).
+    pub down: Tensor<2>,
+    /// [out, r] (`lora_B`, `lora_up`).
+    pub up: Tensor<2>,
+    pub scale: f64,
+}
+
+impl Adapter {
+    pub fn rank(&self) -> usize {
+        self.down.dims()[0]
+    }
+
+    /// `scale · up · down` [out, in].
+    pub fn delta(&self) -> Tensor<2> {
+        self.up.clone().matmul(self.down.clone()).mul_scalar(self.scale)
+    }
+}
+
+/// The adapters of a LoRA, by diffusers layer name (`down_blocks.1.attentions.0...to_q`).
+#[derive(Debug, Clone)]
+pub struct LoraFile {
+    pub format: LoraFormat,
+    pub adapters: BTreeMap<String, Adapter>,
+}
+
+const METADATA_KEY: &str = "lora_adapter_metadata";
+const PEFT_PREFIXES: [&str; 2] = ["unet.", "base_model.model."];
+const KOHYA_TEXT: [&str; 3] = ["lora_te1_", "lora_te2_", "lora_te_"];
+
+/// Names a few entries of a list for an error message.
+fn some(names: &[String]) -> String {
+    let shown: Vec<&str> = names.iter().take(8).map(String::as_str).collect();
+    let more = if names.len() > shown.len() { format!(", ... ({} in all)", names.len()) } else { String::new() };
+    format!("{}{more}", shown.join(", "))
+}
+
+impl LoraFile {
+    /// Reads `path` in whichever format it is (detected from its keys); `layout` places
+    /// kohya's sgm block indices.
+    pub fn read(path: &Path, layout: &BlockLayout, device: &Device) -> Result<Self> {
+        let files = SafeTensorFiles::open_file(path)?;
+        let peft = files.names().any(|n| n.ends_with(".lora_A.weight"));
+        let kohya = files.names().any(|n| n.ends_with(".lora_down.weight"));
+        let read = match (peft, kohya) {
+            (true, false) => read_peft(&files, device),
+            (false, true) => read_kohya(&files, layout, device),
+            (true, true) => bail!("both lora_A/lora_B (peft) and lora_down/lora_up (kohya) keys"),
+            (false, false) => {
+                bail!(
+                    "no LoRA adapters (no key ends in .lora_A.weight, as peft files do, or .lora_down.weight, as kohya files do)"
+                )
+            }
+        };
+        let lora = read.with_context(|| format!("{}", path.display()))?;
+        let mismatched: Vec<String> = lora
+            .adapters
+            .iter()
+            .filter(|(_, a)| a.up.dims()[1] != a.rank())
+            .map(|(k, a)| format!("{k} (down {:?}, up {:?})", a.down.dims(), a.up.dims()))
+            .collect();
+        ensure!(
+            mismatched.is_empty(),
+            "{}: adapters whose two matrices disagree on the rank: {}",
+            path.display(),
+            some(&mismatched)
+        );
+        Ok(lora)
+    }
+
+    /// The adapters of `module` (the `lora_a`/`lora_b` parameters of its LoRA layers), each
+    /// applied at `scale`.
+    pub fn from_module<M: Module>(module: &M, scale: f64) -> Self {
+        let mut parts: BTreeMap<String, [Option<Tensor<2>>; 2]> = BTreeMap::new();
+        for_each_param(module, |name, t, shape| {
+            let matrix = || t.clone().reshape([shape[0] as i32, -1]);
+            if let Some(layer) = name.strip_suffix(".lora.lora_a") {
+                parts.entry(layer.to_string()).or_default()[0] = Some(matrix());
+            } else if let Some(layer) = name.strip_suffix(".lora.lora_b") {
+                parts.entry(layer.to_string()).or_default()[1] = Some(matrix());
+            }
+        });
+        let adapters = parts
+            .into_iter()
+            .map(|(k, [down, up])| (k, Adapter { down: down.expect("lora_a"), up: up.expect("lora_b"), scale }))
+            .collect();
+        Self { format: LoraFormat::Peft, adapters }
+    }
+
+    /// Writes the adapters in `format` (scale folded into B / up, one alpha).
+    pub fn write(&self, path: &Path, format: LoraFormat, layout: &BlockLayout) -> Result<()> {
+        ensure!(!self.adapters.is_empty(), "{}: no adapters to write", path.display());
+        let mut tensors = Vec::new();
+        let matrix = |name: String, t: Tensor<2>| PendingTensor {
+            name,
+            shape: t.dims().to_vec(),
+            dtype: DType::F32,
+            data: Box::new(move || t.into_data()),
+        };
+        let mut metadata = BTreeMap::new();
+        let ranks: Vec<usize> = self.adapters.values().map(Adapter::rank).collect();
+        let common = most_common(&ranks);
+        // One alpha for every layer (the common rank): diffusers 0.42 drops a kohya file's
+        // per-layer alphas that differ from the most common one (its alpha_pattern keys keep
+        // the old processor names and match nothing), so a layer of another rank carries
+        // its scale in B / up instead: B' = B · scale · r / alpha, applied at alpha / r.
+        let fold = |a: &Adapter| a.scale * a.rank() as f64 / common as f64;
+        match format {
+            LoraFormat::Peft => {
+                for (layer, a) in &self.adapters {
+                    tensors.push(matrix(format!("unet.{layer}.lora_A.weight"), a.down.clone()));
+                    tensors.push(matrix(format!("unet.{layer}.lora_B.weight"), a.up.clone().mul_scalar(fold(a))));
+                }
+                let ranks: serde_json::Map<String, serde_json::Value> = self
+                    .adapters
+                    .iter()
+                    .filter(|(_, a)| a.rank() != common)
+                    .map(|(k, a)| (k.clone(), a.rank().into()))
+                    .collect();
+                let config = serde_json::json!({
+                    "unet.r": common,
+                    "unet.lora_alpha": common,
+                    "unet.target_modules": self.adapters.keys().collect::<Vec<_>>(),
+                    "unet.rank_pattern": ranks,
+                });
+                metadata.insert(METADATA_KEY.to_string(), serde_json::to_string_pretty(&config)?);
+            }
+            LoraFormat::Kohya => {
+                for (layer, a) in &self.adapters {
+                    let module = kohya_name(layer, layout)?;
+                    tensors.push(matrix(format!("{module}.lora_down.weight"), a.down.clone()));
+                    tensors.push(matrix(format!("{module}.lora_up.weight"), a.up.clone().mul_scalar(fold(a))));
+                    let alpha = common as f32;
+                    tensors.push(PendingTensor {
+                        name: format!("{module}.alpha"),
+                        shape: vec![],
+                        dtype: DType::F32,
+                        data: Box::new(move || TensorData::new(vec![alpha], Vec::<usize>::new())),
+                    });
+                }
+                // What sd-scripts records, so that tools that read it (and humans) see the
+                // network; `mapo_block_layout` lets `mapo lora convert` map the blocks back.
+                metadata.insert("ss_network_module".into(), "networks.lora".into());
+                metadata.insert("ss_network_dim".into(), common.to_string());
+                metadata.insert("ss_network_alpha".into(), common.to_string());
+                metadata.insert("ss_base_model_version".into(), "sdxl_base_v1-0".into());
+                metadata.insert(
+                    "mapo_block_layout".into(),
+                    serde_json::json!({"down": layout.down, "up": layout.up}).to_string(),
+                );
+            }
+        }
+        write_safetensors_with(path, tensors, &metadata)
+    }
+
+    /// `module` with every adapter folded into its layer's weight: `W += scale · up · down`.
+    /// Every adapter must find a linear layer of matching shape; the errors list those
+    /// that do not.
+    pub fn apply<M: Module>(&self, module: M) -> Result<M> {
+        let mut mapper = Apply { path: Vec::new(), lora: self, seen: Vec::new(), errors: Vec::new() };
+        let module = module.map(&mut mapper);
+        ensure!(mapper.errors.is_empty(), "adapters that do not fit their layer: {}", some(&mapper.errors));
+        let missing: Vec<String> = self.adapters.keys().filter(|k| !mapper.seen.contains(k)).cloned().collect();
+        ensure!(
+            missing.is_empty(),
+            "{} of the {} adapters name layers the UNet does not have (or that are not linear): {}",
+            missing.len(),
+            self.adapters.len(),
+            some(&missing)
+        );
+        Ok(module)
+    }
+}
+
+fn most_common(values: &[usize]) -> usize {
+    let mut counts: BTreeMap<usize, usize> = BTreeMap::new();
+    for v in values {
+        *counts.entry(*v).or_default() += 1;
+    }
+    counts.into_iter().max_by_key(|(v, c)| (*c, std::cmp::Reverse(*v))).map(|(v, _)| v).unwrap_or(0)
+}
+
+fn scalar(files: &SafeTensorFiles, key: &str) -> Result<f64> {
+    let v = files.get(key).with_context(|| format!("no tensor {key}"))?;
+    let values = v.to_data()?.convert::<f32>().try_to_vec::<f32>().map_err(|e| anyhow::anyhow!("{key}: {e:?}"))?;
+    ensure!(values.len() == 1, "{key}: {} values, expected one (the alpha)", values.len());
+    Ok(values[0] as f64)
+}
+
+fn matrix(files: &SafeTensorFiles, key: &str, device: &Device) -> Result<Tensor<2>> {
+    let shape = files.shape(key).with_context(|| format!("no tensor {key}"))?;
+    match shape.len() {
+        2 => files.float::<2>(key, device, DType::F32),
+        4 => {
+            bail!("{key} has shape {shape:?}: convolution adapters (LoCon/LyCORIS) are not supported, only linear ones")
+        }
+        _ => bail!("{key} has shape {shape:?}, expected [rank, features]"),
+    }
+}
+
+/// PEFT's `lora_alpha`, per layer (`alpha_pattern` over the default), and `use_rslora`.
+struct PeftConfig {
+    alpha: Option<f64>,
+    alpha_pattern: BTreeMap<String, f64>,
+    rslora: bool,
+}
+
+impl PeftConfig {
+    fn of(files: &SafeTensorFiles) -> Result<Self> {
+        let mut config = Self { alpha: None, alpha_pattern: BTreeMap::new(), rslora: false };
+        let Some(raw) = files.metadata(METADATA_KEY) else { return Ok(config) };
+        let json: serde_json::Value =
+            serde_json::from_str(raw).with_context(|| format!("metadata {METADATA_KEY} is not JSON"))?;
+        let get = |k: &str| json.get(format!("unet.{k}")).or_else(|| json.get(k));
+        if get("use_dora").and_then(|v| v.as_bool()) == Some(true) {
+            bail!("a DoRA adapter (use_dora): not supported, only plain LoRA");
+        }
+        config.alpha = get("lora_alpha").and_then(|v| v.as_f64());
+        config.rslora = get("use_rslora").and_then(|v| v.as_bool()).unwrap_or(false);
+        if let Some(p) = get("alpha_pattern").and_then(|v| v.as_object()) {
+            config.alpha_pattern = p.iter().filter_map(|(k, v)| Some((k.clone(), v.as_f64()?))).collect();
+        }
+        Ok(config)
+    }
+
+    /// PEFT: alpha / r (alpha / √r with rsLoRA); without a config, diffusers' default
+    /// alpha = r.
+    fn scale(&self, layer: &str, rank: usize) -> f64 {
+        let pattern = self.alpha_pattern.iter().find(|(p, _)| layer == p.as_str() || layer.ends_with(&format!(".{p}")));
+        let alpha = pattern.map(|(_, a)| *a).or(self.alpha).unwrap_or(rank as f64);
+        if self.rslora { alpha / (rank as f64).sqrt() } else { alpha / rank as f64 }
+    }
+}
+
+fn read_peft(files: &SafeTensorFiles, device: &Device) -> Result<LoraFile> {
+    let config = PeftConfig::of(files)?;
+    let mut adapters = BTreeMap::new();
+    let (mut foreign, mut text) = (Vec::new(), Vec::new());
+    for key in files.names().filter(|n| n.ends_with(".lora_A.weight")) {
+        let module = key.strip_suffix(".lora_A.weight").expect("filtered");
+        let Some(layer) = PEFT_PREFIXES.iter().find_map(|p| module.strip_prefix(p)) else {
+            if module.starts_with("text_encoder") {
+                text.push(module.to_string())
+            } else {
+                foreign.push(module.to_string())
+            }
+            continue;
+        };
+        let down = matrix(files, key, device)?;
+        let up = matrix(files, &format!("{module}.lora_B.weight"), device)?;
+        let rank = down.dims()[0];
+        let scale = match files.shape(&format!("{module}.alpha")) {
+            Some(_) => scalar(files, &format!("{module}.alpha"))? / rank as f64,
+            None => config.scale(layer, rank),
+        };
+        adapters.insert(layer.to_string(), Adapter { down, up, scale });
+    }
+    ensure!(text.is_empty(), "text-encoder adapters are not supported, only the UNet's: {}", some(&text));
+    ensure!(foreign.is_empty(), "adapters outside the UNet (keys start with unet.): {}", some(&foreign));
+    Ok(LoraFile { format: LoraFormat::Peft, adapters })
+}
+
+fn read_kohya(files: &SafeTensorFiles, layout: &BlockLayout, device: &Device) -> Result<LoraFile> {
+    let layout = match files.metadata("mapo_block_layout") {
+        // A file mapo wrote records the layout its sgm indices were computed with.
+        Some(raw) => {
+            let v: serde_json::Value = serde_json::from_str(raw).context("metadata mapo_block_layout")?;
+            let list = |k: &str| -> Option<Vec<usize>> {
+                v.get(k)?.as_array()?.iter().map(|x| x.as_u64().map(|x| x as usize)).collect()
+            };
+            BlockLayout {
+                down: list("down").unwrap_or(layout.down.clone()),
+                up: list("up").unwrap_or(layout.up.clone()),
+            }
+        }
+        None => layout.clone(),
+    };
+    let mut adapters = BTreeMap::new();
+    let (mut text, mut unknown) = (Vec::new(), Vec::new());
+    for key in files.names().filter(|n| n.ends_with(".lora_down.weight")) {
+        let module = key.strip_suffix(".lora_down.weight").expect("filtered");
+        if KOHYA_TEXT.iter().any(|p| module.starts_with(p)) {
+            text.push(module.to_string());
+            continue;
+        }
+        let layer = match layer_of_kohya(module, &layout) {
+            Ok(l) => l,
+            Err(e) => {
+                unknown.push(format!("{e}"));
+                continue;
+            }
+        };
+        let down = matrix(files, key, device)?;
+        let up = matrix(files, &format!("{module}.lora_up.weight"), device)?;
+        let rank = down.dims()[0];
+        let alpha_key = format!("{module}.alpha");
+        let alpha = if files.shape(&alpha_key).is_some() { scalar(files, &alpha_key)? } else { rank as f64 };
+        if adapters.insert(layer.clone(), Adapter { down, up, scale: alpha / rank as f64 }).is_some() {
+            bail!("two kohya modules map to the layer {layer} (the last: {module})");
+        }
+    }
+    let other: Vec<String> = files
+        .names()
+        .filter(|n| ["hada_", "lokr_", "lora_mid", "dora_scale"].iter().any(|p| n.contains(p)))
+        .map(str::to_string)
+        .collect();
+    ensure!(other.is_empty(), "LyCORIS/DoRA tensors (only plain LoRA is supported): {}", some(&other));
+    ensure!(
+        text.is_empty(),
+        "text-encoder adapters are not supported, only the UNet's ({KOHYA_UNET}...): {}",
+        some(&text)
+    );
+    ensure!(unknown.is_empty(), "modules the UNet does not have: {}", some(&unknown));
+    Ok(LoraFile { format: LoraFormat::Kohya, adapters })
+}
+
+struct Apply<'a> {
+    path: Vec<String>,
+    lora: &'a LoraFile,
+    /// Layers whose adapter was met (applied, or listed in `errors`).
+    seen: Vec<String>,
+    errors: Vec<String>,
+}
+
+impl burn::module::ModuleMapper for Apply<'_> {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.path.push(crate::models::named::segment(name).to_string());
+    }
+
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: burn::module::Param<Tensor<D>>) -> burn::module::Param<Tensor<D>> {
+        let name = self.path.join(".");
+        let Some(layer) = name.strip_suffix(".weight") else { return param };
+        let Some(adapter) = self.lora.adapters.get(layer) else { return param };
+        if D != 2 {
+            return param;
+        }
+        self.seen.push(layer.to_string());
+        let (id, w, mapper) = param.consume();
+        let delta = adapter.delta().to_device(&w.device());
+        if delta.dims().as_slice() != w.dims().as_slice() {
+            self.errors.push(format!("{layer} (up·down is {:?}, the weight {:?})", delta.dims(), w.dims()));
+            return burn::module::Param::from_mapped_value(id, w, mapper);
+        }
+        let merged = w.clone() + delta.cast(w.dtype()).reshape(w.dims());
+        burn::module::Param::from_mapped_value(id, merged, mapper)
+    }
+}

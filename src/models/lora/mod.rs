@@ -1,0 +1,160 @@
+//! LoRA adapters on linear layers (the attention projections by default), exported as
+//! LoRA files (`file`: the PEFT layout diffusers reads, kohya's that ComfyUI/A1111 read),
+//! or merged into the weights.
+
+use std::path::Path;
+
+use anyhow::Result;
+use burn::module::{Module, Param};
+use burn::tensor::{DType, Tensor};
+use serde::{Deserialize, Serialize};
+
+pub mod file;
+pub mod sgm;
+
+use anyhow::Context;
+pub use file::{LoraFile, LoraFormat};
+pub use sgm::BlockLayout;
+
+use super::io::{PendingTensor, write_safetensors};
+use super::named::for_each_param;
+use super::nn::like;
+use super::weights::{Init, Weights};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LoraConfig {
+    pub rank: usize,
+    /// The update is scaled by alpha / rank.
+    #[serde(default)]
+    pub alpha: Option<f64>,
+    /// Layer names (last key segments) that get adapters.
+    #[serde(default = "default_targets")]
+    pub targets: Vec<String>,
+}
+
+fn default_targets() -> Vec<String> {
+    ["to_q", "to_k", "to_v", "to_out.0"].map(String::from).to_vec()
+}
+
+impl LoraConfig {
+    pub fn new(rank: usize) -> Self {
+        Self { rank, alpha: None, targets: default_targets() }
+    }
+
+    pub fn scale(&self) -> f64 {
+        self.alpha.unwrap_or(self.rank as f64) / self.rank as f64
+    }
+
+    /// Whether the layer at `prefix` (e.g. `...attn1.to_out.0`) is a target.
+    pub fn targets(&self, prefix: &str) -> bool {
+        self.targets.iter().any(|t| prefix == t || prefix.ends_with(&format!(".{t}")))
+    }
+}
+
+/// `x ↦ scale · B(A(x))`, with A: [rank, in] and B: [out, rank] (PEFT's `lora_A`, `lora_B`).
+#[derive(Module, Debug)]
+pub struct Lora {
+    pub lora_a: Param<Tensor<2>>,
+    pub lora_b: Param<Tensor<2>>,
+    scale: f64,
+}
+
+impl Lora {
+    /// B starts at zero, so a fresh adapter leaves the model's output unchanged.
+    pub fn load(w: &Weights, d_in: usize, d_out: usize, config: &LoraConfig) -> Self {
+        let r = config.rank;
+        Self {
+            lora_a: w.optional_param("lora_a", [r, d_in], Init::FanIn(d_in)),
+            lora_b: w.optional_param("lora_b", [d_out, r], Init::Zeros),
+            scale: config.scale(),
+        }
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let dtype = x.dtype();
+        let (a, b) = (like(&self.lora_a, dtype), like(&self.lora_b, dtype));
+        burn::tensor::module::linear(burn::tensor::module::linear(x, a.transpose(), None), b.transpose(), None)
+            .mul_scalar(self.scale)
+    }
+
+    /// `scale · B·A`, the adapter as a weight delta [out, in].
+    pub fn delta(&self) -> Tensor<2> {
+        self.lora_b.val().matmul(self.lora_a.val()).mul_scalar(self.scale)
+    }
+}
+
+/// The names `mapo train` gives a LoRA run's adapters (diffusers' default name; kohya's).
+pub const LORA_FILE_PEFT: &str = "pytorch_lora_weights.safetensors";
+pub const LORA_FILE_KOHYA: &str = "pytorch_lora_weights_kohya.safetensors";
+
+/// Writes the adapters of `module` in `format` (PEFT: what diffusers' `save_lora_weights`
+/// writes; kohya: what sd-scripts writes), with the scale alpha/rank folded in.
+pub fn save_lora<M: Module>(
+    module: &M,
+    path: &Path,
+    format: LoraFormat,
+    layout: &BlockLayout,
+    scale: f64,
+) -> Result<usize> {
+    let lora = LoraFile::from_module(module, scale);
+    lora.write(path, format, layout)?;
+    Ok(lora.adapters.len())
+}
+
+/// Writes `module` as a plain diffusers component folder with every adapter folded into
+/// its base weight: `W + scale · B·A`.
+pub fn save_merged<M: Module>(module: &M, config: &serde_json::Value, dir: &Path, scale: f64) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let found = LoraFile::from_module(module, scale).adapters;
+    let mut tensors = Vec::new();
+    for_each_param(module, |name, t, shape| {
+        if name.contains(".lora.lora_") {
+            return;
+        }
+        let delta = name.strip_suffix(".weight").and_then(|layer| found.get(layer)).map(|a| a.delta().reshape([-1]));
+        let merged = match delta {
+            Some(d) => t.clone() + d.cast(t.dtype()),
+            None => t,
+        };
+        tensors.push(PendingTensor { name, shape, dtype: DType::F32, data: Box::new(move || merged.into_data()) });
+    });
+    write_safetensors(&dir.join("diffusion_pytorch_model.safetensors"), tensors)?;
+    super::io::write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(config)?.as_bytes())
+}
+
+/// Folds the adapters of a LoRA file (peft or kohya, detected) into the weights of
+/// `module`: `W += (alpha / rank) · B·A`. Every adapter in the file must find its layer.
+pub fn apply_lora_file<M: Module>(module: M, path: &Path, layout: &BlockLayout) -> Result<M> {
+    let device = burn::tensor::Device::default();
+    let lora = LoraFile::read(path, layout, &device)?;
+    lora.apply(module).with_context(|| format!("{}", path.display()))
+}
+
+/// The same module with every adapter's `lora_B` set to zero, i.e. the base model: a
+/// LoRA run's frozen reference (DPO) without a second copy of the base weights.
+pub fn disable_adapters<M: Module>(module: M) -> M {
+    module.map(&mut ZeroB { path: Vec::new() })
+}
+
+struct ZeroB {
+    path: Vec<String>,
+}
+
+impl burn::module::ModuleMapper for ZeroB {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        if self.path.last().is_some_and(|n| n == "lora_b") {
+            let (id, t, mapper) = param.consume();
+            return Param::from_mapped_value(id, t.zeros_like(), mapper);
+        }
+        param
+    }
+}
