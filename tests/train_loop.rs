@@ -103,10 +103,11 @@ fn an_interrupted_checkpoint_write_leaves_the_previous_one_valid() {
 #[test]
 fn unknown_config_keys_and_bad_overrides_are_errors() {
     let (dir, config) = setup("config");
-    let out = train(&config, &["--set", "learning_rate=1"]);
+    let out = train(&config, &["--set", "learning_rat=1"]);
     assert!(!out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("unknown field `learning_rate`"),
+        String::from_utf8_lossy(&out.stderr)
+            .contains("--set learning_rat: unknown key learning_rat (did you mean learning_rate?)"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

@@ -107,6 +107,7 @@ impl ExperimentConfig {
     /// This run's `mapo train` config.
     pub fn train_config(&self, method: &str, seed: u64, model: &Path, data: &Path, out: &Path) -> Result<TrainConfig> {
         let mut table = self.train.clone();
+        crate::train::config_names::canonicalize(&mut table, "[train]")?;
         for key in ["model", "data", "output_dir", "method", "seed", "method_params"] {
             if table.contains_key(key) {
                 bail!("[train] must not set {key:?}: the experiment sets it for each run");

@@ -60,7 +60,9 @@ pub fn run_concurrently(exp: &Path, runs: &[&PlannedRun], how: &Invocation) -> R
                 .stdout(Stdio::null())
                 .stderr(out);
             let child = cmd.spawn().with_context(|| format!("starting the run {}", run.name))?;
-            let steps = run.config.train.get("steps").and_then(|s| s.as_integer()).unwrap_or(0) as u64;
+            let train = &run.config.train;
+            let steps = train.get("steps").or_else(|| train.get("max_train_steps")).and_then(|s| s.as_integer());
+            let steps = steps.unwrap_or(0) as u64;
             let bar = bars.add(ProgressBar::new(steps).with_style(style.clone()).with_prefix(run.name.clone()));
             let metrics = exp.join(&run.name).join("metrics.jsonl");
             active.push(Active { name: run.name.clone(), child, bar, metrics, log, t0: Instant::now() });

@@ -1,11 +1,14 @@
 //! `mapo train` configuration: a TOML file, overridable with `--set key=value`.
-//! Unknown keys are an error.
+//! Unknown keys are an error; diffusers'/accelerate's names are accepted too
+//! (`config_names`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
+
+use super::config_names::{canonical_key, canonicalize, check_known};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -180,9 +183,32 @@ impl TrainConfig {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let mut value: toml::Value =
             toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
+        let origin = path.display().to_string();
+        if let Some(t) = value.as_table_mut() {
+            canonicalize(t, &origin)?;
+        }
         let file_method = value.get("method").cloned();
+        let mut from_set = Vec::new();
         for o in overrides {
+            // `--set learning_rate=1e-4` on a file with `[optimizer] lr`: the override wins.
+            let key = o.split_once('=').map_or(o.as_str(), |(k, _)| k).trim();
+            let canonical = canonical_key(key);
+            if canonical != key {
+                remove_path(&mut value, &canonical);
+            }
             set(&mut value, o)?;
+            if let Some(t) = value.as_table_mut() {
+                canonicalize(t, &format!("--set {o}"))?;
+            }
+            from_set.push(key.split('.').next().unwrap_or(key).to_string());
+        }
+        if let Some(t) = value.as_table_mut() {
+            let known = known_keys()?;
+            let blame = |k: &str| if from_set.iter().any(|s| s == k) { format!("--set {k}") } else { origin.clone() };
+            check_known(t, &known.0, &blame)?;
+            if let Some(opt) = t.get("optimizer").and_then(|o| o.as_table()) {
+                check_known(opt, &known.1, &|k| format!("{} [optimizer]", blame(k)))?;
+            }
         }
         // `--set method=dpo` on a MaPO file: the file's parameters were MaPO's (its β of 0.1
         // would be absurd for DPO), so the new method starts from its own defaults.
@@ -200,7 +226,10 @@ impl TrainConfig {
                 file_method.map_or("another method".to_string(), |m| m.to_string())
             );
         }
-        let config: TrainConfig = value.try_into().with_context(|| format!("{}: invalid config", path.display()))?;
+        let with_sets =
+            if overrides.is_empty() { String::new() } else { format!(" with --set {}", overrides.join(", --set ")) };
+        let config: TrainConfig =
+            value.try_into().with_context(|| format!("{}{with_sets}: invalid config", path.display()))?;
         config.validate()?;
         Ok(config)
     }
@@ -292,6 +321,32 @@ pub fn math_changes(saved: &TrainConfig, now: &TrainConfig) -> Result<Vec<String
         .filter(|k| a.get(**k) != b.get(**k))
         .map(|k| format!("{k}: {} → {}", show(a.get(*k)), show(b.get(*k))))
         .collect())
+}
+
+/// The top-level keys of a train config, and those of `[optimizer]`.
+pub fn known_keys() -> Result<(Vec<String>, Vec<String>)> {
+    let defaults = toml::Value::try_from(TrainConfig::defaults())?;
+    let table = defaults.as_table().context("a table")?;
+    // Optional sections are absent from the defaults' serialisation.
+    let mut top: Vec<String> = table.keys().cloned().collect();
+    top.extend(["device", "lora"].map(String::from));
+    let opt =
+        table.get("optimizer").and_then(|o| o.as_table()).map(|t| t.keys().cloned().collect()).unwrap_or_default();
+    Ok((top, opt))
+}
+
+fn remove_path(root: &mut toml::Value, key: &str) {
+    let parts: Vec<&str> = key.split('.').collect();
+    let mut node = root;
+    for part in &parts[..parts.len() - 1] {
+        match node.get_mut(*part) {
+            Some(next) => node = next,
+            None => return,
+        }
+    }
+    if let Some(t) = node.as_table_mut() {
+        t.remove(parts[parts.len() - 1]);
+    }
 }
 
 pub fn set(root: &mut toml::Value, assignment: &str) -> Result<()> {

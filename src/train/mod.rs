@@ -3,6 +3,7 @@
 pub mod checkpoint;
 pub mod clip;
 pub mod config;
+pub mod config_names;
 pub mod data;
 pub mod drift;
 pub mod lr;

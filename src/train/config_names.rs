@@ -1,0 +1,105 @@
+//! The config names users bring from diffusers' training scripts and accelerate
+//! (`max_train_steps`, `learning_rate`, `mixed_precision = "bf16"`, ...), accepted beside
+//! mapo's own, and an unknown key answered with the closest known one.
+
+use anyhow::{Result, bail};
+
+/// (diffusers/accelerate name, the mapo key it sets; `a.b` for a key of table `a`).
+pub const ALIASES: &[(&str, &str)] = &[
+    ("max_train_steps", "steps"),
+    ("train_batch_size", "batch_size"),
+    ("gradient_accumulation_steps", "grad_accumulation"),
+    ("lr_scheduler", "lr_schedule"),
+    ("lr_warmup_steps", "warmup_steps"),
+    ("checkpointing_steps", "checkpoint_every"),
+    ("checkpoints_total_limit", "keep_checkpoints"),
+    ("mixed_precision", "dtype"),
+    ("pretrained_model_name_or_path", "model"),
+    ("learning_rate", "optimizer.lr"),
+    ("adam_beta1", "optimizer.beta1"),
+    ("adam_beta2", "optimizer.beta2"),
+    ("adam_epsilon", "optimizer.eps"),
+    ("adam_weight_decay", "optimizer.weight_decay"),
+];
+
+/// The mapo key for `key` (a dotted `--set` path or a top-level name).
+pub fn canonical_key(key: &str) -> String {
+    let (first, rest) = key.split_once('.').map_or((key, None), |(a, b)| (a, Some(b)));
+    match ALIASES.iter().find(|(alias, _)| *alias == first) {
+        Some((_, to)) => rest.map_or(to.to_string(), |r| format!("{to}.{r}")),
+        None => key.to_string(),
+    }
+}
+
+/// accelerate's `mixed_precision` values ("no", "fp16", "bf16") as mapo's dtypes.
+fn precision_value(v: toml::Value) -> toml::Value {
+    match v.as_str() {
+        Some("no") => toml::Value::String("f32".into()),
+        Some("fp16") => toml::Value::String("f16".into()),
+        _ => v,
+    }
+}
+
+/// Rewrites the aliases of a config table to mapo's keys; `origin` names the table in
+/// errors (the file, or `[train]`).
+pub fn canonicalize(table: &mut toml::Table, origin: &str) -> Result<()> {
+    for (alias, to) in ALIASES {
+        let Some(mut value) = table.remove(*alias) else { continue };
+        if *alias == "mixed_precision" {
+            value = precision_value(value);
+        }
+        let (section, key) = match to.split_once('.') {
+            Some((s, k)) => (Some(s), k),
+            None => (None, *to),
+        };
+        let target = match section {
+            Some(s) => {
+                let entry = table.entry(s.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
+                let Some(t) = entry.as_table_mut() else { bail!("{origin}: {s} is not a table") };
+                t
+            }
+            None => &mut *table,
+        };
+        if target.contains_key(key) {
+            bail!("{origin}: both {alias} and {to} are set (they are the same setting: keep one)");
+        }
+        target.insert(key.to_string(), value);
+    }
+    Ok(())
+}
+
+/// Edit distance, for "did you mean".
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let here = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(row[j + 1] + 1);
+            prev = here;
+        }
+    }
+    row[b.len()]
+}
+
+/// The known key closest to `key`, when it is close enough to be a typo.
+pub fn closest<'a>(key: &str, known: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let best = known.into_iter().map(|k| (distance(key, k), k)).min()?;
+    (best.0 <= (key.len() / 3).max(2)).then_some(best.1)
+}
+
+/// Fails on a key of `table` that is neither in `known` nor an alias, suggesting the
+/// closest; `origin` says where the key came from.
+pub fn check_known(table: &toml::Table, known: &[String], origin: &dyn Fn(&str) -> String) -> Result<()> {
+    let names = || known.iter().map(String::as_str).chain(ALIASES.iter().map(|(a, _)| *a));
+    for key in table.keys() {
+        if names().any(|k| k == key) {
+            continue;
+        }
+        let hint = closest(key, names()).map_or(String::new(), |c| format!(" (did you mean {c}?)"));
+        bail!("{}: unknown key {key}{hint}", origin(key));
+    }
+    Ok(())
+}

@@ -1,0 +1,86 @@
+//! Config keys from diffusers' training scripts and accelerate are accepted beside mapo's
+//! own; an unknown key is an error that suggests the closest known one and says whether it
+//! came from the file or from `--set`.
+
+use std::path::PathBuf;
+
+use mapo::train::config::TrainConfig;
+
+fn write(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mapo-config-names-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+const HEAD: &str = "model = \"m\"\ndata = \"d\"\noutput_dir = \"o\"\nmethod = \"mapo\"\n";
+
+fn load(name: &str, body: &str, sets: &[&str]) -> anyhow::Result<TrainConfig> {
+    let path = write(name, &format!("{HEAD}{body}"));
+    TrainConfig::load(&path, &sets.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+}
+
+fn as_toml(c: &TrainConfig) -> String {
+    toml::to_string(c).unwrap()
+}
+
+#[test]
+fn diffusers_and_accelerate_names_set_the_same_config() {
+    let ours = load(
+        "ours.toml",
+        "steps = 40\nbatch_size = 3\ngrad_accumulation = 2\nlr_schedule = \"cosine\"\nwarmup_steps = 5\n\
+         checkpoint_every = 10\nkeep_checkpoints = 3\ndtype = \"bf16\"\n\
+         [optimizer]\nlr = 2e-5\nbeta1 = 0.8\nbeta2 = 0.99\neps = 1e-6\nweight_decay = 0.03\n",
+        &[],
+    )
+    .unwrap();
+    let theirs = load(
+        "theirs.toml",
+        "max_train_steps = 40\ntrain_batch_size = 3\ngradient_accumulation_steps = 2\nlr_scheduler = \"cosine\"\n\
+         lr_warmup_steps = 5\ncheckpointing_steps = 10\ncheckpoints_total_limit = 3\nmixed_precision = \"bf16\"\n\
+         learning_rate = 2e-5\nadam_beta1 = 0.8\nadam_beta2 = 0.99\nadam_epsilon = 1e-6\nadam_weight_decay = 0.03\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(as_toml(&ours), as_toml(&theirs));
+    assert_eq!(theirs.steps, 40);
+    assert_eq!(theirs.optimizer.lr, 2e-5);
+
+    // accelerate's precision names.
+    assert_eq!(load("no.toml", "steps = 1\nmixed_precision = \"no\"\n", &[]).unwrap().dtype, "f32");
+    assert_eq!(load("fp16.toml", "steps = 1\nmixed_precision = \"fp16\"\n", &[]).unwrap().dtype, "f16");
+
+    // An override by either name wins over the file's setting by the other.
+    let c = load("lr.toml", "steps = 1\n[optimizer]\nlr = 1e-5\n", &["learning_rate=3e-4"]).unwrap();
+    assert_eq!(c.optimizer.lr, 3e-4);
+    let c = load("steps.toml", "max_train_steps = 100\n", &["steps=7"]).unwrap();
+    assert_eq!(c.steps, 7);
+    let c = load("steps2.toml", "steps = 100\n", &["max_train_steps=8"]).unwrap();
+    assert_eq!(c.steps, 8);
+}
+
+#[test]
+fn unknown_and_doubled_keys_are_errors_that_help() {
+    let e = load("typo.toml", "max_train_stpes = 10\n", &[]).unwrap_err().to_string();
+    assert!(
+        e.contains("typo.toml") && e.contains("unknown key max_train_stpes (did you mean max_train_steps?)"),
+        "{e}"
+    );
+
+    let e = load("set-typo.toml", "steps = 10\n", &["bach_size=4"]).unwrap_err().to_string();
+    assert!(e.contains("--set bach_size") && e.contains("did you mean batch_size?"), "{e}");
+
+    let e = load("opt-typo.toml", "steps = 10\n[optimizer]\nlrr = 1e-4\n", &[]).unwrap_err().to_string();
+    assert!(e.contains("[optimizer]") && e.contains("unknown key lrr (did you mean lr?)"), "{e}");
+
+    let e = load("far.toml", "steps = 10\ncompletely_unrelated = 1\n", &[]).unwrap_err().to_string();
+    assert!(e.contains("unknown key completely_unrelated") && !e.contains("did you mean"), "{e}");
+
+    let e = load("both.toml", "steps = 10\nmax_train_steps = 20\n", &[]).unwrap_err().to_string();
+    assert!(e.contains("both max_train_steps and steps are set"), "{e}");
+
+    // A bad value from --set is blamed on the --set, not only on the file.
+    let e = format!("{:#}", load("value.toml", "steps = 10\n", &["batch_size=\"four\""]).unwrap_err());
+    assert!(e.contains("with --set batch_size=\"four\""), "{e}");
+}
