@@ -54,6 +54,16 @@ fn sweep_writes_a_report_with_both_runs_and_rerun_skips_them() {
     for f in ["curves.png", "samples.png", "report.json"] {
         assert!(exp.join(f).is_file(), "{f} missing");
     }
+    // Readable plots: the legend in a strip below the 420-pixel panels (not over the
+    // curves), and a header band of prompt words above the sample grid's first row.
+    let curves = image::open(exp.join("curves.png")).unwrap().to_rgb8();
+    assert!(curves.height() > 420, "no legend strip: {}×{}", curves.width(), curves.height());
+    let dark = |img: &image::RgbImage, rows: std::ops::Range<u32>, cols: std::ops::Range<u32>| {
+        rows.flat_map(|y| cols.clone().map(move |x| (x, y))).filter(|&(x, y)| img.get_pixel(x, y).0[0] < 100).count()
+    };
+    assert!(dark(&curves, 421..curves.height(), 0..curves.width()) > 50, "the legend strip is empty");
+    let grid = image::open(exp.join("samples.png")).unwrap().to_rgb8();
+    assert!(dark(&grid, 0..40, 300..grid.width()) > 50, "no column headers above the samples");
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(exp.join("report.json")).unwrap()).unwrap();
     assert_eq!(json["rows"].as_array().unwrap().len(), 3);

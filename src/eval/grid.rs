@@ -1,5 +1,6 @@
-//! `samples.png`: rows = runs (first seed of each setting), columns = fixed prompts, all
-//! from the same sampling noise, each image enlarged 4× with nearest-neighbour pixels.
+//! `samples.png`: rows = runs (first seed of each setting), columns = fixed prompts (their
+//! words as the column header), all from the same sampling noise, each image enlarged 4×
+//! with nearest-neighbour pixels.
 
 use std::path::Path;
 
@@ -13,6 +14,8 @@ use crate::models::io::SafeTensorFiles;
 const SCALE: u32 = 4;
 const GAP: u32 = 4;
 const LABEL: u32 = 300;
+/// Column headers: the prompt's words, one a line (colour, shape, background).
+const HEADER: u32 = 46;
 
 /// Draws the grid; returns the column prompts, or None when no run saved samples.
 pub fn samples(path: &Path, runs: &[RunData]) -> Result<Option<Vec<String>>> {
@@ -43,7 +46,7 @@ pub fn samples(path: &Path, runs: &[RunData]) -> Result<Option<Vec<String>>> {
     }
     let size = rows[0].2 as u32;
     let cell = size * SCALE + GAP;
-    let (w, h) = (LABEL + cell * columns.len() as u32, cell * rows.len() as u32 + GAP);
+    let (w, h) = (LABEL + cell * columns.len() as u32, HEADER + cell * rows.len() as u32 + GAP);
     let mut img = image::RgbImage::from_pixel(w, h, image::Rgb([255, 255, 255]));
     for (ri, (_, values, s)) in rows.iter().enumerate() {
         let s = *s;
@@ -58,7 +61,7 @@ pub fn samples(path: &Path, runs: &[RunData]) -> Result<Option<Vec<String>>> {
                     for dy in 0..SCALE {
                         for dx in 0..SCALE {
                             let x0 = LABEL + ci as u32 * cell + x as u32 * SCALE + dx;
-                            let y0 = GAP + ri as u32 * cell + y as u32 * SCALE + dy;
+                            let y0 = HEADER + GAP + ri as u32 * cell + y as u32 * SCALE + dy;
                             img.put_pixel(x0, y0, rgb);
                         }
                     }
@@ -69,8 +72,17 @@ pub fn samples(path: &Path, runs: &[RunData]) -> Result<Option<Vec<String>>> {
     let mut buf = img.into_raw();
     {
         let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        for (ci, &subject) in columns.iter().enumerate() {
+            let caption = subjects[subject].caption();
+            let words = caption.split(' ').filter(|w| !["a", "on", "background"].contains(w));
+            for (line, word) in words.enumerate() {
+                let at = ((LABEL + ci as u32 * cell) as i32, 4 + 13 * line as i32);
+                root.draw_text(word, &("sans-serif", 11).into_font().color(&BLACK), at)
+                    .map_err(|e| anyhow!("{e:?}"))?;
+            }
+        }
         for (ri, (name, _, _)) in rows.iter().enumerate() {
-            let y = (GAP + ri as u32 * cell + cell / 2 - 8) as i32;
+            let y = (HEADER + GAP + ri as u32 * cell + cell / 2 - 8) as i32;
             root.draw_text(name, &("sans-serif", 13).into_font().color(&BLACK), (6, y))
                 .map_err(|e| anyhow!("{e:?}"))?;
         }

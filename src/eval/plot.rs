@@ -30,7 +30,8 @@ pub fn register_font() {
     });
 }
 
-type Series = (String, Vec<(f64, f64)>);
+/// A run's line: its label, its colour (fixed per run across panels) and its points.
+type Series = (String, RGBColor, Vec<(f64, f64)>);
 
 /// Exponential moving average, so that per-step loss noise does not hide the trend.
 fn smooth(points: &[(f64, f64)], alpha: f64) -> Vec<(f64, f64)> {
@@ -46,7 +47,7 @@ fn smooth(points: &[(f64, f64)], alpha: f64) -> Vec<(f64, f64)> {
 }
 
 fn panel(area: &DrawingArea<BitMapBackend, plotters::coord::Shift>, title: &str, series: &[Series]) -> Result<()> {
-    let pts = series.iter().flat_map(|s| s.1.iter());
+    let pts = series.iter().flat_map(|s| s.2.iter());
     let (mut x1, mut y0, mut y1) = (1.0f64, f64::INFINITY, f64::NEG_INFINITY);
     for &(x, y) in pts {
         x1 = x1.max(x);
@@ -56,7 +57,8 @@ fn panel(area: &DrawingArea<BitMapBackend, plotters::coord::Shift>, title: &str,
     if !y0.is_finite() {
         return Ok(());
     }
-    let pad = ((y1 - y0) * 0.05).max(1e-6);
+    // A flat series (a share stuck at 0) still gets a readable axis.
+    let pad = if y1 - y0 > 1e-9 { (y1 - y0) * 0.05 } else { (y0.abs() * 0.05).max(0.05) };
     let err = |e: DrawingAreaErrorKind<_>| anyhow!("drawing {title}: {e:?}");
     let mut chart = ChartBuilder::on(area)
         .caption(title, ("sans-serif", 16))
@@ -65,23 +67,39 @@ fn panel(area: &DrawingArea<BitMapBackend, plotters::coord::Shift>, title: &str,
         .y_label_area_size(56)
         .build_cartesian_2d(0f64..x1, (y0 - pad)..(y1 + pad))
         .map_err(err)?;
-    chart.configure_mesh().x_desc("step").label_style(("sans-serif", 12)).draw().map_err(err)?;
-    for (i, (name, points)) in series.iter().enumerate() {
-        let colour = PALETTE[i % PALETTE.len()];
-        chart
-            .draw_series(LineSeries::new(points.iter().copied(), colour.stroke_width(2)))
-            .map_err(err)?
-            .label(name.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 14, y)], colour.stroke_width(2)));
-    }
+    // Steps are whole numbers.
+    let step_label = |x: &f64| format!("{}", x.round() as i64);
     chart
-        .configure_series_labels()
-        .label_font(("sans-serif", 11))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
+        .configure_mesh()
+        .x_desc("step")
+        .x_labels(6)
+        .x_label_formatter(&step_label)
+        .label_style(("sans-serif", 12))
         .draw()
         .map_err(err)?;
+    for (_, colour, points) in series {
+        chart.draw_series(LineSeries::new(points.iter().copied(), colour.stroke_width(2))).map_err(err)?;
+    }
+    Ok(())
+}
+
+const LEGEND_ROW: u32 = 20;
+
+/// One legend for all panels, below them, so that it never covers a curve.
+fn legend(
+    area: &DrawingArea<BitMapBackend, plotters::coord::Shift>,
+    entries: &[(String, RGBColor)],
+    per_row: usize,
+) -> Result<()> {
+    let (w, _) = area.dim_in_pixel();
+    let cell = w as i32 / per_row as i32;
+    for (i, (name, colour)) in entries.iter().enumerate() {
+        let (x, y) = (8 + (i % per_row) as i32 * cell, 4 + (i / per_row) as i32 * LEGEND_ROW as i32);
+        area.draw(&PathElement::new(vec![(x, y + 7), (x + 22, y + 7)], colour.stroke_width(3)))
+            .map_err(|e| anyhow!("{e:?}"))?;
+        area.draw_text(name, &("sans-serif", 12).into_font().color(&BLACK), (x + 28, y))
+            .map_err(|e| anyhow!("{e:?}"))?;
+    }
     Ok(())
 }
 
@@ -97,23 +115,26 @@ pub fn curves(path: &Path, runs: &[RunData]) -> Result<bool> {
     let label = |r: &RunData| {
         if backends.len() > 1 { format!("{} [{}]", r.summary.run, r.summary.backend) } else { r.summary.run.clone() }
     };
+    let colour = |i: usize| PALETTE[i % PALETTE.len()];
     let loss: Vec<Series> = trained
         .iter()
-        .map(|r| {
+        .enumerate()
+        .map(|(i, r)| {
             let pts: Vec<(f64, f64)> = r
                 .metrics
                 .iter()
                 .filter_map(|m| Some((m["step"].as_f64()?, m["loss"].as_f64()?)))
                 .filter(|p| p.1.is_finite())
                 .collect();
-            (label(r), smooth(&pts, 0.1))
+            (label(r), colour(i), smooth(&pts, 0.1))
         })
         .collect();
     let eval = |f: fn(&crate::experiment::toy_eval::ToyMetrics) -> f64| -> Vec<Series> {
         trained
             .iter()
-            .filter(|r| !r.evals.is_empty())
-            .map(|r| (label(r), r.evals.iter().map(|e| (e.step as f64, f(e))).collect()))
+            .enumerate()
+            .filter(|(_, r)| !r.evals.is_empty())
+            .map(|(i, r)| (label(r), colour(i), r.evals.iter().map(|e| (e.step as f64, f(e))).collect()))
             .collect()
     };
     let mut panels: Vec<(&str, Vec<Series>)> = vec![("training loss (EMA 0.1)", loss)];
@@ -123,14 +144,19 @@ pub fn curves(path: &Path, runs: &[RunData]) -> Result<bool> {
         panels.push(("prompt fidelity", eval(|e| e.fidelity)));
         panels.push(("chosen error (held pairs)", eval(|e| e.chosen_error)));
     }
-    let (w, h) = (460 * panels.len() as u32, 420u32);
+    let entries: Vec<(String, RGBColor)> = trained.iter().enumerate().map(|(i, r)| (label(r), colour(i))).collect();
+    let per_row = (panels.len() * 2).max(2);
+    let legend_h = LEGEND_ROW * entries.len().div_ceil(per_row) as u32 + 8;
+    let (w, h) = (460 * panels.len() as u32, 420 + legend_h);
     let mut buf = vec![255u8; (w * h * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| anyhow!("{e:?}"))?;
-        for (area, (title, series)) in root.split_evenly((1, panels.len())).iter().zip(&panels) {
+        let (plots, below) = root.split_vertically(420);
+        for (area, (title, series)) in plots.split_evenly((1, panels.len())).iter().zip(&panels) {
             panel(area, title, series)?;
         }
+        legend(&below, &entries, per_row)?;
         root.present().map_err(|e| anyhow!("{e:?}"))?;
     }
     let img = image::RgbImage::from_raw(w, h, buf).expect("buffer size");
