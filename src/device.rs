@@ -284,3 +284,14 @@ pub fn peak_rss() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
 }
+
+/// `--device` and `--dtype`, shared by every command that runs a model.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DeviceArgs {
+    /// Backend: cuda, wgpu, vulkan, cpu or flex (default: first GPU backend that initialises, else CPU).
+    #[arg(long, env = "MAPO_DEVICE")]
+    pub device: Option<String>,
+    /// Float precision of weights and activations: f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+}

@@ -2,7 +2,7 @@ use clap::Parser;
 
 fn main() {
     quiet_mesa();
-    let cli = mapo::cli::Cli::parse();
+    let cli = mapo::cli::Cli::parse_from(mapo::cli::with_dev(std::env::args_os()));
     if let Err(e) = mapo::cli::run(cli) {
         eprintln!("error: {e:#}");
         std::process::exit(1);

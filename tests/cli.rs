@@ -90,3 +90,29 @@ fn forward_reports_missing_input_by_name() {
     assert!(err.contains("\"timestep\" is missing"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Developer commands live under `mapo dev` (and keep working without it, as DESIGN §2
+/// and other tools call them); `train` and `experiment` take their file the same two ways.
+#[test]
+fn dev_commands_and_config_files_are_taken_alike() {
+    let model = fixtures().join("tiny-sdxl");
+    let tokenize = |prefix: &[&str]| {
+        let mut args = prefix.to_vec();
+        args.extend(["tokenize", "--model", model.to_str().unwrap(), "--prompt", "a cat"]);
+        run(&args).stdout
+    };
+    assert_eq!(tokenize(&["dev"]), tokenize(&[]));
+    let help = String::from_utf8(run(&["--help"]).stdout).unwrap();
+    let listed = |name: &str| help.lines().any(|l| l.trim_start().starts_with(&format!("{name} ")));
+    assert!(listed("dev") && listed("train") && !listed("forward") && !listed("make-pairs"), "{help}");
+
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/toy-methods.toml");
+    // The plan is printed on stderr.
+    let plan = |args: &[&str]| String::from_utf8(run(args).stderr).unwrap();
+    let f = file.to_str().unwrap();
+    let positional = plan(&["experiment", f, "--dry-run"]);
+    assert!(positional.contains("8 runs"), "{positional}");
+    assert_eq!(positional, plan(&["experiment", "--config", f, "--dry-run"]));
+    let none = Command::new(env!("CARGO_BIN_EXE_mapo")).arg("train").output().unwrap();
+    assert!(!none.status.success() && String::from_utf8_lossy(&none.stderr).contains("<FILE>"));
+}

@@ -107,7 +107,7 @@ def train_step(a, device):
             times.append(time.perf_counter() - t0)
     dev, rss = peak(device)
     med = statistics.median(times)
-    return {"bench": "train-step", "impl": "torch", "method": a.method, "model": a.model, "resolution": a.resolution,
+    return {"bench": "train-step", "framework": "torch", "method": a.method, "model": a.model, "resolution": a.resolution,
             "batch": a.batch, "dtype": a.dtype, "lora": a.lora, "grad_ckpt": a.grad_ckpt, "device": device.type,
             "steps": a.steps, "median_s": med, "min_s": min(times), "max_s": max(times),
             "samples_per_s": a.batch / med, "peak_device_bytes": dev, "peak_rss_bytes": rss}
@@ -138,7 +138,7 @@ def generate(a, device):
             per_step.append(time.perf_counter() - t0)
     total = time.perf_counter() - t_start
     dev, rss = peak(device)
-    return {"bench": "generate", "impl": "torch", "model": a.model, "resolution": a.resolution, "steps": a.steps,
+    return {"bench": "generate", "framework": "torch", "model": a.model, "resolution": a.resolution, "steps": a.steps,
             "dtype": a.dtype, "device": device.type, "total_s": total, "step_median_s": statistics.median(per_step),
             "step_min_s": min(per_step), "step_max_s": max(per_step), "peak_device_bytes": dev, "peak_rss_bytes": rss}
 

@@ -30,7 +30,7 @@ fn trial(b: &MaxBatchBench, batch: usize) -> Result<Trial> {
     let s = &b.step;
     let exe = std::env::current_exe().context("locating the mapo binary")?;
     let mut cmd = std::process::Command::new(exe);
-    cmd.args(["bench", "train-step", "--method", &s.method, "--model", &s.model, "--dtype", &s.dtype])
+    cmd.args(["bench", "train-step", "--method", &s.method, "--model", &s.model, "--dtype", &s.device.dtype])
         .args(["--attention", &s.attention])
         .args([
             "--resolution",
@@ -51,7 +51,7 @@ fn trial(b: &MaxBatchBench, batch: usize) -> Result<Trial> {
     if s.grad_ckpt {
         cmd.arg("--grad-ckpt");
     }
-    if let Some(d) = &s.device {
+    if let Some(d) = &s.device.device {
         cmd.args(["--device", d]);
     }
     let out = cmd.output().context("running a trial")?;
@@ -108,8 +108,8 @@ pub fn run(b: &MaxBatchBench) -> Result<serde_json::Value> {
     }
     let s = &b.step;
     Ok(json!({
-        "bench": "max-batch", "impl": "mapo", "method": s.method, "model": s.model, "resolution": s.resolution,
-        "dtype": s.dtype, "lora": s.lora, "grad_ckpt": s.grad_ckpt, "attention": s.attention, "limit_gb": b.limit_gb, "max_tried": b.max,
+        "bench": "max-batch", "framework": "mapo", "method": s.method, "model": s.model, "resolution": s.resolution,
+        "dtype": s.device.dtype, "lora": s.lora, "grad_ckpt": s.grad_ckpt, "attention": s.attention, "limit_gb": b.limit_gb, "max_tried": b.max,
         "max_batch": good,
         "trials": trials.iter().map(|t| json!({"batch": t.batch, "fits": t.fits, "peak_bytes": t.peak})).collect::<Vec<_>>(),
     }))

@@ -51,8 +51,6 @@ pub struct TrainBench {
     /// Pairs per step.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
-    #[arg(long, default_value = "f32")]
-    pub dtype: String,
     /// Train LoRA adapters of this rank instead of the full UNet.
     #[arg(long)]
     pub lora: Option<usize>,
@@ -69,8 +67,8 @@ pub struct TrainBench {
     pub steps: usize,
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
-    #[arg(long, env = "MAPO_DEVICE")]
-    pub device: Option<String>,
+    #[command(flatten)]
+    pub device: crate::device::DeviceArgs,
 }
 
 pub use crate::device::peak_rss;
@@ -90,10 +88,10 @@ fn stats(times: &mut [f64]) -> (f64, f64, f64) {
 pub fn train_step(b: &TrainBench) -> Result<serde_json::Value> {
     set_training_attention(b.attention.parse()?);
     set_block_elements(b.attention_block.unwrap_or(DEFAULT_BLOCK_ELEMENTS));
-    let selected = select(b.device.as_deref())?;
+    let selected = select(b.device.device.as_deref())?;
     let plain = selected.device.clone();
     let device = if b.grad_ckpt { plain.clone().autodiff().gradient_checkpointing() } else { plain.clone().autodiff() };
-    let compute = selected.precision(&b.dtype)?;
+    let compute = selected.precision(&b.device.dtype)?;
     let method = build(&b.method, Params::default())?;
     let (config, _) = unet_config(&b.model)?;
     if !b.resolution.is_multiple_of(8) {
@@ -150,8 +148,8 @@ pub fn train_step(b: &TrainBench) -> Result<serde_json::Value> {
     let (check, _, _) = stats(&mut checks);
     let (median, min, max) = stats(&mut times);
     Ok(json!({
-        "bench": "train-step", "impl": "mapo", "method": b.method, "model": b.model, "resolution": b.resolution,
-        "batch": b.batch, "dtype": b.dtype, "lora": b.lora, "grad_ckpt": b.grad_ckpt, "attention": b.attention,
+        "bench": "train-step", "framework": "mapo", "method": b.method, "model": b.model, "resolution": b.resolution,
+        "batch": b.batch, "dtype": b.device.dtype, "lora": b.lora, "grad_ckpt": b.grad_ckpt, "attention": b.attention,
         "attention_block": b.attention_block.unwrap_or(DEFAULT_BLOCK_ELEMENTS),
         "device": selected.backend.name(), "steps": b.steps, "median_s": median, "min_s": min, "max_s": max,
         "samples_per_s": b.batch as f64 / median,
@@ -202,7 +200,7 @@ pub fn generate(
     let total = t0.elapsed().as_secs_f64();
     let (median, min, max) = stats(&mut per_step);
     Ok(json!({
-        "bench": "generate", "impl": "mapo", "model": model, "resolution": resolution, "steps": steps, "dtype": dtype,
+        "bench": "generate", "framework": "mapo", "model": model, "resolution": resolution, "steps": steps, "dtype": dtype,
         "device": selected.backend.name(), "total_s": total, "step_median_s": median, "step_min_s": min, "step_max_s": max,
         "peak_device_bytes": device.memory_pool_usage().map(|u| u.bytes_reserved), "peak_rss_bytes": peak_rss(),
     }))

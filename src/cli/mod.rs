@@ -23,51 +23,22 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Args, Debug, Clone)]
-pub struct DeviceArgs {
-    /// Backend: cuda, wgpu, vulkan, cpu or flex (default: first GPU backend that initialises, else CPU).
-    #[arg(long, env = "MAPO_DEVICE")]
-    pub device: Option<String>,
-    /// Float precision of weights and activations: f32, bf16 or f16.
-    #[arg(long, default_value = "f32")]
-    pub dtype: String,
-}
+pub use crate::device::DeviceArgs;
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run one model component on tensors from a safetensors file (DESIGN §2).
-    Forward(ForwardArgs),
-    /// Load a component folder and write it back as a diffusers folder (f32/f16/bf16).
-    Convert {
-        /// unet or vae.
-        component: String,
-        /// A diffusers pipeline folder, or the component folder itself.
-        #[arg(long)]
-        model: PathBuf,
-        /// Output component folder (config.json + diffusion_pytorch_model.safetensors).
-        #[arg(long)]
-        out: PathBuf,
-        /// Storage dtype of the written weights.
-        #[arg(long, default_value = "f32")]
-        dtype: String,
-    },
-    /// Text to image with an SDXL pipeline folder (DESIGN §2).
+    /// Text to image with an SDXL pipeline folder (options: README, "Use").
     Generate(generate::GenerateArgs),
     /// Speed and memory benchmarks, one JSON line per run (see benches/RESULTS.md).
     #[command(subcommand)]
     Bench(BenchCommand),
-    /// Print both tokenizers' ids for a prompt as JSON.
-    Tokenize {
-        #[arg(long)]
-        model: PathBuf,
-        #[arg(long)]
-        prompt: String,
-    },
     /// Fine-tune a UNet with a preference method (see experiments/ and README).
     Train {
-        /// The run's TOML config.
-        #[arg(long)]
-        config: PathBuf,
+        /// The run's TOML config (`mapo train FILE` or `mapo train --config FILE`).
+        #[arg(value_name = "FILE", required_unless_present = "config")]
+        file: Option<PathBuf>,
+        #[arg(long, conflicts_with = "file")]
+        config: Option<PathBuf>,
         /// Override a config key, e.g. `--set optimizer.lr=1e-4` (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
@@ -86,8 +57,12 @@ pub enum Command {
     /// `<runs_dir>/<name>/report.md`, `report.json`, `curves.png`, `samples.png`.
     /// Finished runs are skipped; an interrupted run resumes from its checkpoint.
     Experiment {
-        /// The experiment's TOML file (see experiments/).
-        file: PathBuf,
+        /// The experiment's TOML file, see experiments/ (`mapo experiment FILE` or
+        /// `mapo experiment --config FILE`).
+        #[arg(value_name = "FILE", required_unless_present = "config")]
+        file: Option<PathBuf>,
+        #[arg(long, conflicts_with = "file")]
+        config: Option<PathBuf>,
         /// Override a key, e.g. `--set train.steps=20` (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
@@ -116,6 +91,42 @@ pub enum Command {
     /// Encode a parquet preference set once (VAE latent distributions + prompt embeddings)
     /// into a sharded cache that `mapo train` reads as `data = "DIR"`. Resumable.
     Cache(crate::cli::cache::CacheCommand),
+    /// Developer commands: forward, convert, tokenize, make-pairs, random-model, params
+    /// (also accepted without `dev`).
+    #[command(subcommand)]
+    Dev(DevCommand),
+    /// LoRA files: convert between the diffusers/PEFT and kohya layouts.
+    #[command(subcommand)]
+    Lora(crate::cli::lora::LoraCommand),
+}
+
+/// Developer commands: parity checks by other tools, fixtures, model surgery. Also
+/// accepted without `dev` (`mapo forward ...`, as DESIGN §2 has it).
+#[derive(Subcommand, Debug)]
+pub enum DevCommand {
+    /// Run one model component on tensors from a safetensors file (inputs and outputs: README, "Use").
+    Forward(ForwardArgs),
+    /// Load a component folder and write it back as a diffusers folder (f32/f16/bf16).
+    Convert {
+        /// unet or vae.
+        component: String,
+        /// A diffusers pipeline folder, or the component folder itself.
+        #[arg(long)]
+        model: PathBuf,
+        /// Output component folder (config.json + diffusion_pytorch_model.safetensors).
+        #[arg(long)]
+        out: PathBuf,
+        /// Storage dtype of the written weights.
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+    },
+    /// Print both tokenizers' ids for a prompt as JSON.
+    Tokenize {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        prompt: String,
+    },
     /// Write a synthetic pairs file for a model folder's UNet (demos and tests): chosen
     /// latents are smooth patterns, rejected ones are noise, embeddings are random.
     MakePairs {
@@ -151,9 +162,6 @@ pub enum Command {
         #[arg(long, default_value = "f16")]
         dtype: String,
     },
-    /// LoRA files: convert between the diffusers/PEFT and kohya layouts.
-    #[command(subcommand)]
-    Lora(crate::cli::lora::LoraCommand),
     /// Print the parameter count of each component of a diffusers folder.
     Params {
         /// A diffusers pipeline folder, or one component folder (unet/, vae/).
@@ -178,10 +186,8 @@ pub enum BenchCommand {
         resolution: usize,
         #[arg(long, default_value_t = 30)]
         steps: usize,
-        #[arg(long, default_value = "f32")]
-        dtype: String,
-        #[arg(long, env = "MAPO_DEVICE")]
-        device: Option<String>,
+        #[command(flatten)]
+        device: DeviceArgs,
     },
 }
 
@@ -243,8 +249,7 @@ pub struct ForwardArgs {
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Forward(args) => forward::run(&args),
-        Command::Params { model } => forward::params(&model),
+        Command::Dev(dev) => run_dev(dev),
         Command::Generate(args) => generate::run(&args),
         Command::Bench(BenchCommand::TrainStep(b)) => {
             println!("{}", crate::bench::train_step(&b)?);
@@ -258,12 +263,12 @@ pub fn run(cli: Cli) -> Result<()> {
             println!("{}", crate::bench::data::run(&b)?);
             Ok(())
         }
-        Command::Bench(BenchCommand::Generate { model, resolution, steps, dtype, device }) => {
-            println!("{}", crate::bench::generate(&model, resolution, steps, &dtype, device.as_deref())?);
+        Command::Bench(BenchCommand::Generate { model, resolution, steps, device }) => {
+            println!("{}", crate::bench::generate(&model, resolution, steps, &device.dtype, device.device.as_deref())?);
             Ok(())
         }
-        Command::Tokenize { model, prompt } => generate::tokenize(&model, &prompt),
-        Command::Train { config, mut overrides, resume, overwrite, keep } => {
+        Command::Train { file, config, mut overrides, resume, overwrite, keep } => {
+            let config = file.or(config).expect("clap requires one");
             overrides.extend(keep.map(|k| format!("keep_checkpoints={k}")));
             let config = crate::train::config::TrainConfig::load(&config, &overrides)?;
             let start = crate::train::run::Start { resume, overwrite };
@@ -271,7 +276,8 @@ pub fn run(cli: Cli) -> Result<()> {
             println!("done: final loss {loss:.6}; outputs in {}", config.output_dir.display());
             Ok(())
         }
-        Command::Experiment { file, overrides, device, dry_run, jobs, only } => {
+        Command::Experiment { file, config, overrides, device, dry_run, jobs, only } => {
+            let file = file.or(config).expect("clap requires one");
             let options = crate::experiment::RunOptions { dry_run, jobs, only };
             crate::experiment::run(&file, &overrides, device.as_deref(), &options)
         }
@@ -288,12 +294,33 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Cache(c) => crate::cli::cache::run(&c),
         Command::Lora(c) => crate::cli::lora::run(&c),
-        Command::MakePairs { model, pairs, size, seed, cache, shard_size, out } => {
+    }
+}
+
+fn run_dev(command: DevCommand) -> Result<()> {
+    match command {
+        DevCommand::Forward(args) => forward::run(&args),
+        DevCommand::Params { model } => forward::params(&model),
+        DevCommand::Tokenize { model, prompt } => generate::tokenize(&model, &prompt),
+        DevCommand::MakePairs { model, pairs, size, seed, cache, shard_size, out } => {
             pairs::run(&model, pairs, &size, seed, &out, cache.then_some(shard_size))
         }
-        Command::RandomModel { component, config, out, dtype } => {
+        DevCommand::RandomModel { component, config, out, dtype } => {
             forward::random_model(&component, &config, &out, &dtype)
         }
-        Command::Convert { component, model, out, dtype } => forward::convert(&component, &model, &out, &dtype),
+        DevCommand::Convert { component, model, out, dtype } => forward::convert(&component, &model, &out, &dtype),
     }
+}
+
+/// The developer commands' names, accepted without `dev` (DESIGN §2 and other tools call
+/// `mapo forward ...`, `mapo tokenize ...`).
+const DEV_COMMANDS: [&str; 6] = ["forward", "convert", "tokenize", "make-pairs", "random-model", "params"];
+
+/// `mapo forward ...` → `mapo dev forward ...`.
+pub fn with_dev(args: impl IntoIterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<_> = args.into_iter().collect();
+    if args.get(1).and_then(|a| a.to_str()).is_some_and(|a| DEV_COMMANDS.contains(&a)) {
+        args.insert(1, "dev".into());
+    }
+    args
 }
