@@ -84,3 +84,25 @@ fn unknown_and_doubled_keys_are_errors_that_help() {
     let e = format!("{:#}", load("value.toml", "steps = 10\n", &["batch_size=\"four\""]).unwrap_err());
     assert!(e.contains("with --set batch_size=\"four\""), "{e}");
 }
+
+/// The TOML config and `mapo forward train-step` build their optimizer in one place, so
+/// the defaults agree; names are checked as enums.
+#[test]
+fn optimizers_and_schedules_are_built_alike_and_checked() {
+    use mapo::train::optim::OptimizerConfig;
+    for name in ["adamw", "adafactor", "sgd"] {
+        let c = load(&format!("{name}.toml"), &format!("steps = 1\n[optimizer]\nname = \"{name}\"\nlr = 1e-3\n"), &[])
+            .unwrap();
+        let cli = OptimizerConfig::parse(name, 1e-3, None).unwrap();
+        assert_eq!(format!("{:?}", c.optimizer.build().unwrap()), format!("{cli:?}"), "{name}");
+    }
+    let e = format!(
+        "{:#}",
+        load("sgd-wd.toml", "steps = 1\n[optimizer]\nname = \"sgd\"\nweight_decay = 0.01\n", &[]).unwrap_err()
+    );
+    assert!(e.contains("takes no weight decay"), "{e}");
+    let e = format!("{:#}", load("sched.toml", "steps = 1\nlr_schedule = \"cosin\"\n", &[]).unwrap_err());
+    assert!(e.contains("unknown variant") && e.contains("cosine"), "{e}");
+    let e = format!("{:#}", load("opt.toml", "steps = 1\n[optimizer]\nname = \"adam\"\n", &[]).unwrap_err());
+    assert!(e.contains("unknown variant") && e.contains("adamw"), "{e}");
+}

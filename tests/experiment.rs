@@ -96,7 +96,7 @@ fn sweep_writes_a_report_with_both_runs_and_rerun_skips_them() {
     std::fs::remove_file(exp.join("mapo-beta=0.1-s0").join("summary.json")).unwrap();
     let resumed = run_mapo(&["experiment", file.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&resumed.stderr);
-    assert!(stderr.contains("resuming from") && stderr.contains("checkpoint-00000002"), "{stderr}");
+    assert!(stderr.contains("resuming from") && stderr.contains("checkpoint-2"), "{stderr}");
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(exp.join("mapo-beta=0.1-s0").join("summary.json")).unwrap())
             .unwrap();

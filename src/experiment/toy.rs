@@ -261,7 +261,7 @@ pub fn reference(cache: &Path, p: &PretrainConfig, device: Option<&str>) -> Resu
         batch_size: p.batch_size / ranks,
         devices: if ranks > 1 { vec![name; ranks] } else { vec![] },
         seed: p.seed,
-        lr_schedule: "cosine".into(),
+        lr_schedule: crate::train::lr::LrSchedule::Cosine,
         warmup_steps: p.steps / 20,
         checkpoint_every: 100,
         keep_checkpoints: 1,
@@ -269,7 +269,7 @@ pub fn reference(cache: &Path, p: &PretrainConfig, device: Option<&str>) -> Resu
         ..TrainConfig::defaults()
     };
     config.optimizer.lr = p.lr;
-    config.optimizer.weight_decay = 0.0;
+    config.optimizer.weight_decay = Some(0.0);
     let resume = crate::train::checkpoint::list(&pretrain).map(|l| !l.is_empty()).unwrap_or(false);
     if !resume {
         crate::train::outdir::discard_partial(&pretrain)?;

@@ -46,8 +46,15 @@ const PREFIX: &str = "checkpoint-";
 /// The adapters of a LoRA run's checkpoint (full runs have a `unet/` folder instead).
 pub const ADAPTERS: &str = "adapters.safetensors";
 
+/// `checkpoint-<step>`, as accelerate names them (runs of older mapo versions have the
+/// step zero-padded to 8 digits; both are read).
 pub fn path_for(output_dir: &Path, step: usize) -> PathBuf {
-    output_dir.join(format!("{PREFIX}{step:08}"))
+    output_dir.join(format!("{PREFIX}{step}"))
+}
+
+/// The step in a checkpoint folder's name.
+fn step_of(path: &Path) -> Option<usize> {
+    path.file_name()?.to_str()?.strip_prefix(PREFIX)?.parse().ok()
 }
 
 pub fn save(
@@ -60,7 +67,7 @@ pub fn save(
     lora: bool,
 ) -> Result<PathBuf> {
     let final_dir = path_for(output_dir, state.step);
-    let tmp = output_dir.join(format!(".tmp-{PREFIX}{:08}", state.step));
+    let tmp = output_dir.join(format!(".tmp-{PREFIX}{}", state.step));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     if lora {
@@ -106,12 +113,12 @@ pub fn list(output_dir: &Path) -> Result<Vec<PathBuf>> {
     let Ok(entries) = std::fs::read_dir(output_dir) else { return Ok(found) };
     for e in entries {
         let path = e?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        if name.starts_with(PREFIX) && path.join("state.json").is_file() {
+        if step_of(&path).is_some() && path.join("state.json").is_file() {
             found.push(path);
         }
     }
-    found.sort();
+    // By step, not by name: `checkpoint-10` comes after `checkpoint-9`.
+    found.sort_by_key(|p| step_of(p));
     Ok(found)
 }
 
@@ -165,4 +172,26 @@ pub fn load(dir: &Path, optimizer: &mut Optimizer, device: &Device) -> Result<(C
     optimizer.step = state.optimizer_step;
     let adapters = dir.join(ADAPTERS);
     Ok((state, if adapters.is_file() { adapters } else { dir.join("unet") }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// accelerate's names (`checkpoint-10`) sort by step, and older zero-padded ones are read.
+    #[test]
+    fn checkpoints_are_ordered_by_step_whatever_the_padding() {
+        let dir = std::env::temp_dir().join(format!("mapo-ckpt-names-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for name in ["checkpoint-9", "checkpoint-10", "checkpoint-00000002", "checkpoint-x"] {
+            std::fs::create_dir_all(dir.join(name)).unwrap();
+            std::fs::write(dir.join(name).join("state.json"), "{}").unwrap();
+        }
+        let names: Vec<String> =
+            list(&dir).unwrap().iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+        assert_eq!(names, ["checkpoint-00000002", "checkpoint-9", "checkpoint-10"]);
+        assert_eq!(resolve(&dir, "latest").unwrap(), dir.join("checkpoint-10"));
+        assert_eq!(path_for(&dir, 500), dir.join("checkpoint-500"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -9,6 +9,8 @@ use anyhow::{Context, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
 
 use super::config_names::{canonical_key, canonicalize, check_known};
+use super::lr::LrSchedule;
+use super::optim::{OptimizerConfig, OptimizerName};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -38,7 +40,7 @@ pub struct TrainConfig {
     pub optimizer: OptimizerSection,
     /// constant, constant_with_warmup, linear or cosine.
     #[serde(default = "constant_with_warmup")]
-    pub lr_schedule: String,
+    pub lr_schedule: LrSchedule,
     #[serde(default)]
     pub warmup_steps: usize,
     /// Global gradient-norm clipping (0 = off).
@@ -106,7 +108,7 @@ pub struct TrainConfig {
 #[serde(deny_unknown_fields)]
 pub struct OptimizerSection {
     #[serde(default = "adamw")]
-    pub name: String,
+    pub name: OptimizerName,
     #[serde(default = "lr")]
     pub lr: f64,
     #[serde(default = "beta1")]
@@ -115,13 +117,21 @@ pub struct OptimizerSection {
     pub beta2: f64,
     #[serde(default = "eps")]
     pub eps: f64,
-    #[serde(default = "wd")]
-    pub weight_decay: f64,
+    /// Default: 1e-2 for adamw, 0 for adafactor; sgd takes none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_decay: Option<f64>,
+}
+
+impl OptimizerSection {
+    /// The optimizer this section describes (the one builder, shared with the CLI's).
+    pub fn build(&self) -> Result<OptimizerConfig> {
+        OptimizerConfig::build(self.name, self.lr, (self.beta1, self.beta2, self.eps), self.weight_decay)
+    }
 }
 
 impl Default for OptimizerSection {
     fn default() -> Self {
-        Self { name: adamw(), lr: lr(), beta1: beta1(), beta2: beta2(), eps: eps(), weight_decay: wd() }
+        Self { name: adamw(), lr: lr(), beta1: beta1(), beta2: beta2(), eps: eps(), weight_decay: None }
     }
 }
 
@@ -149,11 +159,11 @@ fn five_f() -> f64 {
 fn one_f() -> f64 {
     1.0
 }
-fn adamw() -> String {
-    "adamw".into()
+fn adamw() -> OptimizerName {
+    OptimizerName::Adamw
 }
-fn constant_with_warmup() -> String {
-    "constant_with_warmup".into()
+fn constant_with_warmup() -> LrSchedule {
+    LrSchedule::ConstantWithWarmup
 }
 fn lr() -> f64 {
     1e-5
@@ -166,9 +176,6 @@ fn beta2() -> f64 {
 }
 fn eps() -> f64 {
     1e-8
-}
-fn wd() -> f64 {
-    1e-2
 }
 
 impl TrainConfig {
@@ -249,11 +256,6 @@ impl TrainConfig {
             "grad_accumulation {} must be in 1..=65536",
             self.grad_accumulation
         );
-        ensure!(
-            ["constant", "constant_with_warmup", "linear", "cosine"].contains(&self.lr_schedule.as_str()),
-            "lr_schedule {:?}: expected constant, constant_with_warmup, linear or cosine",
-            self.lr_schedule
-        );
         ensure!(self.keep_checkpoints > 0, "keep_checkpoints must be > 0");
         let o = &self.optimizer;
         // Fine-tuning rates are 1e-8..1e-2; above 1 every optimizer here diverges at once.
@@ -261,11 +263,13 @@ impl TrainConfig {
         ensure!((0.0..1.0).contains(&o.beta1), "optimizer.beta1 {} must be in [0, 1)", o.beta1);
         ensure!((0.0..1.0).contains(&o.beta2), "optimizer.beta2 {} must be in [0, 1)", o.beta2);
         ensure!(o.eps.is_finite() && o.eps > 0.0, "optimizer.eps {} must be > 0", o.eps);
-        ensure!(
-            o.weight_decay.is_finite() && (0.0..1.0).contains(&(o.weight_decay * o.lr)),
-            "optimizer.weight_decay {} must be ≥ 0 with weight_decay × lr < 1",
-            o.weight_decay
-        );
+        if let Some(wd) = o.weight_decay {
+            ensure!(
+                wd.is_finite() && (0.0..1.0).contains(&(wd * o.lr)),
+                "optimizer.weight_decay {wd} must be ≥ 0 with weight_decay × lr < 1"
+            );
+        }
+        o.build()?;
         ensure!(
             self.max_grad_norm.is_finite() && self.max_grad_norm >= 0.0,
             "max_grad_norm {} must be ≥ 0 (0 = off)",
@@ -330,8 +334,9 @@ pub fn known_keys() -> Result<(Vec<String>, Vec<String>)> {
     // Optional sections are absent from the defaults' serialisation.
     let mut top: Vec<String> = table.keys().cloned().collect();
     top.extend(["device", "lora"].map(String::from));
-    let opt =
+    let mut opt: Vec<String> =
         table.get("optimizer").and_then(|o| o.as_table()).map(|t| t.keys().cloned().collect()).unwrap_or_default();
+    opt.push("weight_decay".into());
     Ok((top, opt))
 }
 

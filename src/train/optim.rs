@@ -10,6 +10,15 @@ use burn::tensor::{GradientCheckpointingStrategy, Tensor};
 
 use crate::models::named::segment;
 
+/// `optimizer.name`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerName {
+    Adamw,
+    Adafactor,
+    Sgd,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum OptimizerConfig {
     /// `torch.optim.AdamW` (decoupled weight decay).
@@ -27,29 +36,35 @@ impl OptimizerConfig {
         OptimizerConfig::AdamW { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 1e-2 }
     }
 
-    pub fn parse(name: &str, lr: f64, weight_decay: Option<f64>) -> Result<Self> {
-        match name {
-            "adamw" => {
-                let mut c = Self::adamw(lr);
-                if let (OptimizerConfig::AdamW { weight_decay: wd, .. }, Some(v)) = (&mut c, weight_decay) {
-                    *wd = v;
-                }
-                Ok(c)
+    /// The one place an optimizer is built from its settings, for the TOML config and the
+    /// CLI alike: `betas` = (β1, β2, eps) for AdamW; `weight_decay` defaults to 1e-2 for
+    /// AdamW and 0 for Adafactor, and is an error for SGD (plain, as DESIGN §2 fixes it).
+    pub fn build(name: OptimizerName, lr: f64, betas: (f64, f64, f64), weight_decay: Option<f64>) -> Result<Self> {
+        Ok(match name {
+            OptimizerName::Adamw => {
+                let (beta1, beta2, eps) = betas;
+                OptimizerConfig::AdamW { lr, beta1, beta2, eps, weight_decay: weight_decay.unwrap_or(1e-2) }
             }
-            "adafactor" => Ok(OptimizerConfig::Adafactor {
+            OptimizerName::Adafactor => OptimizerConfig::Adafactor {
                 lr,
                 weight_decay: weight_decay.unwrap_or(0.0),
                 clip_threshold: 1.0,
                 scale_parameter: false,
-            }),
-            "sgd" => {
+            },
+            OptimizerName::Sgd => {
                 if weight_decay.is_some_and(|w| w != 0.0) {
-                    bail!("sgd is plain SGD: it takes no weight decay");
+                    bail!("sgd is plain SGD: it takes no weight decay (remove weight_decay)");
                 }
-                Ok(OptimizerConfig::Sgd { lr })
+                OptimizerConfig::Sgd { lr }
             }
-            other => bail!("unknown optimizer {other:?} (expected adamw, adafactor or sgd)"),
-        }
+        })
+    }
+
+    /// [`Self::build`] from a name (the CLI's `--optimizer`), with AdamW's default betas.
+    pub fn parse(name: &str, lr: f64, weight_decay: Option<f64>) -> Result<Self> {
+        let name: OptimizerName = serde_json::from_value(serde_json::Value::String(name.into()))
+            .map_err(|_| anyhow::anyhow!("unknown optimizer {name:?} (expected adamw, adafactor or sgd)"))?;
+        Self::build(name, lr, (0.9, 0.999, 1e-8), weight_decay)
     }
 
     pub fn lr(&self) -> f64 {

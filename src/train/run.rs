@@ -16,7 +16,7 @@ use super::config::TrainConfig;
 use super::data::to_batch;
 use super::drift::Drift;
 use super::lr::multiplier;
-use super::optim::{GradMap, Optimizer, OptimizerConfig};
+use super::optim::{GradMap, Optimizer};
 use super::outdir::{self, OutputLock};
 use super::ranks::{
     Rank, Reduction, average, each_rank, reduction_for, replicate, replicate_optimizer, select_devices,
@@ -126,24 +126,7 @@ pub fn train_with(config: &TrainConfig, how: &Start, hook: &mut StepHook) -> Res
     let ranks_n = selected.len();
     let global_batch = config.batch_size * ranks_n;
 
-    let o = &config.optimizer;
-    let opt_config = match o.name.as_str() {
-        "adamw" => OptimizerConfig::AdamW {
-            lr: o.lr,
-            beta1: o.beta1,
-            beta2: o.beta2,
-            eps: o.eps,
-            weight_decay: o.weight_decay,
-        },
-        "sgd" => OptimizerConfig::Sgd { lr: o.lr },
-        "adafactor" => OptimizerConfig::Adafactor {
-            lr: o.lr,
-            weight_decay: o.weight_decay,
-            clip_threshold: 1.0,
-            scale_parameter: false,
-        },
-        other => bail!("optimizer.name {other:?}: expected adamw, adafactor or sgd"),
-    };
+    let opt_config = config.optimizer.build()?;
     let mut optimizer = Optimizer::new(opt_config);
 
     let metrics_path = out.join("metrics.jsonl");
@@ -367,7 +350,7 @@ pub fn train_with(config: &TrainConfig, how: &Start, hook: &mut StepHook) -> Res
         }
         let grads = average(&mut ranks, grads, reduction);
         let lr =
-            ranks[0].optimizer.config.lr() * multiplier(&config.lr_schedule, step, config.steps, config.warmup_steps);
+            ranks[0].optimizer.config.lr() * multiplier(config.lr_schedule, step, config.steps, config.warmup_steps);
         let grad_norm;
         let norm = if loss.is_finite() { global_grad_norm(&grads[0]) } else { f64::NAN };
         if norm.is_finite() {
