@@ -278,12 +278,7 @@ fn cuda_driver_present() -> bool {
     })
 }
 
-/// The process's peak resident memory (Linux `VmHWM`), in bytes.
-pub fn peak_rss() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
-}
+pub use crate::util::peak_rss;
 
 /// `--device` and `--dtype`, shared by every command that runs a model.
 #[derive(clap::Args, Debug, Clone)]

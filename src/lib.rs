@@ -10,4 +10,6 @@ pub mod experiment;
 pub mod losses;
 pub mod models;
 pub mod sample;
+pub mod toy;
 pub mod train;
+pub mod util;

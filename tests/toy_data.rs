@@ -1,8 +1,8 @@
 //! The built-in experiment's generator and its scorer agree on every image the
 //! generator can draw (both styles, every subject and placement).
 
-use mapo::data::toy::{Placement, Style, Subject, render};
-use mapo::eval::toy_score::read;
+use mapo::toy::data::{Placement, Style, Subject, render};
+use mapo::toy::score::read;
 
 #[test]
 fn scorer_reads_back_every_generated_image() {

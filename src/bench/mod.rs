@@ -54,7 +54,8 @@ pub struct TrainBench {
     /// Train LoRA adapters of this rank instead of the full UNet.
     #[arg(long)]
     pub lora: Option<usize>,
-    #[arg(long)]
+    /// Gradient checkpointing (the config's `gradient_checkpointing`).
+    #[arg(long, alias = "gradient-checkpointing")]
     pub grad_ckpt: bool,
     /// Training attention: `efficient` (blocked, own backward) or `naive` (Burn's
     /// materialised softmax under autodiff, the reference path).

@@ -5,6 +5,4 @@ pub mod cache;
 pub mod loader;
 pub mod parquet;
 pub mod stream;
-pub mod toy;
 pub mod transform;
-pub mod words;

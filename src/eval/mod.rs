@@ -1,7 +1,5 @@
 //! Scoring samples and comparing runs: the built-in experiment's scorer, reports, plots.
 
 pub mod backends;
-pub mod grid;
 pub mod plot;
 pub mod report;
-pub mod toy_score;

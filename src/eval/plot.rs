@@ -129,7 +129,7 @@ pub fn curves(path: &Path, runs: &[RunData]) -> Result<bool> {
             (label(r), colour(i), smooth(&pts, 0.1))
         })
         .collect();
-    let eval = |f: fn(&crate::experiment::toy_eval::ToyMetrics) -> f64| -> Vec<Series> {
+    let eval = |f: fn(&crate::toy::eval::ToyMetrics) -> f64| -> Vec<Series> {
         trained
             .iter()
             .enumerate()

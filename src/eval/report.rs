@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
-use crate::experiment::runner::{RunSummary, read_jsonl, step_stats};
-use crate::experiment::toy_eval::ToyMetrics;
+use crate::experiment::runner::{RunSummary, step_stats};
 use crate::models::io::write_atomic;
+use crate::toy::eval::ToyMetrics;
+use crate::util::read_jsonl;
 
 /// A finished run as read from its folder.
 pub struct RunData {
@@ -310,7 +311,7 @@ pub fn write(out: &Path, runs: &[RunData]) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let rows = rows(runs);
     let plotted = super::plot::curves(&out.join("curves.png"), runs)?;
-    let grid = super::grid::samples(&out.join("samples.png"), runs)?;
+    let grid = crate::toy::grid::samples(&out.join("samples.png"), runs)?;
     let mut md = String::new();
     let names: Vec<&str> = {
         let mut n: Vec<&str> = runs.iter().map(|r| r.summary.experiment.as_str()).collect();

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
 
-use super::toy::PretrainConfig;
-use super::toy_eval::EvalConfig;
+use crate::toy::eval::EvalConfig;
+use crate::toy::experiment::PretrainConfig;
 use crate::train::config::{TrainConfig, set};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -4,8 +4,6 @@
 pub mod config;
 pub mod jobs;
 pub mod runner;
-pub mod toy;
-pub mod toy_eval;
 
 use std::path::Path;
 use std::time::Instant;

@@ -2,8 +2,6 @@
 //! A run with a `summary.json` is finished and skipped; one with checkpoints resumes.
 
 use std::collections::BTreeMap;
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -13,13 +11,15 @@ use burn::tensor::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::config::{ExperimentConfig, PlannedRun};
-use super::toy::{self, Conditioner, Variant};
-use super::toy_eval::{ToyEvaluator, ToyMetrics};
 use crate::device::select;
 use crate::models::io::{write_atomic, write_tensors};
 use crate::models::unet::UNet2DConditionModel;
+use crate::toy::eval::{ToyEvaluator, ToyMetrics};
+use crate::toy::experiment::{self as toy, Conditioner, Variant};
 use crate::train::checkpoint;
 use crate::train::run::Start;
+pub use crate::util::read_jsonl;
+use crate::util::{append_jsonl, reset_peak_rss};
 
 /// What the report reads from a finished run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -350,8 +350,7 @@ fn score(
     dir: &Path,
 ) -> Result<ToyMetrics> {
     let (m, samples) = ev.evaluate(unet, step)?;
-    let mut f = OpenOptions::new().create(true).append(true).open(dir.join("eval.jsonl"))?;
-    writeln!(f, "{}", serde_json::to_string(&m)?)?;
+    append_jsonl(&dir.join("eval.jsonl"), &m)?;
     if keep_samples {
         save_samples(dir, samples)?;
     }
@@ -360,16 +359,4 @@ fn score(
 
 fn save_samples(dir: &Path, samples: Tensor<4>) -> Result<()> {
     write_tensors(&dir.join("samples.safetensors"), vec![("samples".into(), samples.into_data())])
-}
-
-pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .map(|t| t.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
-        .unwrap_or_default()
-}
-
-/// Linux resets the peak-RSS counter (VmHWM) on writing 5 to clear_refs; elsewhere the
-/// figure is the process's peak so far.
-fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }

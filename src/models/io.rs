@@ -11,6 +11,9 @@ use burn::tensor::{DType, Device, Int, Tensor, TensorData, bf16, f16};
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
+pub use crate::util::write_atomic;
+use crate::util::{rename_into_place, tmp_path};
+
 /// One tensor's bytes inside a memory-mapped file.
 pub struct TensorView<'a> {
     pub dtype: Dtype,
@@ -311,34 +314,6 @@ pub fn write_safetensors_with(
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
         return Err(e.context(format!("writing {}", path.display())));
-    }
-    rename_into_place(&tmp, path)
-}
-
-/// `<name>.tmp-<pid>` beside `path` (a dead writer's leftovers are recognised by the PID);
-/// an error when `path` names a folder, which a file can never replace.
-fn tmp_path(path: &Path) -> Result<PathBuf> {
-    let Some(file) = path.file_name().filter(|_| !path.is_dir()) else {
-        bail!("{} is a folder: give the path of a file to write", path.display())
-    };
-    let mut name = file.to_os_string();
-    name.push(format!(".tmp-{}", std::process::id()));
-    Ok(path.with_file_name(name))
-}
-
-fn rename_into_place(tmp: &Path, path: &Path) -> Result<()> {
-    std::fs::rename(tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(tmp);
-        anyhow::Error::new(e).context(format!("renaming {} to {}", tmp.display(), path.display()))
-    })
-}
-
-/// Writes a small file (config, JSON) atomically.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = tmp_path(path)?;
-    if let Err(e) = std::fs::write(&tmp, bytes) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(anyhow::Error::new(e).context(format!("writing {}", tmp.display())));
     }
     rename_into_place(&tmp, path)
 }

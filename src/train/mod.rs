@@ -1,11 +1,11 @@
 //! Training: optimizers, global gradient clipping, the preference step, and the loop.
 
 pub mod checkpoint;
-pub mod clip;
 pub mod config;
 pub mod config_names;
 pub mod data;
 pub mod drift;
+pub mod grad_clip;
 pub mod lr;
 pub mod optim;
 pub mod outdir;

@@ -1,7 +1,5 @@
 //! `mapo train`: the training loop.
 
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
@@ -11,10 +9,10 @@ use burn::tensor::{DType, Device};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::checkpoint::{self, CheckpointState};
-use super::clip::{clip_coefficient, global_grad_norm};
 use super::config::TrainConfig;
 use super::data::to_batch;
 use super::drift::Drift;
+use super::grad_clip::{clip_coefficient, global_grad_norm};
 use super::lr::multiplier;
 use super::optim::{GradMap, Optimizer};
 use super::outdir::{self, OutputLock};
@@ -292,7 +290,6 @@ pub fn train_with(config: &TrainConfig, how: &Start, hook: &mut StepHook) -> Res
     };
     let _communication = start_communication(&ranks, reduction);
     let mut stream = data.stream(cursor, 1);
-    let mut metrics = OpenOptions::new().create(true).append(true).open(&metrics_path)?;
     let bar = ProgressBar::new(config.steps as u64).with_position(start as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}").expect("template"),
@@ -408,8 +405,7 @@ pub fn train_with(config: &TrainConfig, how: &Start, hook: &mut StepHook) -> Res
         if let Some(rss) = crate::device::peak_rss() {
             line["peak_rss_bytes"] = serde_json::json!(rss);
         }
-        writeln!(metrics, "{line}")?;
-        metrics.flush()?;
+        crate::util::append_jsonl(&metrics_path, &line)?;
         bar.set_message(format!("loss {loss:.5}"));
         bar.inc(1);
         last_loss = loss;

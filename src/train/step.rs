@@ -6,7 +6,7 @@ use crate::losses::{Errors, Layout, LossInput, Method, loss_dtype};
 use crate::models::named::param_grads;
 use crate::models::unet::{TextTime, UNet2DConditionModel};
 use crate::sample::schedule::{NoiseSchedule, timestep_tensor};
-use crate::train::clip::{clip_coefficient, global_grad_norm};
+use crate::train::grad_clip::{clip_coefficient, global_grad_norm};
 use crate::train::optim::{GradMap, Optimizer, to_autodiff};
 
 /// One batch of preference pairs (or of unpaired labelled images), on the autodiff device.

@@ -10,7 +10,7 @@
 //! - style: striped when vertical pixel differences outweigh horizontal ones:
 //!   (Σ|Δy| − Σ|Δx|) / (Σ|Δy| + Σ|Δx|) > 0.25. Flat shapes are near 0, stripes near 1.
 
-use crate::data::toy::{BACKGROUNDS, COLOURS, Placement, SHAPES, Style, Subject, mask};
+use crate::toy::data::{BACKGROUNDS, COLOURS, Placement, SHAPES, Style, Subject, mask};
 
 const FOREGROUND_DISTANCE: f32 = 0.3;
 const STRIPE_THRESHOLD: f32 = 0.25;

@@ -7,14 +7,14 @@ use anyhow::Result;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::toy::{Conditioner, SIZE, eval_subjects};
+use super::experiment::{Conditioner, SIZE, eval_subjects};
 use crate::data::stream::PairSource;
-use crate::data::toy::{Style, Subject};
-use crate::eval::toy_score::{read, summarize};
 use crate::models::unet::UNet2DConditionModel;
 use crate::sample::euler::EulerSchedule;
 use crate::sample::schedule::NoiseSchedule;
 use crate::sample::validate::{Prompts, initial_noise, sample_latents};
+use crate::toy::data::{Style, Subject};
+use crate::toy::score::{read, summarize};
 use crate::train::data::first_batch;
 use crate::train::step::{PairBatch, pair_errors};
 

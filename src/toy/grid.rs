@@ -7,9 +7,9 @@ use std::path::Path;
 use anyhow::{Result, anyhow};
 use plotters::prelude::*;
 
-use super::report::RunData;
-use crate::data::toy::Subject;
+use crate::eval::report::RunData;
 use crate::models::io::SafeTensorFiles;
+use crate::toy::data::Subject;
 
 const SCALE: u32 = 4;
 const GAP: u32 = 4;
@@ -19,7 +19,7 @@ const HEADER: u32 = 46;
 
 /// Draws the grid; returns the column prompts, or None when no run saved samples.
 pub fn samples(path: &Path, runs: &[RunData]) -> Result<Option<Vec<String>>> {
-    super::plot::register_font();
+    crate::eval::plot::register_font();
     let subjects = Subject::all();
     // Every other subject: all shapes, colours and both backgrounds appear.
     let columns: Vec<usize> = (0..subjects.len()).step_by(2).collect();

@@ -11,13 +11,13 @@ use anyhow::{Context, Result};
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use crate::data::toy::{Style, Subject, draws, render};
-use crate::data::words::{SEQ_LEN, tokenize, vocabulary};
 use crate::models::clip::{ClipTextModel, config::ClipTextConfig};
 use crate::models::folder::{save_as, save_component};
 use crate::models::io::{write_atomic, write_tensors};
 use crate::models::unet::UNet2DConditionModel;
 use crate::models::weights::Weights;
+use crate::toy::data::{Style, Subject, draws, render};
+use crate::toy::words::{SEQ_LEN, tokenize, vocabulary};
 use crate::train::config::TrainConfig;
 
 /// Image side in pixels; the UNet's "latents" are the images themselves.
@@ -167,7 +167,7 @@ impl Variant {
                 let (chosen, rejected) = match self {
                     Self::Style => (render(s, Style::Striped, p, SIZE), render(s, Style::Flat, p, SIZE)),
                     Self::Colour => {
-                        let wrong = s.with_colour((s.colour + 1) % crate::data::toy::COLOURS.len());
+                        let wrong = s.with_colour((s.colour + 1) % crate::toy::data::COLOURS.len());
                         (render(s, Style::Flat, p, SIZE), render(wrong, Style::Flat, p, SIZE))
                     }
                 };

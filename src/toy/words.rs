@@ -3,7 +3,7 @@
 
 use anyhow::{Result, bail};
 
-use super::toy::{BACKGROUNDS, COLOURS, SHAPES};
+use super::data::{BACKGROUNDS, COLOURS, SHAPES};
 
 /// Tokens per caption: `<bos>`, up to 8 words, `<eos>`, then `<pad>`.
 pub const SEQ_LEN: usize = 10;
@@ -47,7 +47,7 @@ pub fn tokenize(vocab: &[String], caption: &str) -> Result<Vec<i64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::toy::Subject;
+    use crate::toy::data::Subject;
 
     #[test]
     fn every_caption_tokenizes_and_unknown_words_fail() {
