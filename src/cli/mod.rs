@@ -5,6 +5,7 @@ pub mod forward;
 pub mod generate;
 pub mod lora;
 pub mod pairs;
+pub mod score;
 pub mod train_step;
 
 use std::path::PathBuf;
@@ -95,6 +96,9 @@ pub enum Command {
     /// (also accepted without `dev`).
     #[command(subcommand)]
     Dev(DevCommand),
+    /// Score images with a reward model (pickscore, clip; hps, aesthetic to come):
+    /// `--pairs` JSON lines `{"image", "prompt"}` in, the same rows with `"score"` out.
+    Score(crate::cli::score::ScoreArgs),
     /// LoRA files: convert between the diffusers/PEFT and kohya layouts.
     #[command(subcommand)]
     Lora(crate::cli::lora::LoraCommand),
@@ -294,6 +298,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Cache(c) => crate::cli::cache::run(&c),
         Command::Lora(c) => crate::cli::lora::run(&c),
+        Command::Score(s) => crate::cli::score::run(&s),
     }
 }
 

@@ -1,5 +1,9 @@
-//! Scoring samples and comparing runs: the built-in experiment's scorer, reports, plots.
+//! Judging samples and comparing runs: reward models behind the `Scorer` trait (with the
+//! exact preprocessing they were trained with), reports and plots.
 
 pub mod backends;
 pub mod plot;
+pub mod preprocess;
 pub mod report;
+pub mod resize;
+pub mod scorer;

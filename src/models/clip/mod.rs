@@ -1,8 +1,11 @@
 //! The CLIP text transformers of SDXL (`text_encoder`: CLIP ViT-L, `text_encoder_2`:
-//! OpenCLIP bigG with a projection), built from a transformers `config.json`.
+//! OpenCLIP bigG with a projection), built from a transformers `config.json`; the vision
+//! tower (`vision`) and the whole CLIP model that reward models are made of (`model`).
 
 pub mod config;
+pub mod model;
 pub mod tokenizer;
+pub mod vision;
 
 use std::path::Path;
 
@@ -23,7 +26,7 @@ pub struct Embedding {
 }
 
 impl Embedding {
-    fn load(w: &Weights, n: usize, d: usize) -> Self {
+    pub fn load(w: &Weights, n: usize, d: usize) -> Self {
         Self { weight: w.param("weight", [n, d], Init::FanIn(d)) }
     }
 }
@@ -84,30 +87,53 @@ pub struct ClipOutput {
     pub text_embeds: Option<Tensor<2>>,
 }
 
+/// The sizes of an encoder layer, shared by the text and the vision tower.
+#[derive(Debug, Clone, Copy)]
+pub struct LayerShape {
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub heads: usize,
+    pub quick_gelu: bool,
+    pub eps: f64,
+}
+
+impl From<&ClipTextConfig> for LayerShape {
+    fn from(c: &ClipTextConfig) -> Self {
+        Self {
+            hidden: c.hidden_size,
+            intermediate: c.intermediate_size,
+            heads: c.num_attention_heads,
+            quick_gelu: c.hidden_act == "quick_gelu",
+            eps: c.layer_norm_eps,
+        }
+    }
+}
+
 impl ClipLayer {
-    fn load(w: &Weights, c: &ClipTextConfig) -> Self {
-        let (d, i) = (c.hidden_size, c.intermediate_size);
+    pub fn load(w: &Weights, c: LayerShape) -> Self {
+        let (d, i) = (c.hidden, c.intermediate);
         let a = w.pp("self_attn");
         let m = w.pp("mlp");
         Self {
-            layer_norm1: LayerNorm::load(&w.pp("layer_norm1"), d, c.layer_norm_eps),
+            layer_norm1: LayerNorm::load(&w.pp("layer_norm1"), d, c.eps),
             self_attn: ClipAttention {
                 q_proj: Linear::load(&a.pp("q_proj"), d, d, true),
                 k_proj: Linear::load(&a.pp("k_proj"), d, d, true),
                 v_proj: Linear::load(&a.pp("v_proj"), d, d, true),
                 out_proj: Linear::load(&a.pp("out_proj"), d, d, true),
-                heads: c.num_attention_heads,
+                heads: c.heads,
             },
-            layer_norm2: LayerNorm::load(&w.pp("layer_norm2"), d, c.layer_norm_eps),
+            layer_norm2: LayerNorm::load(&w.pp("layer_norm2"), d, c.eps),
             mlp: ClipMlp {
                 fc1: Linear::load(&m.pp("fc1"), d, i, true),
                 fc2: Linear::load(&m.pp("fc2"), i, d, true),
-                quick_gelu: c.hidden_act == "quick_gelu",
+                quick_gelu: c.quick_gelu,
             },
         }
     }
 
-    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+    /// `causal`: the text tower's mask; the vision tower attends everywhere.
+    pub fn forward(&self, x: Tensor<3>, causal: bool) -> Tensor<3> {
         let h = self.layer_norm1.forward(x.clone());
         let a = &self.self_attn;
         let attn = attention_with(
@@ -115,7 +141,7 @@ impl ClipLayer {
             a.k_proj.forward(h.clone()),
             a.v_proj.forward(h),
             a.heads,
-            true,
+            causal,
         );
         let x = x + a.out_proj.forward(attn);
         let h = self.mlp.fc1.forward(self.layer_norm2.forward(x.clone()));
@@ -146,7 +172,7 @@ impl ClipTextModel {
                 ),
             },
             encoder: ClipEncoder {
-                layers: (0..c.num_hidden_layers).map(|i| ClipLayer::load(&layers.pp(i), c)).collect(),
+                layers: (0..c.num_hidden_layers).map(|i| ClipLayer::load(&layers.pp(i), c.into())).collect(),
             },
             final_layer_norm: LayerNorm::load(&tm.pp("final_layer_norm"), c.hidden_size, c.layer_norm_eps),
             text_projection: with_projection
@@ -181,7 +207,7 @@ impl ClipTextModel {
         let n = self.encoder.layers.len();
         let mut penultimate = None;
         for (i, layer) in self.encoder.layers.iter().enumerate() {
-            x = layer.forward(x);
+            x = layer.forward(x, true);
             if i + 2 == n {
                 penultimate = Some(x.clone());
             }

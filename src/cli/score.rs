@@ -1,0 +1,144 @@
+//! `mapo score` (DESIGN §2): scores images listed in a JSON-lines file with a reward model.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail, ensure};
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::device::select;
+use crate::eval::preprocess::read_rgb;
+use crate::eval::resize::Rgb8;
+use crate::eval::scorer::{ClipKind, ClipScorer, Scorer};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ScorerName {
+    Pickscore,
+    Hps,
+    Aesthetic,
+    Clip,
+}
+
+#[derive(Args, Debug)]
+pub struct ScoreArgs {
+    #[arg(long)]
+    pub scorer: ScorerName,
+    /// pickscore, clip: a transformers CLIPModel folder (with preprocessor_config.json,
+    /// vocab.json, merges.txt).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// aesthetic: the ViT-L/14 CLIPModel folder.
+    #[arg(long)]
+    pub clip: Option<PathBuf>,
+    /// hps: an open_clip model config (default ViT-H-14).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// hps: a CLIP tokenizer folder (vocab.json + merges.txt).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// One `{"image": PATH, "prompt": TEXT}` per line (paths relative to the file's folder).
+    #[arg(long)]
+    pub pairs: PathBuf,
+    /// The same rows with `"score"` added (null, with `"error"`, for an image that does not decode).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    #[arg(long, env = "MAPO_DEVICE")]
+    pub device: Option<String>,
+}
+
+struct Row {
+    json: serde_json::Map<String, serde_json::Value>,
+    image: PathBuf,
+    prompt: String,
+}
+
+fn read_pairs(path: &Path) -> Result<Vec<Row>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut rows = Vec::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let at = || format!("{} line {}", path.display(), i + 1);
+        let value: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{}: not JSON", at()))?;
+        let serde_json::Value::Object(json) = value else { bail!("{}: not a JSON object", at()) };
+        let image =
+            json.get("image").and_then(|v| v.as_str()).with_context(|| format!("{}: no \"image\" path", at()))?;
+        let prompt = json.get("prompt").and_then(|v| v.as_str()).unwrap_or_default().to_string();
+        rows.push(Row { image: base.join(image), prompt, json });
+    }
+    ensure!(!rows.is_empty(), "{}: no rows to score", path.display());
+    Ok(rows)
+}
+
+pub fn run(args: &ScoreArgs) -> Result<()> {
+    let kind = match args.scorer {
+        ScorerName::Pickscore => ClipKind::PickScore,
+        ScorerName::Clip => ClipKind::ClipScore,
+        ScorerName::Hps | ScorerName::Aesthetic => bail!(
+            "--scorer {:?} is not available yet: its checkpoint is a torch pickle, which mapo cannot read yet \
+             (pickscore and clip work)",
+            args.scorer
+        ),
+    };
+    ensure!(args.batch > 0, "--batch must be > 0");
+    let rows = read_pairs(&args.pairs)?;
+    let device = select(args.device.as_deref())?.device;
+    let scorer = ClipScorer::load(kind, &args.model, &device)?;
+    if scorer.needs_text()
+        && let Some(r) = rows.iter().find(|r| r.prompt.is_empty())
+    {
+        bail!("{}: {} has no \"prompt\", which {} needs", args.pairs.display(), r.image.display(), scorer.name());
+    }
+    let bar = ProgressBar::new(rows.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} images [{elapsed_precise}<{eta_precise}, {per_sec}]")
+            .expect("template"),
+    );
+    let tmp = args.out.with_extension("jsonl.partial");
+    let mut out =
+        std::io::BufWriter::new(std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?);
+    let mut bad = 0;
+    for chunk in rows.chunks(args.batch) {
+        // Decode first: an image that does not decode is reported and left out of the batch.
+        let decoded: Vec<Result<Rgb8>> = chunk.iter().map(|r| read_rgb(&r.image)).collect();
+        let (mut images, mut prompts) = (Vec::new(), Vec::new());
+        for (r, d) in chunk.iter().zip(&decoded) {
+            if let Ok(img) = d {
+                images.push(img.clone());
+                prompts.push(r.prompt.clone());
+            }
+        }
+        let mut scores = scorer.score(&images, &prompts)?.into_iter();
+        for (r, d) in chunk.iter().zip(decoded) {
+            let mut json = r.json.clone();
+            match d {
+                Ok(_) => {
+                    json.insert("score".into(), scores.next().expect("one score per image").into());
+                }
+                Err(e) => {
+                    bar.suspend(|| eprintln!("warning: {e:#}; skipped"));
+                    bad += 1;
+                    json.insert("score".into(), serde_json::Value::Null);
+                    json.insert("error".into(), format!("{e:#}").into());
+                }
+            }
+            writeln!(out, "{}", serde_json::Value::Object(json))?;
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    out.flush()?;
+    drop(out);
+    std::fs::rename(&tmp, &args.out).with_context(|| format!("writing {}", args.out.display()))?;
+    bar.finish_and_clear();
+    eprintln!(
+        "{}: {} images scored with {}{}",
+        args.out.display(),
+        rows.len() - bad,
+        scorer.name(),
+        if bad > 0 { format!(", {bad} skipped (did not decode)") } else { String::new() }
+    );
+    Ok(())
+}

@@ -1,0 +1,97 @@
+//! Reward models behind one trait: a scorer takes images (and their prompts) and gives one
+//! number per image. CLIP-based ones (DESIGN §9): PickScore = exp(logit_scale) · cos(image,
+//! text); CLIP score = 100 · max(cos, 0) (torchmetrics).
+
+use std::path::Path;
+
+use anyhow::{Result, ensure};
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+
+use super::preprocess::ClipImageProcessor;
+use super::resize::Rgb8;
+use crate::models::clip::model::{ClipModel, cosine};
+use crate::models::clip::tokenizer::ClipTokenizer;
+
+pub trait Scorer {
+    fn name(&self) -> &'static str;
+    /// Whether the score depends on the prompt.
+    fn needs_text(&self) -> bool;
+    /// One score per image (`prompts` has one entry per image when `needs_text`).
+    fn score(&self, images: &[Rgb8], prompts: &[String]) -> Result<Vec<f64>>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClipKind {
+    PickScore,
+    ClipScore,
+}
+
+/// PickScore or CLIP score with a transformers CLIPModel folder (weights, config,
+/// `preprocessor_config.json`, `vocab.json` + `merges.txt`).
+pub struct ClipScorer {
+    kind: ClipKind,
+    model: ClipModel,
+    processor: ClipImageProcessor,
+    tokenizer: ClipTokenizer,
+    device: Device,
+}
+
+impl ClipScorer {
+    pub fn load(kind: ClipKind, dir: &Path, device: &Device) -> Result<Self> {
+        let (model, config) = ClipModel::from_dir(dir, device, DType::F32)?;
+        let processor = ClipImageProcessor::from_dir(dir)?;
+        let size = config.vision_config.image_size;
+        ensure!(
+            processor.crop == Some((size, size)),
+            "{}: the processor crops to {:?}, the vision tower takes {size}×{size}",
+            dir.display(),
+            processor.crop
+        );
+        let tokenizer = ClipTokenizer::from_dir(dir)?;
+        Ok(Self { kind, model, processor, tokenizer, device: device.clone() })
+    }
+
+    /// The cosine similarity of each image with its prompt.
+    fn cosines(&self, images: &[Rgb8], prompts: &[String]) -> Result<Vec<f64>> {
+        ensure!(images.len() == prompts.len(), "{} images but {} prompts", images.len(), prompts.len());
+        let n = images.len();
+        if n == 0 {
+            return Ok(vec![]);
+        }
+        let mut pixels = Vec::new();
+        let mut shape = [0, 0];
+        for img in images {
+            let (p, s) = self.processor.pixels(img)?;
+            pixels.extend(p);
+            shape = s;
+        }
+        let x = Tensor::<4>::from_data(TensorData::new(pixels, [n, 3, shape[0], shape[1]]), &self.device);
+        let ids: Vec<i64> = prompts.iter().flat_map(|p| self.tokenizer.encode(p)).collect();
+        let len = ids.len() / n;
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [n, len]), &self.device);
+        let cos = cosine(self.model.image_embeds(x), self.model.text_embeds(ids));
+        let values = cos.into_data().convert::<f32>().try_to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        Ok(values.into_iter().map(f64::from).collect())
+    }
+}
+
+impl Scorer for ClipScorer {
+    fn name(&self) -> &'static str {
+        match self.kind {
+            ClipKind::PickScore => "pickscore",
+            ClipKind::ClipScore => "clip",
+        }
+    }
+
+    fn needs_text(&self) -> bool {
+        true
+    }
+
+    fn score(&self, images: &[Rgb8], prompts: &[String]) -> Result<Vec<f64>> {
+        let cos = self.cosines(images, prompts)?;
+        Ok(match self.kind {
+            ClipKind::PickScore => cos.iter().map(|c| self.model.logit_scale() * c).collect(),
+            ClipKind::ClipScore => cos.iter().map(|c| 100.0 * c.max(0.0)).collect(),
+        })
+    }
+}

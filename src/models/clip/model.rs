@@ -1,0 +1,85 @@
+//! transformers' `CLIPModel` (what PickScore and OpenAI's CLIP ship): the text tower with
+//! its `text_projection`, the vision tower with `visual_projection`, and `logit_scale`.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, ensure};
+use burn::module::Module;
+use burn::tensor::{DType, Device, Int, Tensor};
+use serde::Deserialize;
+
+use super::vision::{ClipVisionConfig, ClipVisionModel};
+use super::{ClipTextConfig, ClipTextModel};
+use crate::models::io::SafeTensorFiles;
+use crate::models::nn::Linear;
+use crate::models::weights::Weights;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ClipModelConfig {
+    pub text_config: ClipTextConfig,
+    pub vision_config: ClipVisionConfig,
+    #[serde(default = "five_twelve")]
+    pub projection_dim: usize,
+}
+
+fn five_twelve() -> usize {
+    512
+}
+
+#[derive(Module, Debug)]
+pub struct ClipModel {
+    pub text_model: ClipTextModel,
+    pub vision_model: ClipVisionModel,
+    pub visual_projection: Linear,
+    /// `exp(logit_scale)`, read once (a 0-dimensional tensor in the checkpoint).
+    logit_scale_exp: f64,
+}
+
+impl ClipModel {
+    /// A transformers CLIPModel folder: `config.json` + `model.safetensors` (or shards).
+    pub fn from_dir(dir: &Path, device: &Device, dtype: DType) -> Result<(Self, ClipModelConfig)> {
+        let (mut config, _) = crate::models::config::read_config::<ClipModelConfig>(dir)?;
+        // The projections' size is the model's, whatever the text config repeats.
+        config.text_config.projection_dim = Some(config.projection_dim);
+        let files = SafeTensorFiles::open_component(dir, &["model"])?;
+        let w = Weights::from_files(&files, device, dtype);
+        let text_model = ClipTextModel::load(&config.text_config, &w, true)?;
+        let vision_model = ClipVisionModel::load(&config.vision_config, &w.pp("vision_model"))?;
+        let visual_projection =
+            Linear::load(&w.pp("visual_projection"), config.vision_config.hidden_size, config.projection_dim, false);
+        w.skip("logit_scale");
+        w.finish().with_context(|| format!("loading {}", dir.display()))?;
+        let scale = files
+            .get("logit_scale")
+            .with_context(|| format!("{}: no tensor logit_scale", dir.display()))?
+            .to_data()?
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("{}: logit_scale: {e:?}", dir.display()))?;
+        ensure!(scale.len() == 1, "{}: logit_scale has {} values, expected one", dir.display(), scale.len());
+        let model = Self { text_model, vision_model, visual_projection, logit_scale_exp: (scale[0] as f64).exp() };
+        Ok((model, config))
+    }
+
+    /// `exp(logit_scale)`, PickScore's multiplier.
+    pub fn logit_scale(&self) -> f64 {
+        self.logit_scale_exp
+    }
+
+    /// `get_image_features`: [B, 3, S, S] → [B, P] (not normalised).
+    pub fn image_embeds(&self, pixels: Tensor<4>) -> Tensor<2> {
+        self.visual_projection.forward(self.vision_model.forward(pixels))
+    }
+
+    /// `get_text_features`: [B, L] ids → [B, P] (not normalised).
+    pub fn text_embeds(&self, ids: Tensor<2, Int>) -> Tensor<2> {
+        self.text_model.forward(ids).text_embeds.expect("CLIPModel's text tower has its projection")
+    }
+}
+
+/// Row-wise cosine similarity of two [B, P] tensors → [B].
+pub fn cosine(a: Tensor<2>, b: Tensor<2>) -> Tensor<1> {
+    let norm = |t: Tensor<2>| t.clone().div(t.square().sum_dim(1).sqrt());
+    let [n, _] = a.dims();
+    (norm(a) * norm(b)).sum_dim(1).reshape([n])
+}
