@@ -1,7 +1,7 @@
 //! Reward-model scoring against transformers (fixtures: tools/golden/make_clip_scores.py):
 //! the CLIP processor's pixels (PIL's bicubic resize reproduced), the CLIPModel's image and
-//! text embeddings, and `mapo score` for PickScore and CLIP score, skipping an image that
-//! does not decode.
+//! text embeddings, and `mapo score` for PickScore, CLIP score and the LAION aesthetic
+//! predictor (a torch pickle), skipping an image that does not decode.
 
 mod common;
 
@@ -69,10 +69,19 @@ fn mapo_score_gives_pickscore_and_clip_score_and_skips_bad_images() {
     let dir = std::env::temp_dir().join(format!("mapo-score-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let f = open("clip_scores.safetensors");
-    for scorer in ["pickscore", "clip"] {
+    let aesthetic = fixtures().join("tiny-aesthetic.pth");
+    let tiny_dir = tiny();
+    let clip_dir = tiny_dir.to_str().unwrap();
+    for (scorer, model, extra) in [
+        ("pickscore", clip_dir, vec![]),
+        ("clip", clip_dir, vec![]),
+        // A torch pickle (the predictor's .pth) on the CLIP folder's image embeddings.
+        ("aesthetic", aesthetic.to_str().unwrap(), vec!["--clip", clip_dir]),
+    ] {
         let out = dir.join(format!("{scorer}.jsonl"));
         let run = std::process::Command::new(env!("CARGO_BIN_EXE_mapo"))
-            .args(["score", "--scorer", scorer, "--model", tiny().to_str().unwrap(), "--batch", "4"])
+            .args(["score", "--scorer", scorer, "--model", model, "--batch", "4"])
+            .args(extra)
             .args(["--pairs", tiny().join("pairs.jsonl").to_str().unwrap(), "--out", out.to_str().unwrap()])
             .args(["--device", &device_name()])
             .env("MAPO_QUIET_DEVICE", "1")
@@ -104,6 +113,14 @@ fn mapo_score_gives_pickscore_and_clip_score_and_skips_bad_images() {
         .output()
         .unwrap();
     assert!(!run.status.success() && String::from_utf8_lossy(&run.stderr).contains("no rows to score"));
+    let not_pth = tiny().join("config.json");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_mapo"))
+        .args(["score", "--scorer", "aesthetic", "--model", not_pth.to_str().unwrap(), "--clip", clip_dir])
+        .args(["--pairs", tiny().join("pairs.jsonl").to_str().unwrap(), "--out", dir.join("y.jsonl").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success() && stderr.contains("config.json: not a readable PyTorch checkpoint"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -8,6 +8,7 @@ use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::device::select;
+use crate::eval::aesthetic::AestheticScorer;
 use crate::eval::preprocess::read_rgb;
 use crate::eval::resize::Rgb8;
 use crate::eval::scorer::{ClipKind, ClipScorer, Scorer};
@@ -74,19 +75,22 @@ fn read_pairs(path: &Path) -> Result<Vec<Row>> {
 }
 
 pub fn run(args: &ScoreArgs) -> Result<()> {
-    let kind = match args.scorer {
-        ScorerName::Pickscore => ClipKind::PickScore,
-        ScorerName::Clip => ClipKind::ClipScore,
-        ScorerName::Hps | ScorerName::Aesthetic => bail!(
-            "--scorer {:?} is not available yet: its checkpoint is a torch pickle, which mapo cannot read yet \
-             (pickscore and clip work)",
-            args.scorer
-        ),
-    };
     ensure!(args.batch > 0, "--batch must be > 0");
     let rows = read_pairs(&args.pairs)?;
     let device = select(args.device.as_deref())?.device;
-    let scorer = ClipScorer::load(kind, &args.model, &device)?;
+    let scorer: Box<dyn Scorer> = match args.scorer {
+        ScorerName::Pickscore => Box::new(ClipScorer::load(ClipKind::PickScore, &args.model, &device)?),
+        ScorerName::Clip => Box::new(ClipScorer::load(ClipKind::ClipScore, &args.model, &device)?),
+        ScorerName::Aesthetic => {
+            let clip =
+                args.clip.as_deref().context("--scorer aesthetic needs --clip DIR (the ViT-L/14 CLIPModel folder)")?;
+            Box::new(AestheticScorer::load(&args.model, clip, &device)?)
+        }
+        ScorerName::Hps => bail!(
+            "--scorer hps is not available yet: it needs the open_clip model layout and tokenizer \
+             (pickscore, clip and aesthetic work)"
+        ),
+    };
     if scorer.needs_text()
         && let Some(r) = rows.iter().find(|r| r.prompt.is_empty())
     {

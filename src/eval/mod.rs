@@ -1,6 +1,7 @@
 //! Judging samples and comparing runs: reward models behind the `Scorer` trait (with the
 //! exact preprocessing they were trained with), reports and plots.
 
+pub mod aesthetic;
 pub mod backends;
 pub mod plot;
 pub mod preprocess;

@@ -9,6 +9,7 @@ pub mod io;
 pub mod lora;
 pub mod named;
 pub mod nn;
+pub mod pth;
 pub mod resnet;
 pub mod sampling;
 pub mod unet;

@@ -7,10 +7,13 @@ with it (tests/fixtures/tiny-clip/).
   tiny-clip/images/*.png      images at the crop size and at sizes that need a bicubic resize
                               (down- and upscaling, both orientations)
   tiny-clip/pairs.jsonl       {"image", "prompt"} rows, one of them an image that does not decode
+  tiny-aesthetic.pth          torch.save of an aesthetic-predictor MLP's state dict, the LAION
+                              layout (layers.{0,2,4,6,7}, dropouts between) shrunk to 24→…→1
   clip_scores.safetensors     per image: the processor's pixel_values (transformers'
                               CLIPImageProcessorPil, i.e. PIL's bicubic), image_embeds,
-                              text_embeds, and the two scores:
-                              pickscore = exp(logit_scale) · cos, clip = 100 · max(cos, 0)
+                              text_embeds, and the scores:
+                              pickscore = exp(logit_scale) · cos, clip = 100 · max(cos, 0),
+                              aesthetic = mlp(image_embeds / |image_embeds|)
 
 Run from the repo root:  OMP_NUM_THREADS=1 python3 tools/golden/make_clip_scores.py
 """
@@ -89,9 +92,26 @@ with torch.no_grad():
     cos = (i * t).sum(-1)
     pickscore = model.logit_scale.exp() * cos
     clip = 100 * cos.clamp(min=0)
+# The LAION predictor's module (improved-aesthetic-predictor's MLP), at the tiny width.
+mlp = torch.nn.Sequential(torch.nn.Linear(24, 32), torch.nn.Dropout(0.2), torch.nn.Linear(32, 16),
+                          torch.nn.Dropout(0.2), torch.nn.Linear(16, 8), torch.nn.Dropout(0.1),
+                          torch.nn.Linear(8, 4), torch.nn.Linear(4, 1)).eval()
+with torch.no_grad():
+    for p in mlp.parameters():  # large enough that the score depends on the image
+        p.copy_(torch.randn_like(p) * 0.8)
+holder = torch.nn.Module()
+holder.layers = mlp
+torch.save(holder.state_dict(), "tests/fixtures/tiny-aesthetic.pth")
+with torch.no_grad():
+    emb = image_embeds.numpy()
+    emb = emb / np.linalg.norm(emb, 2, -1, keepdims=True)  # the predictor's own `normalized`
+    aesthetic = mlp(torch.from_numpy(emb).float())[:, 0]
+print("aesthetic", aesthetic.tolist())
 print("pickscore", pickscore.tolist())
 print("clip", clip.tolist())
 assert cos.std() > 0.05, "the tiny model's scores hardly differ"
+assert aesthetic.std() > 0.05 * aesthetic.abs().mean(), "the tiny predictor's scores hardly differ"
 save_file({"pixel_values": pixels.contiguous(), "image_embeds": image_embeds.contiguous(),
            "text_embeds": text_embeds.contiguous(), "pickscore": pickscore.contiguous(), "clip": clip.contiguous(),
+           "aesthetic": aesthetic.contiguous(),
            "input_ids": ids["input_ids"].contiguous()}, "tests/fixtures/clip_scores.safetensors")

@@ -1,0 +1,94 @@
+//! The LAION improved aesthetic predictor (`sac+logos+ava1-l14-linearMSE.pth`): a stack of
+//! linear layers (`layers.{0,2,4,6,7}`, dropouts between them, no activations) on the
+//! L2-normalised CLIP ViT-L/14 image embedding. `score = mlp(x)`.
+
+use std::path::Path;
+
+use anyhow::{Result, ensure};
+use burn::tensor::{DType, Device, Tensor, TensorData};
+
+use super::preprocess::ClipImageProcessor;
+use super::resize::Rgb8;
+use super::scorer::Scorer;
+use crate::models::clip::model::ClipModel;
+use crate::models::pth::PthFile;
+
+pub struct AestheticScorer {
+    clip: ClipModel,
+    processor: ClipImageProcessor,
+    /// (weight [out, in], bias [out]) in order.
+    layers: Vec<(Tensor<2>, Tensor<1>)>,
+    device: Device,
+}
+
+impl AestheticScorer {
+    /// `mlp`: the predictor's `.pth` state dict; `clip`: the CLIPModel folder whose image
+    /// embeddings it was trained on.
+    pub fn load(mlp: &Path, clip: &Path, device: &Device) -> Result<Self> {
+        let (model, config) = ClipModel::from_dir(clip, device, DType::F32)?;
+        let processor = ClipImageProcessor::from_dir(clip)?;
+        let file = PthFile::open(mlp, None)?;
+        let mut indices: Vec<usize> = file
+            .names()
+            .iter()
+            .filter_map(|n| n.strip_prefix("layers.")?.strip_suffix(".weight")?.parse().ok())
+            .collect();
+        indices.sort_unstable();
+        ensure!(!indices.is_empty(), "{}: no layers.N.weight tensors (not an aesthetic MLP?)", mlp.display());
+        let mut width = config.projection_dim;
+        let mut layers = Vec::new();
+        for i in indices {
+            let (w, ws) = file.f32(&format!("layers.{i}.weight"))?;
+            let (b, bs) = file.f32(&format!("layers.{i}.bias"))?;
+            ensure!(
+                ws.len() == 2 && ws[1] == width && bs == [ws[0]],
+                "{}: layers.{i} has weight {ws:?} and bias {bs:?}; expected [_, {width}] and [_] (the input is {} wide)",
+                mlp.display(),
+                if layers.is_empty() {
+                    "the CLIP embedding, which is"
+                } else {
+                    "the previous layer's output, which is"
+                }
+            );
+            width = ws[0];
+            layers.push((
+                Tensor::<2>::from_data(TensorData::new(w, [ws[0], ws[1]]), device),
+                Tensor::<1>::from_data(TensorData::new(b, [bs[0]]), device),
+            ));
+        }
+        ensure!(width == 1, "{}: the last layer gives {width} values, expected one score", mlp.display());
+        Ok(Self { clip: model, processor, layers, device: device.clone() })
+    }
+}
+
+impl Scorer for AestheticScorer {
+    fn name(&self) -> &'static str {
+        "aesthetic"
+    }
+
+    fn needs_text(&self) -> bool {
+        false
+    }
+
+    fn score(&self, images: &[Rgb8], _prompts: &[String]) -> Result<Vec<f64>> {
+        let n = images.len();
+        if n == 0 {
+            return Ok(vec![]);
+        }
+        let mut pixels = Vec::new();
+        let mut shape = [0, 0];
+        for img in images {
+            let (p, s) = self.processor.pixels(img)?;
+            pixels.extend(p);
+            shape = s;
+        }
+        let x = Tensor::<4>::from_data(TensorData::new(pixels, [n, 3, shape[0], shape[1]]), &self.device);
+        let e = self.clip.image_embeds(x);
+        let mut h = e.clone().div(e.square().sum_dim(1).sqrt());
+        for (w, b) in &self.layers {
+            h = h.matmul(w.clone().transpose()) + b.clone().unsqueeze();
+        }
+        let v = h.into_data().convert::<f32>().try_to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        Ok(v.into_iter().map(f64::from).collect())
+    }
+}
