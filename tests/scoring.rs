@@ -92,7 +92,7 @@ fn mapo_score_gives_pickscore_and_clip_score_and_skips_bad_images() {
         assert!(stderr.contains("broken.png") && stderr.contains("1 skipped"), "{stderr}");
         let rows: Vec<serde_json::Value> =
             std::fs::read_to_string(&out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-        assert_eq!(rows.len(), 7, "every row, in order");
+        assert_eq!(rows.len(), 8, "every row, in order");
         assert!(rows[3]["score"].is_null() && rows[3]["error"].is_string() && rows[3]["id"] == 99);
         let got: Vec<f32> =
             rows.iter().filter(|r| r["id"] != 99).map(|r| r["score"].as_f64().unwrap() as f32).collect();
@@ -154,4 +154,47 @@ fn real_vision_towers_have_the_published_sizes() {
         let count: usize = w.requested().iter().map(|(_, s)| s.iter().product::<usize>()).sum();
         assert_eq!(count, want, "{name}");
     }
+}
+
+/// HPS: an open_clip checkpoint (torch pickle `{'state_dict': ...}`, fused attention
+/// projections) with open_clip's own preprocessing, against open_clip (tools/golden/make_hps.py).
+#[test]
+fn hps_matches_open_clip() {
+    let processor = ClipImageProcessor::open_clip(32);
+    let f = open("hps_scores.safetensors");
+    let want = to_vec(f.float::<4>("pixel_values", &device(), DType::F32).unwrap());
+    let per = want.len() / image_paths().len();
+    for (i, path) in image_paths().iter().enumerate() {
+        let (got, _) = processor.pixels(&read_rgb(path).unwrap()).unwrap();
+        let err = got.iter().zip(&want[i * per..(i + 1) * per]).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(err < 1e-5, "{}: pixels differ from open_clip's transform by {err}", path.display());
+    }
+    let dir = std::env::temp_dir().join(format!("mapo-hps-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("hps.jsonl");
+    let (pt, config, tok) =
+        (fixtures().join("tiny-hps.pt"), fixtures().join("tiny-hps.json"), fixtures().join("tiny-sdxl/tokenizer"));
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_mapo"))
+        .args(["score", "--scorer", "hps", "--model", pt.to_str().unwrap(), "--config", config.to_str().unwrap()])
+        .args(["--tokenizer", tok.to_str().unwrap(), "--device", &device_name()])
+        .args(["--pairs", tiny().join("pairs.jsonl").to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let got: Vec<f32> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["id"] != 99)
+        .map(|r| r["score"].as_f64().unwrap() as f32)
+        .collect();
+    let want = to_vec(f.float::<1>("hps", &device(), DType::F32).unwrap());
+    let n = got.len();
+    assert_close(
+        "hps",
+        Tensor::<1>::from_data(TensorData::new(got, [n]), &device()),
+        Tensor::<1>::from_data(TensorData::new(want, [n]), &device()),
+        1e-4,
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -86,10 +86,13 @@ pub fn run(args: &ScoreArgs) -> Result<()> {
                 args.clip.as_deref().context("--scorer aesthetic needs --clip DIR (the ViT-L/14 CLIPModel folder)")?;
             Box::new(AestheticScorer::load(&args.model, clip, &device)?)
         }
-        ScorerName::Hps => bail!(
-            "--scorer hps is not available yet: it needs the open_clip model layout and tokenizer \
-             (pickscore, clip and aesthetic work)"
-        ),
+        ScorerName::Hps => {
+            let tokenizer = args.tokenizer.as_deref().context(
+                "--scorer hps needs --tokenizer DIR: a CLIP tokenizer folder with vocab.json and merges.txt \
+                 (e.g. an SDXL model's tokenizer/)",
+            )?;
+            Box::new(ClipScorer::open_clip(ClipKind::Hps, &args.model, args.config.as_deref(), tokenizer, &device)?)
+        }
     };
     if scorer.needs_text()
         && let Some(r) = rows.iter().find(|r| r.prompt.is_empty())

@@ -8,7 +8,14 @@ use std::path::Path;
 use anyhow::{Context, Result, bail, ensure};
 use serde::Deserialize;
 
-use super::resize::{Rgb8, center_crop, resize_bicubic};
+use super::resize::{Rgb8, center_crop, crop_at, resize_bicubic};
+
+/// Python's `round` (ties to even).
+fn round_half_even(x: f64) -> usize {
+    let r = x.round();
+    let r = if (x - x.trunc()).abs() == 0.5 && r % 2.0 != 0.0 { r - x.signum() } else { r };
+    r as usize
+}
 
 /// `size` / `crop_size` as processors write them: `{"shortest_edge": N}`,
 /// `{"height": H, "width": W}`, or a bare number.
@@ -54,8 +61,19 @@ fn one_255() -> f64 {
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
 
+/// Whose arithmetic the crop and rescale follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    /// transformers: crop offsets rounded down, `x · (1/255)` in f64 then f32.
+    Transformers,
+    /// open_clip's val transform (torchvision): crop offsets `round((n − crop) / 2)` (half
+    /// to even, as Python rounds), `ToTensor`'s `x / 255` in f32.
+    OpenClip,
+}
+
 #[derive(Debug, Clone)]
 pub struct ClipImageProcessor {
+    pub style: Style,
     /// The shortest edge after resizing (None: no resize).
     pub shortest_edge: Option<usize>,
     /// (height, width) of the centre crop (None: no crop).
@@ -85,6 +103,7 @@ impl ClipImageProcessor {
             (true, SizeSpec::Square(n) | SizeSpec::Shortest { shortest_edge: n }) => Some((n, n)),
         };
         Ok(Self {
+            style: Style::Transformers,
             shortest_edge,
             crop,
             rescale: raw.do_rescale.then_some(raw.rescale_factor),
@@ -92,6 +111,18 @@ impl ClipImageProcessor {
                 .do_normalize
                 .then(|| (raw.image_mean.unwrap_or(CLIP_MEAN), raw.image_std.unwrap_or(CLIP_STD))),
         })
+    }
+
+    /// open_clip's `image_transform(image_size, is_train=False)` with OpenAI's mean/std:
+    /// `Resize(size, BICUBIC)` on the PIL image, `CenterCrop(size)`, `ToTensor`, `Normalize`.
+    pub fn open_clip(image_size: usize) -> Self {
+        Self {
+            style: Style::OpenClip,
+            shortest_edge: Some(image_size),
+            crop: Some((image_size, image_size)),
+            rescale: Some(1.0 / 255.0),
+            mean_std: Some((CLIP_MEAN, CLIP_STD)),
+        }
     }
 
     /// transformers' `get_resize_output_image_size(default_to_square=False)`: the short side
@@ -119,16 +150,23 @@ impl ClipImageProcessor {
                 img.width,
                 img.height
             );
-            img = center_crop(&img, w, h);
+            img = match self.style {
+                Style::Transformers => center_crop(&img, w, h),
+                Style::OpenClip => {
+                    let offset = |n: usize, c: usize| round_half_even((n - c) as f64 / 2.0);
+                    crop_at(&img, offset(img.width, w), offset(img.height, h), w, h)
+                }
+            };
         }
         let (w, h) = (img.width, img.height);
         let mut out = vec![0f32; 3 * h * w];
         for c in 0..3 {
             for i in 0..h * w {
                 let v = img.data[i * 3 + c] as f64;
-                let mut x = match self.rescale {
-                    Some(s) => (v * s) as f32,
-                    None => v as f32,
+                let mut x = match (self.rescale, self.style) {
+                    (Some(_), Style::OpenClip) => v as f32 / 255.0,
+                    (Some(s), Style::Transformers) => (v * s) as f32,
+                    (None, _) => v as f32,
                 };
                 if let Some((mean, std)) = &self.mean_std {
                     x = (x - mean[c]) / std[c];

@@ -92,6 +92,11 @@ pub fn resize_bicubic(image: &Rgb8, width: usize, height: usize) -> Rgb8 {
 /// for images at least that large).
 pub fn center_crop(image: &Rgb8, width: usize, height: usize) -> Rgb8 {
     let (top, left) = ((image.height.saturating_sub(height)) / 2, (image.width.saturating_sub(width)) / 2);
+    crop_at(image, left, top, width, height)
+}
+
+/// The `width × height` region whose top-left pixel is (`left`, `top`).
+pub fn crop_at(image: &Rgb8, left: usize, top: usize, width: usize, height: usize) -> Rgb8 {
     let mut data = Vec::with_capacity(width * height * 3);
     for y in top..top + height {
         let row = (y * image.width + left) * 3;

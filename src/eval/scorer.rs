@@ -1,6 +1,6 @@
 //! Reward models behind one trait: a scorer takes images (and their prompts) and gives one
 //! number per image. CLIP-based ones (DESIGN §9): PickScore = exp(logit_scale) · cos(image,
-//! text); CLIP score = 100 · max(cos, 0) (torchmetrics).
+//! text); CLIP score = 100 · max(cos, 0) (torchmetrics); HPS = cos with an open_clip model.
 
 use std::path::Path;
 
@@ -10,6 +10,7 @@ use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use super::preprocess::ClipImageProcessor;
 use super::resize::Rgb8;
 use crate::models::clip::model::{ClipModel, cosine};
+use crate::models::clip::open_clip::{self, OpenClipConfig};
 use crate::models::clip::tokenizer::ClipTokenizer;
 
 pub trait Scorer {
@@ -24,6 +25,8 @@ pub trait Scorer {
 pub enum ClipKind {
     PickScore,
     ClipScore,
+    /// HPSv2 / v2.1: `cos(image, text)` (the papers print it ×100).
+    Hps,
 }
 
 /// PickScore or CLIP score with a transformers CLIPModel folder (weights, config,
@@ -48,6 +51,22 @@ impl ClipScorer {
             processor.crop
         );
         let tokenizer = ClipTokenizer::from_dir(dir)?;
+        Ok(Self { kind, model, processor, tokenizer, device: device.clone() })
+    }
+
+    /// An open_clip checkpoint (HPS) with open_clip's val transform; `tokenizer`: a CLIP
+    /// tokenizer folder (vocab.json + merges.txt).
+    pub fn open_clip(
+        kind: ClipKind,
+        checkpoint: &Path,
+        config: Option<&Path>,
+        tokenizer: &Path,
+        device: &Device,
+    ) -> Result<Self> {
+        let config = OpenClipConfig::read(config)?;
+        let (model, hf) = open_clip::load(checkpoint, &config, device)?;
+        let processor = ClipImageProcessor::open_clip(hf.vision_config.image_size);
+        let tokenizer = ClipTokenizer::from_dir(tokenizer)?;
         Ok(Self { kind, model, processor, tokenizer, device: device.clone() })
     }
 
@@ -80,6 +99,7 @@ impl Scorer for ClipScorer {
         match self.kind {
             ClipKind::PickScore => "pickscore",
             ClipKind::ClipScore => "clip",
+            ClipKind::Hps => "hps",
         }
     }
 
@@ -92,6 +112,7 @@ impl Scorer for ClipScorer {
         Ok(match self.kind {
             ClipKind::PickScore => cos.iter().map(|c| self.model.logit_scale() * c).collect(),
             ClipKind::ClipScore => cos.iter().map(|c| 100.0 * c.max(0.0)).collect(),
+            ClipKind::Hps => cos,
         })
     }
 }

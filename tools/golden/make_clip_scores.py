@@ -64,9 +64,11 @@ def picture(w, h):
     return np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8)
 
 
-sizes = [(32, 32), (32, 32), (48, 40), (100, 37), (20, 30), (33, 64)]
+# (47, 32): a crop offset of 7.5, which transformers rounds down and open_clip (torchvision)
+# rounds to even (8).
+sizes = [(32, 32), (32, 32), (48, 40), (100, 37), (20, 30), (33, 64), (47, 32)]
 prompts = ["a red circle", "a blue square on a dark background", "a cat", "two dogs, digits 42!",
-           "an empty prompt? no", "a yellow triangle"]
+           "an empty prompt? no", "a yellow triangle", "stripes"]
 rows, images = [], []
 for i, ((w, h), prompt) in enumerate(zip(sizes, prompts)):
     name = f"images/{i}_{w}x{h}.png"

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod model;
+pub mod open_clip;
 pub mod tokenizer;
 pub mod vision;
 

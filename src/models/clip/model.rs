@@ -38,27 +38,40 @@ pub struct ClipModel {
 impl ClipModel {
     /// A transformers CLIPModel folder: `config.json` + `model.safetensors` (or shards).
     pub fn from_dir(dir: &Path, device: &Device, dtype: DType) -> Result<(Self, ClipModelConfig)> {
-        let (mut config, _) = crate::models::config::read_config::<ClipModelConfig>(dir)?;
-        // The projections' size is the model's, whatever the text config repeats.
-        config.text_config.projection_dim = Some(config.projection_dim);
+        let (config, _) = crate::models::config::read_config::<ClipModelConfig>(dir)?;
         let files = SafeTensorFiles::open_component(dir, &["model"])?;
-        let w = Weights::from_files(&files, device, dtype);
-        let text_model = ClipTextModel::load(&config.text_config, &w, true)?;
+        let model = Self::from_files(&config, &files, &dir.display().to_string(), device, dtype)?;
+        Ok((model, config))
+    }
+
+    /// The model of `config` from weights in transformers' names; `what` names the source
+    /// in errors.
+    pub fn from_files(
+        config: &ClipModelConfig,
+        files: &SafeTensorFiles,
+        what: &str,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        let mut text_config = config.text_config.clone();
+        // The projections' size is the model's, whatever the text config repeats.
+        text_config.projection_dim = Some(config.projection_dim);
+        let w = Weights::from_files(files, device, dtype);
+        let text_model = ClipTextModel::load(&text_config, &w, true)?;
         let vision_model = ClipVisionModel::load(&config.vision_config, &w.pp("vision_model"))?;
         let visual_projection =
             Linear::load(&w.pp("visual_projection"), config.vision_config.hidden_size, config.projection_dim, false);
         w.skip("logit_scale");
-        w.finish().with_context(|| format!("loading {}", dir.display()))?;
+        w.finish().with_context(|| format!("loading {what}"))?;
         let scale = files
             .get("logit_scale")
-            .with_context(|| format!("{}: no tensor logit_scale", dir.display()))?
+            .with_context(|| format!("{what}: no tensor logit_scale"))?
             .to_data()?
             .convert::<f32>()
             .try_to_vec::<f32>()
-            .map_err(|e| anyhow::anyhow!("{}: logit_scale: {e:?}", dir.display()))?;
-        ensure!(scale.len() == 1, "{}: logit_scale has {} values, expected one", dir.display(), scale.len());
-        let model = Self { text_model, vision_model, visual_projection, logit_scale_exp: (scale[0] as f64).exp() };
-        Ok((model, config))
+            .map_err(|e| anyhow::anyhow!("{what}: logit_scale: {e:?}"))?;
+        ensure!(scale.len() == 1, "{what}: logit_scale has {} values, expected one", scale.len());
+        Ok(Self { text_model, vision_model, visual_projection, logit_scale_exp: (scale[0] as f64).exp() })
     }
 
     /// `exp(logit_scale)`, PickScore's multiplier.
