@@ -9,7 +9,7 @@ use super::{Component, ForwardArgs};
 use crate::device::{Precision, select};
 use crate::losses::{LossInput, Params, build, loss_dtype, names};
 use crate::models::clip::ClipTextModel;
-pub use crate::models::folder::component_dir;
+use crate::models::folder::component_dir;
 use crate::models::folder::{save_as, save_component};
 use crate::models::io::{SafeTensorFiles, write_tensors};
 use crate::models::lora::BlockLayout;

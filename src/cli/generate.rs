@@ -31,7 +31,7 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 30)]
     pub steps: usize,
     /// euler (SDXL's default) or ddim.
-    #[arg(long, default_value = "euler")]
+    #[arg(long, default_value = "euler", value_parser = ["euler", "ddim"])]
     pub sampler: String,
     #[arg(long, default_value_t = 5.0)]
     pub guidance: f64,

@@ -1,6 +1,7 @@
 //! The command-line interface: argument definitions, and one small function per command.
 
 pub mod cache;
+pub mod eval;
 pub mod forward;
 pub mod generate;
 pub mod lora;
@@ -96,6 +97,10 @@ pub enum Command {
     /// (also accepted without `dev`).
     #[command(subcommand)]
     Dev(DevCommand),
+    /// Compare variants of one model (base, --unet fine-tunes, LoRAs) on a prompt suite with
+    /// reward models: identical noise per prompt and seed, cached images, means with 95%
+    /// bootstrap intervals, win rates against the first variant, report.md + scores.png + grid.png.
+    Eval(crate::cli::eval::EvalArgs),
     /// Score images with a reward model (pickscore, clip; hps, aesthetic to come):
     /// `--pairs` JSON lines `{"image", "prompt"}` in, the same rows with `"score"` out.
     Score(crate::cli::score::ScoreArgs),
@@ -180,6 +185,8 @@ pub enum BenchCommand {
     TrainStep(crate::bench::TrainBench),
     /// The largest batch whose training step fits (a child process per trial).
     MaxBatch(crate::bench::max_batch::MaxBatchBench),
+    /// A reward model's towers at the real size (random weights): scoring time, memory.
+    Score(crate::bench::score::ScoreBench),
     /// Parquet streaming + image decode + transform throughput.
     Data(crate::bench::data::DataBench),
     /// Guided Euler sampling of a random-init UNet (no text encoders, no VAE).
@@ -263,6 +270,10 @@ pub fn run(cli: Cli) -> Result<()> {
             println!("{}", crate::bench::max_batch::run(&b)?);
             Ok(())
         }
+        Command::Bench(BenchCommand::Score(b)) => {
+            println!("{}", crate::bench::score::run(&b)?);
+            Ok(())
+        }
         Command::Bench(BenchCommand::Data(b)) => {
             println!("{}", crate::bench::data::run(&b)?);
             Ok(())
@@ -299,6 +310,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Cache(c) => crate::cli::cache::run(&c),
         Command::Lora(c) => crate::cli::lora::run(&c),
         Command::Score(s) => crate::cli::score::run(&s),
+        Command::Eval(e) => crate::cli::eval::run(&e),
     }
 }
 

@@ -8,7 +8,7 @@ use burn::tensor::TensorData;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use super::forward::component_dir;
+use crate::models::folder::component_dir;
 use crate::models::io::write_tensors;
 use crate::models::unet::UNetConfig;
 use crate::sample::noise::standard_normal;

@@ -5,9 +5,9 @@ use anyhow::{Result, bail};
 use burn::tensor::{DType, TensorData};
 
 use super::ForwardArgs;
-use super::forward::component_dir;
 use crate::device::select;
 use crate::losses::{Params, build};
+use crate::models::folder::component_dir;
 use crate::models::io::{SafeTensorFiles, write_tensors};
 use crate::models::named::for_each_param;
 use crate::models::unet::UNet2DConditionModel;

@@ -3,8 +3,10 @@
 
 pub mod aesthetic;
 pub mod backends;
+pub mod compare;
 pub mod plot;
 pub mod preprocess;
 pub mod report;
 pub mod resize;
 pub mod scorer;
+pub mod stats;

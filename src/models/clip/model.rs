@@ -53,14 +53,8 @@ impl ClipModel {
         device: &Device,
         dtype: DType,
     ) -> Result<Self> {
-        let mut text_config = config.text_config.clone();
-        // The projections' size is the model's, whatever the text config repeats.
-        text_config.projection_dim = Some(config.projection_dim);
         let w = Weights::from_files(files, device, dtype);
-        let text_model = ClipTextModel::load(&text_config, &w, true)?;
-        let vision_model = ClipVisionModel::load(&config.vision_config, &w.pp("vision_model"))?;
-        let visual_projection =
-            Linear::load(&w.pp("visual_projection"), config.vision_config.hidden_size, config.projection_dim, false);
+        let (text_model, vision_model, visual_projection) = Self::towers(config, &w)?;
         w.skip("logit_scale");
         w.finish().with_context(|| format!("loading {what}"))?;
         let scale = files
@@ -72,6 +66,24 @@ impl ClipModel {
             .map_err(|e| anyhow::anyhow!("{what}: logit_scale: {e:?}"))?;
         ensure!(scale.len() == 1, "{what}: logit_scale has {} values, expected one", scale.len());
         Ok(Self { text_model, vision_model, visual_projection, logit_scale_exp: (scale[0] as f64).exp() })
+    }
+
+    fn towers(config: &ClipModelConfig, w: &Weights) -> Result<(ClipTextModel, ClipVisionModel, Linear)> {
+        let mut text_config = config.text_config.clone();
+        // The projections' size is the model's, whatever the text config repeats.
+        text_config.projection_dim = Some(config.projection_dim);
+        let text_model = ClipTextModel::load(&text_config, w, true)?;
+        let vision_model = ClipVisionModel::load(&config.vision_config, &w.pp("vision_model"))?;
+        let visual_projection =
+            Linear::load(&w.pp("visual_projection"), config.vision_config.hidden_size, config.projection_dim, false);
+        Ok((text_model, vision_model, visual_projection))
+    }
+
+    /// Randomly initialised (benchmarks at the real sizes without the checkpoints).
+    pub fn random(config: &ClipModelConfig, device: &Device) -> Result<Self> {
+        let w = Weights::random(device, DType::F32);
+        let (text_model, vision_model, visual_projection) = Self::towers(config, &w)?;
+        Ok(Self { text_model, vision_model, visual_projection, logit_scale_exp: 100.0 })
     }
 
     /// `exp(logit_scale)`, PickScore's multiplier.

@@ -16,6 +16,9 @@ pub struct UNetConfig {
     #[serde(default)]
     pub mid_block_type: Option<String>,
     pub block_out_channels: Vec<usize>,
+    /// The latent size the model was trained at (diffusers' default generation size / 8).
+    #[serde(default)]
+    pub sample_size: Option<usize>,
     #[serde(default = "two")]
     pub layers_per_block: OneOrMany<usize>,
     #[serde(default = "one_layer")]

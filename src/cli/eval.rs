@@ -1,0 +1,219 @@
+//! `mapo eval`: variants of one model (the base folder, `--unet` fine-tunes, `--lora`
+//! adapters) on a prompt suite, each image from the same initial noise in every variant
+//! (the seed depends on the prompt and seed index only), images cached so that another
+//! scorer never regenerates them, then every scorer on every variant and a report.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail, ensure};
+use burn::tensor::DType;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::device::{DeviceArgs, select};
+use crate::eval::aesthetic::AestheticScorer;
+use crate::eval::compare::{summarise, write};
+use crate::eval::preprocess::read_rgb;
+use crate::eval::scorer::{ClipKind, ClipScorer, Scorer};
+use crate::models::lora::{BlockLayout, apply_lora_file};
+use crate::sample::pipeline::SdxlPipeline;
+use crate::sample::validate::{initial_noise, save_samples};
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// The base SDXL pipeline folder.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The prompt suite: a text file (one prompt per line) or JSON lines with "prompt" or
+    /// "caption".
+    #[arg(long)]
+    pub prompts: PathBuf,
+    /// `NAME=base`, `NAME=unet:DIR` or `NAME=lora:FILE` (repeatable; the first is the
+    /// baseline of the win rates). Default: one variant, `base`.
+    #[arg(long = "variant", value_name = "NAME=SPEC")]
+    pub variants: Vec<String>,
+    /// `pickscore=DIR`, `clip=DIR`, `aesthetic=FILE.pth` (with --clip), `hps=FILE.pt` (with
+    /// --tokenizer) (repeatable).
+    #[arg(long = "scorer", value_name = "NAME=PATH", required = true)]
+    pub scorers: Vec<String>,
+    /// aesthetic: the ViT-L/14 CLIPModel folder.
+    #[arg(long)]
+    pub clip: Option<PathBuf>,
+    /// hps: a CLIP tokenizer folder.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Images per prompt (seeds 0..N).
+    #[arg(long, default_value_t = 1)]
+    pub seeds: usize,
+    #[arg(long, default_value_t = 30)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 5.0)]
+    pub guidance: f64,
+    /// Default: the UNet's sample_size × the VAE's factor.
+    #[arg(long)]
+    pub size: Option<usize>,
+    /// Where images, scores and the report go.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+enum Variant {
+    Base,
+    Unet(PathBuf),
+    Lora(PathBuf),
+}
+
+fn parse_variant(s: &str) -> Result<(String, Variant)> {
+    let (name, spec) = s.split_once('=').with_context(|| format!("--variant {s:?}: expected NAME=SPEC"))?;
+    ensure!(
+        !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)),
+        "--variant {s:?}: the name must be letters, digits, - _ . (it names a folder)"
+    );
+    let v = match spec.split_once(':') {
+        _ if spec == "base" => Variant::Base,
+        Some(("unet", p)) => Variant::Unet(PathBuf::from(p)),
+        Some(("lora", p)) => Variant::Lora(PathBuf::from(p)),
+        _ => bail!("--variant {s:?}: SPEC is base, unet:DIR or lora:FILE"),
+    };
+    Ok((name.to_string(), v))
+}
+
+fn read_prompts(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let jsonl = path.extension().is_some_and(|e| e == "jsonl");
+    let mut prompts = Vec::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        if jsonl {
+            let v: serde_json::Value =
+                serde_json::from_str(line).with_context(|| format!("{} line {}: not JSON", path.display(), i + 1))?;
+            let p = v.get("prompt").or_else(|| v.get("caption")).and_then(|p| p.as_str());
+            prompts.push(p.with_context(|| format!("{} line {}: no \"prompt\"", path.display(), i + 1))?.to_string());
+        } else {
+            prompts.push(line.trim().to_string());
+        }
+    }
+    ensure!(!prompts.is_empty(), "{}: an empty prompt suite", path.display());
+    Ok(prompts)
+}
+
+fn load_scorer(spec: &str, args: &EvalArgs, device: &burn::tensor::Device) -> Result<Box<dyn Scorer>> {
+    let (name, path) = spec.split_once('=').with_context(|| format!("--scorer {spec:?}: expected NAME=PATH"))?;
+    let path = Path::new(path);
+    Ok(match name {
+        "pickscore" => Box::new(ClipScorer::load(ClipKind::PickScore, path, device)?),
+        "clip" => Box::new(ClipScorer::load(ClipKind::ClipScore, path, device)?),
+        "aesthetic" => {
+            let clip = args.clip.as_deref().context("--scorer aesthetic=… needs --clip DIR")?;
+            Box::new(AestheticScorer::load(path, clip, device)?)
+        }
+        "hps" => {
+            let tok = args.tokenizer.as_deref().context("--scorer hps=… needs --tokenizer DIR")?;
+            Box::new(ClipScorer::open_clip(ClipKind::Hps, path, None, tok, device)?)
+        }
+        other => bail!("--scorer {other:?}: expected pickscore, clip, aesthetic or hps"),
+    })
+}
+
+pub fn run(args: &EvalArgs) -> Result<()> {
+    ensure!(args.seeds > 0 && (1..=1000).contains(&args.steps), "--seeds must be > 0 and --steps in 1..=1000");
+    let prompts = read_prompts(&args.prompts)?;
+    let specs = if args.variants.is_empty() { vec!["base=base".to_string()] } else { args.variants.clone() };
+    let variants: Vec<(String, Variant)> = specs.iter().map(|s| parse_variant(s)).collect::<Result<_>>()?;
+    let selected = select(args.device.device.as_deref())?;
+    let dtype = selected.precision(&args.device.dtype)?;
+    let device = selected.device;
+    // Scorers load first: a bad scorer path fails before minutes of generation.
+    let scorers: Vec<Box<dyn Scorer>> =
+        args.scorers.iter().map(|s| load_scorer(s, args, &device)).collect::<Result<_>>()?;
+    let image = |v: &str, p: usize, s: usize| args.out.join("images").join(v).join(format!("{p:05}-s{s}.png"));
+
+    let todo: usize = variants
+        .iter()
+        .map(|(n, _)| {
+            (0..prompts.len())
+                .flat_map(|p| (0..args.seeds).map(move |s| (p, s)))
+                .filter(|&(p, s)| !image(n, p, s).is_file())
+                .count()
+        })
+        .sum();
+    let bar = ProgressBar::new(todo as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} images [{elapsed_precise}<{eta_precise}, {per_sec}] {msg}")
+            .expect("template"),
+    );
+    for (name, variant) in &variants {
+        let missing: Vec<(usize, usize)> = (0..prompts.len())
+            .flat_map(|p| (0..args.seeds).map(move |s| (p, s)))
+            .filter(|&(p, s)| !image(name, p, s).is_file())
+            .collect();
+        if missing.is_empty() {
+            continue;
+        }
+        bar.set_message(name.clone());
+        let unet = match variant {
+            Variant::Unet(d) => Some(d.as_path()),
+            _ => None,
+        };
+        let mut pipe = SdxlPipeline::load(&args.model, unet, &device, dtype)?;
+        if let Variant::Lora(f) = variant {
+            pipe.unet = apply_lora_file(pipe.unet, f, &BlockLayout::of(&pipe.unet_config)?)?;
+        }
+        let f = pipe.vae_scale_factor();
+        let size = args.size.unwrap_or(pipe.unet_config.sample_size.unwrap_or(128) * f);
+        // The VAE's factor times the UNet's downsampling (each down block but the last halves).
+        let factor = f << pipe.unet.down_blocks.len().saturating_sub(1);
+        ensure!(size.is_multiple_of(factor), "--size {size} must be a multiple of {factor} for this model");
+        let shape = [pipe.unet.conv_in.weight.dims()[1], size / f, size / f];
+        let dir = args.out.join("images").join(name);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        for (p, s) in missing {
+            // The same noise for this (prompt, seed) in every variant.
+            let noise = initial_noise((p * 1000 + s) as u64, 1, shape, &device);
+            let latents = pipe.generate_latents(
+                &prompts[p],
+                None,
+                "euler",
+                args.steps,
+                args.guidance,
+                noise.cast(dtype),
+                &mut |_| {},
+            )?;
+            let tmp = dir.join(format!(".tmp-{p}-{s}-{}", std::process::id()));
+            save_samples(latents.cast(DType::F32), Some((&pipe.vae, pipe.vae_config.scaling_factor)), &tmp)?;
+            std::fs::rename(tmp.join("sample-0.png"), image(name, p, s))?;
+            let _ = std::fs::remove_dir_all(&tmp);
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+
+    let names: Vec<String> = variants.iter().map(|(n, _)| n.clone()).collect();
+    let mut results = Vec::new();
+    for scorer in &scorers {
+        let mut per_variant = Vec::new();
+        for name in &names {
+            let mut scores = Vec::new();
+            for (p, prompt) in prompts.iter().enumerate() {
+                let images: Vec<_> = (0..args.seeds).map(|s| read_rgb(&image(name, p, s))).collect::<Result<_>>()?;
+                scores.extend(scorer.score(&images, &vec![prompt.clone(); args.seeds])?);
+            }
+            per_variant.push(scores);
+        }
+        results.push(summarise(scorer.name(), &names, &per_variant));
+    }
+    let header = format!(
+        "{} prompts from {} × {} seeds, {} Euler steps, guidance {}; model {}",
+        prompts.len(),
+        args.prompts.display(),
+        args.seeds,
+        args.steps,
+        args.guidance,
+        args.model.display()
+    );
+    write(&args.out, &results, &header)?;
+    crate::eval::compare::grid(&args.out, &names, prompts.len().min(8))?;
+    eprintln!("report: {}", args.out.join("report.md").display());
+    Ok(())
+}
