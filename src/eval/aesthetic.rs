@@ -75,14 +75,7 @@ impl Scorer for AestheticScorer {
         if n == 0 {
             return Ok(vec![]);
         }
-        let mut pixels = Vec::new();
-        let mut shape = [0, 0];
-        for img in images {
-            let (p, s) = self.processor.pixels(img)?;
-            pixels.extend(p);
-            shape = s;
-        }
-        let x = Tensor::<4>::from_data(TensorData::new(pixels, [n, 3, shape[0], shape[1]]), &self.device);
+        let x = self.processor.batch(images, &self.device)?;
         let e = self.clip.image_embeds(x);
         let mut h = e.clone().div(e.square().sum_dim(1).sqrt());
         for (w, b) in &self.layers {

@@ -178,6 +178,21 @@ impl ClipImageProcessor {
     }
 }
 
+impl ClipImageProcessor {
+    /// The model's input for several images, [N, 3, H, W] on `device`.
+    pub fn batch(&self, images: &[Rgb8], device: &burn::tensor::Device) -> Result<burn::tensor::Tensor<4>> {
+        let mut pixels = Vec::new();
+        let mut shape = [0, 0];
+        for img in images {
+            let (p, s) = self.pixels(img)?;
+            pixels.extend(p);
+            shape = s;
+        }
+        let data = burn::tensor::TensorData::new(pixels, [images.len(), 3, shape[0], shape[1]]);
+        Ok(burn::tensor::Tensor::from_data(data, device))
+    }
+}
+
 /// Decodes an image file (PNG, JPEG, WebP) to 8-bit RGB.
 pub fn read_rgb(path: &Path) -> Result<Rgb8> {
     let img = image::open(path).with_context(|| format!("{}: not a readable image", path.display()))?.to_rgb8();

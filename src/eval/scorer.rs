@@ -77,14 +77,7 @@ impl ClipScorer {
         if n == 0 {
             return Ok(vec![]);
         }
-        let mut pixels = Vec::new();
-        let mut shape = [0, 0];
-        for img in images {
-            let (p, s) = self.processor.pixels(img)?;
-            pixels.extend(p);
-            shape = s;
-        }
-        let x = Tensor::<4>::from_data(TensorData::new(pixels, [n, 3, shape[0], shape[1]]), &self.device);
+        let x = self.processor.batch(images, &self.device)?;
         let ids: Vec<i64> = prompts.iter().flat_map(|p| self.tokenizer.encode(p)).collect();
         let len = ids.len() / n;
         let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [n, len]), &self.device);
