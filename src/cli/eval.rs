@@ -121,6 +121,9 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let prompts = read_prompts(&args.prompts)?;
     let specs = if args.variants.is_empty() { vec!["base=base".to_string()] } else { args.variants.clone() };
     let variants: Vec<(String, Variant)> = specs.iter().map(|s| parse_variant(s)).collect::<Result<_>>()?;
+    for (i, (name, _)) in variants.iter().enumerate() {
+        ensure!(!variants[..i].iter().any(|(n, _)| n == name), "--variant {name}: the name is given twice");
+    }
     let selected = select(args.device.device.as_deref())?;
     let dtype = selected.precision(&args.device.dtype)?;
     let device = selected.device;
@@ -190,19 +193,28 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     bar.finish_and_clear();
 
     let names: Vec<String> = variants.iter().map(|(n, _)| n.clone()).collect();
+    let bar = ProgressBar::new((scorers.len() * names.len() * prompts.len() * args.seeds) as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} scores [{elapsed_precise}<{eta_precise}, {per_sec}] {msg}")
+            .expect("template"),
+    );
     let mut results = Vec::new();
     for scorer in &scorers {
         let mut per_variant = Vec::new();
         for name in &names {
+            bar.set_message(format!("{} on {name}", scorer.name()));
             let mut scores = Vec::new();
+            // One prompt's images at a time: memory does not grow with the suite.
             for (p, prompt) in prompts.iter().enumerate() {
                 let images: Vec<_> = (0..args.seeds).map(|s| read_rgb(&image(name, p, s))).collect::<Result<_>>()?;
                 scores.extend(scorer.score(&images, &vec![prompt.clone(); args.seeds])?);
+                bar.inc(args.seeds as u64);
             }
             per_variant.push(scores);
         }
         results.push(summarise(scorer.name(), &names, &per_variant));
     }
+    bar.finish_and_clear();
     let header = format!(
         "{} prompts from {} × {} seeds, {} Euler steps, guidance {}; model {}",
         prompts.len(),
