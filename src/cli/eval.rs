@@ -11,13 +11,12 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::device::{DeviceArgs, select};
-use crate::eval::aesthetic::AestheticScorer;
 use crate::eval::compare::{summarise, write};
 use crate::eval::preprocess::read_rgb;
-use crate::eval::scorer::{ClipKind, ClipScorer, Scorer};
+use crate::eval::scorer::{Scorer, ScorerFiles, load_scorer};
 use crate::models::lora::{BlockLayout, apply_lora_file};
 use crate::sample::pipeline::SdxlPipeline;
-use crate::sample::validate::{initial_noise, save_samples};
+use crate::sample::validate::{decode_images, initial_noise};
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
@@ -98,22 +97,10 @@ fn read_prompts(path: &Path) -> Result<Vec<String>> {
     Ok(prompts)
 }
 
-fn load_scorer(spec: &str, args: &EvalArgs, device: &burn::tensor::Device) -> Result<Box<dyn Scorer>> {
+fn scorer_of(spec: &str, args: &EvalArgs, device: &burn::tensor::Device) -> Result<Box<dyn Scorer>> {
     let (name, path) = spec.split_once('=').with_context(|| format!("--scorer {spec:?}: expected NAME=PATH"))?;
-    let path = Path::new(path);
-    Ok(match name {
-        "pickscore" => Box::new(ClipScorer::load(ClipKind::PickScore, path, device)?),
-        "clip" => Box::new(ClipScorer::load(ClipKind::ClipScore, path, device)?),
-        "aesthetic" => {
-            let clip = args.clip.as_deref().context("--scorer aesthetic=… needs --clip DIR")?;
-            Box::new(AestheticScorer::load(path, clip, device)?)
-        }
-        "hps" => {
-            let tok = args.tokenizer.as_deref().context("--scorer hps=… needs --tokenizer DIR")?;
-            Box::new(ClipScorer::open_clip(ClipKind::Hps, path, None, tok, device)?)
-        }
-        other => bail!("--scorer {other:?}: expected pickscore, clip, aesthetic or hps"),
-    })
+    let extra = ScorerFiles { clip: args.clip.as_deref(), config: None, tokenizer: args.tokenizer.as_deref() };
+    load_scorer(name, Path::new(path), extra, device).with_context(|| format!("--scorer {spec}"))
 }
 
 pub fn run(args: &EvalArgs) -> Result<()> {
@@ -129,28 +116,26 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let device = selected.device;
     // Scorers load first: a bad scorer path fails before minutes of generation.
     let scorers: Vec<Box<dyn Scorer>> =
-        args.scorers.iter().map(|s| load_scorer(s, args, &device)).collect::<Result<_>>()?;
+        args.scorers.iter().map(|s| scorer_of(s, args, &device)).collect::<Result<_>>()?;
     let image = |v: &str, p: usize, s: usize| args.out.join("images").join(v).join(format!("{p:05}-s{s}.png"));
 
-    let todo: usize = variants
+    // What is not on disk yet, per variant (the rest is reused).
+    let missing: Vec<Vec<(usize, usize)>> = variants
         .iter()
         .map(|(n, _)| {
             (0..prompts.len())
                 .flat_map(|p| (0..args.seeds).map(move |s| (p, s)))
                 .filter(|&(p, s)| !image(n, p, s).is_file())
-                .count()
+                .collect()
         })
-        .sum();
+        .collect();
+    let todo: usize = missing.iter().map(Vec::len).sum();
     let bar = ProgressBar::new(todo as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} images [{elapsed_precise}<{eta_precise}, {per_sec}] {msg}")
             .expect("template"),
     );
-    for (name, variant) in &variants {
-        let missing: Vec<(usize, usize)> = (0..prompts.len())
-            .flat_map(|p| (0..args.seeds).map(move |s| (p, s)))
-            .filter(|&(p, s)| !image(name, p, s).is_file())
-            .collect();
+    for ((name, variant), missing) in variants.iter().zip(missing) {
         if missing.is_empty() {
             continue;
         }
@@ -183,10 +168,11 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                 noise.cast(dtype),
                 &mut |_| {},
             )?;
-            let tmp = dir.join(format!(".tmp-{p}-{s}-{}", std::process::id()));
-            save_samples(latents.cast(DType::F32), Some((&pipe.vae, pipe.vae_config.scaling_factor)), &tmp)?;
-            std::fs::rename(tmp.join("sample-0.png"), image(name, p, s))?;
-            let _ = std::fs::remove_dir_all(&tmp);
+            let img = decode_images(latents.cast(DType::F32), &pipe.vae, pipe.vae_config.scaling_factor)?.remove(0);
+            // Through a temporary name, so an interrupted run never leaves a half image to reuse.
+            let (path, tmp) = (image(name, p, s), dir.join(format!(".tmp-{p}-{s}-{}.png", std::process::id())));
+            img.save(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+            std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
             bar.inc(1);
         }
     }

@@ -8,10 +8,9 @@ use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::device::select;
-use crate::eval::aesthetic::AestheticScorer;
 use crate::eval::preprocess::read_rgb;
 use crate::eval::resize::Rgb8;
-use crate::eval::scorer::{ClipKind, ClipScorer, Scorer};
+use crate::eval::scorer::{ScorerFiles, load_scorer};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum ScorerName {
@@ -78,22 +77,13 @@ pub fn run(args: &ScoreArgs) -> Result<()> {
     ensure!(args.batch > 0, "--batch must be > 0");
     let rows = read_pairs(&args.pairs)?;
     let device = select(args.device.as_deref())?.device;
-    let scorer: Box<dyn Scorer> = match args.scorer {
-        ScorerName::Pickscore => Box::new(ClipScorer::load(ClipKind::PickScore, &args.model, &device)?),
-        ScorerName::Clip => Box::new(ClipScorer::load(ClipKind::ClipScore, &args.model, &device)?),
-        ScorerName::Aesthetic => {
-            let clip =
-                args.clip.as_deref().context("--scorer aesthetic needs --clip DIR (the ViT-L/14 CLIPModel folder)")?;
-            Box::new(AestheticScorer::load(&args.model, clip, &device)?)
-        }
-        ScorerName::Hps => {
-            let tokenizer = args.tokenizer.as_deref().context(
-                "--scorer hps needs --tokenizer DIR: a CLIP tokenizer folder with vocab.json and merges.txt \
-                 (e.g. an SDXL model's tokenizer/)",
-            )?;
-            Box::new(ClipScorer::open_clip(ClipKind::Hps, &args.model, args.config.as_deref(), tokenizer, &device)?)
-        }
+    let name = args.scorer.to_possible_value().expect("no skipped variants").get_name().to_string();
+    let extra = ScorerFiles {
+        clip: args.clip.as_deref(),
+        config: args.config.as_deref(),
+        tokenizer: args.tokenizer.as_deref(),
     };
+    let scorer = load_scorer(&name, &args.model, extra, &device)?;
     if scorer.needs_text()
         && let Some(r) = rows.iter().find(|r| r.prompt.is_empty())
     {

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 use super::preprocess::ClipImageProcessor;
@@ -108,4 +108,35 @@ impl Scorer for ClipScorer {
             ClipKind::Hps => cos,
         })
     }
+}
+
+/// What a scorer is loaded from besides its own file or folder.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ScorerFiles<'a> {
+    /// aesthetic: the ViT-L/14 CLIPModel folder its MLP reads the embeddings of.
+    pub clip: Option<&'a Path>,
+    /// hps: the open_clip model config (default ViT-H-14).
+    pub config: Option<&'a Path>,
+    /// hps: a CLIP tokenizer folder (vocab.json + merges.txt).
+    pub tokenizer: Option<&'a Path>,
+}
+
+/// The one place a scorer is built from its name (`mapo score`, `mapo eval`).
+pub fn load_scorer(name: &str, model: &Path, extra: ScorerFiles, device: &Device) -> Result<Box<dyn Scorer>> {
+    Ok(match name {
+        "pickscore" => Box::new(ClipScorer::load(ClipKind::PickScore, model, device)?),
+        "clip" => Box::new(ClipScorer::load(ClipKind::ClipScore, model, device)?),
+        "aesthetic" => {
+            let clip = extra.clip.context("the aesthetic scorer needs --clip DIR (the ViT-L/14 CLIPModel folder)")?;
+            Box::new(super::aesthetic::AestheticScorer::load(model, clip, device)?)
+        }
+        "hps" => {
+            let tokenizer = extra.tokenizer.context(
+                "the hps scorer needs --tokenizer DIR: a CLIP tokenizer folder with vocab.json and merges.txt \
+                 (e.g. an SDXL model's tokenizer/)",
+            )?;
+            Box::new(ClipScorer::open_clip(ClipKind::Hps, model, extra.config, tokenizer, device)?)
+        }
+        other => anyhow::bail!("scorer {other:?}: expected pickscore, clip, aesthetic or hps"),
+    })
 }

@@ -96,6 +96,15 @@ impl SafeTensorFiles {
         self.shards.iter().find_map(|s| s.metadata.get(key)).map(String::as_str)
     }
 
+    /// A one-value tensor (PyTorch's 0-dimensional ones: `logit_scale`, a LoRA's `alpha`).
+    pub fn scalar(&self, name: &str) -> Result<f64> {
+        let view = self.get(name).with_context(|| format!("no tensor {name}"))?;
+        let values =
+            view.to_data()?.convert::<f32>().try_to_vec::<f32>().map_err(|e| anyhow::anyhow!("{name}: {e:?}"))?;
+        anyhow::ensure!(values.len() == 1, "{name}: {} values, expected one", values.len());
+        Ok(values[0] as f64)
+    }
+
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.entries.keys().map(String::as_str)
     }

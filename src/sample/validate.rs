@@ -65,13 +65,8 @@ pub fn sample_latents(
 }
 
 /// Writes `latents.safetensors`, and one PNG per image when `vae` is given.
-pub fn save_samples(latents: Tensor<4>, vae: Option<(&AutoencoderKL, f64)>, dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    crate::models::io::write_tensors(
-        &dir.join("latents.safetensors"),
-        vec![("latents".into(), latents.clone().cast(DType::F32).into_data())],
-    )?;
-    let Some((vae, scaling)) = vae else { return Ok(()) };
+/// Scaled latents [K, 4, h, w] → K 8-bit RGB images through the VAE ([-1, 1] → [0, 255]).
+pub fn decode_images(latents: Tensor<4>, vae: &AutoencoderKL, scaling: f64) -> Result<Vec<image::RgbImage>> {
     let images = vae.decode(latents.div_scalar(scaling));
     let [k, c, h, w] = images.dims();
     let pixels = images
@@ -80,15 +75,26 @@ pub fn save_samples(latents: Tensor<4>, vae: Option<(&AutoencoderKL, f64)>, dir:
         .convert::<f32>()
         .try_to_vec::<f32>()
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    for i in 0..k {
-        let mut img = image::RgbImage::new(w as u32, h as u32);
-        for y in 0..h {
-            for x in 0..w {
-                let at = |ch: usize| pixels[((i * c + ch.min(c - 1)) * h + y) * w + x];
-                let px = |v: f32| ((v / 2.0 + 0.5).clamp(0.0, 1.0) * 255.0).round() as u8;
-                img.put_pixel(x as u32, y as u32, image::Rgb([px(at(0)), px(at(1)), px(at(2))]));
-            }
-        }
+    Ok((0..k)
+        .map(|i| {
+            let at = |ch: usize, x: usize, y: usize| pixels[((i * c + ch.min(c - 1)) * h + y) * w + x];
+            let px = |v: f32| ((v / 2.0 + 0.5).clamp(0.0, 1.0) * 255.0).round() as u8;
+            image::RgbImage::from_fn(w as u32, h as u32, |x, y| {
+                let (x, y) = (x as usize, y as usize);
+                image::Rgb([px(at(0, x, y)), px(at(1, x, y)), px(at(2, x, y))])
+            })
+        })
+        .collect())
+}
+
+pub fn save_samples(latents: Tensor<4>, vae: Option<(&AutoencoderKL, f64)>, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    crate::models::io::write_tensors(
+        &dir.join("latents.safetensors"),
+        vec![("latents".into(), latents.clone().cast(DType::F32).into_data())],
+    )?;
+    let Some((vae, scaling)) = vae else { return Ok(()) };
+    for (i, img) in decode_images(latents, vae, scaling)?.into_iter().enumerate() {
         let path = dir.join(format!("sample-{i}.png"));
         img.save(&path).with_context(|| format!("writing {}", path.display()))?;
     }

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result};
 use burn::module::Module;
 use burn::tensor::{DType, Device, Int, Tensor};
 use serde::Deserialize;
@@ -57,15 +57,8 @@ impl ClipModel {
         let (text_model, vision_model, visual_projection) = Self::towers(config, &w)?;
         w.skip("logit_scale");
         w.finish().with_context(|| format!("loading {what}"))?;
-        let scale = files
-            .get("logit_scale")
-            .with_context(|| format!("{what}: no tensor logit_scale"))?
-            .to_data()?
-            .convert::<f32>()
-            .try_to_vec::<f32>()
-            .map_err(|e| anyhow::anyhow!("{what}: logit_scale: {e:?}"))?;
-        ensure!(scale.len() == 1, "{what}: logit_scale has {} values, expected one", scale.len());
-        Ok(Self { text_model, vision_model, visual_projection, logit_scale_exp: (scale[0] as f64).exp() })
+        let scale = files.scalar("logit_scale").with_context(|| what.to_string())?;
+        Ok(Self { text_model, vision_model, visual_projection, logit_scale_exp: scale.exp() })
     }
 
     fn towers(config: &ClipModelConfig, w: &Weights) -> Result<(ClipTextModel, ClipVisionModel, Linear)> {

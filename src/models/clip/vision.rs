@@ -5,9 +5,9 @@
 
 use anyhow::{Result, ensure};
 use burn::module::{Module, Param};
+use burn::tensor::Tensor;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{Tensor, TensorData};
 use serde::Deserialize;
 
 use super::{ClipEncoder, ClipLayer, Embedding, LayerShape};
@@ -144,9 +144,4 @@ impl ClipVisionModel {
         let first: Tensor<2> = x.narrow(1, 0, 1).reshape([b, d]);
         self.post_layernorm.forward(first)
     }
-}
-
-/// A [1] tensor from a scalar, for the 0-dimensional parameters PyTorch stores (`logit_scale`).
-pub fn scalar_tensor(v: f32, device: &burn::tensor::Device) -> Tensor<1> {
-    Tensor::from_data(TensorData::new(vec![v], [1]), device)
 }

@@ -220,13 +220,6 @@ fn most_common(values: &[usize]) -> usize {
     counts.into_iter().max_by_key(|(v, c)| (*c, std::cmp::Reverse(*v))).map(|(v, _)| v).unwrap_or(0)
 }
 
-fn scalar(files: &SafeTensorFiles, key: &str) -> Result<f64> {
-    let v = files.get(key).with_context(|| format!("no tensor {key}"))?;
-    let values = v.to_data()?.convert::<f32>().try_to_vec::<f32>().map_err(|e| anyhow::anyhow!("{key}: {e:?}"))?;
-    ensure!(values.len() == 1, "{key}: {} values, expected one (the alpha)", values.len());
-    Ok(values[0] as f64)
-}
-
 fn matrix(files: &SafeTensorFiles, key: &str, device: &Device) -> Result<Tensor<2>> {
     let shape = files.shape(key).with_context(|| format!("no tensor {key}"))?;
     match shape.len() {
@@ -290,7 +283,7 @@ fn read_peft(files: &SafeTensorFiles, device: &Device) -> Result<LoraFile> {
         let up = matrix(files, &format!("{module}.lora_B.weight"), device)?;
         let rank = down.dims()[0];
         let scale = match files.shape(&format!("{module}.alpha")) {
-            Some(_) => scalar(files, &format!("{module}.alpha"))? / rank as f64,
+            Some(_) => files.scalar(&format!("{module}.alpha"))? / rank as f64,
             None => config.scale(layer, rank),
         };
         adapters.insert(layer.to_string(), Adapter { down, up, scale });
@@ -334,7 +327,7 @@ fn read_kohya(files: &SafeTensorFiles, layout: &BlockLayout, device: &Device) ->
         let up = matrix(files, &format!("{module}.lora_up.weight"), device)?;
         let rank = down.dims()[0];
         let alpha_key = format!("{module}.alpha");
-        let alpha = if files.shape(&alpha_key).is_some() { scalar(files, &alpha_key)? } else { rank as f64 };
+        let alpha = if files.shape(&alpha_key).is_some() { files.scalar(&alpha_key)? } else { rank as f64 };
         if adapters.insert(layer.clone(), Adapter { down, up, scale: alpha / rank as f64 }).is_some() {
             bail!("two kohya modules map to the layer {layer} (the last: {module})");
         }
