@@ -245,3 +245,78 @@ fn report_puts_two_runs_of_one_experiment_side_by_side() {
         assert!(diff <= 1e-4, "mapo on flex and {other}: {diff:.2e}");
     }
 }
+
+/// A diffusers model with a prompt suite and a reward model: the runs and the model before
+/// fine-tuning (`reference`) are scored during and after training, the report's table has
+/// a PickScore column, and the reference's score is `mapo eval`'s for the base model on
+/// the same suite and settings.
+#[test]
+fn a_diffusers_experiment_is_scored_by_reward_models_in_the_same_table() {
+    let dir = tempfile_dir("experiment-suite");
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let (model, parquet, clip) =
+        (fixtures.join("tiny-sdxl"), fixtures.join("parquet/pairs.parquet"), fixtures.join("tiny-clip"));
+    let device = common::device_name();
+    let file = dir.join("suite.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"suite\"\nruns_dir = {runs:?}\nmethods = [\"sft\"]\n[model]\npath = {model:?}\n[data]\n\
+             parquet = {parquet:?}\n[data.transform]\nresolution = 32\n[train]\nsteps = 2\nbatch_size = 2\n\
+             device = \"{device}\"\n[train.optimizer]\nlr = 0.05\n[eval]\nevery = 1\nseeds = 2\nsteps = 2\n\
+             guidance = 4.0\nsize = 32\nprompts = {parquet:?}\nmax_prompts = 2\n[eval.scorers]\npickscore = {clip:?}\n",
+            runs = dir.join("runs"),
+        ),
+    )
+    .unwrap();
+    let out = run_mapo(&["experiment", file.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let exp = dir.join("runs").join("suite");
+    let report = std::fs::read_to_string(exp.join("report.md")).unwrap();
+    assert!(
+        report.contains("PickScore ↑") && report.contains("| reference |") && report.contains("| sft |"),
+        "{report}\n{stderr}"
+    );
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(exp.join("sft-s0/eval.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.iter().map(|l| l["step"].as_u64().unwrap()).collect::<Vec<_>>(), [0, 1, 2]);
+    assert!(lines.iter().all(|l| l["pickscore"].is_f64()), "{lines:?}");
+    assert!(exp.join("sft-s0/samples/00001-s1.png").is_file(), "the last evaluation's images are kept");
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(exp.join("reference/summary.json")).unwrap()).unwrap();
+    let before = reference["eval"]["pickscore"].as_f64().unwrap();
+    assert_eq!(lines[0]["pickscore"].as_f64().unwrap(), before, "step 0 is the reference's line");
+    // The fine-tuned model makes other images (lr 0.05 on a random tiny model).
+    assert_ne!(lines[2]["pickscore"].as_f64().unwrap(), before);
+
+    let eval_out = dir.join("eval");
+    let eval = std::process::Command::new(env!("CARGO_BIN_EXE_mapo"))
+        .args(["eval", "--model", model.to_str().unwrap(), "--prompts", parquet.to_str().unwrap()])
+        .args(["--max-prompts", "2", "--seeds", "2", "--steps", "2", "--guidance", "4", "--size", "32"])
+        .args(["--scorer", &format!("pickscore={}", clip.display()), "--device", &device])
+        .args(["--out", eval_out.to_str().unwrap()])
+        .env("MAPO_QUIET_DEVICE", "1")
+        .output()
+        .unwrap();
+    assert!(eval.status.success(), "{}", String::from_utf8_lossy(&eval.stderr));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(eval_out.join("eval.json")).unwrap()).unwrap();
+    let base = json[0]["variants"][0]["mean"]["value"].as_f64().unwrap();
+    // The same images (noise per prompt and seed, f32 both): the same mean but for the
+    // order of the sum.
+    assert!((base - before).abs() <= 1e-9 * before.abs().max(1.0), "mapo eval {base} vs experiment {before}");
+
+    // A suite without scorers, an unknown scorer: errors at plan time.
+    for (set, want) in [("eval.scorers={}", "give both prompts"), ("eval.scorers={imagereward=\"x\"}", "imagereward")] {
+        let bad = std::process::Command::new(env!("CARGO_BIN_EXE_mapo"))
+            .args(["experiment", file.to_str().unwrap(), "--dry-run", "--set", set])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&bad.stderr);
+        assert!(!bad.status.success() && stderr.contains(want), "{set}: {stderr}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -6,33 +6,42 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail, ensure};
-use burn::tensor::DType;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::device::{DeviceArgs, select};
 use crate::eval::compare::{summarise, write};
+use crate::eval::images::{Renderer, Settings};
 use crate::eval::preprocess::read_rgb;
 use crate::eval::scorer::{Scorer, ScorerFiles, load_scorer};
+use crate::eval::suite::read_prompts;
+use crate::models::folder::component_dir;
 use crate::models::lora::{BlockLayout, apply_lora_file};
-use crate::sample::pipeline::SdxlPipeline;
-use crate::sample::validate::{decode_images, initial_noise};
+use crate::models::unet::UNet2DConditionModel;
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
-    /// The base SDXL pipeline folder.
+    /// The base model: an SDXL pipeline folder, or the built-in toy model's reference
+    /// folder (`<runs>/_cache/toy-reference-*/pretrain`).
     #[arg(long)]
     pub model: PathBuf,
-    /// The prompt suite: a text file (one prompt per line) or JSON lines with "prompt" or
-    /// "caption".
+    /// The prompt suite: a text file (one prompt per line), JSON lines with "prompt" or
+    /// "caption", or parquet (file, folder or pattern; its distinct captions, e.g.
+    /// Pick-a-Pic's test split).
     #[arg(long)]
     pub prompts: PathBuf,
+    /// The JSON field or parquet column holding the prompts (default: prompt/caption).
+    #[arg(long)]
+    pub prompt_column: Option<String>,
+    /// Only the suite's first N prompts.
+    #[arg(long)]
+    pub max_prompts: Option<usize>,
     /// `NAME=base`, `NAME=unet:DIR` or `NAME=lora:FILE` (repeatable; the first is the
     /// baseline of the win rates). Default: one variant, `base`.
     #[arg(long = "variant", value_name = "NAME=SPEC")]
     pub variants: Vec<String>,
     /// `pickscore=DIR`, `clip=DIR`, `aesthetic=FILE.pth` (with --clip), `hps=FILE.pt` (with
-    /// --tokenizer) (repeatable).
+    /// --tokenizer); for the toy model `style_b` and `fidelity` (no path) (repeatable).
     #[arg(long = "scorer", value_name = "NAME=PATH", required = true)]
     pub scorers: Vec<String>,
     /// aesthetic: the ViT-L/14 CLIPModel folder.
@@ -48,7 +57,7 @@ pub struct EvalArgs {
     pub steps: usize,
     #[arg(long, default_value_t = 5.0)]
     pub guidance: f64,
-    /// Default: the UNet's sample_size × the VAE's factor.
+    /// Default: the UNet's sample_size × the VAE's factor (16 for the toy model).
     #[arg(long)]
     pub size: Option<usize>,
     /// Where images, scores and the report go.
@@ -79,33 +88,20 @@ fn parse_variant(s: &str) -> Result<(String, Variant)> {
     Ok((name.to_string(), v))
 }
 
-fn read_prompts(path: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let jsonl = path.extension().is_some_and(|e| e == "jsonl");
-    let mut prompts = Vec::new();
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        if jsonl {
-            let v: serde_json::Value =
-                serde_json::from_str(line).with_context(|| format!("{} line {}: not JSON", path.display(), i + 1))?;
-            let p = v.get("prompt").or_else(|| v.get("caption")).and_then(|p| p.as_str());
-            prompts.push(p.with_context(|| format!("{} line {}: no \"prompt\"", path.display(), i + 1))?.to_string());
-        } else {
-            prompts.push(line.trim().to_string());
-        }
-    }
-    ensure!(!prompts.is_empty(), "{}: an empty prompt suite", path.display());
-    Ok(prompts)
-}
-
 fn scorer_of(spec: &str, args: &EvalArgs, device: &burn::tensor::Device) -> Result<Box<dyn Scorer>> {
-    let (name, path) = spec.split_once('=').with_context(|| format!("--scorer {spec:?}: expected NAME=PATH"))?;
+    let (name, path) = match spec.split_once('=') {
+        Some(np) => np,
+        None if crate::toy::score::ToyScorer::from_name(spec).is_some() => (spec, ""),
+        None => bail!("--scorer {spec:?}: expected NAME=PATH"),
+    };
     let extra = ScorerFiles { clip: args.clip.as_deref(), config: None, tokenizer: args.tokenizer.as_deref() };
     load_scorer(name, Path::new(path), extra, device).with_context(|| format!("--scorer {spec}"))
 }
 
 pub fn run(args: &EvalArgs) -> Result<()> {
     ensure!(args.seeds > 0 && (1..=1000).contains(&args.steps), "--seeds must be > 0 and --steps in 1..=1000");
-    let prompts = read_prompts(&args.prompts)?;
+    let mut prompts = read_prompts(&args.prompts, args.prompt_column.as_deref())?;
+    prompts.truncate(args.max_prompts.unwrap_or(usize::MAX).max(1));
     let specs = if args.variants.is_empty() { vec!["base=base".to_string()] } else { args.variants.clone() };
     let variants: Vec<(String, Variant)> = specs.iter().map(|s| parse_variant(s)).collect::<Result<_>>()?;
     for (i, (name, _)) in variants.iter().enumerate() {
@@ -114,6 +110,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let selected = select(args.device.device.as_deref())?;
     let dtype = selected.precision(&args.device.dtype)?;
     let device = selected.device;
+    let renderer = Renderer::load(&args.model, &device, dtype)?;
     // Scorers load first: a bad scorer path fails before minutes of generation.
     let scorers: Vec<Box<dyn Scorer>> =
         args.scorers.iter().map(|s| scorer_of(s, args, &device)).collect::<Result<_>>()?;
@@ -140,35 +137,22 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             continue;
         }
         bar.set_message(name.clone());
-        let unet = match variant {
-            Variant::Unet(d) => Some(d.as_path()),
-            _ => None,
+        let unet_dir = match variant {
+            Variant::Unet(d) => d.clone(),
+            _ => component_dir(&args.model, "unet")?,
         };
-        let mut pipe = SdxlPipeline::load(&args.model, unet, &device, dtype)?;
+        let (mut unet, unet_config) = UNet2DConditionModel::from_dir(&unet_dir, &device, renderer.dtype())?;
         if let Variant::Lora(f) = variant {
-            pipe.unet = apply_lora_file(pipe.unet, f, &BlockLayout::of(&pipe.unet_config)?)?;
+            unet = apply_lora_file(unet, f, &BlockLayout::of(&unet_config)?)?;
         }
-        let f = pipe.vae_scale_factor();
-        let size = args.size.unwrap_or(pipe.unet_config.sample_size.unwrap_or(128) * f);
-        // The VAE's factor times the UNet's downsampling (each down block but the last halves).
-        let factor = f << pipe.unet.down_blocks.len().saturating_sub(1);
-        ensure!(size.is_multiple_of(factor), "--size {size} must be a multiple of {factor} for this model");
-        let shape = [pipe.unet.conv_in.weight.dims()[1], size / f, size / f];
+        let size = args.size.unwrap_or(renderer.default_size(unet_config.sample_size));
+        renderer.check(&unet, size).with_context(|| format!("--variant {name}"))?;
+        let settings = Settings { steps: args.steps, guidance: args.guidance, size };
         let dir = args.out.join("images").join(name);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         for (p, s) in missing {
             // The same noise for this (prompt, seed) in every variant.
-            let noise = initial_noise((p * 1000 + s) as u64, 1, shape, &device);
-            let latents = pipe.generate_latents(
-                &prompts[p],
-                None,
-                "euler",
-                args.steps,
-                args.guidance,
-                noise.cast(dtype),
-                &mut |_| {},
-            )?;
-            let img = decode_images(latents.cast(DType::F32), &pipe.vae, pipe.vae_config.scaling_factor)?.remove(0);
+            let img = renderer.image(&unet, &prompts[p], (p * 1000 + s) as u64, &settings)?;
             // Through a temporary name, so an interrupted run never leaves a half image to reuse.
             let (path, tmp) = (image(name, p, s), dir.join(format!(".tmp-{p}-{s}-{}.png", std::process::id())));
             img.save(&tmp).with_context(|| format!("writing {}", tmp.display()))?;

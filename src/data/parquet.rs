@@ -341,6 +341,35 @@ impl PairReader {
     }
 }
 
+/// Every value of one text column, in file and row order (a prompt suite from a split's
+/// `caption` column); rows where it is null or not text are counted, not returned.
+pub fn read_text_column(pattern: &Path, column: &str) -> Result<(Vec<String>, usize)> {
+    let (mut out, mut skipped) = (Vec::new(), 0);
+    for path in expand(pattern)? {
+        let reader = open_file(&path)?;
+        let root = reader.metadata().file_metadata().schema_descr().root_schema();
+        let Some(field) = root.get_fields().iter().find(|f| f.name() == column).cloned() else {
+            let have: Vec<&str> = root.get_fields().iter().map(|f| f.name()).collect();
+            bail!("{}: no column {column:?} (columns: {})", path.display(), have.join(", "));
+        };
+        let projection = Type::group_type_builder(root.name()).with_fields(vec![field]).build()?;
+        for g in 0..reader.num_row_groups() {
+            let group = reader.get_row_group(g).with_context(|| format!("{}: row group {g}", path.display()))?;
+            let rows = group
+                .get_row_iter(Some(projection.clone()))
+                .with_context(|| format!("{}: reading row group {g}", path.display()))?;
+            for row in rows {
+                let row = row.with_context(|| format!("{}: reading row group {g}", path.display()))?;
+                match row.get_column_iter().next().and_then(|(_, f)| text(f)) {
+                    Some(t) => out.push(t),
+                    None => skipped += 1,
+                }
+            }
+        }
+    }
+    Ok((out, skipped))
+}
+
 fn open_file(path: &Path) -> Result<SerializedFileReader<std::fs::File>> {
     let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     SerializedFileReader::new(f).with_context(|| format!("{}: not a readable parquet file", path.display()))

@@ -129,20 +129,24 @@ pub fn curves(path: &Path, runs: &[RunData]) -> Result<bool> {
             (label(r), colour(i), smooth(&pts, 0.1))
         })
         .collect();
-    let eval = |f: fn(&crate::toy::eval::ToyMetrics) -> f64| -> Vec<Series> {
+    let eval = |key: &str| -> Vec<Series> {
         trained
             .iter()
             .enumerate()
             .filter(|(_, r)| !r.evals.is_empty())
-            .map(|(i, r)| (label(r), colour(i), r.evals.iter().map(|e| (e.step as f64, f(e))).collect()))
+            .map(|(i, r)| {
+                (label(r), colour(i), r.evals.iter().filter_map(|e| Some((e.step as f64, e.get(key)?))).collect())
+            })
             .collect()
     };
-    let mut panels: Vec<(&str, Vec<Series>)> = vec![("training loss (EMA 0.1)", loss)];
-    let style = eval(|e| e.style_b);
-    if !style.is_empty() {
-        panels.push(("style B share of samples", style));
-        panels.push(("prompt fidelity", eval(|e| e.fidelity)));
-        panels.push(("chosen error (held pairs)", eval(|e| e.chosen_error)));
+    let mut panels: Vec<(String, Vec<Series>)> = vec![("training loss (EMA 0.1)".into(), loss)];
+    // One panel per metric with a direction (the held pairs' rejected error goes with the
+    // chosen one in the table only), at most four.
+    let names = super::metrics::present(trained.iter().flat_map(|r| r.evals.iter()));
+    for key in names.iter().filter(|k| super::metrics::info(k).better != super::metrics::Better::Neither).take(4) {
+        let info = super::metrics::info(key);
+        let title = if info.panel.is_empty() { key.clone() } else { info.panel.to_string() };
+        panels.push((title, eval(key)));
     }
     let entries: Vec<(String, RGBColor)> = trained.iter().enumerate().map(|(i, r)| (label(r), colour(i))).collect();
     let per_row = (panels.len() * 2).max(2);

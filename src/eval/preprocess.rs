@@ -196,6 +196,5 @@ impl ClipImageProcessor {
 /// Decodes an image file (PNG, JPEG, WebP) to 8-bit RGB.
 pub fn read_rgb(path: &Path) -> Result<Rgb8> {
     let img = image::open(path).with_context(|| format!("{}: not a readable image", path.display()))?.to_rgb8();
-    let (width, height) = (img.width() as usize, img.height() as usize);
-    Ok(Rgb8 { width, height, data: img.into_raw() })
+    Ok(img.into())
 }

@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
+use super::metrics::{self, Better, Metrics};
 use crate::experiment::runner::{RunSummary, step_stats};
 use crate::models::io::write_atomic;
-use crate::toy::eval::ToyMetrics;
 use crate::util::read_jsonl;
 
 /// A finished run as read from its folder.
@@ -21,7 +21,7 @@ pub struct RunData {
     /// metrics.jsonl (training loss per step).
     pub metrics: Vec<serde_json::Value>,
     /// eval.jsonl (scores against steps), one entry per step.
-    pub evals: Vec<ToyMetrics>,
+    pub evals: Vec<Metrics>,
 }
 
 /// Reads run folders; a folder without `summary.json` is searched one level down (an
@@ -92,9 +92,9 @@ fn read_run(dir: &Path) -> Result<RunData> {
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let summary: RunSummary =
         serde_json::from_str(&text).with_context(|| format!("{} is not a run summary", path.display()))?;
-    let mut evals: BTreeMap<usize, ToyMetrics> = BTreeMap::new();
+    let mut evals: BTreeMap<usize, Metrics> = BTreeMap::new();
     for v in read_jsonl(&dir.join("eval.jsonl")) {
-        if let Ok(m) = serde_json::from_value::<ToyMetrics>(v) {
+        if let Ok(m) = serde_json::from_value::<Metrics>(v) {
             evals.insert(m.step, m); // a resumed run may repeat a step: the last one wins
         }
     }
@@ -106,74 +106,44 @@ fn read_run(dir: &Path) -> Result<RunData> {
     })
 }
 
-/// Higher is better, lower is better, or neither (no bold).
-#[derive(Clone, Copy, PartialEq)]
-enum Better {
-    Higher,
-    Lower,
-    Neither,
-}
+type Getter = Box<dyn Fn(&RunSummary) -> Option<f64>>;
 
 struct Column {
-    title: &'static str,
-    key: &'static str,
+    title: String,
+    key: String,
     better: Better,
-    get: fn(&RunSummary) -> Option<f64>,
+    get: Getter,
     digits: usize,
 }
 
-const COLUMNS: &[Column] = &[
-    Column {
-        title: "style B ↑",
-        key: "style_b",
-        better: Better::Higher,
-        get: |s| s.eval.as_ref().map(|e| e.style_b),
-        digits: 3,
-    },
-    Column {
-        title: "fidelity ↑",
-        key: "fidelity",
-        better: Better::Higher,
-        get: |s| s.eval.as_ref().map(|e| e.fidelity),
-        digits: 3,
-    },
-    Column {
-        title: "chosen err ↓",
-        key: "chosen_error",
-        better: Better::Lower,
-        get: |s| s.eval.as_ref().map(|e| e.chosen_error),
-        digits: 4,
-    },
-    Column {
-        title: "rejected err",
-        key: "rejected_error",
-        better: Better::Neither,
-        get: |s| s.eval.as_ref().map(|e| e.rejected_error),
-        digits: 4,
-    },
-    Column { title: "final loss", key: "final_loss", better: Better::Neither, get: |s| s.final_loss, digits: 4 },
-    Column {
-        title: "wall s ↓",
-        key: "wall_s",
-        better: Better::Lower,
-        get: |s| (s.steps > 0).then_some(s.wall_s),
-        digits: 1,
-    },
-    Column {
-        title: "step ms ↓",
-        key: "step_ms",
-        better: Better::Lower,
-        get: |s| s.step_time_s.map(|t| t * 1e3),
-        digits: 1,
-    },
-    Column {
-        title: "peak MB ↓",
-        key: "peak_mb",
-        better: Better::Lower,
-        get: |s| s.peak_memory_bytes.map(|b| b as f64 / 1e6),
-        digits: 0,
-    },
-];
+impl Column {
+    fn fixed(title: &str, key: &str, better: Better, digits: usize, get: fn(&RunSummary) -> Option<f64>) -> Self {
+        Self { title: title.into(), key: key.into(), better, get: Box::new(get), digits }
+    }
+}
+
+/// The evaluation metrics any run reports (by name: the toy's readings, reward models'
+/// scores), then loss, time and memory.
+fn columns(runs: &[RunData]) -> Vec<Column> {
+    let names = metrics::present(runs.iter().filter_map(|r| r.summary.eval.as_ref()));
+    let mut out: Vec<Column> = names
+        .into_iter()
+        .map(|name| {
+            let info = metrics::info(&name);
+            let title = if info.title.is_empty() { name.clone() } else { info.title.to_string() };
+            let key = name.clone();
+            let get = move |s: &RunSummary| s.eval.as_ref().and_then(|e| e.get(&key));
+            Column { title, key: name, better: info.better, get: Box::new(get), digits: info.digits }
+        })
+        .collect();
+    out.extend([
+        Column::fixed("final loss", "final_loss", Better::Neither, 4, |s| s.final_loss),
+        Column::fixed("wall s ↓", "wall_s", Better::Lower, 1, |s| (s.steps > 0).then_some(s.wall_s)),
+        Column::fixed("step ms ↓", "step_ms", Better::Lower, 1, |s| s.step_time_s.map(|t| t * 1e3)),
+        Column::fixed("peak MB ↓", "peak_mb", Better::Lower, 0, |s| s.peak_memory_bytes.map(|b| b as f64 / 1e6)),
+    ]);
+    out
+}
 
 /// Mean and sample standard deviation (0 for one value).
 fn mean_std(values: &[f64]) -> (f64, f64) {
@@ -230,14 +200,15 @@ pub fn rows(runs: &[RunData]) -> Vec<Row> {
             }),
         }
     }
+    let columns = columns(runs);
     for row in &mut rows {
         let members: Vec<&RunSummary> =
             runs.iter().filter(|r| row.runs.contains(&r.dir.display().to_string())).map(|r| &r.summary).collect();
-        for c in COLUMNS {
+        for c in &columns {
             let v: Vec<f64> = members.iter().filter_map(|s| (c.get)(s)).filter(|v| v.is_finite()).collect();
             if !v.is_empty() {
                 let (m, sd) = mean_std(&v);
-                row.values.insert(c.key.into(), (m, sd, v.len()));
+                row.values.insert(c.key.clone(), (m, sd, v.len()));
             }
         }
     }
@@ -253,7 +224,8 @@ fn params_label(varied: &BTreeMap<String, String>) -> String {
 }
 
 /// The markdown table (best mean per column in bold; the reference rows are not ranked).
-pub fn table(rows: &[Row]) -> String {
+pub fn table(rows: &[Row], runs: &[RunData]) -> String {
+    let columns = columns(runs);
     // A "from" column only when the runs come from several folders.
     let several = rows.iter().any(|r| r.origin != rows[0].origin);
     let mut out = String::from(if several {
@@ -261,17 +233,17 @@ pub fn table(rows: &[Row]) -> String {
     } else {
         "| method | varied | backend | seeds |"
     });
-    for c in COLUMNS {
+    for c in &columns {
         write!(out, " {} |", c.title).expect("string");
     }
     out.push_str(if several { "\n|---|---|---|---|---|" } else { "\n|---|---|---|---|" });
-    out.push_str(&"---:|".repeat(COLUMNS.len()));
+    out.push_str(&"---:|".repeat(columns.len()));
     out.push('\n');
-    let best: Vec<Option<f64>> = COLUMNS
+    let best: Vec<Option<f64>> = columns
         .iter()
         .map(|c| {
             let means =
-                rows.iter().filter(|r| r.method != "reference").filter_map(|r| r.values.get(c.key).map(|v| v.0));
+                rows.iter().filter(|r| r.method != "reference").filter_map(|r| r.values.get(&c.key).map(|v| v.0));
             match c.better {
                 Better::Higher => means.reduce(f64::max),
                 Better::Lower => means.reduce(f64::min),
@@ -285,8 +257,8 @@ pub fn table(rows: &[Row]) -> String {
         }
         write!(out, "| {} | {} | {} {} | {} |", r.method, params_label(&r.varied), r.backend, r.dtype, r.seeds.len())
             .expect("string");
-        for (c, b) in COLUMNS.iter().zip(&best) {
-            let cell = match r.values.get(c.key) {
+        for (c, b) in columns.iter().zip(&best) {
+            let cell = match r.values.get(&c.key) {
                 None => "—".to_string(),
                 Some(&(m, sd, n)) => {
                     let text = if n > 1 {
@@ -319,14 +291,18 @@ pub fn write(out: &Path, runs: &[RunData]) -> Result<()> {
         n
     };
     writeln!(md, "# Report: {}\n", names.join(", "))?;
-    writeln!(md, "{}", table(&rows))?;
+    writeln!(md, "{}", table(&rows, runs))?;
+    let shown = metrics::present(runs.iter().filter_map(|r| r.summary.eval.as_ref()));
+    let meanings: Vec<&str> = shown.iter().map(|k| metrics::info(k).meaning).filter(|m| !m.is_empty()).collect();
+    let mut legend = meanings.join("; ");
+    if !legend.is_empty() {
+        legend.push_str("; ");
+    }
     writeln!(
         md,
-        "style B: share of samples the scorer reads as striped (style B); fidelity: share whose shape, colour and \
-         background match the prompt (transparent scorer: `src/eval/toy_score.rs`); chosen/rejected err: mean denoising error \
-         of fixed held pairs with fixed noise; step ms: median optimizer step; peak MB: device memory where the backend \
-         reports it, else the process's peak RSS during the run. `reference` rows: the pretrained model before \
-         fine-tuning. Values are mean ± std over seeds.\n"
+        "{legend}step ms: median optimizer step; peak MB: device memory where the backend reports it, else the \
+         process's peak RSS during the run. `reference` rows: the model before fine-tuning. Values are mean ± std \
+         over seeds.\n"
     )?;
     if plotted {
         writeln!(md, "![curves](curves.png)\n")?;

@@ -12,6 +12,13 @@ pub struct Rgb8 {
     pub data: Vec<u8>,
 }
 
+impl From<image::RgbImage> for Rgb8 {
+    fn from(img: image::RgbImage) -> Self {
+        let (width, height) = (img.width() as usize, img.height() as usize);
+        Self { width, height, data: img.into_raw() }
+    }
+}
+
 const PRECISION_BITS: u32 = 32 - 8 - 2;
 
 fn bicubic(x: f64) -> f64 {

@@ -121,8 +121,12 @@ pub struct ScorerFiles<'a> {
     pub tokenizer: Option<&'a Path>,
 }
 
-/// The one place a scorer is built from its name (`mapo score`, `mapo eval`).
+/// The one place a scorer is built from its name (`mapo score`, `mapo eval`); the toy
+/// model's `style_b` and `fidelity` need no files (`model` is not read).
 pub fn load_scorer(name: &str, model: &Path, extra: ScorerFiles, device: &Device) -> Result<Box<dyn Scorer>> {
+    if let Some(toy) = crate::toy::score::ToyScorer::from_name(name) {
+        return Ok(Box::new(toy));
+    }
     Ok(match name {
         "pickscore" => Box::new(ClipScorer::load(ClipKind::PickScore, model, device)?),
         "clip" => Box::new(ClipScorer::load(ClipKind::ClipScore, model, device)?),
@@ -137,6 +141,8 @@ pub fn load_scorer(name: &str, model: &Path, extra: ScorerFiles, device: &Device
             )?;
             Box::new(ClipScorer::open_clip(ClipKind::Hps, model, extra.config, tokenizer, device)?)
         }
-        other => anyhow::bail!("scorer {other:?}: expected pickscore, clip, aesthetic or hps"),
+        other => anyhow::bail!(
+            "scorer {other:?}: expected pickscore, clip, aesthetic, hps, or the built-in model's style_b or fidelity"
+        ),
     })
 }

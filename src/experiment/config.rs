@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
 
-use crate::toy::eval::EvalConfig;
 use crate::toy::experiment::PretrainConfig;
 use crate::train::config::{TrainConfig, set};
 
@@ -73,6 +72,103 @@ pub struct DataSection {
     /// Transforms of the parquet images (`resolution`, `random_crop`, `flip`, `caption_dropout`).
     #[serde(default)]
     pub transform: crate::data::transform::TransformConfig,
+}
+
+/// `[eval]`: scoring during and after training (every `every` steps and at the last), and
+/// of the model before fine-tuning (the `reference` row). The built-in model is read by its
+/// transparent scorers on its grammar's prompts; a diffusers model is scored on `prompts`
+/// with the reward models in `scorers`, each image from the noise of its (prompt, seed)
+/// as in `mapo eval`, so the reference row and `mapo eval`'s `base` agree.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    /// Score the model every N optimizer steps (and after the last).
+    pub every: usize,
+    /// Samples per prompt.
+    pub seeds: usize,
+    pub steps: usize,
+    pub guidance: f64,
+    /// The toy model: seed of the sampling noise and of the error pairs' noise (the same
+    /// for every run).
+    pub seed: u64,
+    /// The toy model: pairs whose chosen/rejected errors are reported.
+    pub error_pairs: usize,
+    /// A diffusers model: the prompt suite (text, JSON lines or parquet, as `mapo eval`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompts: Option<PathBuf>,
+    /// The JSON field or parquet column of the prompts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_column: Option<String>,
+    /// Only the suite's first N prompts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_prompts: Option<usize>,
+    /// Scorer → its model: `pickscore = "DIR"`, `clip = "DIR"`, `aesthetic = "FILE.pth"`
+    /// (with `clip_model`), `hps = "FILE.pt"` (with `tokenizer`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub scorers: BTreeMap<String, PathBuf>,
+    /// aesthetic: the ViT-L/14 CLIPModel folder.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clip_model: Option<PathBuf>,
+    /// hps: a CLIP tokenizer folder.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<PathBuf>,
+    /// hps: the open_clip model config (default ViT-H-14).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hps_config: Option<PathBuf>,
+    /// Image side in pixels (default: the UNet's sample size × the VAE's factor).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<usize>,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self {
+            every: 50,
+            seeds: 2,
+            steps: 20,
+            guidance: 3.0,
+            seed: 1234,
+            error_pairs: 48,
+            prompts: None,
+            prompt_column: None,
+            max_prompts: None,
+            scorers: BTreeMap::new(),
+            clip_model: None,
+            tokenizer: None,
+            hps_config: None,
+            size: None,
+        }
+    }
+}
+
+impl EvalConfig {
+    /// A diffusers model's suite evaluation is asked for.
+    pub fn has_suite(&self) -> bool {
+        self.prompts.is_some()
+    }
+
+    fn check(&self, toy: bool) -> Result<()> {
+        ensure!(self.seeds > 0 && self.steps > 0, "[eval] seeds and steps must be > 0");
+        if toy {
+            ensure!(
+                !self.has_suite() && self.scorers.is_empty(),
+                "[eval] prompts/scorers are for a diffusers model: the built-in model is scored on its own \
+                 grammar's prompts by its transparent scorers"
+            );
+            return Ok(());
+        }
+        ensure!(
+            self.has_suite() != self.scorers.is_empty(),
+            "[eval]: give both prompts = \"FILE\" and [eval.scorers] (e.g. pickscore = \"DIR\"), or neither"
+        );
+        for name in self.scorers.keys() {
+            ensure!(
+                ["pickscore", "clip", "aesthetic", "hps"].contains(&name.as_str()),
+                "[eval.scorers] {name:?}: expected pickscore, clip, aesthetic or hps"
+            );
+        }
+        Ok(())
+    }
 }
 
 fn runs() -> PathBuf {
@@ -171,6 +267,7 @@ fn plan(base: &ExperimentConfig, raw: &toml::Value) -> Result<Vec<PlannedRun>> {
         )
         .with_context(|| format!("method {m:?}"))?;
     }
+    base.eval.check(base.is_toy())?;
     for (key, values) in &base.sweep {
         ensure!(!values.is_empty(), "[sweep] {key:?} has no values");
         ensure!(!key.starts_with("sweep") && key != "name" && key != "seeds", "[sweep] cannot vary {key:?}");

@@ -2,6 +2,7 @@
 //! writes a report that puts the methods side by side.
 
 pub mod config;
+pub mod evaluator;
 pub mod jobs;
 pub mod runner;
 
@@ -50,7 +51,7 @@ pub fn run(file: &Path, overrides: &[String], device: Option<&str>, options: &Ru
             t0.elapsed().as_secs_f64()
         ),
     )?;
-    let table = crate::eval::report::table(&crate::eval::report::rows(&data));
+    let table = crate::eval::report::table(&crate::eval::report::rows(&data), &data);
     println!("{table}");
     println!(
         "experiment {} done in {:.1} s; report: {}",

@@ -7,14 +7,15 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use burn::module::Module;
-use burn::tensor::{DType, Tensor};
+use burn::tensor::DType;
 use serde::{Deserialize, Serialize};
 
 use super::config::{ExperimentConfig, PlannedRun};
+use super::evaluator::Evaluator;
 use crate::device::select;
-use crate::models::io::{write_atomic, write_tensors};
+use crate::eval::metrics::Metrics;
+use crate::models::io::write_atomic;
 use crate::models::unet::UNet2DConditionModel;
-use crate::toy::eval::{ToyEvaluator, ToyMetrics};
 use crate::toy::experiment::{self as toy, Conditioner, Variant};
 use crate::train::checkpoint;
 use crate::train::run::Start;
@@ -41,7 +42,7 @@ pub struct RunSummary {
     pub peak_memory_bytes: Option<u64>,
     pub memory_kind: String,
     pub final_loss: Option<f64>,
-    pub eval: Option<ToyMetrics>,
+    pub eval: Option<Metrics>,
 }
 
 pub fn experiment_dir(config: &ExperimentConfig) -> PathBuf {
@@ -76,7 +77,7 @@ pub fn run_all(base: &ExperimentConfig, runs: &[PlannedRun], how: &Invocation) -
     // What runs share (the toy reference, generated pairs, caches, the reference's scores)
     // is made once, before any run starts: concurrent runs only read it.
     for run in &pending {
-        prepare(&exp, run, how.device)?;
+        prepare(&exp, run, how.device, false)?;
     }
     if how.jobs <= 1 || pending.len() <= 1 {
         for (k, run) in pending.iter().enumerate() {
@@ -141,9 +142,15 @@ fn check_identity(dir: &Path, run: &PlannedRun) -> Result<()> {
     Ok(())
 }
 
+/// Where the model before fine-tuning is scored: one folder per generated data variant
+/// (the toy), `reference` for a diffusers model with a prompt suite.
 fn reference_summary_dir(exp: &Path, run: &PlannedRun) -> Option<PathBuf> {
-    let variant = run.config.data.generated.as_ref()?;
-    Some(exp.join(format!("reference-{variant}")))
+    let c = &run.config;
+    match &c.data.generated {
+        Some(variant) => Some(exp.join(format!("reference-{variant}"))),
+        None if !c.is_toy() && c.eval.has_suite() => Some(exp.join("reference")),
+        None => None,
+    }
 }
 
 /// The model folder and the pairs file of a run (building the toy reference and the
@@ -189,13 +196,15 @@ fn inputs(exp: &Path, c: &ExperimentConfig, device: Option<&str>) -> Result<(Pat
 struct Prepared {
     model: PathBuf,
     data: PathBuf,
-    evaluator: Option<ToyEvaluator>,
-    start_line: Option<ToyMetrics>,
+    evaluator: Option<Evaluator>,
+    start_line: Option<Metrics>,
     backend: String,
     plain: burn::tensor::Device,
 }
 
-fn prepare(exp: &Path, run: &PlannedRun, device: Option<&str>) -> Result<Prepared> {
+/// `for_run`: the run itself follows (else only what runs share is made, and the evaluator
+/// is built only when the reference has not been scored yet: reward models load slowly).
+fn prepare(exp: &Path, run: &PlannedRun, device: Option<&str>, for_run: bool) -> Result<Prepared> {
     let c = &run.config;
     let (model, data) = inputs(exp, c, device)?;
     let requested =
@@ -204,17 +213,19 @@ fn prepare(exp: &Path, run: &PlannedRun, device: Option<&str>) -> Result<Prepare
     let backend = selected.backend.name().to_string();
     let plain = selected.device.clone();
 
-    let evaluator = if c.is_toy() { Some(ToyEvaluator::new(&model, &data, &c.eval, &plain)?) } else { None };
+    let scored = reference_summary_dir(exp, run).is_none_or(|d| d.join("summary.json").is_file());
+    let evaluator = if for_run || !scored { Evaluator::new(c.is_toy(), &model, &data, &c.eval, &plain)? } else { None };
     let mut start_line = None;
     if let (Some(ev), Some(ref_dir)) = (&evaluator, reference_summary_dir(exp, run)) {
         let summary = ref_dir.join("summary.json");
         if !summary.is_file() {
             eprintln!("scoring the reference model on {}", data.display());
-            let (unet, _) = UNet2DConditionModel::from_dir(&model.join("unet"), &plain, DType::F32)?;
+            let unet_dir = crate::models::folder::component_dir(&model, "unet")?;
+            let (unet, _) = UNet2DConditionModel::from_dir(&unet_dir, &plain, DType::F32)?;
             let t0 = Instant::now();
-            let (metrics, samples) = ev.evaluate(&unet, 0)?;
+            let (metrics, samples) = ev.evaluate(&unet, 0, true)?;
             std::fs::create_dir_all(&ref_dir)?;
-            save_samples(&ref_dir, samples)?;
+            samples.save(&ref_dir)?;
             let s = RunSummary {
                 experiment: c.name.clone(),
                 run: ref_dir.file_name().expect("name").to_string_lossy().into(),
@@ -247,7 +258,7 @@ fn prepare(exp: &Path, run: &PlannedRun, device: Option<&str>) -> Result<Prepare
 /// Runs one run.
 fn execute(exp: &Path, run: &PlannedRun, dir: &Path, device: Option<&str>) -> Result<()> {
     let c = &run.config;
-    let Prepared { model, data, evaluator, start_line, backend, plain } = prepare(exp, run, device)?;
+    let Prepared { model, data, evaluator, start_line, backend, plain } = prepare(exp, run, device, true)?;
     let mut train = c.train_config(&run.method, run.seed, &model, &data, dir)?;
     if let Some(d) = device {
         train.device = Some(d.to_string());
@@ -272,7 +283,7 @@ fn execute(exp: &Path, run: &PlannedRun, dir: &Path, device: Option<&str>) -> Re
     let t0 = Instant::now();
     let every = c.eval.every.max(1);
     let steps = train.steps;
-    let mut last_eval: Option<ToyMetrics> = None;
+    let mut last_eval: Option<Metrics> = None;
     let mut hook = |step: usize, unet: &UNet2DConditionModel| -> Result<()> {
         write_wall(&wall_path, earlier + t0.elapsed().as_secs_f64())?;
         let Some(ev) = &evaluator else { return Ok(()) };
@@ -342,21 +353,11 @@ fn write_wall(path: &Path, wall_s: f64) -> Result<()> {
 
 /// Scores `unet` at `step`, appends the line to the run's eval.jsonl, and keeps the
 /// samples when `keep_samples` (the last step).
-fn score(
-    ev: &ToyEvaluator,
-    unet: &UNet2DConditionModel,
-    step: usize,
-    keep_samples: bool,
-    dir: &Path,
-) -> Result<ToyMetrics> {
-    let (m, samples) = ev.evaluate(unet, step)?;
+fn score(ev: &Evaluator, unet: &UNet2DConditionModel, step: usize, keep_samples: bool, dir: &Path) -> Result<Metrics> {
+    let (m, samples) = ev.evaluate(unet, step, keep_samples)?;
     append_jsonl(&dir.join("eval.jsonl"), &m)?;
     if keep_samples {
-        save_samples(dir, samples)?;
+        samples.save(dir)?;
     }
     Ok(m)
-}
-
-fn save_samples(dir: &Path, samples: Tensor<4>) -> Result<()> {
-    write_tensors(&dir.join("samples.safetensors"), vec![("samples".into(), samples.into_data())])
 }

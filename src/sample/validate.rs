@@ -64,10 +64,13 @@ pub fn sample_latents(
     x
 }
 
-/// Writes `latents.safetensors`, and one PNG per image when `vae` is given.
-/// Scaled latents [K, 4, h, w] → K 8-bit RGB images through the VAE ([-1, 1] → [0, 255]).
+/// Scaled latents [K, 4, h, w] → K 8-bit RGB images through the VAE.
 pub fn decode_images(latents: Tensor<4>, vae: &AutoencoderKL, scaling: f64) -> Result<Vec<image::RgbImage>> {
-    let images = vae.decode(latents.div_scalar(scaling));
+    to_images(vae.decode(latents.div_scalar(scaling)))
+}
+
+/// Pixels [K, C, h, w] in [-1, 1] → K 8-bit RGB images (a 1-channel image is grey).
+pub fn to_images(images: Tensor<4>) -> Result<Vec<image::RgbImage>> {
     let [k, c, h, w] = images.dims();
     let pixels = images
         .cast(DType::F32)
@@ -87,6 +90,7 @@ pub fn decode_images(latents: Tensor<4>, vae: &AutoencoderKL, scaling: f64) -> R
         .collect())
 }
 
+/// Writes `latents.safetensors`, and one PNG per image when `vae` is given.
 pub fn save_samples(latents: Tensor<4>, vae: Option<(&AutoencoderKL, f64)>, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     crate::models::io::write_tensors(

@@ -54,6 +54,12 @@ impl Subject {
         )
     }
 
+    /// The subject a caption of the grammar names (`None` for any other text).
+    pub fn parse(caption: &str) -> Option<Subject> {
+        let wanted = caption.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase();
+        Self::all().into_iter().find(|s| s.caption() == wanted)
+    }
+
     /// The same subject in another colour (for within-style "wrong colour" pairs).
     pub fn with_colour(self, colour: usize) -> Self {
         Self { colour, ..self }

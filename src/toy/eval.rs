@@ -1,55 +1,27 @@
-//! Scoring a toy model: samples for fixed prompts and seeds, read back by the transparent
-//! scorer (`eval::toy_score`), and the denoising errors of fixed chosen/rejected pairs.
+//! Scoring a toy model: samples for fixed prompts and seeds, as 8-bit images (what
+//! `samples.png` and `mapo eval` show), read back by the transparent scorers
+//! (`toy::score`), and the denoising errors of fixed chosen/rejected pairs.
 
 use std::path::Path;
 
 use anyhow::Result;
 use burn::tensor::{Device, Tensor};
-use serde::{Deserialize, Serialize};
 
 use super::experiment::{Conditioner, SIZE, eval_subjects};
 use crate::data::stream::PairSource;
+use crate::eval::metrics::Metrics;
+use crate::eval::resize::Rgb8;
+use crate::eval::scorer::Scorer;
+use crate::experiment::config::EvalConfig;
 use crate::models::unet::UNet2DConditionModel;
 use crate::sample::euler::EulerSchedule;
 use crate::sample::schedule::NoiseSchedule;
+use crate::sample::validate::to_images;
 use crate::sample::validate::{Prompts, initial_noise, sample_latents};
-use crate::toy::data::{Style, Subject};
-use crate::toy::score::{read, summarize};
+use crate::toy::data::Subject;
+use crate::toy::score::ToyScorer;
 use crate::train::data::first_batch;
 use crate::train::step::{PairBatch, pair_errors};
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct EvalConfig {
-    /// Score the model every N optimizer steps (and after the last).
-    pub every: usize,
-    /// Samples per prompt (every subject of the grammar is a prompt).
-    pub seeds: usize,
-    pub steps: usize,
-    pub guidance: f64,
-    /// Seed of the sampling noise and of the error pairs' noise: the same for every run.
-    pub seed: u64,
-    /// Pairs whose chosen/rejected errors are reported.
-    pub error_pairs: usize,
-}
-
-impl Default for EvalConfig {
-    fn default() -> Self {
-        Self { every: 50, seeds: 2, steps: 20, guidance: 3.0, seed: 1234, error_pairs: 48 }
-    }
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct ToyMetrics {
-    pub step: usize,
-    /// Share of samples the scorer reads as style B (striped).
-    pub style_b: f64,
-    /// Share of samples whose shape, colour and background match the prompt.
-    pub fidelity: f64,
-    /// Mean denoising error of the fixed chosen / rejected images.
-    pub chosen_error: f64,
-    pub rejected_error: f64,
-}
 
 pub struct ToyEvaluator {
     subjects: Vec<Subject>,
@@ -84,25 +56,22 @@ impl ToyEvaluator {
     }
 
     /// Scores `unet` (a model on a plain device: `unet.valid()` during training); returns
-    /// the metrics and the samples ([K,3,SIZE,SIZE], one per prompt and seed).
-    pub fn evaluate(&self, unet: &UNet2DConditionModel, step: usize) -> Result<(ToyMetrics, Tensor<4>)> {
+    /// the metrics (`style_b`, `fidelity`, `chosen_error`, `rejected_error`) and the
+    /// samples ([K,3,SIZE,SIZE], one per prompt and seed).
+    pub fn evaluate(&self, unet: &UNet2DConditionModel, step: usize) -> Result<(Metrics, Tensor<4>)> {
         let samples =
             sample_latents(unet, &self.sampler, &self.prompts, self.noise.clone(), self.guidance, &mut |_| {});
-        let pixels: Vec<f32> =
-            samples.clone().into_data().convert::<f32>().try_to_vec().map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        let per = 3 * SIZE * SIZE;
-        let readings: Vec<_> =
-            self.subjects.iter().enumerate().map(|(i, s)| (read(&pixels[i * per..(i + 1) * per], SIZE), *s)).collect();
-        let (style_b, fidelity) = summarize(&readings, Style::Striped);
+        let images: Vec<Rgb8> = to_images(samples.clone())?.into_iter().map(Rgb8::from).collect();
+        let captions: Vec<String> = self.subjects.iter().map(|s| s.caption()).collect();
+        let mut metrics = Metrics::new(step);
+        for scorer in [ToyScorer::StyleB, ToyScorer::Fidelity] {
+            let scores = scorer.score(&images, &captions)?;
+            metrics.values.insert(scorer.name().into(), scores.iter().sum::<f64>() / scores.len().max(1) as f64);
+        }
         let e = pair_errors(unet, &self.pairs, &self.schedule);
         let mean = |t: Tensor<1>| t.mean().into_scalar::<f32>() as f64;
-        let metrics = ToyMetrics {
-            step,
-            style_b,
-            fidelity,
-            chosen_error: mean(e.chosen.clone()),
-            rejected_error: mean(e.rejected().clone()),
-        };
+        let metrics =
+            metrics.with("chosen_error", mean(e.chosen.clone())).with("rejected_error", mean(e.rejected().clone()));
         Ok((metrics, samples))
     }
 }

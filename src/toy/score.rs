@@ -10,6 +10,10 @@
 //! - style: striped when vertical pixel differences outweigh horizontal ones:
 //!   (Σ|Δy| − Σ|Δx|) / (Σ|Δy| + Σ|Δx|) > 0.25. Flat shapes are near 0, stripes near 1.
 
+use anyhow::{Result, bail, ensure};
+
+use crate::eval::resize::Rgb8;
+use crate::eval::scorer::Scorer;
 use crate::toy::data::{BACKGROUNDS, COLOURS, Placement, SHAPES, Style, Subject, mask};
 
 const FOREGROUND_DISTANCE: f32 = 0.3;
@@ -100,10 +104,74 @@ fn iou(a: &[bool], b: &[bool]) -> f32 {
     both as f32 / either.max(1) as f32
 }
 
-/// Share of readings in `style`, and of readings whose subject is `expected` (fidelity).
-pub fn summarize(readings: &[(Reading, Subject)], style: Style) -> (f64, f64) {
-    let n = readings.len().max(1) as f64;
-    let in_style = readings.iter().filter(|(r, _)| r.style == style).count() as f64 / n;
-    let faithful = readings.iter().filter(|(r, want)| r.subject == Some(*want)).count() as f64 / n;
-    (in_style, faithful)
+/// An 8-bit image as [3, size, size] in [-1, 1] (channel-major), as `read` takes it.
+fn unit_pixels(image: &Rgb8) -> Result<Vec<f32>> {
+    ensure!(
+        image.width == image.height && image.data.len() == 3 * image.width * image.height,
+        "the toy scorer reads square RGB images; this one is {}×{}",
+        image.width,
+        image.height
+    );
+    let n = image.width * image.height;
+    let mut out = vec![0.0; 3 * n];
+    for (i, px) in image.data.chunks_exact(3).enumerate() {
+        for c in 0..3 {
+            out[c * n + i] = px[c] as f32 / 255.0 * 2.0 - 1.0;
+        }
+    }
+    Ok(out)
+}
+
+/// The reading as a reward model: `style_b` scores 1 for an image read as style B
+/// (striped), `fidelity` 1 for one whose subject is the prompt's; the mean over a suite
+/// is the share. Used by the built-in experiment and by `mapo eval` on the toy model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToyScorer {
+    StyleB,
+    Fidelity,
+}
+
+impl ToyScorer {
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "style_b" => Some(Self::StyleB),
+            "fidelity" => Some(Self::Fidelity),
+            _ => None,
+        }
+    }
+}
+
+impl Scorer for ToyScorer {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::StyleB => "style_b",
+            Self::Fidelity => "fidelity",
+        }
+    }
+
+    fn needs_text(&self) -> bool {
+        *self == Self::Fidelity
+    }
+
+    fn score(&self, images: &[Rgb8], prompts: &[String]) -> Result<Vec<f64>> {
+        if self.needs_text() {
+            ensure!(images.len() == prompts.len(), "{} images but {} prompts", images.len(), prompts.len());
+        }
+        images
+            .iter()
+            .enumerate()
+            .map(|(i, img)| {
+                let reading = read(&unit_pixels(img)?, img.width);
+                Ok(match self {
+                    Self::StyleB => f64::from(u8::from(reading.style == Style::Striped)),
+                    Self::Fidelity => {
+                        let Some(want) = Subject::parse(&prompts[i]) else {
+                            bail!("prompt {:?} is not a caption of the built-in model's grammar", prompts[i])
+                        };
+                        f64::from(u8::from(reading.subject == Some(want)))
+                    }
+                })
+            })
+            .collect()
+    }
 }
