@@ -198,3 +198,38 @@ fn hps_matches_open_clip() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// An open_clip checkpoint that does not fit its config: the error names the checkpoint
+/// and the tensor, with both shapes; a deeper config names the layer the file lacks.
+#[test]
+fn open_clip_checkpoints_that_do_not_fit_the_config_name_the_tensor() {
+    let dir = std::env::temp_dir().join(format!("mapo-hps-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pt = fixtures().join("tiny-hps.pt");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("tiny-hps.json")).unwrap()).unwrap();
+    let score = |config: &serde_json::Value| {
+        let file = dir.join("config.json");
+        std::fs::write(&file, config.to_string()).unwrap();
+        let out = dir.join("out.jsonl");
+        let run = std::process::Command::new(env!("CARGO_BIN_EXE_mapo"))
+            .args(["score", "--scorer", "hps", "--model", pt.to_str().unwrap(), "--config", file.to_str().unwrap()])
+            .args(["--tokenizer", fixtures().join("tiny-sdxl/tokenizer").to_str().unwrap()])
+            .args(["--device", &device_name(), "--pairs", tiny().join("pairs.jsonl").to_str().unwrap()])
+            .args(["--out", out.to_str().unwrap()])
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap();
+        assert!(!run.status.success() && !out.exists(), "a misfitting checkpoint was scored");
+        String::from_utf8_lossy(&run.stderr).into_owned()
+    };
+    let mut wider = config.clone();
+    wider["embed_dim"] = 32.into();
+    let err = score(&wider);
+    assert!(err.contains("tiny-hps.pt") && err.contains("projection") && err.contains("24"), "{err}");
+    let mut deeper = config.clone();
+    deeper["vision_cfg"]["layers"] = 3.into();
+    let err = score(&deeper);
+    assert!(err.contains("tiny-hps.pt") && err.contains("layers.2"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

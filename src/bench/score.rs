@@ -30,8 +30,54 @@ pub struct ScoreBench {
     /// Timed batches (after one warm-up).
     #[arg(long, default_value_t = 2)]
     pub batches: usize,
+    /// Also write the random model as a transformers CLIPModel folder (f32 safetensors,
+    /// in the system temp folder) and time loading it back, as a real checkpoint loads.
+    #[arg(long)]
+    pub load: bool,
     #[arg(long, env = "MAPO_DEVICE")]
     pub device: Option<String>,
+}
+
+/// Writes `model` as a CLIPModel folder and times `ClipModel::from_dir` on it; returns
+/// (seconds, bytes on disk).
+fn time_loading(
+    model: &ClipModel,
+    hf: &crate::models::clip::model::ClipModelConfig,
+    device: &burn::tensor::Device,
+) -> Result<(f64, u64)> {
+    use crate::models::io::{PendingTensor, write_safetensors};
+    let dir = std::env::temp_dir().join(format!("mapo-bench-clip-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let mut tensors = Vec::new();
+    crate::models::named::for_each_param(model, |name, tensor, shape| {
+        // The text tower's projection sits at the root in transformers' layout.
+        let name = name
+            .strip_prefix("text_model.")
+            .filter(|n| n.starts_with("text_projection"))
+            .map_or(name.clone(), String::from);
+        tensors.push(PendingTensor {
+            name,
+            shape,
+            dtype: burn::tensor::DType::F32,
+            data: Box::new(move || tensor.into_data()),
+        });
+    });
+    tensors.push(PendingTensor {
+        name: "logit_scale".into(),
+        shape: vec![],
+        dtype: burn::tensor::DType::F32,
+        data: Box::new(|| TensorData::new(vec![100f32.ln()], Vec::<usize>::new())),
+    });
+    let file = dir.join("model.safetensors");
+    write_safetensors(&file, tensors)?;
+    std::fs::write(dir.join("config.json"), serde_json::to_string(hf)?)?;
+    let bytes = std::fs::metadata(&file)?.len();
+    let t = Instant::now();
+    let (loaded, _) = ClipModel::from_dir(&dir, device, burn::tensor::DType::F32)?;
+    let load_s = t.elapsed().as_secs_f64();
+    drop(loaded);
+    std::fs::remove_dir_all(&dir)?;
+    Ok((load_s, bytes))
 }
 
 pub fn run(b: &ScoreBench) -> Result<serde_json::Value> {
@@ -47,6 +93,7 @@ pub fn run(b: &ScoreBench) -> Result<serde_json::Value> {
     let t0 = Instant::now();
     let model = ClipModel::random(&hf, &device)?;
     let init_s = t0.elapsed().as_secs_f64();
+    let loading = if b.load { Some(time_loading(&model, &hf, &device)?) } else { None };
     let processor = ClipImageProcessor::open_clip(hf.vision_config.image_size);
     // 512×384 photos-sized inputs, so the resize is part of the cost.
     let image = |seed: u64| Rgb8 {
@@ -79,7 +126,8 @@ pub fn run(b: &ScoreBench) -> Result<serde_json::Value> {
     let median = times[times.len() / 2];
     Ok(json!({
         "bench": "score", "framework": "mapo", "model": b.model, "device": selected.backend.name(), "batch": b.batch,
-        "init_random_s": init_s, "batch_median_s": median, "per_image_s": median / b.batch as f64,
+        "init_random_s": init_s, "load_s": loading.map(|l| l.0), "checkpoint_bytes": loading.map(|l| l.1),
+        "batch_median_s": median, "per_image_s": median / b.batch as f64,
         "preprocess_per_image_s": pre_s / (b.batches * b.batch) as f64,
         "peak_device_bytes": device.memory_pool_usage().map(|u| u.bytes_reserved), "peak_rss_bytes": peak_rss(),
     }))

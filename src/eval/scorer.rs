@@ -66,7 +66,7 @@ impl ClipScorer {
         let config = OpenClipConfig::read(config)?;
         let (model, hf) = open_clip::load(checkpoint, &config, device)?;
         let processor = ClipImageProcessor::open_clip(hf.vision_config.image_size);
-        let tokenizer = ClipTokenizer::from_dir(tokenizer)?;
+        let tokenizer = ClipTokenizer::from_dir(tokenizer)?.with_open_clip_cleaning();
         Ok(Self { kind, model, processor, tokenizer, device: device.clone() })
     }
 

@@ -14,7 +14,7 @@ use crate::models::io::SafeTensorFiles;
 use crate::models::nn::Linear;
 use crate::models::weights::Weights;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 pub struct ClipModelConfig {
     pub text_config: ClipTextConfig,
     pub vision_config: ClipVisionConfig,

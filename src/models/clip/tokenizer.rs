@@ -24,6 +24,8 @@ pub struct ClipTokenizer {
     eos: i64,
     pad: i64,
     pad_token: String,
+    /// open_clip's ftfy + HTML cleaning first (`clean::open_clip_clean`).
+    open_clip_cleaning: bool,
 }
 
 /// GPT-2's reversible byte → printable character table.
@@ -78,13 +80,27 @@ impl ClipTokenizer {
             vocab,
             ranks,
             pad_token,
+            open_clip_cleaning: false,
         })
+    }
+
+    /// Cleans text as open_clip's tokenizer does before its BPE (HPS checkpoints).
+    pub fn with_open_clip_cleaning(mut self) -> Self {
+        self.open_clip_cleaning = true;
+        self
     }
 
     /// The ids of `text` without BOS/EOS, truncation or padding. Special tokens (BOS, EOS
     /// and the pad token, which is "!" for SDXL's second tokenizer) are cut out of the raw
     /// text first and map straight to their ids, as transformers' added tokens do.
     pub fn encode_raw(&self, text: &str) -> Vec<i64> {
+        let cleaned;
+        let text = if self.open_clip_cleaning {
+            cleaned = super::clean::open_clip_clean(text);
+            cleaned.as_str()
+        } else {
+            text
+        };
         let specials = [(BOS, self.bos), (EOS, self.eos), (self.pad_token.as_str(), self.pad)];
         let mut ids = Vec::new();
         let mut rest = text;

@@ -14,7 +14,7 @@ use super::{ClipEncoder, ClipLayer, Embedding, LayerShape};
 use crate::models::nn::{LayerNorm, like};
 use crate::models::weights::{Init, Weights};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 pub struct ClipVisionConfig {
     pub hidden_size: usize,
     pub intermediate_size: usize,
