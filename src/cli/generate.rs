@@ -13,7 +13,7 @@ use crate::models::clip::tokenizer::ClipTokenizer;
 use crate::models::io::{SafeTensorFiles, write_tensors};
 use crate::models::lora::{BlockLayout, apply_lora_file};
 use crate::sample::pipeline::SdxlPipeline;
-use crate::sample::validate::{initial_noise, save_samples};
+use crate::sample::validate::{decode_images, initial_noise};
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
@@ -152,10 +152,11 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
             let latents = latents.cast(DType::F32);
             all_latents.push(latents.clone());
             let out = if total == 1 { args.out.clone() } else { numbered(&args.out, index) };
-            let dir = tempdir_for(&out)?;
-            save_samples(latents, Some((&pipe.vae, pipe.vae_config.scaling_factor)), &dir)?;
-            std::fs::rename(dir.join("sample-0.png"), &out).with_context(|| format!("writing {}", out.display()))?;
-            let _ = std::fs::remove_dir_all(&dir);
+            let img = decode_images(latents, &pipe.vae, pipe.vae_config.scaling_factor)?.remove(0);
+            // Through a temporary name beside it: an interrupted run leaves no half image.
+            let tmp = temp_beside(&out);
+            img.save(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+            std::fs::rename(&tmp, &out).with_context(|| format!("writing {}", out.display()))?;
             outputs.push(out);
         }
     }
@@ -194,11 +195,11 @@ fn numbered(out: &Path, i: usize) -> PathBuf {
     out.with_file_name(format!("{stem}-{i}.{ext}"))
 }
 
-fn tempdir_for(out: &Path) -> Result<PathBuf> {
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let dir = parent.join(format!(".mapo-generate-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    Ok(dir)
+/// `.NAME.tmp-PID.EXT` in the folder of `out` (the extension picks the encoder).
+fn temp_beside(out: &Path) -> PathBuf {
+    let name = out.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
+    let ext = out.extension().and_then(|s| s.to_str()).unwrap_or("png");
+    out.with_file_name(format!(".{name}.tmp-{}.{ext}", std::process::id()))
 }
 
 pub fn tokenize(model: &Path, prompt: &str) -> Result<()> {
