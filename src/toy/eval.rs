@@ -1,6 +1,6 @@
-//! Scoring a toy model: samples for fixed prompts and seeds, as 8-bit images (what
-//! `samples.png` and `mapo eval` show), read back by the transparent scorers
-//! (`toy::score`), and the denoising errors of fixed chosen/rejected pairs.
+//! Scoring a toy model: samples for fixed prompts and seeds, read back (as floats) by the
+//! transparent scorers (`toy::score`), and the denoising errors of fixed chosen/rejected
+//! pairs.
 
 use std::path::Path;
 
@@ -10,13 +10,11 @@ use burn::tensor::{Device, Tensor};
 use super::experiment::{Conditioner, SIZE, eval_subjects};
 use crate::data::stream::PairSource;
 use crate::eval::metrics::Metrics;
-use crate::eval::resize::Rgb8;
 use crate::eval::scorer::Scorer;
 use crate::experiment::config::EvalConfig;
 use crate::models::unet::UNet2DConditionModel;
 use crate::sample::euler::EulerSchedule;
 use crate::sample::schedule::NoiseSchedule;
-use crate::sample::validate::to_images;
 use crate::sample::validate::{Prompts, initial_noise, sample_latents};
 use crate::toy::data::Subject;
 use crate::toy::score::ToyScorer;
@@ -61,11 +59,13 @@ impl ToyEvaluator {
     pub fn evaluate(&self, unet: &UNet2DConditionModel, step: usize) -> Result<(Metrics, Tensor<4>)> {
         let samples =
             sample_latents(unet, &self.sampler, &self.prompts, self.noise.clone(), self.guidance, &mut |_| {});
-        let images: Vec<Rgb8> = to_images(samples.clone())?.into_iter().map(Rgb8::from).collect();
+        let pixels: Vec<f32> =
+            samples.clone().into_data().convert::<f32>().try_to_vec().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let images: Vec<Vec<f32>> = pixels.chunks(3 * SIZE * SIZE).map(<[f32]>::to_vec).collect();
         let captions: Vec<String> = self.subjects.iter().map(|s| s.caption()).collect();
         let mut metrics = Metrics::new(step);
         for scorer in [ToyScorer::StyleB, ToyScorer::Fidelity] {
-            let scores = scorer.score(&images, &captions)?;
+            let scores = scorer.score_pixels(&images, SIZE, &captions)?;
             metrics.values.insert(scorer.name().into(), scores.iter().sum::<f64>() / scores.len().max(1) as f64);
         }
         let e = pair_errors(unet, &self.pairs, &self.schedule);

@@ -28,6 +28,7 @@ CASES = [
     "&#39;quoted&#39; &#x27;hex&#x27; &#X41; &#65 &#x42",
     "&#150; &#128; &#0; &#x110000; &#xD800; &#1;x",
     "&eacute;t&eacute; &EACUTE;T&EACUTE; &Eacute; &eAcute;",
+    "BUNDESSTRA&SZLIG;E &NTILDE; &nTILDE; &AMP; &Aring;",
     "&copy 2024 &copyx &amp &ampx &reg; &REG &notin; this&not that",
     "&hellip; &mdash; &ndash; &trade; &euro; &nbsp;x&nbsp;",
     "a\u00a0b\u2009c",

@@ -233,22 +233,27 @@ fn charref(num: u64) -> String {
 
 /// Python's `html.unescape`.
 pub fn html_unescape(text: &str) -> String {
-    if !text.contains('&') {
-        return text.to_string();
-    }
+    replace_each(text, "&", |after| match reference(after) {
+        (Some(r), used) => Some((r, used)),
+        (None, _) => None,
+    })
+}
+
+/// `text` with each `marker` offered to `replace`, which gives the replacement and the
+/// bytes after the marker it takes; where it gives none, the marker stays.
+fn replace_each(text: &str, marker: &str, replace: impl Fn(&str) -> Option<(String, usize)>) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
-    while let Some(at) = rest.find('&') {
+    while let Some(at) = rest.find(marker) {
         out.push_str(&rest[..at]);
-        let after = &rest[at + 1..];
-        let (replaced, used) = reference(after);
-        match replaced {
-            Some(r) => {
+        let after = &rest[at + marker.len()..];
+        match replace(after) {
+            Some((r, used)) => {
                 out.push_str(&r);
                 rest = &after[used..];
             }
             None => {
-                out.push('&');
+                out.push_str(marker);
                 rest = after;
             }
         }
@@ -304,46 +309,27 @@ fn reference(s: &str) -> (Option<String>, usize) {
 
 /// ftfy's own unescaping: `&name;` and `&#…;` (with the `;`), also all-caps names.
 fn ftfy_unescape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find('&') {
-        out.push_str(&rest[..at]);
-        let after = &rest[at + 1..];
+    replace_each(text, "&", |after| {
         let len = after.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '#').count();
         let body = &after[..len];
         // `&#?[0-9A-Za-z]{1,24};`
         let hash = usize::from(body.starts_with('#'));
         let is_entity =
             (1 + hash..=24 + hash).contains(&len) && after[len..].starts_with(';') && !body[hash..].contains('#');
-        let replaced = if !is_entity {
-            None
-        } else if body.starts_with('#') {
+        if !is_entity {
+            return None;
+        }
+        let replaced = if hash == 1 {
             reference(&after[..=len]).0
         } else {
-            named(body)
-                .or_else(|| {
-                    // "&EACUTE;": the capitalised form of a lowercase entity.
-                    let lower = body.to_lowercase();
-                    (body.len() > 1 && body == body.to_uppercase())
-                        .then(|| named(&lower))
-                        .flatten()
-                        .map(|c| c.to_uppercase().next().unwrap_or(c))
-                })
-                .map(String::from)
+            named(body).map(String::from).or_else(|| {
+                // "&EACUTE;": the capitalised form of a lowercase entity ("&SZLIG;" is "SS").
+                let upper = body.len() > 1 && body == body.to_uppercase();
+                upper.then(|| named(&body.to_lowercase())).flatten().map(|c| c.to_uppercase().collect())
+            })
         };
-        match replaced {
-            Some(r) => {
-                out.push_str(&r);
-                rest = &after[len + 1..];
-            }
-            None => {
-                out.push('&');
-                rest = after;
-            }
-        }
-    }
-    out.push_str(rest);
-    out
+        replaced.map(|r| (r, len + 1))
+    })
 }
 
 /// ftfy's explicit ligature table (not NFKC: it keeps the long s of ﬅ).
@@ -378,21 +364,10 @@ fn is_control(c: char) -> bool {
 
 /// `\x1b[` digits and `;`, then a letter.
 fn remove_terminal_escapes(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find("\x1b[") {
-        out.push_str(&rest[..at]);
-        let after = &rest[at + 2..];
+    replace_each(text, "\x1b[", |after| {
         let params = after.chars().take_while(|c| c.is_ascii_digit() || *c == ';').count();
-        if after[params..].starts_with(|c: char| c.is_ascii_alphabetic()) {
-            rest = &after[params + 1..];
-        } else {
-            out.push_str("\x1b[");
-            rest = after;
-        }
-    }
-    out.push_str(rest);
-    out
+        after[params..].starts_with(|c: char| c.is_ascii_alphabetic()).then(|| (String::new(), params + 1))
+    })
 }
 
 /// One pass of ftfy's fixers after the HTML step, in its order.
