@@ -50,11 +50,12 @@ fn time_loading(
     std::fs::create_dir_all(&dir)?;
     let mut tensors = Vec::new();
     crate::models::named::for_each_param(model, |name, tensor, shape| {
-        // The text tower's projection sits at the root in transformers' layout.
-        let name = name
-            .strip_prefix("text_model.")
-            .filter(|n| n.starts_with("text_projection"))
-            .map_or(name.clone(), String::from);
+        // transformers' names: the text projection at the root, the patch embedding a conv.
+        let name = match name.strip_prefix("text_model.") {
+            Some(n) if n.starts_with("text_projection") => n.to_string(),
+            _ if name.ends_with("embeddings.patch_embedding") => format!("{name}.weight"),
+            _ => name,
+        };
         tensors.push(PendingTensor {
             name,
             shape,
