@@ -309,6 +309,18 @@ fn a_diffusers_experiment_is_scored_by_reward_models_in_the_same_table() {
     // order of the sum.
     assert!((base - before).abs() <= 1e-9 * before.abs().max(1.0), "mapo eval {base} vs experiment {before}");
 
+    // The runs gone, the reference kept: scoring it with other settings is refused.
+    std::fs::remove_dir_all(exp.join("sft-s0")).unwrap();
+    let other = std::process::Command::new(env!("CARGO_BIN_EXE_mapo"))
+        .args(["experiment", file.to_str().unwrap(), "--set", "eval.max_prompts=1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&other.stderr);
+    assert!(
+        !other.status.success() && stderr.contains("reference was scored with other settings (changed: eval)"),
+        "{stderr}"
+    );
+
     // A suite without scorers, an unknown scorer: errors at plan time.
     for (set, want) in [("eval.scorers={}", "give both prompts"), ("eval.scorers={imagereward=\"x\"}", "imagereward")] {
         let bad = std::process::Command::new(env!("CARGO_BIN_EXE_mapo"))

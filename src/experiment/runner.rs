@@ -144,6 +144,37 @@ fn check_identity(dir: &Path, run: &PlannedRun) -> Result<()> {
 
 /// Where the model before fine-tuning is scored: one folder per generated data variant
 /// (the toy), `reference` for a diffusers model with a prompt suite.
+/// What the reference row depends on: the model (and the toy's pretraining and held
+/// pairs), and how it is scored.
+fn reference_identity(c: &ExperimentConfig) -> serde_json::Value {
+    let toy = c.is_toy();
+    serde_json::json!({
+        "model": c.model, "eval": c.eval,
+        "pretrain": toy.then_some(&c.pretrain), "data": toy.then_some(&c.data),
+    })
+}
+
+/// A reference scored with other settings (an edited `[eval]`, another pretraining) is
+/// refused rather than reported beside runs it does not belong to. Folders from before
+/// this check have no identity and are accepted.
+fn check_reference(dir: &Path, c: &ExperimentConfig) -> Result<()> {
+    let path = dir.join(IDENTITY);
+    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
+    let saved: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not a reference identity", path.display()))?;
+    let now = reference_identity(c);
+    let changed: Vec<&String> =
+        now.as_object().expect("an object").keys().filter(|k| saved.get(k.as_str()) != now.get(k.as_str())).collect();
+    anyhow::ensure!(
+        changed.is_empty(),
+        "{}: the reference was scored with other settings (changed: {}); remove the folder to score it again \
+         (a sweep over pretrain.* or eval.* needs one experiment per value)",
+        dir.display(),
+        changed.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+    );
+    Ok(())
+}
+
 fn reference_summary_dir(exp: &Path, run: &PlannedRun) -> Option<PathBuf> {
     let c = &run.config;
     match &c.data.generated {
@@ -213,6 +244,9 @@ fn prepare(exp: &Path, run: &PlannedRun, device: Option<&str>, for_run: bool) ->
     let backend = selected.backend.name().to_string();
     let plain = selected.device.clone();
 
+    if let Some(d) = reference_summary_dir(exp, run) {
+        check_reference(&d, c)?;
+    }
     let scored = reference_summary_dir(exp, run).is_none_or(|d| d.join("summary.json").is_file());
     let evaluator = if for_run || !scored { Evaluator::new(c.is_toy(), &model, &data, &c.eval, &plain)? } else { None };
     let mut start_line = None;
@@ -247,6 +281,7 @@ fn prepare(exp: &Path, run: &PlannedRun, device: Option<&str>, for_run: bool) ->
                 final_loss: None,
                 eval: Some(metrics),
             };
+            write_atomic(&ref_dir.join(IDENTITY), serde_json::to_string_pretty(&reference_identity(c))?.as_bytes())?;
             write_atomic(&summary, serde_json::to_string_pretty(&s)?.as_bytes())?;
         }
         let s: RunSummary = serde_json::from_str(&std::fs::read_to_string(&summary)?)?;
