@@ -124,26 +124,28 @@ const IDENTITY: &str = "identity.json";
 /// A run folder made with other settings (an edited file, a `--set`) is refused, not
 /// skipped or resumed: its results would be reported under the new settings.
 fn check_identity(dir: &Path, run: &PlannedRun) -> Result<()> {
-    let path = dir.join(IDENTITY);
-    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
-    let saved: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{} is not a run identity", path.display()))?;
-    let now = identity(run);
-    let keys = now.as_object().expect("an object").keys();
-    let changed: Vec<&String> = keys.filter(|k| saved.get(k.as_str()) != now.get(k.as_str())).collect();
-    if !changed.is_empty() {
-        anyhow::bail!(
-            "{}: this run was made with other settings (changed: {}); remove the folder to redo it, or give the \
-             experiment another name (--set name=...) to keep both",
-            dir.display(),
-            changed.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
-        );
-    }
+    let changed = changed_keys(dir, &identity(run))?;
+    anyhow::ensure!(
+        changed.is_empty(),
+        "{}: this run was made with other settings (changed: {}); remove the folder to redo it, or give the \
+         experiment another name (--set name=...) to keep both",
+        dir.display(),
+        changed.join(", ")
+    );
     Ok(())
 }
 
-/// Where the model before fine-tuning is scored: one folder per generated data variant
-/// (the toy), `reference` for a diffusers model with a prompt suite.
+/// The keys of `now` whose values differ from the folder's `identity.json` (none when the
+/// folder has none yet, or predates it).
+fn changed_keys(dir: &Path, now: &serde_json::Value) -> Result<Vec<String>> {
+    let path = dir.join(IDENTITY);
+    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(Vec::new()) };
+    let saved: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not an identity file", path.display()))?;
+    let keys = now.as_object().expect("an object").keys();
+    Ok(keys.filter(|k| saved.get(k.as_str()) != now.get(k.as_str())).cloned().collect())
+}
+
 /// What the reference row depends on: the model (and the toy's pretraining and held
 /// pairs), and how it is scored.
 fn reference_identity(c: &ExperimentConfig) -> serde_json::Value {
@@ -158,23 +160,19 @@ fn reference_identity(c: &ExperimentConfig) -> serde_json::Value {
 /// refused rather than reported beside runs it does not belong to. Folders from before
 /// this check have no identity and are accepted.
 fn check_reference(dir: &Path, c: &ExperimentConfig) -> Result<()> {
-    let path = dir.join(IDENTITY);
-    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
-    let saved: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{} is not a reference identity", path.display()))?;
-    let now = reference_identity(c);
-    let changed: Vec<&String> =
-        now.as_object().expect("an object").keys().filter(|k| saved.get(k.as_str()) != now.get(k.as_str())).collect();
+    let changed = changed_keys(dir, &reference_identity(c))?;
     anyhow::ensure!(
         changed.is_empty(),
         "{}: the reference was scored with other settings (changed: {}); remove the folder to score it again \
          (a sweep over pretrain.* or eval.* needs one experiment per value)",
         dir.display(),
-        changed.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+        changed.join(", ")
     );
     Ok(())
 }
 
+/// Where the model before fine-tuning is scored: one folder per generated data variant
+/// (the toy), `reference` for a diffusers model with a prompt suite.
 fn reference_summary_dir(exp: &Path, run: &PlannedRun) -> Option<PathBuf> {
     let c = &run.config;
     match &c.data.generated {
