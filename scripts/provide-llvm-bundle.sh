@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Vendored from the project workspace (shared/tools/provide-llvm-bundle.sh); keep in sync.
+# The LLVM bundle for the cuda/cpu features, offline (docs/design.md §6).
 # Provide the LLVM bundle that tracel-llvm-bundler 23.1.0-4 (build-dep of
 # cubecl-llvm 0.11.x, pulled in by burn's `cuda` feature) would otherwise
 # download from GitHub, using static LLVM 23.1.1 from PyPI instead.

@@ -278,8 +278,6 @@ fn cuda_driver_present() -> bool {
     })
 }
 
-pub use crate::util::peak_rss;
-
 /// `--device` and `--dtype`, shared by every command that runs a model.
 #[derive(clap::Args, Debug, Clone)]
 pub struct DeviceArgs {

@@ -9,6 +9,7 @@ pub mod eval;
 pub mod experiment;
 pub mod losses;
 pub mod models;
+pub mod objective;
 pub mod sample;
 pub mod toy;
 pub mod train;

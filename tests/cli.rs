@@ -1,4 +1,4 @@
-//! `mapo forward` as other tools call it (DESIGN §2).
+//! `mapo forward` as other tools call it (docs/design.md §2).
 
 mod common;
 
@@ -23,7 +23,7 @@ fn forward_unet_and_vae_from_files() {
     let cases = open("unet_cases.safetensors");
     let inputs: Vec<_> = ["sample", "timestep", "encoder_hidden_states", "text_embeds", "time_ids"]
         .iter()
-        .map(|n| (n.to_string(), cases.get(&format!("case2.{n}")).unwrap().to_data_any()))
+        .map(|n| (n.to_string(), cases.get(&format!("case2.{n}")).unwrap().to_data_any().unwrap()))
         .collect();
     let (inp, outp) = (dir.join("unet_in.safetensors"), dir.join("unet_out.safetensors"));
     write_tensors(&inp, inputs).unwrap();
@@ -46,7 +46,8 @@ fn forward_unet_and_vae_from_files() {
 
     let vcases = open("vae_cases.safetensors");
     let enc_in = dir.join("enc_in.safetensors");
-    write_tensors(&enc_in, vec![("sample".into(), vcases.get("case0.sample").unwrap().to_data_any())]).unwrap();
+    write_tensors(&enc_in, vec![("sample".into(), vcases.get("case0.sample").unwrap().to_data_any().unwrap())])
+        .unwrap();
     run(&[
         "forward",
         "vae-encode",
@@ -91,7 +92,7 @@ fn forward_reports_missing_input_by_name() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// Developer commands live under `mapo dev` (and keep working without it, as DESIGN §2
+/// Developer commands live under `mapo dev` (and keep working without it, as docs/design.md §2
 /// and other tools call them); `train` and `experiment` take their file the same two ways.
 #[test]
 fn dev_commands_and_config_files_are_taken_alike() {

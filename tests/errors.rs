@@ -46,7 +46,7 @@ fn bad_unet_inputs_are_errors_naming_the_tensor() {
     let cases = common::open("unet_cases.safetensors");
     let base: Vec<(String, TensorData)> = ["sample", "timestep", "encoder_hidden_states", "text_embeds", "time_ids"]
         .iter()
-        .map(|n| (n.to_string(), cases.get(&format!("case0.{n}")).unwrap().to_data_any()))
+        .map(|n| (n.to_string(), cases.get(&format!("case0.{n}")).unwrap().to_data_any().unwrap()))
         .collect();
     let dir = std::env::temp_dir().join(format!("mapo-bad-unet-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -332,3 +332,40 @@ fn a_diffusers_experiment_is_scored_by_reward_models_in_the_same_table() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The built-in model trains with flow matching end to end: its reference is pretrained with
+/// the flow objective (another cached reference than the ε one), every run's config says so,
+/// and the report names the objective.
+#[test]
+fn the_toy_trains_with_the_flow_objective() {
+    let tmp = tempfile_dir("experiment-flow");
+    let file = write_experiment(&tmp);
+    let flow = ["--set", "train.objective=\"flow\"", "--set", "train.flow.shift=1.0", "--set", "sweep={}"];
+    let mut args = vec!["experiment", file.to_str().unwrap()];
+    args.extend(flow);
+    let out = run_mapo(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let exp = tmp.join("runs").join("sweep");
+    let report = std::fs::read_to_string(exp.join("report.md")).unwrap();
+    assert!(report.contains("Objective: flow matching"), "{report}");
+    let config = std::fs::read_to_string(exp.join("mapo-s0").join("config.toml")).unwrap();
+    assert!(config.contains("objective = \"flow\"") && config.contains("shift = 1.0"), "{config}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(exp.join("mapo-s0").join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["objective"], "flow");
+    let loss = summary["final_loss"].as_f64().unwrap();
+    assert!(loss.is_finite(), "{summary}");
+    let cached: Vec<_> = std::fs::read_dir(tmp.join("runs").join("_cache")).unwrap().collect();
+    let reference = cached.iter().flatten().find(|e| e.file_name().to_string_lossy().starts_with("toy-reference"));
+    let info = std::fs::read_to_string(reference.unwrap().path().join("reference.json")).unwrap();
+    assert!(info.contains("\"objective\": \"flow\""), "the reference is pretrained with flow: {info}");
+
+    // Misspelt flow keys and a pretraining objective that contradicts the runs' are refused.
+    let run_mapo = |args: &[&str]| std::process::Command::new(env!("CARGO_BIN_EXE_mapo")).args(args).output().unwrap();
+    let bad = run_mapo(&["experiment", file.to_str().unwrap(), "--dry-run", "--set", "train.flow.shfit=1.0"]);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("shfit"));
+    let both = run_mapo(&["experiment", file.to_str().unwrap(), "--dry-run", "--set", "pretrain.objective=\"flow\""]);
+    let stderr = String::from_utf8_lossy(&both.stderr);
+    assert!(!both.status.success() && stderr.contains("[pretrain] objective"), "{stderr}");
+}

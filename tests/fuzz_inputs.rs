@@ -142,11 +142,11 @@ fn valid_inputs(d: &Path) -> Vec<(&'static str, Vec<u8>)> {
     let unet = common::open("unet_cases.safetensors");
     let unet_inputs = ["sample", "timestep", "encoder_hidden_states", "text_embeds", "time_ids"]
         .iter()
-        .map(|n| (n.to_string(), unet.get(&format!("case0.{n}")).unwrap().to_data_any()))
+        .map(|n| (n.to_string(), unet.get(&format!("case0.{n}")).unwrap().to_data_any().unwrap()))
         .collect();
     let vae = common::open("vae_cases.safetensors");
-    let latents = vec![("latents".to_string(), vae.get("case0.latents").unwrap().to_data_any())];
-    let images = vec![("sample".to_string(), vae.get("case0.sample").unwrap().to_data_any())];
+    let latents = vec![("latents".to_string(), vae.get("case0.latents").unwrap().to_data_any().unwrap())];
+    let images = vec![("sample".to_string(), vae.get("case0.sample").unwrap().to_data_any().unwrap())];
     let ids: Vec<i64> = (0..77).map(|i| (i * 13) % 1000).collect();
     let ids = vec![("input_ids".to_string(), TensorData::new(ids, [1, 77]))];
     vec![

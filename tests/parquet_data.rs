@@ -203,7 +203,7 @@ fn cache_round_trip_resume_and_refusal() {
     // Cached = fresh encode of the same prepared pair.
     let device = common::device();
     let shard = mapo::models::io::SafeTensorFiles::open_file(&out.join("shard-00000.safetensors")).unwrap();
-    let rows = shard.get("row").unwrap().to_data_any().try_to_vec::<i64>().unwrap();
+    let rows = shard.get("row").unwrap().to_data_any().unwrap().try_to_vec::<i64>().unwrap();
     let (pairs, _) = read_all(ReadOptions::default());
     let pair = pairs.iter().find(|p| p.row as i64 == rows[1]).unwrap();
     let position = pairs.iter().position(|p| p.row as i64 == rows[1]).unwrap();
@@ -248,8 +248,8 @@ fn cache_round_trip_resume_and_refusal() {
 
     // Latents at the mean, or sampled from the cached distribution (same noise, timesteps).
     let open = |spread| mapo::data::stream::PairSource::open(&out, 5, 8, spread).unwrap();
-    let mean = mapo::train::data::first_batch(&open(false), 4, 1000, &device).unwrap();
-    let drawn = mapo::train::data::first_batch(&open(true), 4, 1000, &device).unwrap();
+    let mean = mapo::train::data::first_batch(&open(false), 4, &mapo::objective::Objective::sdxl(), &device).unwrap();
+    let drawn = mapo::train::data::first_batch(&open(true), 4, &mapo::objective::Objective::sdxl(), &device).unwrap();
     assert_eq!(mean.timesteps, drawn.timesteps);
     assert_eq!(common::to_vec(mean.noise.clone()), common::to_vec(drawn.noise.clone()));
     // (drawn − mean) / (exp(logvar / 2) · scale) is standard normal.

@@ -1,4 +1,4 @@
-//! The training noise schedule equals diffusers' (DESIGN §3 values, f32).
+//! The training noise schedule equals diffusers' (docs/design.md §3 values, f32).
 
 use mapo::sample::schedule::NoiseSchedule;
 

@@ -124,7 +124,7 @@ fn mapo_score_gives_pickscore_and_clip_score_and_skips_bad_images() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The real towers' sizes, counted from the configs (DESIGN §9 gives them to check, not to
+/// The real towers' sizes, counted from the configs (docs/design.md §9 gives them to check, not to
 /// trust): LAION's ViT-H/14 (PickScore, HPS) and OpenAI's ViT-L/14 (the aesthetic MLP's).
 #[test]
 fn real_vision_towers_have_the_published_sizes() {

@@ -77,7 +77,7 @@ fn forward_text_encoder_cli() {
         [("text-encoder", "te1", "last_hidden_state"), ("text-encoder-2", "te2", "text_embeds")]
     {
         let inp = dir.join(format!("{prefix}.safetensors"));
-        let ids = f.get(&format!("{prefix}.input_ids")).unwrap().to_data_any();
+        let ids = f.get(&format!("{prefix}.input_ids")).unwrap().to_data_any().unwrap();
         mapo::models::io::write_tensors(&inp, vec![("input_ids".into(), ids)]).unwrap();
         let out = dir.join(format!("{prefix}-out.safetensors"));
         let status = std::process::Command::new(env!("CARGO_BIN_EXE_mapo"))

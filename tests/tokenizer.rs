@@ -14,8 +14,14 @@ fn ids_match_transformers() {
     let f = open("tokenizer_ids.safetensors");
     for name in ["tokenizer", "tokenizer_2"] {
         let tok = ClipTokenizer::from_dir(&fixtures().join("tiny-sdxl").join(name)).unwrap();
-        let want =
-            f.get(&format!("{name}.input_ids")).unwrap().to_data_any().convert::<i64>().try_to_vec::<i64>().unwrap();
+        let want = f
+            .get(&format!("{name}.input_ids"))
+            .unwrap()
+            .to_data_any()
+            .unwrap()
+            .convert::<i64>()
+            .try_to_vec::<i64>()
+            .unwrap();
         for (i, prompt) in prompts.iter().enumerate() {
             let got = tok.encode(prompt);
             assert_eq!(got, want[i * 77..(i + 1) * 77], "{name}: {prompt:?}");

@@ -27,8 +27,11 @@ fn batch_inputs(fixture: &SafeTensorFiles, tag: &str) -> (std::path::PathBuf, st
     std::fs::create_dir_all(&dir).unwrap();
     let inp = dir.join("in.safetensors");
     let names = ["chosen", "rejected", "noise", "timestep", "encoder_hidden_states", "text_embeds", "time_ids"];
-    write_tensors(&inp, names.iter().map(|n| (n.to_string(), fixture.get(n).unwrap().to_data_any())).collect())
-        .unwrap();
+    write_tensors(
+        &inp,
+        names.iter().map(|n| (n.to_string(), fixture.get(n).unwrap().to_data_any().unwrap())).collect(),
+    )
+    .unwrap();
     (dir, inp)
 }
 
@@ -162,7 +165,7 @@ fn bf16_mixed_precision_moves_weights_like_f32() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// The methods of DESIGN §4b: two SGD steps each (the first with the policy equal to the
+/// The methods of docs/design.md §4b: two SGD steps each (the first with the policy equal to the
 /// reference, z = 0; the second not) against tools/golden/make_methods.py.
 ///
 /// Tolerances: weights within 1e-4 relative as above. The update (after − before) within 1e-3

@@ -91,8 +91,8 @@ fn kto_trains_on_an_unpaired_cache_and_pair_methods_refuse_it() {
     assert!(names.contains(&"image_mean") && names.contains(&"image_logvar"), "{names:?}");
     assert!(!names.contains(&"chosen_mean") && !names.contains(&"rejected_mean"), "{names:?}");
     assert_eq!(shard.shape("image_mean"), Some(&[4, 4, 8, 8][..]), "4 rows of 4×8×8 latents (32² through a 4× VAE)");
-    let rows = shard.get("row").unwrap().to_data_any().try_to_vec::<i64>().unwrap();
-    let labels = shard.get("label").unwrap().to_data_any().try_to_vec::<i64>().unwrap();
+    let rows = shard.get("row").unwrap().to_data_any().unwrap().try_to_vec::<i64>().unwrap();
+    let labels = shard.get("label").unwrap().to_data_any().unwrap().try_to_vec::<i64>().unwrap();
     assert_eq!(labels, rows.iter().map(|r| (r % 2 == 0) as i64).collect::<Vec<_>>(), "rows {rows:?}");
 
     let run = train(&dir, &cache, "kto");

@@ -59,6 +59,6 @@ pub fn run(b: &DataBench) -> Result<serde_json::Value> {
     Ok(json!({
         "bench": "data", "read_only": b.read_only, "resolution": b.resolution, "workers": config.workers, "pairs": pairs, "seconds": dt,
         "pairs_per_s": pairs as f64 / dt, "skipped": skipped, "file_bytes": bytes,
-        "peak_rss_bytes": super::peak_rss(), "checksum": checksum,
+        "peak_rss_bytes": crate::util::peak_rss(), "checksum": checksum,
     }))
 }

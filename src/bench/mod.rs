@@ -18,12 +18,14 @@ use crate::models::attention::{DEFAULT_BLOCK_ELEMENTS, set_block_elements, set_t
 use crate::models::lora::LoraConfig;
 use crate::models::unet::{UNet2DConditionModel, UNetConfig};
 use crate::models::weights::Weights;
+use crate::objective::Objective;
 use crate::sample::euler::EulerSchedule;
 use crate::sample::noise::gaussian;
 use crate::sample::schedule::NoiseSchedule;
 use crate::sample::validate::{Prompts, sample_latents};
 use crate::train::optim::{Optimizer, OptimizerConfig};
 use crate::train::step::{PairBatch, apply_update, forward_backward, updated_params_finite};
+use crate::util::peak_rss;
 
 /// Built-in configs: `tiny` (the test fixtures' UNet) and `sdxl` (the real one).
 pub fn unet_config(model: &str) -> Result<(UNetConfig, serde_json::Value)> {
@@ -72,8 +74,6 @@ pub struct TrainBench {
     #[command(flatten)]
     pub device: crate::device::DeviceArgs,
 }
-
-pub use crate::device::peak_rss;
 
 fn tensor<const D: usize>(seed: u64, shape: [usize; D], device: &Device) -> Tensor<D> {
     let n = shape.iter().product();
@@ -126,14 +126,14 @@ pub fn train_step(b: &TrainBench) -> Result<serde_json::Value> {
             &device,
         ),
     };
-    let schedule = NoiseSchedule::sdxl();
+    let objective = Objective::sdxl();
     let mut optimizer = Optimizer::new(OptimizerConfig::adamw(1e-5));
     let (mut times, mut checks) = (Vec::new(), Vec::new());
     for i in 0..b.warmup + b.steps {
         plain.sync()?;
         let t0 = Instant::now();
-        let micro = forward_backward(&unet, reference.as_ref(), &method, &batch, &schedule, compute);
-        let (next, _) = apply_update(unet, &micro.grads, &mut optimizer, 1e-5, 1.0);
+        let micro = forward_backward(&unet, reference.as_ref(), &method, &batch, &objective, compute);
+        let (next, _) = apply_update(unet, &micro.grads, &mut optimizer, 1e-5, 1.0, micro.loss);
         unet = next;
         plain.sync()?;
         // The trainer's finite check of the updated weights, timed on its own.

@@ -7,12 +7,13 @@ use anyhow::{Result, bail};
 use burn::tensor::{Int, Tensor, TensorData};
 use serde_json::json;
 
-use crate::device::{peak_rss, select};
+use crate::device::select;
 use crate::eval::preprocess::ClipImageProcessor;
 use crate::eval::resize::Rgb8;
 use crate::models::clip::model::{ClipModel, cosine};
 use crate::models::clip::open_clip::{OpenClipConfig, VIT_H_14};
 use crate::sample::noise::gaussian;
+use crate::util::peak_rss;
 
 /// OpenAI's ViT-L/14 (the aesthetic predictor's CLIP, CLIP score's).
 const VIT_L_14: &str = r#"{"embed_dim": 768, "quick_gelu": true,

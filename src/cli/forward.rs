@@ -119,7 +119,7 @@ fn check_inputs(model: &Path, component: Component, inputs: &SafeTensorFiles) ->
                 bail!("input_ids: stored as {:?}; token ids must be i64 (or i32)", view.dtype);
             }
             let ids = view
-                .to_data_any()
+                .to_data_any()?
                 .convert::<i64>()
                 .try_into_vec::<i64>()
                 .map_err(|e| anyhow::anyhow!("input_ids: {e:?}"))?;
@@ -148,7 +148,7 @@ fn check_unet_inputs(dir: &Path, inputs: &SafeTensorFiles) -> Result<()> {
             time_ids: time_ids.as_deref(),
         },
     )?;
-    let t = inputs.get("timestep").expect("checked").to_data_any().convert::<f64>();
+    let t = inputs.get("timestep").expect("checked").to_data_any()?.convert::<f64>();
     check_timesteps(&t.try_to_vec::<f64>().map_err(|e| anyhow::anyhow!("timestep: {e:?}"))?)
 }
 

@@ -29,12 +29,12 @@ pub use crate::device::DeviceArgs;
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Text to image with an SDXL pipeline folder (options: README, "Use").
+    /// Text to image with an SDXL pipeline folder (options: docs/cli.md).
     Generate(generate::GenerateArgs),
     /// Speed and memory benchmarks, one JSON line per run (see benches/RESULTS.md).
     #[command(subcommand)]
     Bench(BenchCommand),
-    /// Fine-tune a UNet with a preference method (see experiments/ and README).
+    /// Fine-tune a UNet with a preference method (see experiments/ and docs/training.md).
     Train {
         /// The run's TOML config (`mapo train FILE` or `mapo train --config FILE`).
         #[arg(value_name = "FILE", required_unless_present = "config")]
@@ -101,7 +101,7 @@ pub enum Command {
     /// reward models: identical noise per prompt and seed, cached images, means with 95%
     /// bootstrap intervals, win rates against the first variant, report.md + scores.png + grid.png.
     Eval(crate::cli::eval::EvalArgs),
-    /// Score images with a reward model (pickscore, clip; hps, aesthetic to come):
+    /// Score images with a reward model (--scorer pickscore, hps, aesthetic or clip):
     /// `--pairs` JSON lines `{"image", "prompt"}` in, the same rows with `"score"` out.
     Score(crate::cli::score::ScoreArgs),
     /// LoRA files: convert between the diffusers/PEFT and kohya layouts.
@@ -110,10 +110,10 @@ pub enum Command {
 }
 
 /// Developer commands: parity checks by other tools, fixtures, model surgery. Also
-/// accepted without `dev` (`mapo forward ...`, as DESIGN §2 has it).
+/// accepted without `dev` (`mapo forward ...`, as docs/design.md §2 has it).
 #[derive(Subcommand, Debug)]
 pub enum DevCommand {
-    /// Run one model component on tensors from a safetensors file (inputs and outputs: README, "Use").
+    /// Run one model component on tensors from a safetensors file (inputs and outputs: docs/design.md §2).
     Forward(ForwardArgs),
     /// Load a component folder and write it back as a diffusers folder (f32/f16/bf16).
     Convert {
@@ -235,8 +235,8 @@ pub struct ForwardArgs {
     /// unet: a LoRA file (peft or kohya keys) folded into the UNet at its scale alpha/rank.
     #[arg(long)]
     pub lora: Option<PathBuf>,
-    /// Preference method (loss, train-step): sft, dpo or mapo.
-    #[arg(long)]
+    /// Preference method (loss, train-step).
+    #[arg(long, help = format!("Preference method (loss, train-step): {}", crate::losses::names().join(", ")))]
     pub method: Option<String>,
     /// Method parameter, e.g. `--param beta=5000` (repeatable).
     #[arg(long = "param", value_name = "KEY=VALUE")]
@@ -302,8 +302,8 @@ pub fn run(cli: Cli) -> Result<()> {
                 (None, [one]) => one.clone(),
                 (None, _) => anyhow::bail!("several folders given: say where the report goes with --out DIR"),
             };
-            let runs = crate::eval::report::collect(&dirs)?;
-            crate::eval::report::write(&out, &runs)?;
+            let runs = crate::experiment::report::collect(&dirs)?;
+            crate::experiment::report::write(&out, &runs)?;
             println!("report: {}", out.join("report.md").display());
             Ok(())
         }
@@ -329,7 +329,7 @@ fn run_dev(command: DevCommand) -> Result<()> {
     }
 }
 
-/// The developer commands' names, accepted without `dev` (DESIGN §2 and other tools call
+/// The developer commands' names, accepted without `dev` (docs/design.md §2 and other tools call
 /// `mapo forward ...`, `mapo tokenize ...`).
 const DEV_COMMANDS: [&str; 6] = ["forward", "convert", "tokenize", "make-pairs", "random-model", "params"];
 

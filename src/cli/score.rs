@@ -1,4 +1,4 @@
-//! `mapo score` (DESIGN §2): scores images listed in a JSON-lines file with a reward model.
+//! `mapo score` (docs/design.md §2): scores images listed in a JSON-lines file with a reward model.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -1,5 +1,5 @@
 //! `mapo forward train-step`: N full fine-tuning steps of the UNet on one fixed batch, for
-//! parity with a PyTorch step (DESIGN §2).
+//! parity with a PyTorch step (docs/design.md §2).
 
 use anyhow::{Result, bail};
 use burn::tensor::{DType, TensorData};
@@ -11,13 +11,15 @@ use crate::models::folder::component_dir;
 use crate::models::io::{SafeTensorFiles, write_tensors};
 use crate::models::named::for_each_param;
 use crate::models::unet::UNet2DConditionModel;
-use crate::sample::schedule::NoiseSchedule;
+use crate::objective::Objective;
 use crate::train::optim::{Optimizer, OptimizerConfig};
 use crate::train::step::{PairBatch, train_step};
 
 pub fn run(args: &ForwardArgs) -> Result<()> {
     let Some(model) = args.model.as_deref() else { bail!("forward train-step needs --model DIR") };
-    let Some(name) = args.method.as_deref() else { bail!("forward train-step needs --method (sft, dpo, mapo)") };
+    let Some(name) = args.method.as_deref() else {
+        bail!("forward train-step needs --method ({})", crate::losses::names().join(", "))
+    };
     // Master weights, optimizer state and the loss stay f32; `--dtype` sets the compute.
     let method = build(name, Params::parse(&args.params)?)?;
     let selected = select(args.device.device.as_deref())?;
@@ -52,8 +54,8 @@ pub fn run(args: &ForwardArgs) -> Result<()> {
             bail!("{}: {n} has {got} rows, chosen has {b}", args.inputs.display());
         }
     }
-    let schedule = NoiseSchedule::sdxl();
-    if let Some(t) = batch.timesteps.iter().find(|t| **t < 0 || **t as usize >= schedule.num_train_timesteps()) {
+    let objective = Objective::sdxl();
+    if let Some(t) = batch.timesteps.iter().find(|t| **t < 0 || **t as usize >= objective.num_train_timesteps()) {
         bail!("{}: timestep {t} is outside [0, 1000)", args.inputs.display());
     }
 
@@ -69,7 +71,7 @@ pub fn run(args: &ForwardArgs) -> Result<()> {
             reference.as_ref(),
             &method,
             &batch,
-            &schedule,
+            &objective,
             &mut optimizer,
             args.lr,
             args.max_grad_norm,

@@ -597,6 +597,7 @@ fn read_rows(
             let v = f.get(k).with_context(|| format!("{}: no tensor {k}", path.display()))?;
             let values = v
                 .to_data_any()
+                .with_context(|| format!("{}: {k}", path.display()))?
                 .convert::<f32>()
                 .try_into_vec::<f32>()
                 .map_err(|e| anyhow::anyhow!("{}: {k}: {e:?}", path.display()))?;

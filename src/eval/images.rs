@@ -13,7 +13,7 @@ use crate::models::unet::UNet2DConditionModel;
 use crate::models::vae::AutoencoderKL;
 use crate::sample::pipeline::{PromptEncoder, SchedulerConfig};
 use crate::sample::validate::{Prompts, decode_images, initial_noise, sample_latents, to_images};
-use crate::toy::experiment::{Conditioner, SIZE};
+use crate::toy::model::{Conditioner, SIZE};
 
 enum Text {
     Sdxl { prompts: Box<PromptEncoder>, vae: Box<AutoencoderKL>, scaling: f64, factor: usize },

@@ -1,15 +1,15 @@
-//! Judging samples and comparing runs: reward models behind the `Scorer` trait (with the
-//! exact preprocessing they were trained with), reports and plots.
+//! Judging samples: reward models behind the `Scorer` trait (with the exact preprocessing
+//! they were trained with), prompt suites, and `mapo eval`'s comparison of model variants.
+//! The report that compares training runs is the experiment's (`experiment::report`).
 
 pub mod aesthetic;
-pub mod backends;
 pub mod compare;
 pub mod images;
 pub mod metrics;
 pub mod plot;
 pub mod preprocess;
-pub mod report;
 pub mod resize;
 pub mod scorer;
 pub mod stats;
 pub mod suite;
+pub mod toy;

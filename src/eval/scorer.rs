@@ -1,5 +1,5 @@
 //! Reward models behind one trait: a scorer takes images (and their prompts) and gives one
-//! number per image. CLIP-based ones (DESIGN §9): PickScore = exp(logit_scale) · cos(image,
+//! number per image. CLIP-based ones (docs/design.md §9): PickScore = exp(logit_scale) · cos(image,
 //! text); CLIP score = 100 · max(cos, 0) (torchmetrics); HPS = cos with an open_clip model.
 
 use std::path::Path;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
 
-use crate::toy::experiment::PretrainConfig;
+use super::toy::pretrain::PretrainConfig;
 use crate::train::config::{TrainConfig, set};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -200,6 +200,11 @@ impl ExperimentConfig {
         self.model.builtin.is_some()
     }
 
+    /// The objective the runs train with (a planned run's: see `align_pretrain`).
+    pub fn objective(&self) -> Result<crate::objective::Objective> {
+        crate::objective::Objective::new(self.pretrain.objective, self.pretrain.flow.as_ref())
+    }
+
     /// This run's `mapo train` config.
     pub fn train_config(&self, method: &str, seed: u64, model: &Path, data: &Path, out: &Path) -> Result<TrainConfig> {
         let mut table = self.train.clone();
@@ -221,6 +226,20 @@ impl ExperimentConfig {
         config.validate()?;
         Ok(config)
     }
+}
+
+/// The built-in model's reference is pretrained with the runs' objective (`[train]
+/// objective` and `[train.flow]`): a flow toy fine-tunes a flow reference.
+fn align_pretrain(p: &mut PretrainConfig, train: &TrainConfig) -> Result<()> {
+    ensure!(
+        p.objective == train.objective || p.objective.is_epsilon(),
+        "[pretrain] objective = {:?} but [train] objective = {:?}: set [train] objective, the reference follows it",
+        p.objective.as_str(),
+        train.objective.as_str()
+    );
+    p.objective = train.objective;
+    p.flow = train.flow.clone();
+    Ok(())
 }
 
 /// Reads an experiment file, applies `--set` overrides, and expands it into runs.
@@ -306,10 +325,11 @@ fn plan(base: &ExperimentConfig, raw: &toml::Value) -> Result<Vec<PlannedRun>> {
                     set(&mut value, &format!("{k}={v}"))?;
                     varied.insert(short[k.as_str()].clone(), display(v));
                 }
-                let config: ExperimentConfig = value.try_into().context("after applying [sweep]")?;
+                let mut config: ExperimentConfig = value.try_into().context("after applying [sweep]")?;
                 // Checked now, so that a typo fails before hours of earlier runs.
                 let dot = Path::new(".");
-                config.train_config(method, seed, dot, dot, dot)?;
+                let train = config.train_config(method, seed, dot, dot, dot)?;
+                align_pretrain(&mut config.pretrain, &train)?;
                 let mut name = method.clone();
                 for (k, v) in &varied {
                     name.push_str(&format!("-{k}={v}"));

@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use burn::tensor::{DType, Device, Tensor};
 
 use super::config::EvalConfig;
+use super::toy::eval::ToyEvaluator;
 use crate::eval::images::{Renderer, Settings};
 use crate::eval::metrics::Metrics;
 use crate::eval::resize::Rgb8;
@@ -15,7 +16,7 @@ use crate::eval::scorer::{Scorer, ScorerFiles, load_scorer};
 use crate::eval::suite::read_prompts;
 use crate::models::io::write_tensors;
 use crate::models::unet::UNet2DConditionModel;
-use crate::toy::eval::ToyEvaluator;
+use crate::objective::Objective;
 
 pub enum Evaluator {
     Toy(Box<ToyEvaluator>),
@@ -32,9 +33,16 @@ pub enum Samples {
 
 impl Evaluator {
     /// `None` when the experiment asks for no scoring (a diffusers model without a suite).
-    pub fn new(toy: bool, model: &Path, pairs: &Path, c: &EvalConfig, device: &Device) -> Result<Option<Self>> {
+    pub fn new(
+        toy: bool,
+        model: &Path,
+        pairs: &Path,
+        c: &EvalConfig,
+        objective: &Objective,
+        device: &Device,
+    ) -> Result<Option<Self>> {
         Ok(if toy {
-            Some(Self::Toy(Box::new(ToyEvaluator::new(model, pairs, c, device)?)))
+            Some(Self::Toy(Box::new(ToyEvaluator::new(model, pairs, c, objective, device)?)))
         } else if c.has_suite() {
             Some(Self::Suite(Box::new(SuiteEvaluator::new(model, c, device)?)))
         } else {

@@ -1,10 +1,14 @@
 //! `mapo experiment`: runs an experiment file (model, data, methods, sweeps, seeds) and
 //! writes a report that puts the methods side by side.
 
+pub mod backends;
 pub mod config;
+pub mod curves;
 pub mod evaluator;
 pub mod jobs;
+pub mod report;
 pub mod runner;
+pub mod toy;
 
 use std::path::Path;
 use std::time::Instant;
@@ -40,8 +44,8 @@ pub fn run(file: &Path, overrides: &[String], device: Option<&str>, options: &Ru
     let jobs = options.jobs.unwrap_or_else(jobs::cores).max(1);
     let how = runner::Invocation { file, overrides, device, jobs };
     let dirs = runner::run_all(&base, &runs, &how)?;
-    let data = crate::eval::report::collect(&dirs)?;
-    crate::eval::report::write(&exp, &data)?;
+    let data = crate::experiment::report::collect(&dirs)?;
+    crate::experiment::report::write(&exp, &data)?;
     note_runs_left_out(&exp, &dirs)?;
     append_to_report(
         &exp,
@@ -51,7 +55,7 @@ pub fn run(file: &Path, overrides: &[String], device: Option<&str>, options: &Ru
             t0.elapsed().as_secs_f64()
         ),
     )?;
-    let table = crate::eval::report::table(&crate::eval::report::rows(&data), &data);
+    let table = crate::experiment::report::table(&crate::experiment::report::rows(&data), &data);
     println!("{table}");
     println!(
         "experiment {} done in {:.1} s; report: {}",

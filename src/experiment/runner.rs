@@ -12,11 +12,13 @@ use serde::{Deserialize, Serialize};
 
 use super::config::{ExperimentConfig, PlannedRun};
 use super::evaluator::Evaluator;
+use super::toy::pretrain::{self as toy, Variant};
 use crate::device::select;
 use crate::eval::metrics::Metrics;
 use crate::models::io::write_atomic;
 use crate::models::unet::UNet2DConditionModel;
-use crate::toy::experiment::{self as toy, Conditioner, Variant};
+use crate::objective::ObjectiveName;
+use crate::toy::model::Conditioner;
 use crate::train::checkpoint;
 use crate::train::run::Start;
 pub use crate::util::read_jsonl;
@@ -43,6 +45,9 @@ pub struct RunSummary {
     pub memory_kind: String,
     pub final_loss: Option<f64>,
     pub eval: Option<Metrics>,
+    /// The training objective (absent: ε-prediction, as every summary before flow had it).
+    #[serde(default, skip_serializing_if = "ObjectiveName::is_epsilon")]
+    pub objective: ObjectiveName,
 }
 
 pub fn experiment_dir(config: &ExperimentConfig) -> PathBuf {
@@ -246,7 +251,11 @@ fn prepare(exp: &Path, run: &PlannedRun, device: Option<&str>, for_run: bool) ->
         check_reference(&d, c)?;
     }
     let scored = reference_summary_dir(exp, run).is_none_or(|d| d.join("summary.json").is_file());
-    let evaluator = if for_run || !scored { Evaluator::new(c.is_toy(), &model, &data, &c.eval, &plain)? } else { None };
+    let evaluator = if for_run || !scored {
+        Evaluator::new(c.is_toy(), &model, &data, &c.eval, &c.objective()?, &plain)?
+    } else {
+        None
+    };
     let mut start_line = None;
     if let (Some(ev), Some(ref_dir)) = (&evaluator, reference_summary_dir(exp, run)) {
         let summary = ref_dir.join("summary.json");
@@ -278,6 +287,7 @@ fn prepare(exp: &Path, run: &PlannedRun, device: Option<&str>, for_run: bool) ->
                 memory_kind: "none".into(),
                 final_loss: None,
                 eval: Some(metrics),
+                objective: c.pretrain.objective,
             };
             write_atomic(&ref_dir.join(IDENTITY), serde_json::to_string_pretty(&reference_identity(c))?.as_bytes())?;
             write_atomic(&summary, serde_json::to_string_pretty(&s)?.as_bytes())?;
@@ -339,7 +349,7 @@ fn execute(exp: &Path, run: &PlannedRun, dir: &Path, device: Option<&str>) -> Re
     let (median_step, device_peak) = step_stats(&metrics);
     let (peak, kind) = match device_peak {
         Some(p) => (Some(p), "device"),
-        None => (crate::bench::peak_rss(), "rss"),
+        None => (crate::util::peak_rss(), "rss"),
     };
     let summary = RunSummary {
         experiment: c.name.clone(),
@@ -356,6 +366,7 @@ fn execute(exp: &Path, run: &PlannedRun, dir: &Path, device: Option<&str>) -> Re
         memory_kind: kind.into(),
         final_loss: Some(final_loss),
         eval: last_eval,
+        objective: train.objective,
     };
     write_atomic(&dir.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
     eprintln!("{}: {:.1} s", run.name, wall_s);

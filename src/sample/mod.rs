@@ -2,6 +2,7 @@
 
 pub mod ddim;
 pub mod euler;
+pub mod flow_euler;
 pub mod noise;
 pub mod pipeline;
 pub mod sampler;

@@ -12,8 +12,6 @@
 
 use anyhow::{Result, bail, ensure};
 
-use crate::eval::resize::Rgb8;
-use crate::eval::scorer::Scorer;
 use crate::toy::data::{BACKGROUNDS, COLOURS, Placement, SHAPES, Style, Subject, mask};
 
 const FOREGROUND_DISTANCE: f32 = 0.3;
@@ -104,24 +102,6 @@ fn iou(a: &[bool], b: &[bool]) -> f32 {
     both as f32 / either.max(1) as f32
 }
 
-/// An 8-bit image as [3, size, size] in [-1, 1] (channel-major), as `read` takes it.
-fn unit_pixels(image: &Rgb8) -> Result<Vec<f32>> {
-    ensure!(
-        image.width == image.height && image.data.len() == 3 * image.width * image.height,
-        "the toy scorer reads square RGB images; this one is {}×{}",
-        image.width,
-        image.height
-    );
-    let n = image.width * image.height;
-    let mut out = vec![0.0; 3 * n];
-    for (i, px) in image.data.chunks_exact(3).enumerate() {
-        for c in 0..3 {
-            out[c * n + i] = px[c] as f32 / 255.0 * 2.0 - 1.0;
-        }
-    }
-    Ok(out)
-}
-
 /// The reading as a reward model: `style_b` scores 1 for an image read as style B
 /// (striped), `fidelity` 1 for one whose subject is the prompt's; the mean over a suite
 /// is the share. Used by the built-in experiment and by `mapo eval` on the toy model.
@@ -132,6 +112,8 @@ pub enum ToyScorer {
 }
 
 impl ToyScorer {
+    pub const NAMES: [&str; 2] = ["style_b", "fidelity"];
+
     pub fn from_name(name: &str) -> Option<Self> {
         match name {
             "style_b" => Some(Self::StyleB),
@@ -139,25 +121,17 @@ impl ToyScorer {
             _ => None,
         }
     }
-}
 
-impl Scorer for ToyScorer {
-    fn name(&self) -> &'static str {
+    pub fn name(&self) -> &'static str {
         match self {
             Self::StyleB => "style_b",
             Self::Fidelity => "fidelity",
         }
     }
 
-    fn needs_text(&self) -> bool {
+    /// Fidelity compares the reading with the prompt; the style ignores it.
+    pub fn needs_text(&self) -> bool {
         *self == Self::Fidelity
-    }
-
-    fn score(&self, images: &[Rgb8], prompts: &[String]) -> Result<Vec<f64>> {
-        let pixels: Vec<Vec<f32>> = images.iter().map(unit_pixels).collect::<Result<_>>()?;
-        let size = images.first().map_or(0, |i| i.width);
-        ensure!(images.iter().all(|i| i.width == size), "the toy scorer reads images of one size");
-        self.score_pixels(&pixels, size, prompts)
     }
 }
 

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::config_names::{canonical_key, canonicalize, check_known};
 use super::lr::LrSchedule;
 use super::optim::{OptimizerConfig, OptimizerName};
+use crate::objective::{FlowConfig, Objective, ObjectiveName};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -102,6 +103,13 @@ pub struct TrainConfig {
     /// Compute precision: f32, or bf16/f16 with f32 master weights and optimizer state.
     #[serde(default = "f32_name")]
     pub dtype: String,
+    /// The training objective: `epsilon` (ε-prediction on the DDPM schedule, SDXL) or `flow`
+    /// (flow matching, settings in `[flow]`).
+    #[serde(default, skip_serializing_if = "ObjectiveName::is_epsilon")]
+    pub objective: ObjectiveName,
+    /// Flow matching's σ grid shift and density (`objective = "flow"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow: Option<FlowConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -241,6 +249,11 @@ impl TrainConfig {
         Ok(config)
     }
 
+    /// The objective this config trains with.
+    pub fn objective(&self) -> Result<Objective> {
+        Objective::new(self.objective, self.flow.as_ref())
+    }
+
     pub fn validate(&self) -> Result<()> {
         // Upper bounds catch typos (an extra digit) before they allocate or run for years.
         ensure!((1..=100_000_000).contains(&self.steps), "steps {} must be in 1..=100000000", self.steps);
@@ -286,6 +299,12 @@ impl TrainConfig {
         ensure!(self.validation_every == 0 || self.validation_steps > 0, "validation_steps must be > 0");
         self.data_transform.validate()?;
         self.dtype.parse::<crate::device::Precision>()?;
+        ensure!(
+            self.flow.is_none() || self.objective == ObjectiveName::Flow,
+            "[flow] is set but objective is {:?}: add objective = \"flow\" or remove [flow]",
+            self.objective.as_str()
+        );
+        self.objective()?;
         if let Some(l) = &self.lora {
             ensure!((1..=4096).contains(&l.rank), "lora.rank {} must be in 1..=4096", l.rank);
             ensure!(!l.targets.is_empty(), "lora.targets is empty");
@@ -313,6 +332,8 @@ const MATH_KEYS: &[&str] = &[
     "sample_latents",
     "data_transform",
     "shuffle_shards",
+    "objective",
+    "flow",
 ];
 
 /// The math-changing keys that differ between the config a run started with and `now`,
@@ -333,7 +354,7 @@ pub fn known_keys() -> Result<(Vec<String>, Vec<String>)> {
     let table = defaults.as_table().context("a table")?;
     // Optional sections are absent from the defaults' serialisation.
     let mut top: Vec<String> = table.keys().cloned().collect();
-    top.extend(["device", "lora"].map(String::from));
+    top.extend(["device", "lora", "objective", "flow"].map(String::from));
     let mut opt: Vec<String> =
         table.get("optimizer").and_then(|o| o.as_table()).map(|t| t.keys().cloned().collect()).unwrap_or_default();
     opt.push("weight_decay".into());

@@ -9,10 +9,11 @@
 //! `chosen` and `rejected`.
 
 use burn::tensor::{Device, Tensor, TensorData};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::data::stream::{PairRows, PairSource};
+use crate::objective::Objective;
 use crate::sample::noise::standard_normal;
 use crate::sample::validate::Prompts;
 use crate::train::step::PairBatch;
@@ -27,7 +28,7 @@ fn pair_rng(seed: u64, cursor: usize) -> ChaCha8Rng {
 /// `rows` (the pairs at `cursors`) as a batch on `device`: one timestep per pair and noise
 /// shared within a pair; with sampled latents, `mean + sd · ε` drawn after the noise, so
 /// that sampling leaves the noise and timesteps unchanged.
-pub fn to_batch(rows: &PairRows, cursors: &[usize], seed: u64, timesteps: usize, device: &Device) -> PairBatch {
+pub fn to_batch(rows: &PairRows, cursors: &[usize], seed: u64, objective: &Objective, device: &Device) -> PairBatch {
     let (b, [c, h, w]) = (rows.n, rows.shape.latent);
     let l = c * h * w;
     let mut t = Vec::with_capacity(b);
@@ -35,7 +36,7 @@ pub fn to_batch(rows: &PairRows, cursors: &[usize], seed: u64, timesteps: usize,
     let (mut chosen, mut rejected) = (rows.chosen.clone(), rows.rejected.clone());
     for (i, &cursor) in cursors.iter().enumerate() {
         let mut rng = pair_rng(seed, cursor);
-        t.push(rng.random_range(0..timesteps as i64));
+        t.push(objective.draw_timestep(&mut rng));
         noise.extend((0..l).map(|_| standard_normal(&mut rng)));
         if let Some((sd_w, sd_l)) = &rows.spread {
             // Unpaired rows have no rejected latents.
@@ -61,9 +62,9 @@ pub fn to_batch(rows: &PairRows, cursors: &[usize], seed: u64, timesteps: usize,
 }
 
 /// The first `n` pairs of the run's order (cursors 0..n) as one batch (evaluation).
-pub fn first_batch(source: &PairSource, n: usize, timesteps: usize, device: &Device) -> anyhow::Result<PairBatch> {
+pub fn first_batch(source: &PairSource, n: usize, objective: &Objective, device: &Device) -> anyhow::Result<PairBatch> {
     let (rows, cursors) = source.stream(0, 1).next(n)?;
-    Ok(to_batch(&rows, &cursors, source.seed, timesteps, device))
+    Ok(to_batch(&rows, &cursors, source.seed, objective, device))
 }
 
 /// The conditioning of the first `k` pairs in storage order (validation prompts), and the

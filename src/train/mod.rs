@@ -12,4 +12,6 @@ pub mod outdir;
 pub mod ranks;
 pub mod reference_cache;
 pub mod run;
+pub mod setup;
 pub mod step;
+pub mod trainer;

@@ -38,7 +38,7 @@ impl OptimizerConfig {
 
     /// The one place an optimizer is built from its settings, for the TOML config and the
     /// CLI alike: `betas` = (β1, β2, eps) for AdamW; `weight_decay` defaults to 1e-2 for
-    /// AdamW and 0 for Adafactor, and is an error for SGD (plain, as DESIGN §2 fixes it).
+    /// AdamW and 0 for Adafactor, and is an error for SGD (plain, as docs/design.md §2 fixes it).
     pub fn build(name: OptimizerName, lr: f64, betas: (f64, f64, f64), weight_decay: Option<f64>) -> Result<Self> {
         Ok(match name {
             OptimizerName::Adamw => {

@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::data::stream::PairSource;
 use crate::losses::{Errors, loss_dtype};
 use crate::models::unet::UNet2DConditionModel;
-use crate::sample::schedule::NoiseSchedule;
+use crate::objective::Objective;
 use crate::train::data::to_batch;
 use crate::train::step::pair_errors_in;
 
@@ -36,7 +36,7 @@ impl ReferenceErrors {
     pub fn compute(
         pass: &ReferencePass,
         source: &PairSource,
-        schedule: &NoiseSchedule,
+        objective: &Objective,
         start: usize,
         count: usize,
     ) -> Result<Self> {
@@ -53,8 +53,8 @@ impl ReferenceErrors {
         while done < count {
             let n = pass.chunk.min(count - done);
             let (rows, cursors) = stream.next(n)?;
-            let batch = to_batch(&rows, &cursors, source.seed, schedule.num_train_timesteps(), pass.device);
-            let e = pair_errors_in(pass.reference, &batch, schedule, pass.dtype, true);
+            let batch = to_batch(&rows, &cursors, source.seed, objective, pass.device);
+            let e = pair_errors_in(pass.reference, &batch, objective, pass.dtype, true);
             chosen.extend(values(e.chosen));
             // Unpaired rows have no rejected image.
             if let Some(r) = e.rejected {

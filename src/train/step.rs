@@ -5,7 +5,7 @@ use burn::tensor::{DType, Tensor};
 use crate::losses::{Errors, Layout, LossInput, Method, loss_dtype};
 use crate::models::named::param_grads;
 use crate::models::unet::{TextTime, UNet2DConditionModel};
-use crate::sample::schedule::{NoiseSchedule, timestep_tensor};
+use crate::objective::Objective;
 use crate::train::grad_clip::{clip_coefficient, global_grad_norm};
 use crate::train::optim::{GradMap, Optimizer, to_autodiff};
 
@@ -40,29 +40,36 @@ pub struct StepStats {
 /// does not use rejected images), conditioning repeated for both halves.
 struct Inputs {
     noisy: Tensor<4>,
+    /// The objective's timestep indices (losses read them), and the time the model is given.
     timesteps: Vec<i64>,
+    model_t: Tensor<1>,
     target: Tensor<4>,
     context: Tensor<3>,
     cond: TextTime,
 }
 
-fn inputs(batch: &PairBatch, schedule: &NoiseSchedule, with_rejected: bool) -> Inputs {
-    let noisy_w = schedule.add_noise(batch.chosen.clone(), batch.noise.clone(), &batch.timesteps);
+fn inputs(batch: &PairBatch, objective: &Objective, with_rejected: bool) -> Inputs {
+    let device = batch.chosen.device();
+    let noisy_w = objective.noisy(batch.chosen.clone(), batch.noise.clone(), &batch.timesteps);
+    let target_w = objective.target(batch.chosen.clone(), batch.noise.clone());
     let Some(rejected) = batch.rejected.clone().filter(|_| with_rejected) else {
         return Inputs {
             noisy: noisy_w,
+            model_t: objective.model_timesteps(&batch.timesteps, &device),
             timesteps: batch.timesteps.clone(),
-            target: batch.noise.clone(),
+            target: target_w,
             context: batch.encoder_hidden_states.clone(),
             cond: TextTime { text_embeds: batch.text_embeds.clone(), time_ids: batch.time_ids.clone() },
         };
     };
-    let noisy_l = schedule.add_noise(rejected, batch.noise.clone(), &batch.timesteps);
-    let twice = |t: &[i64]| [t, t].concat();
+    let noisy_l = objective.noisy(rejected.clone(), batch.noise.clone(), &batch.timesteps);
+    let target_l = objective.target(rejected, batch.noise.clone());
+    let timesteps = [batch.timesteps.as_slice(), &batch.timesteps].concat();
     Inputs {
         noisy: Tensor::cat(vec![noisy_w, noisy_l], 0),
-        timesteps: twice(&batch.timesteps),
-        target: Tensor::cat(vec![batch.noise.clone(), batch.noise.clone()], 0),
+        model_t: objective.model_timesteps(&timesteps, &device),
+        timesteps,
+        target: Tensor::cat(vec![target_w, target_l], 0),
         context: Tensor::cat(vec![batch.encoder_hidden_states.clone(); 2], 0),
         cond: TextTime {
             text_embeds: Tensor::cat(vec![batch.text_embeds.clone(); 2], 0),
@@ -74,15 +81,15 @@ fn inputs(batch: &PairBatch, schedule: &NoiseSchedule, with_rejected: bool) -> I
 /// The UNet's prediction with activations in `dtype` (bf16/f16 mixed precision: the
 /// parameters stay f32 and are cast where they are used), returned in f32.
 fn predict(unet: &UNet2DConditionModel, x: &Inputs, dtype: DType) -> Tensor<4> {
-    let t = timestep_tensor(&x.timesteps, &x.noisy.device());
     let cond = TextTime { text_embeds: x.cond.text_embeds.clone().cast(dtype), time_ids: x.cond.time_ids.clone() };
-    unet.forward(x.noisy.clone().cast(dtype), t, x.context.clone().cast(dtype), Some(&cond)).cast(DType::F32)
+    unet.forward_at(x.noisy.clone().cast(dtype), x.model_t.clone(), x.context.clone().cast(dtype), Some(&cond))
+        .cast(DType::F32)
 }
 
 /// Per-pair errors of `unet` on a batch's chosen and rejected images, in f32 (evaluation:
 /// call it with a model on a plain device, no graph is recorded).
-pub fn pair_errors(unet: &UNet2DConditionModel, batch: &PairBatch, schedule: &NoiseSchedule) -> Errors {
-    pair_errors_in(unet, batch, schedule, DType::F32, true)
+pub fn pair_errors(unet: &UNet2DConditionModel, batch: &PairBatch, objective: &Objective) -> Errors {
+    pair_errors_in(unet, batch, objective, DType::F32, true)
 }
 
 /// [`pair_errors`] with activations in `dtype`, chosen only unless `with_rejected` (and the
@@ -90,12 +97,12 @@ pub fn pair_errors(unet: &UNet2DConditionModel, batch: &PairBatch, schedule: &No
 pub fn pair_errors_in(
     unet: &UNet2DConditionModel,
     batch: &PairBatch,
-    schedule: &NoiseSchedule,
+    objective: &Objective,
     dtype: DType,
     with_rejected: bool,
 ) -> Errors {
     let with_rejected = with_rejected && batch.rejected.is_some();
-    let x = inputs(batch, schedule, with_rejected);
+    let x = inputs(batch, objective, with_rejected);
     Errors::from_prediction(predict(unet, &x, dtype), x.target.clone(), with_rejected)
 }
 
@@ -131,7 +138,7 @@ pub fn forward_backward<'a>(
     reference: impl Into<Reference<'a>>,
     method: &Method,
     batch: &PairBatch,
-    schedule: &NoiseSchedule,
+    objective: &Objective,
     compute: DType,
 ) -> MicroStep {
     let needs = method.needs;
@@ -140,7 +147,7 @@ pub fn forward_backward<'a>(
         Some(labels) => Layout::Unpaired(labels.clone()),
         None => needs.pair_layout(),
     };
-    let x = inputs(batch, schedule, layout == Layout::Pairs);
+    let x = inputs(batch, objective, layout == Layout::Pairs);
     let dtype = loss_dtype(&x.noisy.device());
     let lift = |t: Tensor<1>| to_autodiff(t, x.noisy.gradient_checkpointing_strategy());
 
@@ -160,6 +167,7 @@ pub fn forward_backward<'a>(
                 let plain = Inputs {
                     noisy: x.noisy.clone().inner(),
                     timesteps: x.timesteps.clone(),
+                    model_t: x.model_t.clone().inner(),
                     target: x.target.clone().inner(),
                     context: x.context.clone().inner(),
                     cond: TextTime {
@@ -189,16 +197,32 @@ pub fn forward_backward<'a>(
     }
 }
 
-/// Global gradient-norm clipping and one optimizer step; returns the norm before clipping.
+/// What an update did.
+#[derive(Debug, Clone, Copy)]
+pub struct Update {
+    /// The global gradient norm before clipping (NaN when the loss was not finite, and
+    /// possibly infinite or NaN when the update was skipped).
+    pub grad_norm: f64,
+    /// False: the loss or the gradient norm was not finite and the weights are unchanged.
+    pub applied: bool,
+}
+
+/// Global gradient-norm clipping and one optimizer step, skipped (weights and optimizer
+/// state unchanged) when the loss or the gradient norm is not finite. The one update of
+/// `mapo train`, `forward train-step` and `bench train-step`.
 pub fn apply_update(
     unet: UNet2DConditionModel,
     grads: &GradMap,
     optimizer: &mut Optimizer,
     lr: f64,
     max_grad_norm: f64,
-) -> (UNet2DConditionModel, f64) {
-    let grad_norm = global_grad_norm(grads);
-    (optimizer.step(unet, grads, clip_coefficient(grad_norm, max_grad_norm), lr), grad_norm)
+    loss: f64,
+) -> (UNet2DConditionModel, Update) {
+    let grad_norm = if loss.is_finite() { global_grad_norm(grads) } else { f64::NAN };
+    if !grad_norm.is_finite() {
+        return (unet, Update { grad_norm, applied: false });
+    }
+    (optimizer.step(unet, grads, clip_coefficient(grad_norm, max_grad_norm), lr), Update { grad_norm, applied: true })
 }
 
 /// Whether every parameter that has a gradient (the ones an update touched) is finite: one
@@ -220,13 +244,13 @@ pub fn train_step(
     reference: Option<&UNet2DConditionModel>,
     method: &Method,
     batch: &PairBatch,
-    schedule: &NoiseSchedule,
+    objective: &Objective,
     optimizer: &mut Optimizer,
     lr: f64,
     max_grad_norm: f64,
     compute: DType,
 ) -> (UNet2DConditionModel, StepStats) {
-    let micro = forward_backward(&unet, reference, method, batch, schedule, compute);
-    let (unet, grad_norm) = apply_update(unet, &micro.grads, optimizer, lr, max_grad_norm);
-    (unet, StepStats { loss: micro.loss, metrics: micro.metrics, grad_norm })
+    let micro = forward_backward(&unet, reference, method, batch, objective, compute);
+    let (unet, update) = apply_update(unet, &micro.grads, optimizer, lr, max_grad_norm, micro.loss);
+    (unet, StepStats { loss: micro.loss, metrics: micro.metrics, grad_norm: update.grad_norm })
 }

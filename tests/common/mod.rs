@@ -143,7 +143,7 @@ pub fn rewrite_tensor(
     let tensors: Vec<(String, burn::tensor::TensorData)> = file
         .names()
         .map(|n| {
-            let data = file.get(n).unwrap().to_data_any();
+            let data = file.get(n).unwrap().to_data_any().unwrap();
             (n.to_string(), if n == name { f(&data) } else { data })
         })
         .collect();

@@ -1,4 +1,4 @@
-"""Parity fixtures for every method behind the loss trait (DESIGN §4 and §4b).
+"""Parity fixtures for every method behind the loss trait (docs/design.md §4 and §4b).
 
 methods.safetensors: for each loss case of losses.safetensors (its model_pred, target and
   ref_pred, read back so that both fixtures share inputs), each method's loss and metrics,

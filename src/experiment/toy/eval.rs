@@ -7,16 +7,16 @@ use std::path::Path;
 use anyhow::Result;
 use burn::tensor::{Device, Tensor};
 
-use super::experiment::{Conditioner, SIZE, eval_subjects};
+use super::pretrain::eval_subjects;
 use crate::data::stream::PairSource;
 use crate::eval::metrics::Metrics;
-use crate::eval::scorer::Scorer;
 use crate::experiment::config::EvalConfig;
 use crate::models::unet::UNet2DConditionModel;
-use crate::sample::euler::EulerSchedule;
-use crate::sample::schedule::NoiseSchedule;
+use crate::objective::Objective;
+use crate::sample::sampler::Sampler;
 use crate::sample::validate::{Prompts, initial_noise, sample_latents};
 use crate::toy::data::Subject;
+use crate::toy::model::{Conditioner, SIZE};
 use crate::toy::score::ToyScorer;
 use crate::train::data::first_batch;
 use crate::train::step::{PairBatch, pair_errors};
@@ -25,29 +25,34 @@ pub struct ToyEvaluator {
     subjects: Vec<Subject>,
     prompts: Prompts,
     noise: Tensor<4>,
-    sampler: EulerSchedule,
+    sampler: Box<dyn Sampler>,
     guidance: f64,
     pairs: PairBatch,
-    schedule: NoiseSchedule,
+    objective: Objective,
 }
 
 impl ToyEvaluator {
     /// `reference`: the folder with the toy text encoder; `pairs`: the run's pairs file.
-    pub fn new(reference: &Path, pairs: &Path, config: &EvalConfig, device: &Device) -> Result<Self> {
+    pub fn new(
+        reference: &Path,
+        pairs: &Path,
+        config: &EvalConfig,
+        objective: &Objective,
+        device: &Device,
+    ) -> Result<Self> {
         let subjects = eval_subjects(config.seeds);
         let cond = Conditioner::load(reference, device)?
             .encode(&subjects.iter().map(|s| Some(s.caption())).collect::<Vec<_>>(), device)?;
         let prompts =
             Prompts { context: cond.context, text_embeds: cond.text_embeds, time_ids: cond.time_ids, negative: None };
-        let schedule = NoiseSchedule::sdxl();
         let data = PairSource::open(pairs, config.seed, 1, false)?;
         let n = config.error_pairs.min(data.len).max(1);
         Ok(Self {
             noise: initial_noise(config.seed, subjects.len(), [3, SIZE, SIZE], device),
-            sampler: EulerSchedule::new(&schedule, config.steps, "leading", 1)?,
+            sampler: objective.sampler(config.steps)?,
             guidance: config.guidance,
-            pairs: first_batch(&data, n, schedule.num_train_timesteps(), device)?,
-            schedule,
+            pairs: first_batch(&data, n, objective, device)?,
+            objective: objective.clone(),
             subjects,
             prompts,
         })
@@ -58,7 +63,7 @@ impl ToyEvaluator {
     /// samples ([K,3,SIZE,SIZE], one per prompt and seed).
     pub fn evaluate(&self, unet: &UNet2DConditionModel, step: usize) -> Result<(Metrics, Tensor<4>)> {
         let samples =
-            sample_latents(unet, &self.sampler, &self.prompts, self.noise.clone(), self.guidance, &mut |_| {});
+            sample_latents(unet, self.sampler.as_ref(), &self.prompts, self.noise.clone(), self.guidance, &mut |_| {});
         let pixels: Vec<f32> =
             samples.clone().into_data().convert::<f32>().try_to_vec().map_err(|e| anyhow::anyhow!("{e:?}"))?;
         let images: Vec<Vec<f32>> = pixels.chunks(3 * SIZE * SIZE).map(<[f32]>::to_vec).collect();
@@ -68,7 +73,7 @@ impl ToyEvaluator {
             let scores = scorer.score_pixels(&images, SIZE, &captions)?;
             metrics.values.insert(scorer.name().into(), scores.iter().sum::<f64>() / scores.len().max(1) as f64);
         }
-        let e = pair_errors(unet, &self.pairs, &self.schedule);
+        let e = pair_errors(unet, &self.pairs, &self.objective);
         let mean = |t: Tensor<1>| t.mean().into_scalar::<f32>() as f64;
         let metrics =
             metrics.with("chosen_error", mean(e.chosen.clone())).with("rejected_error", mean(e.rejected().clone()));

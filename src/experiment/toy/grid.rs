@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::{Result, anyhow};
 use plotters::prelude::*;
 
-use crate::eval::report::RunData;
+use crate::experiment::report::RunData;
 use crate::models::io::SafeTensorFiles;
 use crate::toy::data::Subject;
 

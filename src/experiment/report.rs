@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
-use super::metrics::{self, Better, Metrics};
-use crate::experiment::runner::{RunSummary, step_stats};
+use super::runner::{RunSummary, step_stats};
+use crate::eval::metrics::{self, Better, Metrics};
 use crate::models::io::write_atomic;
+use crate::objective::ObjectiveName;
 use crate::util::read_jsonl;
 
 /// A finished run as read from its folder.
@@ -83,6 +84,7 @@ fn read_train_run(dir: &Path) -> Result<RunData> {
         memory_kind: if peak.is_some() { "device" } else { "none" }.into(),
         final_loss: metrics.last().and_then(|m| m["loss"].as_f64()),
         eval: None,
+        objective: config.objective,
     };
     Ok(RunData { dir: dir.to_path_buf(), summary, metrics, evals: Vec::new() })
 }
@@ -278,12 +280,28 @@ pub fn table(rows: &[Row], runs: &[RunData]) -> String {
     out
 }
 
+/// Says which objective the runs trained with, when it is not SDXL's ε-prediction (or
+/// when runs of both are side by side).
+fn objective_line(runs: &[RunData]) -> Option<String> {
+    let mut names: Vec<ObjectiveName> = runs.iter().map(|r| r.summary.objective).collect();
+    names.sort_by_key(|n| n.as_str());
+    names.dedup();
+    if names.iter().all(ObjectiveName::is_epsilon) {
+        return None;
+    }
+    let describe = |n: &ObjectiveName| match n {
+        ObjectiveName::Epsilon => "ε-prediction (DDPM schedule)",
+        ObjectiveName::Flow => "flow matching (velocity target ε − x₀, x_σ = (1−σ)·x₀ + σ·ε)",
+    };
+    Some(format!("Objective: {}.", names.iter().map(describe).collect::<Vec<_>>().join("; ")))
+}
+
 /// Writes report.md, report.json, curves.png and samples.png into `out`.
 pub fn write(out: &Path, runs: &[RunData]) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let rows = rows(runs);
-    let plotted = super::plot::curves(&out.join("curves.png"), runs)?;
-    let grid = crate::toy::grid::samples(&out.join("samples.png"), runs)?;
+    let plotted = super::curves::curves(&out.join("curves.png"), runs)?;
+    let grid = super::toy::grid::samples(&out.join("samples.png"), runs)?;
     let mut md = String::new();
     let names: Vec<&str> = {
         let mut n: Vec<&str> = runs.iter().map(|r| r.summary.experiment.as_str()).collect();
@@ -291,6 +309,9 @@ pub fn write(out: &Path, runs: &[RunData]) -> Result<()> {
         n
     };
     writeln!(md, "# Report: {}\n", names.join(", "))?;
+    if let Some(line) = objective_line(runs) {
+        writeln!(md, "{line}\n")?;
+    }
     writeln!(md, "{}", table(&rows, runs))?;
     let shown = metrics::present(runs.iter().filter_map(|r| r.summary.eval.as_ref()));
     let meanings: Vec<&str> = shown.iter().map(|k| metrics::info(k).meaning).filter(|m| !m.is_empty()).collect();
