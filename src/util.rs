@@ -59,6 +59,13 @@ pub fn peak_rss() -> Option<u64> {
     line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
 }
 
+/// The process's resident memory now (VmRSS), where the OS reports it.
+pub fn current_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
+}
+
 /// Linux resets the peak-RSS counter (VmHWM) on writing 5 to clear_refs; elsewhere the
 /// figure stays the process's peak so far.
 pub fn reset_peak_rss() {

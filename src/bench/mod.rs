@@ -24,7 +24,7 @@ use crate::sample::noise::gaussian;
 use crate::sample::schedule::NoiseSchedule;
 use crate::sample::validate::{Prompts, sample_latents};
 use crate::train::optim::{Optimizer, OptimizerConfig};
-use crate::train::step::{PairBatch, apply_update, forward_backward, updated_params_finite};
+use crate::train::step::{Execution, PairBatch, Phase, apply_update, forward_backward_probed, updated_params_finite};
 use crate::util::peak_rss;
 
 /// Built-in configs: `tiny` (the test fixtures' UNet) and `sdxl` (the real one).
@@ -92,18 +92,20 @@ pub fn train_step(b: &TrainBench) -> Result<serde_json::Value> {
     set_block_elements(b.attention_block.unwrap_or(DEFAULT_BLOCK_ELEMENTS));
     let selected = select(b.device.device.as_deref())?;
     let plain = selected.device.clone();
-    let device = if b.grad_ckpt { plain.clone().autodiff().gradient_checkpointing() } else { plain.clone().autodiff() };
-    let compute = selected.precision(&b.device.dtype)?;
+    let device = plain.clone().autodiff();
+    let exec = Execution { dtype: selected.precision(&b.device.dtype)?, checkpointing: b.grad_ckpt };
     let method = build(&b.method, Params::default())?;
     let (config, _) = unet_config(&b.model)?;
     if !b.resolution.is_multiple_of(8) {
         bail!("--resolution must be a multiple of 8");
     }
+    let mut phases = PhaseMemory::new(&plain);
     let mut w = Weights::random(&device, DType::F32);
     if let Some(rank) = b.lora {
         w = w.with_lora(LoraConfig::new(rank));
     }
     let mut unet = UNet2DConditionModel::load(&config, &w)?;
+    phases.end("build");
     // The frozen reference (DPO only): the same weights without autodiff.
     let reference = method.uses_reference().then(|| unet.valid());
     let h = b.resolution / 8;
@@ -132,9 +134,11 @@ pub fn train_step(b: &TrainBench) -> Result<serde_json::Value> {
     for i in 0..b.warmup + b.steps {
         plain.sync()?;
         let t0 = Instant::now();
-        let micro = forward_backward(&unet, reference.as_ref(), &method, &batch, &objective, compute);
+        let mut probe = |p: Phase| phases.end(if p == Phase::Forward { "forward" } else { "backward" });
+        let micro = forward_backward_probed(&unet, reference.as_ref(), &method, &batch, &objective, exec, &mut probe);
         let (next, _) = apply_update(unet, &micro.grads, &mut optimizer, 1e-5, 1.0, micro.loss);
         unet = next;
+        phases.end("update");
         plain.sync()?;
         // The trainer's finite check of the updated weights, timed on its own.
         let t1 = Instant::now();
@@ -157,8 +161,56 @@ pub fn train_step(b: &TrainBench) -> Result<serde_json::Value> {
         "samples_per_s": b.batch as f64 / median,
         "finite_check_s": check, "finite_check_share": check / median,
         "peak_device_bytes": plain.memory_pool_usage().map(|u| u.bytes_reserved),
-        "peak_rss_bytes": peak_rss(),
+        "peak_rss_bytes": phases.overall_peak(),
+        "phases": phases.json(),
     }))
+}
+
+/// Memory per phase of a step (build, forward, backward, update): the peak resident memory
+/// while it ran (Linux's VmHWM, reset at each phase's start), the resident memory at its end,
+/// and the device pool's reserved bytes where the backend reports them; maxima over steps.
+struct PhaseMemory {
+    device: Device,
+    phases: Vec<(&'static str, serde_json::Value)>,
+    overall: u64,
+}
+
+impl PhaseMemory {
+    fn new(device: &Device) -> Self {
+        crate::util::reset_peak_rss();
+        Self { device: device.clone(), phases: Vec::new(), overall: 0 }
+    }
+
+    fn end(&mut self, phase: &'static str) {
+        let _ = self.device.sync();
+        let peak = peak_rss().unwrap_or(0);
+        self.overall = self.overall.max(peak);
+        let rss = crate::util::current_rss().unwrap_or(0);
+        let reserved = self.device.memory_pool_usage().map_or(0, |u| u.bytes_reserved);
+        let slot = match self.phases.iter_mut().find(|(n, _)| *n == phase) {
+            Some((_, v)) => v,
+            None => {
+                self.phases.push((phase, json!({"peak_rss_bytes": 0, "rss_bytes_at_end": 0})));
+                &mut self.phases.last_mut().expect("pushed").1
+            }
+        };
+        let max = |v: &serde_json::Value, x: u64| json!(v.as_u64().unwrap_or(0).max(x));
+        slot["peak_rss_bytes"] = max(&slot["peak_rss_bytes"], peak);
+        slot["rss_bytes_at_end"] = max(&slot["rss_bytes_at_end"], rss);
+        if self.device.memory_pool_usage().is_some() {
+            slot["device_reserved_bytes"] = max(&slot["device_reserved_bytes"], reserved);
+        }
+        crate::util::reset_peak_rss();
+    }
+
+    /// The process's peak over every phase (the counter is reset per phase).
+    fn overall_peak(&self) -> Option<u64> {
+        (self.overall > 0).then_some(self.overall)
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::Value::Object(self.phases.iter().map(|(n, v)| (n.to_string(), v.clone())).collect())
+    }
 }
 
 /// Guided sampling of a random-init UNet (batch 2 for classifier-free guidance).

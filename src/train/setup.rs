@@ -47,7 +47,9 @@ pub fn load(config: &TrainConfig, how: &Start) -> Result<Loaded> {
     let backends: Vec<_> = selected.iter().map(|s| s.backend).collect();
     let reduction = reduction_for(&backends);
     let plain = selected[0].device.clone();
-    let device = autodiff(config, &plain);
+    // Gradient checkpointing is mapo's own, per block (`Execution::checkpointing`), not
+    // Burn's per-op strategy, which keeps every op with a frozen operand (LoRA) and saves nothing.
+    let device = plain.clone().autodiff();
     let compute = selected[0].precision(&config.dtype)?;
     let unet_dir = component_dir(&config.model, "unet")?;
     let (_, unet_config) = crate::models::config::read_config::<serde_json::Value>(&unet_dir)?;
@@ -64,7 +66,7 @@ pub fn load(config: &TrainConfig, how: &Start) -> Result<Loaded> {
     let mut ranks = vec![Rank { backend: backends[0], plain, device, unet, reference, optimizer }];
     for s in &selected[1..] {
         let first = &ranks[0];
-        let device = autodiff(config, &s.device);
+        let device = s.device.clone().autodiff();
         ranks.push(Rank {
             backend: s.backend,
             plain: s.device.clone(),
@@ -76,15 +78,6 @@ pub fn load(config: &TrainConfig, how: &Start) -> Result<Loaded> {
     }
     let vae_dir = component_dir(&config.model, "vae").ok();
     Ok(Loaded { method, objective, ranks, reduction, compute, unet_config, vae_dir, start })
-}
-
-/// The autodiff device over `plain`, with Burn's gradient checkpointing when configured.
-fn autodiff(config: &TrainConfig, plain: &Device) -> Device {
-    if config.gradient_checkpointing {
-        plain.clone().autodiff().gradient_checkpointing()
-    } else {
-        plain.clone().autodiff()
-    }
 }
 
 /// The policy: fresh (LoRA adapters drawn from the seeded device), or the checkpoint's

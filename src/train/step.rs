@@ -4,6 +4,7 @@ use burn::tensor::{DType, Tensor};
 
 use crate::losses::{Errors, Layout, LossInput, Method, loss_dtype};
 use crate::models::named::param_grads;
+use crate::models::unet::checkpoint::Tape;
 use crate::models::unet::{TextTime, UNet2DConditionModel};
 use crate::objective::Objective;
 use crate::train::grad_clip::{clip_coefficient, global_grad_norm};
@@ -81,9 +82,22 @@ fn inputs(batch: &PairBatch, objective: &Objective, with_rejected: bool) -> Inpu
 /// The UNet's prediction with activations in `dtype` (bf16/f16 mixed precision: the
 /// parameters stay f32 and are cast where they are used), returned in f32.
 fn predict(unet: &UNet2DConditionModel, x: &Inputs, dtype: DType) -> Tensor<4> {
-    let cond = TextTime { text_embeds: x.cond.text_embeds.clone().cast(dtype), time_ids: x.cond.time_ids.clone() };
+    let cond = x.cond.cast(dtype);
     unet.forward_at(x.noisy.clone().cast(dtype), x.model_t.clone(), x.context.clone().cast(dtype), Some(&cond))
         .cast(DType::F32)
+}
+
+/// [`predict`] through the block-checkpointed forward pass: the prediction (in f32) is a
+/// tracked leaf whose gradient the loss gives, and the tape its backward pass needs.
+fn predict_checkpointed(unet: &UNet2DConditionModel, x: &Inputs, dtype: DType) -> (Tensor<4>, Tape) {
+    let cond = x.cond.cast(dtype);
+    let (pred, tape) = unet.forward_checkpointed(
+        x.noisy.clone().cast(dtype),
+        x.model_t.clone(),
+        x.context.clone().cast(dtype),
+        Some(&cond),
+    );
+    (Tensor::from_inner(pred.cast(DType::F32)).require_grad(), tape)
 }
 
 /// Per-pair errors of `unet` on a batch's chosen and rejected images, in f32 (evaluation:
@@ -129,6 +143,30 @@ pub struct MicroStep {
     pub grads: GradMap,
 }
 
+/// How a step computes: the activations' dtype, and whether the UNet's backward pass
+/// recomputes each block from its saved input (block-level gradient checkpointing,
+/// `models::unet::checkpoint`) instead of keeping every activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Execution {
+    pub dtype: DType,
+    pub checkpointing: bool,
+}
+
+impl From<DType> for Execution {
+    fn from(dtype: DType) -> Self {
+        Self { dtype, checkpointing: false }
+    }
+}
+
+/// The points of a step at which [`forward_backward_probed`] calls its probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// The loss is computed; the graph holds every saved activation.
+    Forward,
+    /// The gradients are out of the graph (the graph is freed).
+    Backward,
+}
+
 /// Forward and backward of one micro-batch.
 ///
 /// `reference` is the frozen model (or its errors) for methods that need one; it runs on the
@@ -139,8 +177,23 @@ pub fn forward_backward<'a>(
     method: &Method,
     batch: &PairBatch,
     objective: &Objective,
-    compute: DType,
+    exec: impl Into<Execution>,
 ) -> MicroStep {
+    forward_backward_probed(unet, reference, method, batch, objective, exec.into(), &mut |_| {})
+}
+
+/// [`forward_backward`], calling `probe` after the forward pass and after the backward one
+/// (`mapo bench train-step` reads the memory of each phase there).
+pub fn forward_backward_probed<'a>(
+    unet: &UNet2DConditionModel,
+    reference: impl Into<Reference<'a>>,
+    method: &Method,
+    batch: &PairBatch,
+    objective: &Objective,
+    exec: Execution,
+    probe: &mut dyn FnMut(Phase),
+) -> MicroStep {
+    let compute = exec.dtype;
     let needs = method.needs;
     // Unpaired rows are all there is; the training loop refuses them for pair methods.
     let layout = match &batch.labels {
@@ -151,8 +204,14 @@ pub fn forward_backward<'a>(
     let dtype = loss_dtype(&x.noisy.device());
     let lift = |t: Tensor<1>| to_autodiff(t, x.noisy.gradient_checkpointing_strategy());
 
-    let pred = predict(unet, &x, compute);
-    let mut input = LossInput::new(pred, x.target.clone(), layout, x.timesteps.clone(), needs.predictions, dtype);
+    let (pred, tape) = if exec.checkpointing {
+        let (pred, tape) = predict_checkpointed(unet, &x, compute);
+        (pred, Some(tape))
+    } else {
+        (predict(unet, &x, compute), None)
+    };
+    let mut input =
+        LossInput::new(pred.clone(), x.target.clone(), layout, x.timesteps.clone(), needs.predictions, dtype);
     if needs.reference {
         input = match reference.into() {
             Reference::Errors(e) => {
@@ -183,8 +242,19 @@ pub fn forward_backward<'a>(
     }
 
     let out = method.compute(&input);
-    let grads = out.loss.backward();
-    let grads = param_grads(unet, &grads).into_iter().filter_map(|(name, g, _)| g.map(|g| (name, g))).collect();
+    probe(Phase::Forward);
+    let backward = out.loss.backward();
+    let grads = match tape {
+        // The loss's gradient of the prediction, then the UNet's backward unit by unit.
+        Some(tape) => {
+            let g = pred.grad(&backward).expect("the prediction is a tracked leaf").cast(compute);
+            drop(backward);
+            let cond = x.cond.cast(compute);
+            unet.backward_checkpointed(tape, g, x.noisy.cast(compute), x.model_t, x.context.cast(compute), Some(&cond))
+        }
+        None => param_grads(unet, &backward).into_iter().filter_map(|(name, g, _)| g.map(|g| (name, g))).collect(),
+    };
+    probe(Phase::Backward);
     // One device→host read for the loss and every metric: each read is a sync on a GPU.
     let mut scalars = vec![out.loss.inner().cast(DType::F32)];
     scalars.extend(out.metrics.iter().map(|(_, v)| v.clone().inner().cast(DType::F32)));
@@ -248,9 +318,9 @@ pub fn train_step(
     optimizer: &mut Optimizer,
     lr: f64,
     max_grad_norm: f64,
-    compute: DType,
+    exec: impl Into<Execution>,
 ) -> (UNet2DConditionModel, StepStats) {
-    let micro = forward_backward(&unet, reference, method, batch, objective, compute);
+    let micro = forward_backward(&unet, reference, method, batch, objective, exec);
     let (unet, update) = apply_update(unet, &micro.grads, optimizer, lr, max_grad_norm, micro.loss);
     (unet, StepStats { loss: micro.loss, metrics: micro.metrics, grad_norm: update.grad_norm })
 }

@@ -24,7 +24,7 @@ use super::ranks::{Communication, Rank, Reduction, average, each_rank, start_com
 use super::reference_cache::{ReferenceErrors, ReferencePass};
 use super::run::{Start, warn};
 use super::setup::{Loaded, open_data, write_run_state};
-use super::step::{MicroStep, Reference, apply_update, forward_backward, updated_params_finite};
+use super::step::{Execution, MicroStep, Reference, apply_update, forward_backward, updated_params_finite};
 use crate::data::stream::{PairSource, PairStream};
 use crate::losses::Method;
 use crate::models::folder::save_component;
@@ -42,7 +42,7 @@ pub struct Trainer<'a> {
     pub objective: Objective,
     pub ranks: Vec<Rank>,
     reduction: Reduction,
-    compute: DType,
+    exec: Execution,
     unet_config: serde_json::Value,
     pub data: PairSource,
     stream: PairStream,
@@ -154,7 +154,7 @@ impl<'a> Trainer<'a> {
             objective,
             ranks,
             reduction,
-            compute,
+            exec: Execution { dtype: compute, checkpointing: config.gradient_checkpointing },
             unet_config,
             stream: data.stream(start.cursor, 1),
             data,
@@ -233,7 +233,7 @@ impl<'a> Trainer<'a> {
         for _ in 0..accum {
             let (rows, cursors) = self.stream.next(global_batch)?;
             let b = config.batch_size;
-            let (method, objective, compute) = (&self.method, &self.objective, self.compute);
+            let (method, objective, exec) = (&self.method, &self.objective, self.exec);
             let reference_errors = self.reference_errors.as_ref();
             let micro = each_rank(&mut self.ranks, |i, rank| {
                 let mine = &cursors[i * b..(i + 1) * b];
@@ -244,7 +244,7 @@ impl<'a> Trainer<'a> {
                     (Some(cached), _) => Reference::Errors(Box::new(cached.get(mine, &rank.plain))),
                     (None, model) => model.into(),
                 };
-                forward_backward(&rank.unet, reference, method, &batch, objective, compute)
+                forward_backward(&rank.unet, reference, method, &batch, objective, exec)
             });
             for (r, m) in micro.into_iter().enumerate() {
                 acc.add(r, m, scale, accum);

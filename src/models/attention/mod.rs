@@ -70,6 +70,26 @@ pub fn block_rows(b: usize, heads: usize, lq: usize, lk: usize) -> usize {
     (BLOCK_ELEMENTS.load(Ordering::Relaxed) / per_row).clamp(1, lq.max(1))
 }
 
+thread_local! {
+    /// Set while a block-checkpointed forward pass runs without a graph (this thread only:
+    /// data-parallel ranks are threads, and the frozen reference keeps Burn's attention).
+    static AS_TRAINED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with attention on untracked tensors computed exactly as the training op computes
+/// it under autodiff (the blocked forward): a checkpointed forward pass must give the values
+/// its backward pass recomputes, not the (possibly fused) inference attention's.
+pub fn as_trained<R>(f: impl FnOnce() -> R) -> R {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            AS_TRAINED.with(|c| c.set(self.0));
+        }
+    }
+    let _reset = Reset(AS_TRAINED.with(|c| c.replace(true)));
+    f()
+}
+
 /// The efficient op on [B, H, L, d] tensors with `rows` query rows per block (tests and
 /// benchmarks call it directly; models go through [`attention_with`]).
 pub fn efficient(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, causal: bool, rows: usize) -> Tensor<4> {
@@ -80,6 +100,14 @@ pub fn efficient(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, causal: bool, rows: u
         causal,
         rows,
     ))
+}
+
+/// The training op's forward on untracked tensors (see [`as_trained`]).
+fn blocked_untracked(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, causal: bool, rows: usize) -> Tensor<4> {
+    let d = q.dims()[3];
+    let plan = blocked::BlockPlan { rows, causal, scale: 1.0 / (d as f64).sqrt() };
+    let (out, _) = blocked::forward::<Dispatch>(q.into_dispatch(), k.into_dispatch(), v.into_dispatch(), &plan);
+    Tensor::from_dispatch(out)
 }
 
 /// Burn's attention on [B, H, L, d] tensors (under autodiff: the materialised softmax).
@@ -100,9 +128,15 @@ pub fn attention_with(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize, ca
     let d = inner / heads;
     let split = |t: Tensor<3>, l: usize| t.reshape([b, l, heads, d]).swap_dims(1, 2);
     let (q, k, v) = (split(q, lq), split(k, lk), split(v, lk));
-    let use_efficient = q.is_autodiff() && training_attention() == TrainingAttention::Efficient && lq * lk > 0;
-    let out =
-        if use_efficient { efficient(q, k, v, causal, block_rows(b, heads, lq, lk)) } else { naive(q, k, v, causal) };
+    let efficient_mode = training_attention() == TrainingAttention::Efficient && lq * lk > 0;
+    let rows = block_rows(b, heads, lq, lk);
+    let out = if efficient_mode && q.is_autodiff() {
+        efficient(q, k, v, causal, rows)
+    } else if efficient_mode && AS_TRAINED.with(|c| c.get()) {
+        blocked_untracked(q, k, v, causal, rows)
+    } else {
+        naive(q, k, v, causal)
+    };
     out.swap_dims(1, 2).reshape([b, lq, inner])
 }
 

@@ -1,6 +1,7 @@
 //! SDXL's `UNet2DConditionModel`, built from a diffusers `unet/config.json`.
 
 pub mod blocks;
+pub mod checkpoint;
 pub mod config;
 pub mod embeddings;
 pub mod inputs;
@@ -42,6 +43,14 @@ pub struct TextTime {
     pub text_embeds: Tensor<2>,
     /// `[orig_h, orig_w, crop_top, crop_left, target_h, target_w]` per sample: [B, 6].
     pub time_ids: Tensor<2>,
+}
+
+impl TextTime {
+    /// The text embedding in the activations' dtype (the time ids stay f32: they go through
+    /// the sinusoidal embedding first).
+    pub fn cast(&self, dtype: DType) -> Self {
+        Self { text_embeds: self.text_embeds.clone().cast(dtype), time_ids: self.time_ids.clone() }
+    }
 }
 
 impl UNet2DConditionModel {
@@ -155,18 +164,7 @@ impl UNet2DConditionModel {
         context: Tensor<3>,
         cond: Option<&TextTime>,
     ) -> Tensor<4> {
-        let dtype = sample.dtype();
-        let t_emb = timestep_embedding(timestep, self.time_proj_dim, self.flip_sin_to_cos, self.freq_shift);
-        let mut emb = self.time_embedding.forward(t_emb.cast(dtype));
-        if let Some(add) = &self.add_embedding {
-            let cond = cond.expect("this UNet has addition_embed_type text_time: pass text_embeds and time_ids");
-            let b = cond.time_ids.dims()[0];
-            let ids = cond.time_ids.clone().reshape([-1]);
-            let time_embeds = timestep_embedding(ids, self.add_time_proj_dim, self.flip_sin_to_cos, self.freq_shift)
-                .reshape([b as i64, -1]);
-            let add_embeds = Tensor::cat(vec![cond.text_embeds.clone().cast(DType::F32), time_embeds], 1);
-            emb = emb + add.forward(add_embeds.cast(dtype));
-        }
+        let emb = self.embedding(timestep, cond, sample.dtype());
 
         let mut x = self.conv_in.forward(sample);
         let mut skips = vec![x.clone()];
@@ -178,5 +176,21 @@ impl UNet2DConditionModel {
             x = block.forward(x, &emb, &context, &mut skips);
         }
         self.conv_out.forward(silu(self.conv_norm_out.forward(x)))
+    }
+
+    /// The time embedding (with SDXL's text-time addition) every resnet receives, in `dtype`.
+    pub fn embedding(&self, timestep: Tensor<1>, cond: Option<&TextTime>, dtype: DType) -> Tensor<2> {
+        let t_emb = timestep_embedding(timestep, self.time_proj_dim, self.flip_sin_to_cos, self.freq_shift);
+        let mut emb = self.time_embedding.forward(t_emb.cast(dtype));
+        if let Some(add) = &self.add_embedding {
+            let cond = cond.expect("this UNet has addition_embed_type text_time: pass text_embeds and time_ids");
+            let b = cond.time_ids.dims()[0];
+            let ids = cond.time_ids.clone().reshape([-1]);
+            let time_embeds = timestep_embedding(ids, self.add_time_proj_dim, self.flip_sin_to_cos, self.freq_shift)
+                .reshape([b as i64, -1]);
+            let add_embeds = Tensor::cat(vec![cond.text_embeds.clone().cast(DType::F32), time_embeds], 1);
+            emb = emb + add.forward(add_embeds.cast(dtype));
+        }
+        emb
     }
 }

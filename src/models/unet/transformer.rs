@@ -91,13 +91,24 @@ impl Transformer2DModel {
     }
 
     pub fn forward(&self, x: Tensor<4>, context: &Tensor<3>) -> Tensor<4> {
-        let [b, c, h, w] = x.dims();
         let residual = x.clone();
-        let tokens = self.norm.forward(x).reshape([b, c, h * w]).swap_dims(1, 2);
-        let mut tokens = self.proj_in.forward(tokens);
+        let mut tokens = self.tokens_in(x);
         for block in &self.transformer_blocks {
             tokens = block.forward(tokens, context);
         }
+        self.tokens_out(tokens, residual)
+    }
+
+    /// Group norm and `proj_in` of a [B, C, h, w] map as [B, h·w, C] tokens.
+    pub fn tokens_in(&self, x: Tensor<4>) -> Tensor<3> {
+        let [b, c, h, w] = x.dims();
+        let tokens = self.norm.forward(x).reshape([b, c, h * w]).swap_dims(1, 2);
+        self.proj_in.forward(tokens)
+    }
+
+    /// `proj_out` back to the shape of `residual`, plus the residual.
+    pub fn tokens_out(&self, tokens: Tensor<3>, residual: Tensor<4>) -> Tensor<4> {
+        let [b, c, h, w] = residual.dims();
         let out = self.proj_out.forward(tokens).swap_dims(1, 2).reshape([b, c, h, w]);
         out + residual
     }
