@@ -100,7 +100,9 @@ pub fn train_step(b: &TrainBench) -> Result<serde_json::Value> {
         bail!("--resolution must be a multiple of 8");
     }
     let mut phases = PhaseMemory::new(&plain);
-    let mut w = Weights::random(&device, DType::F32);
+    // With LoRA the frozen base is held in the compute dtype, as `mapo train` holds it.
+    let base_dtype = if b.lora.is_some() { exec.dtype } else { DType::F32 };
+    let mut w = Weights::random(&device, base_dtype);
     if let Some(rank) = b.lora {
         w = w.with_lora(LoraConfig::new(rank));
     }

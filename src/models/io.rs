@@ -140,7 +140,7 @@ impl SafeTensorFiles {
         let _ = shard;
     }
 
-    fn describe(&self) -> String {
+    pub fn describe(&self) -> String {
         match self.shards.as_slice() {
             [one] => one.path.display().to_string(),
             many => format!("{} shards starting with {}", many.len(), many[0].path.display()),

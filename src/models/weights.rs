@@ -241,18 +241,23 @@ impl<'a> Weights<'a> {
     }
 
     /// A trainable tensor that the source may hold (a checkpoint) or not (a base model):
-    /// absent, it is initialised and nothing is reported missing.
+    /// absent, it is initialised and nothing is reported missing. Always f32: it is a
+    /// master weight even when the frozen base is held in bf16.
     pub fn optional_param<const D: usize>(&self, name: &str, shape: [usize; D], init: Init) -> Param<Tensor<D>> {
+        let param = self.optional_tensor(name, shape, init);
+        Param::from_tensor(if param.dtype() == DType::F32 { param } else { param.cast(DType::F32) })
+    }
+
+    fn optional_tensor<const D: usize>(&self, name: &str, shape: [usize; D], init: Init) -> Tensor<D> {
         if let Some(adapters) = self.shared.adapters {
             // A LoRA checkpoint must have every adapter the model builds.
             let view =
                 Weights { shared: Rc::new(Shared::reading(adapters, &self.shared)), prefix: self.prefix.clone() };
             let t = view.tensor(name, shape, init);
             self.shared.report.borrow_mut().absorb(std::mem::take(&mut *view.shared.report.borrow_mut()));
-            return Param::from_tensor(t);
+            return t;
         }
-        let present = self.contains(name);
-        Param::from_tensor(if present { self.tensor(name, shape, init) } else { self.init(shape, init) })
+        if self.contains(name) { self.tensor(name, shape, init) } else { self.init(shape, init) }
     }
 
     fn init<const D: usize>(&self, shape: [usize; D], init: Init) -> Tensor<D> {

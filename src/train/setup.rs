@@ -30,6 +30,9 @@ pub struct StartState {
 /// The models and settings of a run, loaded (nothing written yet).
 pub struct Loaded {
     pub method: Method,
+    /// The dtype the policy's frozen base is held in: the compute dtype with LoRA (bf16
+    /// bytes for a bf16 run; the adapters are f32), f32 for full fine-tuning (master weights).
+    pub base_dtype: DType,
     pub objective: Objective,
     pub ranks: Vec<Rank>,
     pub reduction: Reduction,
@@ -54,7 +57,9 @@ pub fn load(config: &TrainConfig, how: &Start) -> Result<Loaded> {
     let unet_dir = component_dir(&config.model, "unet")?;
     let (_, unet_config) = crate::models::config::read_config::<serde_json::Value>(&unet_dir)?;
     let mut optimizer = Optimizer::new(config.optimizer.build()?);
-    let (unet, start) = policy(config, how, &unet_dir, &plain, &device, &mut optimizer, selected.len())?;
+    let base_dtype = if config.lora.is_some() { compute } else { DType::F32 };
+    let place = Placement { unet_dir: &unet_dir, plain: &plain, device: &device, dtype: base_dtype };
+    let (unet, start) = policy(config, how, &place, &mut optimizer, selected.len())?;
     check_method(config, &method, selected.len())?;
     // Reference-free methods never build the reference. With LoRA the base weights are
     // frozen, so the reference is the policy with its adapters zeroed (no second copy).
@@ -77,25 +82,33 @@ pub fn load(config: &TrainConfig, how: &Start) -> Result<Loaded> {
         });
     }
     let vae_dir = component_dir(&config.model, "vae").ok();
-    Ok(Loaded { method, objective, ranks, reduction, compute, unet_config, vae_dir, start })
+    Ok(Loaded { method, base_dtype, objective, ranks, reduction, compute, unet_config, vae_dir, start })
 }
 
 /// The policy: fresh (LoRA adapters drawn from the seeded device), or the checkpoint's
 /// weights (or adapters on the base) with the optimizer state restored.
+/// Where the policy is read from and put: its folder, the plain and autodiff devices, the
+/// dtype of its frozen base.
+struct Placement<'a> {
+    unet_dir: &'a Path,
+    plain: &'a Device,
+    device: &'a Device,
+    dtype: DType,
+}
+
 fn policy(
     config: &TrainConfig,
     how: &Start,
-    unet_dir: &Path,
-    plain: &Device,
-    device: &Device,
+    place: &Placement,
     optimizer: &mut Optimizer,
     ranks_n: usize,
 ) -> Result<(UNet2DConditionModel, StartState)> {
+    let Placement { unet_dir, plain, device, dtype } = *place;
     let Some(which) = how.resume.as_deref() else {
         // Fresh LoRA adapters are drawn from the device's generator: seed it.
         plain.seed(config.seed);
         device.seed(config.seed);
-        let unet = UNet2DConditionModel::from_dir_with_lora(unet_dir, device, DType::F32, config.lora.clone(), None)?.0;
+        let unet = UNet2DConditionModel::from_dir_with_lora(unet_dir, device, dtype, config.lora.clone(), None)?.0;
         return Ok((unet, StartState { step: 0, bad_in_a_row: 0, cursor: 0 }));
     };
     let dir = checkpoint::resolve(&config.output_dir, which)?;
@@ -123,7 +136,7 @@ fn policy(
     let unet = match &config.lora {
         Some(lora) => {
             let adapters = Some(unet_ckpt.as_path());
-            UNet2DConditionModel::from_dir_with_lora(unet_dir, device, DType::F32, Some(lora.clone()), adapters)?.0
+            UNet2DConditionModel::from_dir_with_lora(unet_dir, device, dtype, Some(lora.clone()), adapters)?.0
         }
         None => UNet2DConditionModel::from_dir(&unet_ckpt, device, DType::F32)?.0,
     };

@@ -30,6 +30,7 @@ use crate::losses::Method;
 use crate::models::folder::save_component;
 use crate::models::lora::{
     BlockLayout, LORA_FILE_KOHYA, LORA_FILE_PEFT, LoraFormat, disable_adapters, save_lora, save_merged,
+    save_merged_from,
 };
 use crate::models::unet::UNet2DConditionModel;
 use crate::models::vae::{AutoencoderKL, VaeConfig};
@@ -43,6 +44,7 @@ pub struct Trainer<'a> {
     pub ranks: Vec<Rank>,
     reduction: Reduction,
     exec: Execution,
+    base_dtype: DType,
     unet_config: serde_json::Value,
     pub data: PairSource,
     stream: PairStream,
@@ -107,7 +109,7 @@ impl<'a> Trainer<'a> {
     /// `reference_cache`) computes the reference's errors; nothing of the folder changes
     /// before every input has loaded.
     pub fn prepare(config: &'a TrainConfig, how: &Start) -> Result<Self> {
-        let Loaded { method, objective, mut ranks, reduction, compute, unet_config, vae_dir, start } =
+        let Loaded { method, base_dtype, objective, mut ranks, reduction, compute, unet_config, vae_dir, start } =
             super::setup::load(config, how)?;
         // Validation decodes through the folder's VAE when it has one.
         let vae = match (config.validation_every > 0, &vae_dir) {
@@ -155,6 +157,7 @@ impl<'a> Trainer<'a> {
             ranks,
             reduction,
             exec: Execution { dtype: compute, checkpointing: config.gradient_checkpointing },
+            base_dtype,
             unet_config,
             stream: data.stream(start.cursor, 1),
             data,
@@ -350,7 +353,14 @@ impl<'a> Trainer<'a> {
                 let layout = BlockLayout::of(&serde_json::from_value(self.unet_config.clone())?)?;
                 save_lora(unet, &out.join(LORA_FILE_PEFT), LoraFormat::Peft, &layout, lora.scale())?;
                 save_lora(unet, &out.join(LORA_FILE_KOHYA), LoraFormat::Kohya, &layout, lora.scale())?;
-                save_merged(unet, &self.unet_config, &out.join("unet"), lora.scale())?;
+                if self.base_dtype == DType::F32 {
+                    save_merged(unet, &self.unet_config, &out.join("unet"), lora.scale())?;
+                } else {
+                    // The base was held in the compute dtype: merge into the folder's own weights.
+                    let dir = crate::models::folder::component_dir(&self.config.model, "unet")?;
+                    let base = crate::models::io::SafeTensorFiles::open_component(&dir, &["diffusion_pytorch_model"])?;
+                    save_merged_from(unet, &base, &self.unet_config, &out.join("unet"), lora.scale())?;
+                }
             }
             None => save_component(unet, &self.unet_config, &out.join("unet"), DType::F32)?,
         }

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{Result, ensure};
 use burn::module::{Module, Param};
 use burn::tensor::{DType, Tensor};
 use serde::{Deserialize, Serialize};
@@ -16,7 +16,7 @@ use anyhow::Context;
 pub use file::{LoraFile, LoraFormat};
 pub use sgm::BlockLayout;
 
-use super::io::{PendingTensor, write_safetensors};
+use super::io::{PendingTensor, SafeTensorFiles, write_safetensors};
 use super::named::for_each_param;
 use super::nn::like;
 use super::weights::{Init, Weights};
@@ -119,6 +119,54 @@ pub fn save_merged<M: Module>(module: &M, config: &serde_json::Value, dir: &Path
         };
         tensors.push(PendingTensor { name, shape, dtype: DType::F32, data: Box::new(move || merged.into_data()) });
     });
+    write_safetensors(&dir.join("diffusion_pytorch_model.safetensors"), tensors)?;
+    super::io::write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(config)?.as_bytes())
+}
+
+/// [`save_merged`] for a module whose frozen base is held in a lower precision than the
+/// model folder's (LoRA training in bf16): each merged weight is the folder's own tensor
+/// (`base`, mapped; read one at a time, in f32) plus the adapter's update, so the export
+/// keeps the folder's precision without a second copy of the model in memory.
+pub fn save_merged_from<M: Module>(
+    module: &M,
+    base: &SafeTensorFiles,
+    config: &serde_json::Value,
+    dir: &Path,
+    scale: f64,
+) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let found = LoraFile::from_module(module, scale).adapters;
+    let mut names = Vec::new();
+    for_each_param(module, |name, _, shape| {
+        if !name.contains(".lora.lora_") {
+            names.push((name, shape));
+        }
+    });
+    for (name, shape) in &names {
+        let view = base.get(name).with_context(|| format!("{}: no tensor {name} to merge into", base.describe()))?;
+        ensure!(view.shape == *shape, "{}: {name} has shape {:?}, the model {shape:?}", base.describe(), view.shape);
+        view.to_data()?;
+    }
+    let device = burn::tensor::Device::default();
+    let tensors = names
+        .into_iter()
+        .map(|(name, shape)| {
+            let delta = name.strip_suffix(".weight").and_then(|layer| found.get(layer)).map(|a| a.delta());
+            let device = device.clone();
+            let key = name.clone();
+            let data = move || {
+                let stored = base.get(&key).and_then(|v| v.to_data().ok()).expect("checked before writing");
+                base.release(&key);
+                let w = Tensor::<1>::from_data(stored.convert::<f32>(), (&device, DType::F32));
+                let merged = match delta {
+                    Some(d) => w + d.reshape([-1]).to_device(&device).cast(DType::F32),
+                    None => w,
+                };
+                merged.into_data()
+            };
+            PendingTensor { name, shape, dtype: DType::F32, data: Box::new(data) }
+        })
+        .collect();
     write_safetensors(&dir.join("diffusion_pytorch_model.safetensors"), tensors)?;
     super::io::write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(config)?.as_bytes())
 }
