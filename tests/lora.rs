@@ -137,3 +137,64 @@ impl burn::module::ModuleMapper for SetB {
         p
     }
 }
+
+/// A bf16 LoRA run holds its frozen base in bf16, yet its merged export is the folder's f32
+/// weights plus the update: an untargeted layer comes out byte for byte as the folder has
+/// it (merged from a bf16 copy it would be rounded), and the adapters stay f32.
+#[test]
+fn a_bf16_lora_run_merges_into_the_folders_own_weights() {
+    let dir = std::env::temp_dir().join(format!("mapo-lora-bf16-{}", std::process::id()));
+    let f32_run = tiny_lora_run(&dir, "mapo", "1e-3", "8x8");
+    let out = dir.join("bf16");
+    let config = dir.join("lora.toml");
+    run_mapo(&[
+        "train",
+        "--config",
+        config.to_str().unwrap(),
+        "--set",
+        "dtype=\"bf16\"",
+        "--set",
+        &format!("output_dir={:?}", out.display().to_string()),
+    ]);
+    let base = SafeTensorsFixture::open(&fixtures().join("tiny-sdxl/unet/diffusion_pytorch_model.safetensors"));
+    let merged = SafeTensorsFixture::open(&out.join("unet/diffusion_pytorch_model.safetensors"));
+    let key = "conv_in.weight";
+    assert_eq!(merged.dtype(key), "F32");
+    // The fixture stores f16, which f32 holds exactly and bf16 (3 fewer mantissa bits) does not.
+    assert_eq!(base.dtype(key), "F16");
+    assert_eq!(merged.f32_values(key), base.f32_values(key), "{key} is the folder's, not a bf16 copy's");
+    let adapters = SafeTensorsFixture::open(&out.join("pytorch_lora_weights.safetensors"));
+    assert!(adapters.names().iter().all(|n| adapters.dtype(n) == "F32"), "the adapters are f32 master weights");
+    assert!(f32_run.join("unet").is_dir());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Raw safetensors access, independent of mapo's reader.
+struct SafeTensorsFixture {
+    bytes: Vec<u8>,
+}
+
+impl SafeTensorsFixture {
+    fn open(path: &std::path::Path) -> Self {
+        Self { bytes: std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())) }
+    }
+    fn tensors(&self) -> safetensors::SafeTensors<'_> {
+        safetensors::SafeTensors::deserialize(&self.bytes).unwrap()
+    }
+    fn names(&self) -> Vec<String> {
+        self.tensors().names().into_iter().map(String::from).collect()
+    }
+    fn dtype(&self, name: &str) -> String {
+        format!("{:?}", self.tensors().tensor(name).unwrap().dtype())
+    }
+    fn f32_values(&self, name: &str) -> Vec<f32> {
+        let t = self.tensors().tensor(name).unwrap();
+        match t.dtype() {
+            safetensors::Dtype::F32 => t.data().chunks(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
+            safetensors::Dtype::F16 => {
+                t.data().chunks(2).map(|b| half::f16::from_le_bytes(b.try_into().unwrap()).to_f32()).collect()
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+}

@@ -157,7 +157,9 @@ pub fn save_merged_from<M: Module>(
             let data = move || {
                 let stored = base.get(&key).and_then(|v| v.to_data().ok()).expect("checked before writing");
                 base.release(&key);
-                let w = Tensor::<1>::from_data(stored.convert::<f32>(), (&device, DType::F32));
+                let values: Vec<f32> = stored.convert::<f32>().into_vec().expect("f32 after the conversion");
+                let n = values.len();
+                let w = Tensor::<1>::from_data(burn::tensor::TensorData::new(values, [n]), (&device, DType::F32));
                 let merged = match delta {
                     Some(d) => w + d.reshape([-1]).to_device(&device).cast(DType::F32),
                     None => w,
