@@ -7,6 +7,7 @@ pub mod data;
 pub mod device;
 pub mod eval;
 pub mod experiment;
+pub mod family;
 pub mod losses;
 pub mod models;
 pub mod objective;

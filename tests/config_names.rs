@@ -106,3 +106,20 @@ fn optimizers_and_schedules_are_built_alike_and_checked() {
     let e = format!("{:#}", load("opt.toml", "steps = 1\n[optimizer]\nname = \"adam\"\n", &[]).unwrap_err());
     assert!(e.contains("unknown variant") && e.contains("adamw"), "{e}");
 }
+
+/// A section's key written at the top level, flat or with the section as a prefix, is
+/// answered with the section it belongs in (in a train file and in an experiment's [train]).
+#[test]
+fn misplaced_section_keys_name_their_section() {
+    for (body, want) in [
+        ("steps = 1\nlora_rank = 4\n", "it belongs in the [lora] section as rank"),
+        ("steps = 1\nresolution = 64\n", "it belongs in the [data_transform] section as resolution"),
+        ("steps = 1\nshift = 3.0\n", "it belongs in the [flow] section as shift"),
+        ("steps = 1\nlr = 1e-4\n", "it belongs in the [optimizer] section as lr"),
+    ] {
+        let err = format!("{:#}", load("misplaced.toml", body, &[]).unwrap_err());
+        assert!(err.contains(want), "{body:?}: {err}");
+    }
+    let err = format!("{:#}", load("misplaced-set.toml", "steps = 1\n", &["lora_alpha=8"]).unwrap_err());
+    assert!(err.contains("--set lora_alpha") && err.contains("[lora] section as alpha"), "{err}");
+}

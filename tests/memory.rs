@@ -43,3 +43,37 @@ fn gradient_checkpointing_lowers_peak_memory() {
         "gradient checkpointing peaked at {ckpt} bytes, without it {plain}: not lower by 10%"
     );
 }
+
+fn bench(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_mapo"))
+        .args(["bench", "train-step", "--device", "flex", "--steps", "1", "--warmup", "0"])
+        .args(args)
+        .env("MAPO_QUIET_DEVICE", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap()
+}
+
+/// The real job's shape at a size CI can run: a LoRA MaPO step of the half-width
+/// SDXL-structured UNet (benches/scale/mid_unet.json, 248M parameters) at 512². Block
+/// checkpointing must keep what the step adds above the weights to a fraction of what it
+/// adds without it: this is the ratio that made the real-size step 1.6× PyTorch's memory
+/// when checkpointing silently did nothing for LoRA (benches/RESULTS.md, 2026-12-05).
+#[test]
+fn block_checkpointing_keeps_a_lora_steps_activations_small() {
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/scale/mid_unet.json");
+    let args = ["--model", config, "--method", "mapo", "--resolution", "512", "--batch", "1", "--lora", "4"];
+    let added = |v: &serde_json::Value| {
+        let peak = v["peak_rss_bytes"].as_u64().expect("peak RSS (Linux)");
+        let weights = v["phases"]["build"]["peak_rss_bytes"].as_u64().expect("the build phase");
+        (peak.saturating_sub(weights), weights)
+    };
+    let (plain, weights) = added(&bench(&args));
+    let (ckpt, _) = added(&bench(&[&args[..], &["--grad-ckpt"]].concat()));
+    eprintln!("added above the weights ({weights} bytes): plain {plain}, checkpointed {ckpt}");
+    assert!(
+        (ckpt as f64) < 0.35 * plain as f64,
+        "block checkpointing added {ckpt} bytes above the weights, without it {plain}: not below 35%"
+    );
+}

@@ -27,11 +27,13 @@ use crate::train::optim::{Optimizer, OptimizerConfig};
 use crate::train::step::{Execution, PairBatch, Phase, apply_update, forward_backward_probed, updated_params_finite};
 use crate::util::peak_rss;
 
-/// Built-in configs: `tiny` (the test fixtures' UNet) and `sdxl` (the real one).
+/// Built-in configs: `tiny` (the test fixtures' UNet) and `sdxl` (the real one); a
+/// `config.json`-style file (e.g. `benches/scale/mid_unet.json`) or a diffusers folder.
 pub fn unet_config(model: &str) -> Result<(UNetConfig, serde_json::Value)> {
     let text = match model {
         "tiny" => include_str!("../models/presets/tiny_unet.json").to_string(),
         "sdxl" => include_str!("../models/presets/sdxl_unet.json").to_string(),
+        file if file.ends_with(".json") => std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?,
         dir => {
             let path = crate::models::folder::component_dir(std::path::Path::new(dir), "unet")?.join("config.json");
             std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?
@@ -45,7 +47,7 @@ pub fn unet_config(model: &str) -> Result<(UNetConfig, serde_json::Value)> {
 pub struct TrainBench {
     #[arg(long, default_value = "mapo")]
     pub method: String,
-    /// tiny, sdxl, or a diffusers folder (its unet/config.json).
+    /// tiny, sdxl, a UNet config.json file, or a diffusers folder (its unet/config.json).
     #[arg(long, default_value = "tiny")]
     pub model: String,
     /// Image resolution (latents are resolution/8).

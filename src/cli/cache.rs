@@ -81,6 +81,7 @@ pub fn columns(pairs: &[String]) -> Result<Columns> {
 }
 
 pub fn run(a: &CacheCommand) -> Result<()> {
+    crate::family::Family::detect(&a.model)?.require_supported(&a.model, "cache data for")?;
     let args = CacheArgs {
         model: a.model.clone(),
         data: a.data.clone(),

@@ -14,7 +14,7 @@ use crate::eval::compare::{summarise, write};
 use crate::eval::images::{Renderer, Settings};
 use crate::eval::preprocess::read_rgb;
 use crate::eval::scorer::{Scorer, ScorerFiles, load_scorer};
-use crate::eval::suite::read_prompts;
+use crate::eval::suite::load_suite;
 use crate::models::folder::component_dir;
 use crate::models::lora::{BlockLayout, apply_lora_file};
 use crate::models::unet::UNet2DConditionModel;
@@ -99,9 +99,9 @@ fn scorer_of(spec: &str, args: &EvalArgs, device: &burn::tensor::Device) -> Resu
 }
 
 pub fn run(args: &EvalArgs) -> Result<()> {
+    crate::family::Family::detect(&args.model)?.require_supported(&args.model, "evaluate")?;
     ensure!(args.seeds > 0 && (1..=1000).contains(&args.steps), "--seeds must be > 0 and --steps in 1..=1000");
-    let mut prompts = read_prompts(&args.prompts, args.prompt_column.as_deref())?;
-    prompts.truncate(args.max_prompts.unwrap_or(usize::MAX).max(1));
+    let prompts = load_suite(&args.prompts, args.prompt_column.as_deref(), args.max_prompts)?;
     let specs = if args.variants.is_empty() { vec!["base=base".to_string()] } else { args.variants.clone() };
     let variants: Vec<(String, Variant)> = specs.iter().map(|s| parse_variant(s)).collect::<Result<_>>()?;
     for (i, (name, _)) in variants.iter().enumerate() {
@@ -151,8 +151,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         let dir = args.out.join("images").join(name);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         for (p, s) in missing {
-            // The same noise for this (prompt, seed) in every variant.
-            let img = renderer.image(&unet, &prompts[p], (p * 1000 + s) as u64, &settings)?;
+            let img = renderer.suite_image(&unet, (p, &prompts[p]), s, &settings)?;
             // Through a temporary name, so an interrupted run never leaves a half image to reuse.
             let (path, tmp) = (image(name, p, s), dir.join(format!(".tmp-{p}-{s}-{}.png", std::process::id())));
             img.save(&tmp).with_context(|| format!("writing {}", tmp.display()))?;

@@ -78,6 +78,7 @@ fn check_options(args: &GenerateArgs) -> Result<()> {
 
 pub fn run(args: &GenerateArgs) -> Result<()> {
     check_options(args)?;
+    crate::family::Family::detect(&args.model)?.require_supported(&args.model, "generate with")?;
     let selected = select(args.device.device.as_deref())?;
     let dtype = selected.precision(&args.device.dtype)?;
     let device = selected.device;

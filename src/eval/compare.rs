@@ -72,6 +72,39 @@ pub fn write(out: &Path, results: &[ScorerResult], header: &str) -> Result<()> {
     bars(&out.join("scores.png"), results)
 }
 
+/// A bar chart's value axis: from 0 (bars start there) to past every value, never
+/// degenerate, with as many decimals as its ticks need to read apart — a flat metric (every
+/// score 0, or every score 0.75) gets a readable axis, not ten labels of `0.0`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ValueAxis {
+    pub lo: f64,
+    pub hi: f64,
+    decimals: usize,
+}
+
+impl ValueAxis {
+    pub const TICKS: usize = 6;
+
+    pub fn around(values: impl Iterator<Item = f64>) -> Self {
+        let (mut lo, mut hi) = (0f64, 0f64);
+        for v in values.filter(|v| v.is_finite()) {
+            (lo, hi) = (lo.min(v), hi.max(v));
+        }
+        // A span of at least a tenth of the largest magnitude (1 when everything is 0).
+        let magnitude = lo.abs().max(hi.abs());
+        let span = (hi - lo).max(if magnitude > 0.0 { 0.1 * magnitude } else { 1.0 });
+        let pad = 0.1 * span;
+        let (lo, hi) = (if lo < 0.0 { lo - pad } else { lo }, hi.max(lo + span) + pad);
+        let step = (hi - lo) / (Self::TICKS - 1) as f64;
+        let decimals = (-step.log10()).ceil().max(0.0) as usize;
+        Self { lo, hi, decimals }
+    }
+
+    pub fn label(&self, y: f64) -> String {
+        format!("{y:.*}", self.decimals)
+    }
+}
+
 /// One panel per scorer: a bar per variant at its mean, a whisker over its interval.
 fn bars(path: &Path, results: &[ScorerResult]) -> Result<()> {
     register_font();
@@ -81,10 +114,8 @@ fn bars(path: &Path, results: &[ScorerResult]) -> Result<()> {
         let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| anyhow!("{e:?}"))?;
         for (area, r) in root.split_evenly((1, results.len().max(1))).iter().zip(results) {
-            let finite = |x: f64| if x.is_finite() { Some(x) } else { None };
-            let lo = r.variants.iter().filter_map(|v| finite(v.mean.low)).fold(f64::INFINITY, f64::min).min(0.0);
-            let hi = r.variants.iter().filter_map(|v| finite(v.mean.high)).fold(f64::NEG_INFINITY, f64::max).max(0.0);
-            let pad = ((hi - lo) * 0.1).max(1e-6);
+            let ends = r.variants.iter().flat_map(|v| [v.mean.low, v.mean.high, v.mean.value]);
+            let axis = ValueAxis::around(ends);
             let n = r.variants.len();
             let err = |e: DrawingAreaErrorKind<_>| anyhow!("drawing {}: {e:?}", r.scorer);
             let names: Vec<String> = r.variants.iter().map(|v| v.variant.clone()).collect();
@@ -101,13 +132,16 @@ fn bars(path: &Path, results: &[ScorerResult]) -> Result<()> {
                 .margin(10)
                 .x_label_area_size(30)
                 .y_label_area_size(56)
-                .build_cartesian_2d(-0.6f64..(n as f64 - 0.4), (lo - pad)..(hi + pad))
+                .build_cartesian_2d(-0.6f64..(n as f64 - 0.4), axis.lo..axis.hi)
                 .map_err(err)?;
+            let y_label = |y: &f64| axis.label(*y);
             chart
                 .configure_mesh()
                 .disable_x_mesh()
                 .x_labels(n.max(1))
                 .x_label_formatter(&label)
+                .y_labels(ValueAxis::TICKS)
+                .y_label_formatter(&y_label)
                 .label_style(("sans-serif", 12))
                 .draw()
                 .map_err(err)?;
@@ -165,4 +199,32 @@ pub fn grid(out: &Path, variants: &[String], rows: usize) -> Result<()> {
     let img = image::RgbImage::from_raw(w, h, buf).expect("buffer size");
     let path = out.join("grid.png");
     img.save(&path).map_err(|e| anyhow!("writing {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ValueAxis;
+
+    /// Labels at the axis's ticks, as plotters places them (evenly from lo to hi).
+    fn labels(axis: &ValueAxis) -> Vec<String> {
+        let n = ValueAxis::TICKS;
+        (0..n).map(|i| axis.label(axis.lo + (axis.hi - axis.lo) * i as f64 / (n - 1) as f64)).collect()
+    }
+
+    #[test]
+    fn flat_and_tiny_metrics_get_readable_distinct_labels() {
+        for values in [vec![0.0, 0.0], vec![0.75, 0.75, 0.75], vec![0.0312, 0.0315], vec![-2.0, 5.0], vec![21.3, 21.31]]
+        {
+            let axis = ValueAxis::around(values.iter().copied());
+            assert!(
+                axis.hi > axis.lo && values.iter().all(|v| (axis.lo..=axis.hi).contains(v)),
+                "{values:?}: {axis:?}"
+            );
+            let l = labels(&axis);
+            let mut distinct = l.clone();
+            distinct.dedup();
+            assert_eq!(distinct.len(), l.len(), "{values:?}: labels {l:?}");
+        }
+        assert_eq!(labels(&ValueAxis::around([0.0, 0.0].into_iter()))[0], "0.0");
+    }
 }

@@ -91,6 +91,19 @@ impl Renderer {
         Ok(())
     }
 
+    /// Image `seed_index` of suite prompt `prompt_index`: the initial noise depends on those
+    /// two only, so every variant of a model, in `mapo eval` and in an experiment's
+    /// evaluation, starts that image from the same noise.
+    pub fn suite_image(
+        &self,
+        unet: &UNet2DConditionModel,
+        (prompt_index, prompt): (usize, &str),
+        seed_index: usize,
+        s: &Settings,
+    ) -> Result<image::RgbImage> {
+        self.image(unet, prompt, (prompt_index * 1000 + seed_index) as u64, s)
+    }
+
     /// One image of `prompt` from the initial noise of `seed`.
     pub fn image(&self, unet: &UNet2DConditionModel, prompt: &str, seed: u64, s: &Settings) -> Result<image::RgbImage> {
         let channels = unet.conv_in.weight.dims()[1];
@@ -104,9 +117,9 @@ impl Renderer {
                 to_images(sample_latents(unet, sampler.as_ref(), &prompts, noise, s.guidance, &mut |_| {}))?
             }
             Text::Sdxl { prompts, vae, scaling, factor } => {
-                // The UNet's precision, whatever the text encoders run in (a model being
-                // trained keeps f32 weights).
-                let dt = unet.conv_in.weight.val().dtype();
+                // The renderer's precision: a model being trained may hold a bf16 base
+                // (LoRA) and is still evaluated as the reference was.
+                let dt = self.dtype();
                 let (context, text_embeds) = prompts.encode(prompt);
                 let (context, text_embeds) = (context.cast(dt), text_embeds.cast(dt));
                 let side = s.size as f32;

@@ -8,6 +8,13 @@ use std::path::Path;
 
 use anyhow::{Context, Result, ensure};
 
+/// The suite's first `max` prompts (all when `None`; at least one).
+pub fn load_suite(path: &Path, column: Option<&str>, max: Option<usize>) -> Result<Vec<String>> {
+    let mut prompts = read_prompts(path, column)?;
+    prompts.truncate(max.unwrap_or(usize::MAX).max(1));
+    Ok(prompts)
+}
+
 pub fn read_prompts(path: &Path, column: Option<&str>) -> Result<Vec<String>> {
     let text = |p: &Path| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");

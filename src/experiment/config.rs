@@ -209,6 +209,9 @@ impl ExperimentConfig {
     pub fn train_config(&self, method: &str, seed: u64, model: &Path, data: &Path, out: &Path) -> Result<TrainConfig> {
         let mut table = self.train.clone();
         crate::train::config_names::canonicalize(&mut table, "[train]")?;
+        let (known, _) = crate::train::config::known_keys()?;
+        let sections = crate::train::config::sections()?;
+        crate::train::config_names::check_known(&table, &known, &sections, &|_| "[train]".to_string())?;
         for key in ["model", "data", "output_dir", "method", "seed", "method_params"] {
             if table.contains_key(key) {
                 bail!("[train] must not set {key:?}: the experiment sets it for each run");

@@ -13,7 +13,7 @@ use crate::eval::images::{Renderer, Settings};
 use crate::eval::metrics::Metrics;
 use crate::eval::resize::Rgb8;
 use crate::eval::scorer::{Scorer, ScorerFiles, load_scorer};
-use crate::eval::suite::read_prompts;
+use crate::eval::suite::load_suite;
 use crate::models::io::write_tensors;
 use crate::models::unet::UNet2DConditionModel;
 use crate::objective::Objective;
@@ -88,8 +88,7 @@ pub struct SuiteEvaluator {
 impl SuiteEvaluator {
     pub fn new(model: &Path, c: &EvalConfig, device: &Device) -> Result<Self> {
         let path = c.prompts.as_deref().context("[eval] prompts")?;
-        let mut prompts = read_prompts(path, c.prompt_column.as_deref()).context("[eval] prompts")?;
-        prompts.truncate(c.max_prompts.unwrap_or(usize::MAX).max(1));
+        let prompts = load_suite(path, c.prompt_column.as_deref(), c.max_prompts).context("[eval] prompts")?;
         let files = ScorerFiles {
             clip: c.clip_model.as_deref(),
             config: c.hps_config.as_deref(),
@@ -120,9 +119,8 @@ impl SuiteEvaluator {
         let mut kept = Vec::new();
         let mut sums = vec![0.0; self.scorers.len()];
         for (p, prompt) in self.prompts.iter().enumerate() {
-            // The noise `mapo eval` uses for this (prompt, seed).
             let images: Vec<image::RgbImage> = (0..self.seeds)
-                .map(|s| self.renderer.image(unet, prompt, (p * 1000 + s) as u64, &self.settings))
+                .map(|s| self.renderer.suite_image(unet, (p, prompt), s, &self.settings))
                 .collect::<Result<_>>()?;
             let rgb: Vec<Rgb8> = images.iter().cloned().map(Rgb8::from).collect();
             let captions = vec![prompt.clone(); self.seeds];

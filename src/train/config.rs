@@ -220,9 +220,10 @@ impl TrainConfig {
         if let Some(t) = value.as_table_mut() {
             let known = known_keys()?;
             let blame = |k: &str| if from_set.iter().any(|s| s == k) { format!("--set {k}") } else { origin.clone() };
-            check_known(t, &known.0, &blame)?;
+            let sections = sections()?;
+            check_known(t, &known.0, &sections, &blame)?;
             if let Some(opt) = t.get("optimizer").and_then(|o| o.as_table()) {
-                check_known(opt, &known.1, &|k| format!("{} [optimizer]", blame(k)))?;
+                check_known(opt, &known.1, &[], &|k| format!("{} [optimizer]", blame(k)))?;
             }
         }
         // `--set method=dpo` on a MaPO file: the file's parameters were MaPO's (its β of 0.1
@@ -346,6 +347,23 @@ pub fn math_changes(saved: &TrainConfig, now: &TrainConfig) -> Result<Vec<String
         .filter(|k| a.get(**k) != b.get(**k))
         .map(|k| format!("{k}: {} → {}", show(a.get(*k)), show(b.get(*k))))
         .collect())
+}
+
+/// The sections of a train config with their keys (for "belongs in [lora] as rank").
+pub fn sections() -> Result<Vec<(&'static str, Vec<String>)>> {
+    fn keys<T: Serialize>(value: &T) -> Result<Vec<String>> {
+        Ok(toml::Value::try_from(value)?.as_table().map(|t| t.keys().cloned().collect()).unwrap_or_default())
+    }
+    let lora = crate::models::lora::LoraConfig { alpha: Some(1.0), ..crate::models::lora::LoraConfig::new(1) };
+    let mut optimizer = keys(&OptimizerSection::default())?;
+    optimizer.push("weight_decay".into());
+    Ok(vec![
+        ("lora", keys(&lora)?),
+        ("optimizer", optimizer),
+        ("data_transform", keys(&crate::data::transform::TransformConfig::default())?),
+        ("data_read", keys(&crate::data::parquet::ReadOptions::default())?),
+        ("flow", keys(&FlowConfig::default())?),
+    ])
 }
 
 /// The top-level keys of a train config, and those of `[optimizer]`.

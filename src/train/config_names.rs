@@ -90,13 +90,41 @@ pub fn closest<'a>(key: &str, known: impl IntoIterator<Item = &'a str>) -> Optio
     (best.0 <= (key.len() / 3).max(2)).then_some(best.1)
 }
 
-/// Fails on a key of `table` that is neither in `known` nor an alias, suggesting the
-/// closest; `origin` says where the key came from.
-pub fn check_known(table: &toml::Table, known: &[String], origin: &dyn Fn(&str) -> String) -> Result<()> {
+/// A config's sections and their keys (`("lora", ["rank", "alpha", ...])`), so that a key
+/// written at the top level, flat (`resolution`) or with its section as a prefix
+/// (`lora_rank`), is answered with where it belongs.
+pub type Sections = [(&'static str, Vec<String>)];
+
+/// The section key a misplaced top-level `key` most likely means: `(section, key)`.
+pub fn misplaced<'a>(key: &str, sections: &'a Sections) -> Option<(&'a str, &'a str)> {
+    let find = |section: &'a str, keys: &'a [String], k: &str| {
+        keys.iter().find(|c| c.as_str() == k).map(|c| (section, c.as_str()))
+    };
+    sections.iter().find_map(|(section, keys)| {
+        let bare = key.strip_prefix(section).and_then(|k| k.strip_prefix(['_', '.']));
+        bare.and_then(|k| find(section, keys, k)).or_else(|| find(section, keys, key))
+    })
+}
+
+/// Fails on a key of `table` that is neither in `known` nor an alias: a key of one of
+/// `sections` is answered with its section, anything else with the closest known key;
+/// `origin` says where the key came from.
+pub fn check_known(
+    table: &toml::Table,
+    known: &[String],
+    sections: &Sections,
+    origin: &dyn Fn(&str) -> String,
+) -> Result<()> {
     let names = || known.iter().map(String::as_str).chain(ALIASES.iter().map(|(a, _)| *a));
     for key in table.keys() {
         if names().any(|k| k == key) {
             continue;
+        }
+        if let Some((section, k)) = misplaced(key, sections) {
+            bail!(
+                "{}: unknown key {key}: it belongs in the [{section}] section as {k} ([{section}] {k} = ...)",
+                origin(key)
+            );
         }
         let hint = closest(key, names()).map_or(String::new(), |c| format!(" (did you mean {c}?)"));
         bail!("{}: unknown key {key}{hint}", origin(key));

@@ -44,6 +44,7 @@ pub struct Loaded {
 
 /// Loads what [`Loaded`] holds for `config`, resuming from `how.resume` when given.
 pub fn load(config: &TrainConfig, how: &Start) -> Result<Loaded> {
+    crate::family::Family::detect(&config.model)?.require_supported(&config.model, "train")?;
     let method = build(&config.method, Params::from_map(config.method_params.clone()))?;
     let objective = config.objective()?;
     let selected = select_devices(config.device.as_deref(), &config.devices)?;

@@ -2,6 +2,7 @@
 
 use burn::tensor::{DType, Tensor};
 
+use crate::family::{Conditioning, Denoiser};
 use crate::losses::{Errors, Layout, LossInput, Method, loss_dtype};
 use crate::models::named::param_grads;
 use crate::models::unet::checkpoint::Tape;
@@ -79,12 +80,15 @@ fn inputs(batch: &PairBatch, objective: &Objective, with_rejected: bool) -> Inpu
     }
 }
 
-/// The UNet's prediction with activations in `dtype` (bf16/f16 mixed precision: the
-/// parameters stay f32 and are cast where they are used), returned in f32.
-fn predict(unet: &UNet2DConditionModel, x: &Inputs, dtype: DType) -> Tensor<4> {
-    let cond = x.cond.cast(dtype);
-    unet.forward_at(x.noisy.clone().cast(dtype), x.model_t.clone(), x.context.clone().cast(dtype), Some(&cond))
-        .cast(DType::F32)
+/// The denoiser's prediction with activations in `dtype` (bf16/f16 mixed precision:
+/// trained parameters stay f32 and are cast where they are used), returned in f32.
+fn predict(model: &impl Denoiser, x: &Inputs, dtype: DType) -> Tensor<4> {
+    let cond = Conditioning {
+        context: x.context.clone().cast(dtype),
+        pooled: x.cond.text_embeds.clone().cast(dtype),
+        time_ids: Some(x.cond.time_ids.clone()),
+    };
+    model.predict(x.noisy.clone().cast(dtype), x.model_t.clone(), &cond).cast(DType::F32)
 }
 
 /// [`predict`] through the block-checkpointed forward pass: the prediction (in f32) is a

@@ -32,10 +32,10 @@ T0=$(date +%s)
 export PYTHONUNBUFFERED=1 MAPO_QUIET_DEVICE=1
 
 if [ "${MAPO_GPU_REHEARSAL:-0}" = 1 ]; then
-  DEV=flex TORCH_DEV=cpu MODEL=tiny RES=64 GEN_RES=64 GEN_STEPS=3 DTYPE=bf16 STEPS=1 WARMUP=1 MAXB=4 TMO=300
+  DEV=flex TORCH_DEV=cpu MODEL=tiny RES=64 RES_MID=64 GEN_RES=64 GEN_STEPS=3 DTYPE=bf16 STEPS=1 WARMUP=1 MAXB=4 TMO=300
   BIN="${MAPO_BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/mapo-target}/release/mapo}"
 else
-  DEV=cuda TORCH_DEV=cuda MODEL=sdxl RES=1024 GEN_RES=1024 GEN_STEPS=30 DTYPE=bf16 STEPS=3 WARMUP=1 MAXB=32 TMO=150
+  DEV=cuda TORCH_DEV=cuda MODEL=sdxl RES=1024 RES_MID=512 GEN_RES=1024 GEN_STEPS=30 DTYPE=bf16 STEPS=3 WARMUP=1 MAXB=32 TMO=150
   BIN="${MAPO_BIN:-$ROOT/.gpu/mapo}"
 fi
 
@@ -99,6 +99,18 @@ measure "train mapo lora mapo-naive-attention" "$BIN" bench train-step --method 
 # Larger attention blocks (2²⁷ score elements): fewer, bigger kernels, more transient memory.
 measure "train mapo lora mapo-block-2^27" "$BIN" bench train-step --method mapo "${common[@]}" --lora 8 \
   --attention-block 134217728 --device "$DEV"
+
+say "== 2c. the real-size LoRA step of benches/RESULTS.md (LoRA 4, batch 1 pair, block checkpointing)"
+# The CPU table's settings on the GPU, device memory beside PyTorch's (issue: the real job must fit).
+for dt in f32 bf16; do
+  for method in mapo dpo; do
+    [ "$dt" = bf16 ] && [ "$method" = dpo ] && continue
+    small=(--model "$MODEL" --resolution "$RES_MID" --batch 1 --lora 4 --grad-ckpt --dtype "$dt" --steps 1 --warmup 1)
+    measure "train $method lora4 $RES_MID $dt mapo" "$BIN" bench train-step --method "$method" "${small[@]}" --device "$DEV"
+    measure "train $method lora4 $RES_MID $dt torch" "$PYTHON" benches/torch/bench.py train-step --method "$method" \
+      "${small[@]}" --device "$TORCH_DEV"
+  done
+done
 
 say "== 2b. Burn's all-reduce (NCCL) at world size 1: same weights as without it"
 # Two 2-step MaPO runs of the tiny fixture on one device; the second averages its

@@ -157,7 +157,7 @@ pub fn save_merged_from<M: Module>(
             let data = move || {
                 let stored = base.get(&key).and_then(|v| v.to_data().ok()).expect("checked before writing");
                 base.release(&key);
-                let values: Vec<f32> = stored.convert::<f32>().into_vec().expect("f32 after the conversion");
+                let values: Vec<f32> = stored.convert::<f32>().try_into_vec::<f32>().expect("f32 after the conversion");
                 let n = values.len();
                 let w = Tensor::<1>::from_data(burn::tensor::TensorData::new(values, [n]), (&device, DType::F32));
                 let merged = match delta {
