@@ -52,10 +52,6 @@ impl Backend {
         }
     }
 
-    pub fn is_gpu(self) -> bool {
-        matches!(self, Backend::Cuda | Backend::Wgpu | Backend::Vulkan)
-    }
-
     /// The device `--device NAME` means (`Adapter::Default`), or, when no device was asked
     /// for, a real GPU only (`Discrete`, then `Integrated`): wgpu's default adapter may be a
     /// software one (lavapipe), which must not shadow the native CPU backend.

@@ -123,3 +123,29 @@ fn misplaced_section_keys_name_their_section() {
     let err = format!("{:#}", load("misplaced-set.toml", "steps = 1\n", &["lora_alpha=8"]).unwrap_err());
     assert!(err.contains("--set lora_alpha") && err.contains("[lora] section as alpha"), "{err}");
 }
+
+/// A run file may be written in sections, as an experiment file is: `[data]` with the
+/// source and its `transform`, `[checkpoint]`, `[validation]`, `[parallel]`; it is the same
+/// config as the flat keys, and `--set section.key` overrides either spelling.
+#[test]
+fn sectioned_run_files_are_the_flat_config() {
+    let flat = load(
+        "flat.toml",
+        "steps = 4\ncheckpoint_every = 2\nkeep_checkpoints = 3\nvalidation_every = 2\nvalidation_steps = 5\n\
+         devices = [\"flex\", \"flex\"]\n[data_transform]\nresolution = 512\n",
+        &[],
+    )
+    .unwrap();
+    let path = write(
+        "sections.toml",
+        "model = \"m\"\noutput_dir = \"o\"\nmethod = \"mapo\"\nsteps = 4\n[data]\npairs = \"d\"\n\
+         [data.transform]\nresolution = 512\n[checkpoint]\nevery = 2\nkeep = 3\n[validation]\nevery = 2\nsteps = 5\n\
+         [parallel]\ndevices = [\"flex\", \"flex\"]\n",
+    );
+    let sectioned = TrainConfig::load(&path, &[]).unwrap();
+    assert_eq!(as_toml(&flat), as_toml(&sectioned));
+    let set = TrainConfig::load(&path, &["checkpoint.every=3".to_string()]).unwrap();
+    assert_eq!(set.checkpoint_every, 3);
+    let err = format!("{:#}", load("bad-section.toml", "steps = 1\n[checkpoint]\nevry = 2\n", &[]).unwrap_err());
+    assert!(err.contains("unknown key evry in [checkpoint]") && err.contains("every, keep"), "{err}");
+}

@@ -5,7 +5,8 @@
 
 Official formulas (Diffusion-DPO / MaPO repos), AdamW (.9/.999, eps 1e-8, wd 1e-2),
 clip_grad_norm_(1.0), bf16 autocast for --dtype bf16, SDPA attention (diffusers' default),
-gradient checkpointing with --grad-ckpt, DPO's reference a frozen copy run under no_grad.
+gradient checkpointing with --grad-ckpt, DPO's reference a frozen copy run under no_grad
+(with LoRA: the same UNet with its adapters disabled, as diffusers' DPO LoRA script does).
 Configs: src/models/presets/{tiny,sdxl}_unet.json, the same files mapo embeds.
 """
 import argparse
@@ -65,7 +66,9 @@ def train_step(a, device):
         unet.add_adapter(LoraConfig(r=a.lora, lora_alpha=a.lora, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
         params = [p for p in unet.parameters() if p.requires_grad]
     params = list(params)
-    ref = copy.deepcopy(unet).eval().requires_grad_(False) if a.method == "dpo" else None
+    # DPO's reference: a frozen copy for full fine-tuning; with LoRA the same UNet with its
+    # adapters disabled, as diffusers' DPO LoRA script does (no second copy of the weights).
+    ref = copy.deepcopy(unet).eval().requires_grad_(False) if a.method == "dpo" and not a.lora else None
     opt = torch.optim.AdamW(params, lr=1e-5, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2)
     sched = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
     chosen, rejected, noise, ehs, text, time_ids = inputs(cfg, a.batch, a.resolution, device)
@@ -94,7 +97,12 @@ def train_step(a, device):
             loss = lw.mean() - (beta * F.logsigmoid(log_odds * T)).mean()
         else:
             with torch.no_grad(), autocast:
-                rp = ref(x, tt, c, added_cond_kwargs=cond).sample
+                if a.lora:
+                    unet.disable_adapters()
+                    rp = unet(x, tt, c, added_cond_kwargs=cond).sample
+                    unet.enable_adapters()
+                else:
+                    rp = ref(x, tt, c, added_cond_kwargs=cond).sample
             rl = F.mse_loss(rp.float(), target.float(), reduction="none").mean(dim=[1, 2, 3])
             (lw, ll), (rw, rl2) = losses.chunk(2), rl.chunk(2)
             loss = -F.logsigmoid(-0.5 * 5000.0 * ((lw - ll) - (rw - rl2))).mean()

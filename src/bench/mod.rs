@@ -110,8 +110,12 @@ pub fn train_step(b: &TrainBench) -> Result<serde_json::Value> {
     }
     let mut unet = UNet2DConditionModel::load(&config, &w)?;
     phases.end("build");
-    // The frozen reference (DPO only): the same weights without autodiff.
-    let reference = method.uses_reference().then(|| unet.valid());
+    // The frozen reference (DPO-type methods): the same weights without autodiff, with LoRA
+    // the adapters off, as `mapo train` runs it.
+    let reference = method.uses_reference().then(|| {
+        let plain = unet.valid();
+        if b.lora.is_some() { crate::models::lora::disable_adapters(plain) } else { plain }
+    });
     let h = b.resolution / 8;
     let time_dim = config.addition_time_embed_dim.unwrap_or(0) * 6;
     let text_dim = config.projection_class_embeddings_input_dim.unwrap_or(time_dim) - time_dim;

@@ -479,12 +479,6 @@ impl PairSource {
     }
 }
 
-impl PairSource {
-    pub fn is_cache(&self) -> bool {
-        matches!(self.origin, Origin::Cache { .. })
-    }
-}
-
 struct Loaded {
     /// Cursor of the group's first pair.
     start: usize,

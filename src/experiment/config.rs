@@ -72,6 +72,11 @@ pub struct DataSection {
     /// Transforms of the parquet images (`resolution`, `random_crop`, `flip`, `caption_dropout`).
     #[serde(default)]
     pub transform: crate::data::transform::TransformConfig,
+    /// How the parquet rows are read (`unpaired`, `[data.read.columns]`, `keep_ties`,
+    /// `max_samples`): the same `[data.read]` a run file takes. Absent from the saved
+    /// identity when default, so folders made before it existed still match.
+    #[serde(default, skip_serializing_if = "is_default_read")]
+    pub read: crate::data::parquet::ReadOptions,
 }
 
 /// `[eval]`: scoring during and after training (every `every` steps and at the last), and
@@ -229,6 +234,10 @@ impl ExperimentConfig {
         config.validate()?;
         Ok(config)
     }
+}
+
+fn is_default_read(r: &crate::data::parquet::ReadOptions) -> bool {
+    *r == crate::data::parquet::ReadOptions::default()
 }
 
 /// The built-in model's reference is pretrained with the runs' objective (`[train]

@@ -199,15 +199,7 @@ fn inputs(exp: &Path, c: &ExperimentConfig, device: Option<&str>) -> Result<(Pat
         (None, None) if c.data.parquet.is_some() => {
             let files = c.data.parquet.as_ref().expect("checked");
             let out = exp.join("_data").join(format!("cache-{}", c.data.transform.resolution));
-            crate::data::cache::ensure(
-                &model,
-                files,
-                &out,
-                &c.data.transform,
-                &Default::default(),
-                c.data.seed,
-                device,
-            )?
+            crate::data::cache::ensure(&model, files, &out, &c.data.transform, &c.data.read, c.data.seed, device)?
         }
         (None, Some(v)) => {
             let variant = Variant::parse(v)?;

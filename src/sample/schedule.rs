@@ -1,6 +1,6 @@
 //! The training noise schedule of SDXL (DDPM, "scaled_linear" betas, ε-prediction).
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
 
 /// `alphas_cumprod` for `betas = linspace(√β_start, √β_end, T)²`, computed with the same
 /// operations as diffusers (`torch.linspace` in f32; `torch.cumprod`, which on CPU
@@ -56,9 +56,4 @@ impl NoiseSchedule {
         let b = b.cast(dtype).reshape([-1, 1, 1, 1]);
         x0 * a + noise * b
     }
-}
-
-/// Timesteps as the [B] integer tensor the UNet takes.
-pub fn timestep_tensor(timesteps: &[i64], device: &Device) -> Tensor<1, Int> {
-    Tensor::from_data(TensorData::new(timesteps.to_vec(), [timesteps.len()]), device)
 }

@@ -22,8 +22,56 @@ pub const ALIASES: &[(&str, &str)] = &[
     ("adam_weight_decay", "optimizer.weight_decay"),
 ];
 
+/// Sectioned spellings of flat keys (`[checkpoint] every` for `checkpoint_every`), so that a
+/// run file reads in sections like an experiment file: (section, key, the flat key). The
+/// `[data]` section also takes the data source itself as `pairs`, `cache`, `parquet` or
+/// `path` (the experiment's spelling).
+pub const SECTIONED: &[(&str, &str, &str)] = &[
+    ("checkpoint", "every", "checkpoint_every"),
+    ("checkpoint", "keep", "keep_checkpoints"),
+    ("validation", "every", "validation_every"),
+    ("validation", "prompts", "validation_prompts"),
+    ("validation", "steps", "validation_steps"),
+    ("validation", "guidance", "validation_guidance"),
+    ("parallel", "devices", "devices"),
+    ("parallel", "device", "device"),
+    ("data", "transform", "data_transform"),
+    ("data", "read", "data_read"),
+    ("data", "pairs", "data"),
+    ("data", "cache", "data"),
+    ("data", "parquet", "data"),
+    ("data", "path", "data"),
+];
+
+/// Moves the keys of `[checkpoint]`, `[validation]`, `[parallel]` and `[data]` tables to
+/// their flat names; an unknown key in one of them is an error naming the section.
+fn flatten_sections(table: &mut toml::Table, origin: &str) -> Result<()> {
+    for section in ["checkpoint", "validation", "parallel", "data"] {
+        let Some(toml::Value::Table(inner)) = table.get(section) else { continue };
+        let mut inner = inner.clone();
+        table.remove(section);
+        for (key, value) in std::mem::take(&mut inner) {
+            let Some((_, _, flat)) = SECTIONED.iter().find(|(s, k, _)| *s == section && *k == key) else {
+                let keys: Vec<&str> = SECTIONED.iter().filter(|(s, _, _)| *s == section).map(|(_, k, _)| *k).collect();
+                bail!("{origin}: unknown key {key} in [{section}] (it takes {})", keys.join(", "));
+            };
+            if table.contains_key(*flat) {
+                bail!("{origin}: [{section}] {key} and {flat} are the same setting: keep one");
+            }
+            table.insert(flat.to_string(), value);
+        }
+    }
+    Ok(())
+}
+
 /// The mapo key for `key` (a dotted `--set` path or a top-level name).
 pub fn canonical_key(key: &str) -> String {
+    if let Some((section, rest)) = key.split_once('.') {
+        let (first, tail) = rest.split_once('.').map_or((rest, None), |(a, b)| (a, Some(b)));
+        if let Some((_, _, flat)) = SECTIONED.iter().find(|(s, k, _)| *s == section && *k == first) {
+            return tail.map_or(flat.to_string(), |t| format!("{flat}.{t}"));
+        }
+    }
     let (first, rest) = key.split_once('.').map_or((key, None), |(a, b)| (a, Some(b)));
     match ALIASES.iter().find(|(alias, _)| *alias == first) {
         Some((_, to)) => rest.map_or(to.to_string(), |r| format!("{to}.{r}")),
@@ -43,6 +91,7 @@ fn precision_value(v: toml::Value) -> toml::Value {
 /// Rewrites the aliases of a config table to mapo's keys; `origin` names the table in
 /// errors (the file, or `[train]`).
 pub fn canonicalize(table: &mut toml::Table, origin: &str) -> Result<()> {
+    flatten_sections(table, origin)?;
     for (alias, to) in ALIASES {
         let Some(mut value) = table.remove(*alias) else { continue };
         if *alias == "mixed_precision" {

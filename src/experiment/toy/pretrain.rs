@@ -108,14 +108,6 @@ impl Variant {
         }
     }
 
-    /// The style the preference data rewards.
-    pub fn chosen_style(self) -> Style {
-        match self {
-            Self::Style => Style::Striped,
-            Self::Colour => Style::Flat,
-        }
-    }
-
     /// `pairs_per_subject` pairs for every subject, from `seed`.
     pub fn rows(self, seed: u64, pairs_per_subject: usize) -> Vec<PairRow> {
         draws(seed, pairs_per_subject, SIZE)
