@@ -194,6 +194,7 @@ fn shipped_experiment_files_plan() {
             "mapo-generated=colour-s0"
         ]
     );
+    assert_eq!(plan("toy-flow-mismatch.toml", &[]).len(), 6);
     // β sweeps multiply only their own method's runs: 3 βs × 2 seeds per method.
     let ablation = plan("toy-ablation-beta.toml", &[]);
     assert_eq!(ablation.len(), 12, "{ablation:?}");
