@@ -155,6 +155,10 @@ fn a_bf16_lora_run_merges_into_the_folders_own_weights() {
         "dtype=\"bf16\"",
         "--set",
         &format!("output_dir={:?}", out.display().to_string()),
+        // bf16 on the CPU backend whatever the test backend (lavapipe's wgpu has no bf16);
+        // the merge's precision does not depend on it.
+        "--set",
+        "device=\"flex\"",
     ]);
     let base = SafeTensorsFixture::open(&fixtures().join("tiny-sdxl/unet/diffusion_pytorch_model.safetensors"));
     let merged = SafeTensorsFixture::open(&out.join("unet/diffusion_pytorch_model.safetensors"));
