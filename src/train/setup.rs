@@ -38,13 +38,16 @@ pub struct Loaded {
     pub reduction: Reduction,
     pub compute: DType,
     pub unet_config: serde_json::Value,
+    /// The denoiser's folder (the merged export of a bf16 LoRA run reads its weights back).
+    pub unet_dir: PathBuf,
     pub vae_dir: Option<PathBuf>,
     pub start: StartState,
 }
 
 /// Loads what [`Loaded`] holds for `config`, resuming from `how.resume` when given.
 pub fn load(config: &TrainConfig, how: &Start) -> Result<Loaded> {
-    crate::family::Family::detect(&config.model)?.require_supported(&config.model, "train")?;
+    let family = crate::family::Family::detect(&config.model)?;
+    family.require_supported(&config.model, "train")?;
     let method = build(&config.method, Params::from_map(config.method_params.clone()))?;
     let objective = config.objective()?;
     let selected = select_devices(config.device.as_deref(), &config.devices)?;
@@ -55,7 +58,7 @@ pub fn load(config: &TrainConfig, how: &Start) -> Result<Loaded> {
     // Burn's per-op strategy, which keeps every op with a frozen operand (LoRA) and saves nothing.
     let device = plain.clone().autodiff();
     let compute = selected[0].precision(&config.dtype)?;
-    let unet_dir = component_dir(&config.model, "unet")?;
+    let unet_dir = component_dir(&config.model, family.denoiser_folder())?;
     let (_, unet_config) = crate::models::config::read_config::<serde_json::Value>(&unet_dir)?;
     let mut optimizer = Optimizer::new(config.optimizer.build()?);
     let base_dtype = if config.lora.is_some() { compute } else { DType::F32 };
@@ -83,7 +86,7 @@ pub fn load(config: &TrainConfig, how: &Start) -> Result<Loaded> {
         });
     }
     let vae_dir = component_dir(&config.model, "vae").ok();
-    Ok(Loaded { method, base_dtype, objective, ranks, reduction, compute, unet_config, vae_dir, start })
+    Ok(Loaded { method, base_dtype, objective, ranks, reduction, compute, unet_config, unet_dir, vae_dir, start })
 }
 
 /// The policy: fresh (LoRA adapters drawn from the seeded device), or the checkpoint's

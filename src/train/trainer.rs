@@ -46,6 +46,7 @@ pub struct Trainer<'a> {
     exec: Execution,
     base_dtype: DType,
     unet_config: serde_json::Value,
+    unet_dir: PathBuf,
     pub data: PairSource,
     stream: PairStream,
     reference_errors: Option<ReferenceErrors>,
@@ -109,8 +110,18 @@ impl<'a> Trainer<'a> {
     /// `reference_cache`) computes the reference's errors; nothing of the folder changes
     /// before every input has loaded.
     pub fn prepare(config: &'a TrainConfig, how: &Start) -> Result<Self> {
-        let Loaded { method, base_dtype, objective, mut ranks, reduction, compute, unet_config, vae_dir, start } =
-            super::setup::load(config, how)?;
+        let Loaded {
+            method,
+            base_dtype,
+            objective,
+            mut ranks,
+            reduction,
+            compute,
+            unet_config,
+            unet_dir,
+            vae_dir,
+            start,
+        } = super::setup::load(config, how)?;
         // Validation decodes through the folder's VAE when it has one.
         let vae = match (config.validation_every > 0, &vae_dir) {
             (true, Some(dir)) => Some(AutoencoderKL::from_dir(dir, &ranks[0].plain, DType::F32)?),
@@ -159,6 +170,7 @@ impl<'a> Trainer<'a> {
             exec: Execution { dtype: compute, checkpointing: config.gradient_checkpointing },
             base_dtype,
             unet_config,
+            unet_dir,
             stream: data.stream(start.cursor, 1),
             data,
             reference_errors,
@@ -357,8 +369,10 @@ impl<'a> Trainer<'a> {
                     save_merged(unet, &self.unet_config, &out.join("unet"), lora.scale())?;
                 } else {
                     // The base was held in the compute dtype: merge into the folder's own weights.
-                    let dir = crate::models::folder::component_dir(&self.config.model, "unet")?;
-                    let base = crate::models::io::SafeTensorFiles::open_component(&dir, &["diffusion_pytorch_model"])?;
+                    let base = crate::models::io::SafeTensorFiles::open_component(
+                        &self.unet_dir,
+                        &["diffusion_pytorch_model"],
+                    )?;
                     save_merged_from(unet, &base, &self.unet_config, &out.join("unet"), lora.scale())?;
                 }
             }
