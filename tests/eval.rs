@@ -30,7 +30,10 @@ fn eval_compares_variants_and_reuses_its_images() {
     let pick = format!("pickscore={}", tiny_clip.display());
     let first = eval(std::slice::from_ref(&pick));
     assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
-    let images = |v: &str| std::fs::read_dir(out.join("images").join(v)).unwrap().count();
+    let images = |v: &str| {
+        let files = std::fs::read_dir(out.join("images").join(v)).unwrap();
+        files.filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "png")).count()
+    };
     assert_eq!([images("base"), images("merged"), images("lora")], [4, 4, 4], "2 prompts × 2 seeds each");
 
     let json: serde_json::Value =
@@ -131,7 +134,9 @@ fn eval_runs_on_the_toy_model_with_its_scorers() {
     }
     assert!(out.join("grid.png").is_file() && out.join("scores.png").is_file());
 
-    // A prompt outside the toy's grammar is refused by name.
+    // A prompt outside the toy's grammar is refused by name (in a fresh folder: this one's
+    // images were made for other prompts, which is refused before).
+    std::fs::remove_dir_all(&out).unwrap();
     std::fs::write(&prompts, "a purple hexagon\n").unwrap();
     let bad = eval(&prompts);
     let stderr = String::from_utf8_lossy(&bad.stderr);

@@ -1,6 +1,7 @@
 //! Seeded, bounded fuzzing of the files users hand to mapo: mutated safetensors inputs
-//! (`mapo forward`), mutated parquet files (`mapo cache`) and mutated train configs
-//! (`mapo train`). Every run must end in success or a clean error (exit code 0 or 1):
+//! (`mapo forward`), mutated parquet files (`mapo cache`), mutated train configs
+//! (`mapo train`), images of every shape and state (the cache's transform, `mapo score`),
+//! LoRA files (`mapo lora convert`) and experiment files (names, sweeps). Every run must end in success or a clean error (exit code 0 or 1):
 //! never a Rust panic (exit 101) or a signal (a segfault, an abort).
 
 mod common;
@@ -245,5 +246,186 @@ fn mutated_train_configs_never_panic() {
         tally.check(&format!("train --set {set}"), &out, &config);
     }
     eprintln!("toml: {} configs, {} clean errors, 0 panics", tally.tried, tally.errors);
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// An image file of a random kind: extreme aspect ratios, 16-bit and grey and alpha PNGs,
+/// JPEGs, then possibly truncated or mutated.
+fn random_image(rng: &mut ChaCha8Rng) -> (Vec<u8>, &'static str) {
+    use image::{DynamicImage, ImageFormat};
+    let (w, h) = match rng.random_range(0..4) {
+        0 => (1, rng.random_range(1..200_000)),
+        1 => (rng.random_range(1..200_000), rng.random_range(1..3)),
+        2 => (rng.random_range(1..64), rng.random_range(1..64)),
+        _ => (rng.random_range(200..600), rng.random_range(200..600)),
+    };
+    let rgb = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x ^ y) as u8, (x * 3) as u8, (y * 5) as u8]));
+    let img = match rng.random_range(0..4) {
+        0 => DynamicImage::ImageRgb8(rgb),
+        1 => DynamicImage::ImageRgb16(DynamicImage::ImageRgb8(rgb).to_rgb16()),
+        2 => DynamicImage::ImageLuma8(DynamicImage::ImageRgb8(rgb).to_luma8()),
+        _ => DynamicImage::ImageRgba8(DynamicImage::ImageRgb8(rgb).to_rgba8()),
+    };
+    // JPEG holds 8-bit grey or RGB up to 65535 a side.
+    let jpeg = rng.random_bool(0.3)
+        && w.max(h) <= 65_535
+        && !matches!(img, DynamicImage::ImageRgb16(_) | DynamicImage::ImageRgba8(_));
+    let (format, ext) = if jpeg { (ImageFormat::Jpeg, "jpg") } else { (ImageFormat::Png, "png") };
+    let mut bytes = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut bytes), format).unwrap();
+    match rng.random_range(0..4) {
+        0 => bytes.truncate(rng.random_range(0..bytes.len())),
+        1 => bytes = mutate(rng, &bytes),
+        _ => {}
+    }
+    (bytes, ext)
+}
+
+/// Images of every shape and state through both paths that decode and resize them: the
+/// cache's transform (in process) and `mapo score` (one run over all of them).
+#[test]
+fn mutated_images_never_panic() {
+    let d = dir("images");
+    let mut rng = ChaCha8Rng::seed_from_u64(23);
+    let config = mapo::data::transform::TransformConfig { resolution: 64, ..Default::default() };
+    let mut lines = String::new();
+    let mut errors = 0;
+    for i in 0..40 {
+        let (bytes, ext) = random_image(&mut rng);
+        let name = format!("img-{i}.{ext}");
+        std::fs::write(d.join(&name), &bytes).unwrap();
+        let pair = mapo::data::parquet::Pair {
+            file: d.join(&name),
+            row: i,
+            caption: "x".into(),
+            chosen: bytes.clone(),
+            rejected: bytes,
+            label: None,
+        };
+        errors += usize::from(mapo::data::transform::prepare(&pair, &config, 0, i as u64).is_err());
+        lines.push_str(&format!("{{\"image\": {name:?}, \"prompt\": \"an image\"}}\n"));
+    }
+    std::fs::write(d.join("rows.jsonl"), lines).unwrap();
+    let clip = common::fixtures().join("tiny-clip");
+    let out = mapo(&[
+        "score",
+        "--scorer",
+        "clip",
+        "--model",
+        clip.to_str().unwrap(),
+        "--device",
+        "flex",
+        "--pairs",
+        d.join("rows.jsonl").to_str().unwrap(),
+        "--out",
+        d.join("scores.jsonl").to_str().unwrap(),
+    ]);
+    let mut tally = Tally::default();
+    tally.check("score on 40 random images", &out, &d);
+    eprintln!("images: 40 through the transform ({errors} refused), one scoring run, 0 panics");
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// LoRA files with hostile scales, metadata of every JSON type, missing halves and byte
+/// mutations, through `mapo lora convert` (which reads them as every command does).
+#[test]
+fn mutated_lora_files_never_panic() {
+    let d = dir("lora");
+    let peft = std::fs::read(common::fixtures().join("lora/peft.safetensors")).unwrap();
+    let kohya = std::fs::read(common::fixtures().join("lora/kohya.safetensors")).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(29);
+    let values = ["\"8\"", "[1]", "{}", "null", "true", "-1", "0", "1e400", "NaN", "\"true\"", "8"];
+    let mut tally = Tally::default();
+    for i in 0..40 {
+        let source = if i % 2 == 0 { &peft } else { &kohya };
+        let bytes = match rng.random_range(0..4) {
+            0 => mutate(&mut rng, source),
+            1 => mutate_header(&mut rng, source),
+            _ => {
+                // Rewrite the JSON header: a metadata key set to a hostile value, or a
+                // tensor (an alpha, a half of an adapter) dropped.
+                let len = u64::from_le_bytes(source[..8].try_into().unwrap()) as usize;
+                let mut header: serde_json::Value = serde_json::from_slice(&source[8..8 + len]).unwrap();
+                let map = header.as_object_mut().unwrap();
+                if rng.random_bool(0.5) {
+                    let names: Vec<String> = map.keys().filter(|k| *k != "__metadata__").cloned().collect();
+                    map.remove(&names[rng.random_range(0..names.len())]);
+                } else if let Some(meta) = map.get_mut("__metadata__").and_then(|m| m.as_object_mut()) {
+                    let key = ["lora_alpha", "use_rslora", "alpha_pattern", "use_dora", "r"][rng.random_range(0..5)];
+                    let value = values[rng.random_range(0..values.len())];
+                    let text = match meta.get("lora_adapter_metadata").and_then(|v| v.as_str()) {
+                        Some(json) => {
+                            let mut v: serde_json::Value = serde_json::from_str(json).unwrap();
+                            v[format!("unet.{key}")] = serde_json::from_str(value).unwrap_or(serde_json::json!(value));
+                            v.to_string()
+                        }
+                        None => value.to_string(),
+                    };
+                    meta.insert("lora_adapter_metadata".into(), text.into());
+                }
+                let mut json = serde_json::to_vec(&header).unwrap();
+                while !json.len().is_multiple_of(8) {
+                    json.push(b' ');
+                }
+                let mut out = (json.len() as u64).to_le_bytes().to_vec();
+                out.extend(json);
+                out.extend(&source[8 + len..]);
+                out
+            }
+        };
+        let input = d.join(format!("in-{i}.safetensors"));
+        std::fs::write(&input, bytes).unwrap();
+        let out = d.join("out.safetensors");
+        let run =
+            mapo(&["lora", "convert", "--in", input.to_str().unwrap(), "--to", "peft", "--out", out.to_str().unwrap()]);
+        tally.check(&format!("lora convert on mutation {i}"), &run, &input);
+    }
+    eprintln!("lora: {} files, {} clean errors, 0 panics", tally.tried, tally.errors);
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// Experiment files with hostile names and sweeps, planned in process: an error or a plan,
+/// never a panic, and never a run folder outside runs_dir.
+#[test]
+fn mutated_experiment_files_never_panic() {
+    let d = dir("experiments");
+    let mut rng = ChaCha8Rng::seed_from_u64(31);
+    let names = ["../x", "/abs", "..", ".", "", "a/b", "ok", "é", "a\\b", "-", "x".repeat(300).leak()];
+    let sweeps = [
+        "\"pretrain.lr\" = [\"1e-3\", \"1e_3\"]",
+        "\"train.seed\" = [1, 1]",
+        "\"train.seed\" = []",
+        "\"train.seed\" = [\"x\", 2]",
+        "\"name\" = [\"a\"]",
+        "\"nothing.here\" = [1]",
+        "\"train.steps\" = [0, -1, 1e39]",
+        "\"method_params.mapo.beta\" = [0.1, 0.1]",
+    ];
+    let runs_dir = d.join("runs");
+    let (mut tried, mut planned) = (0, 0);
+    for i in 0..60 {
+        let name = names[rng.random_range(0..names.len())];
+        let sweep = sweeps[rng.random_range(0..sweeps.len())];
+        let file = d.join(format!("exp-{i}.toml"));
+        std::fs::write(
+            &file,
+            format!(
+                "name = {name:?}\nruns_dir = {runs_dir:?}\nmethods = [\"mapo\", \"sft\"]\n[model]\nbuiltin = \"toy\"\n\
+                 [data]\ngenerated = \"style\"\n[train]\nsteps = 2\n[sweep]\n{sweep}\n"
+            ),
+        )
+        .unwrap();
+        tried += 1;
+        if let Ok((exp, runs)) = mapo::experiment::config::load(&file, &[]) {
+            planned += 1;
+            let mut seen = std::collections::HashSet::new();
+            for r in &runs {
+                let folder = runs_dir.join(&exp.name).join(&r.name);
+                assert!(folder.starts_with(&runs_dir) && !exp.name.contains(".."), "{}", folder.display());
+                assert!(seen.insert(r.name.clone()), "{name:?} {sweep}: run {} planned twice", r.name);
+            }
+        }
+    }
+    eprintln!("experiments: {tried} files, {planned} planned, 0 panics");
     std::fs::remove_dir_all(&d).unwrap();
 }

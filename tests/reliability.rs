@@ -371,3 +371,24 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// A run killed before its first checkpoint is no dead end: `--resume latest` and a fresh
+/// start both discard its files (nothing of it can mix in) and train from step 0.
+#[test]
+fn a_run_killed_before_its_first_checkpoint_starts_afresh() {
+    let (dir, config) = setup("partial");
+    let run = dir.join("run");
+    for extra in [&["--resume", "latest"][..], &[]] {
+        let _ = std::fs::remove_dir_all(&run);
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::write(run.join("config.toml"), "# a killed run's\n").unwrap();
+        std::fs::write(run.join("metrics.jsonl"), "{\"step\": 1, \"loss\": 99.0}\n").unwrap();
+        let out = train(&config, extra);
+        assert!(out.status.success(), "{extra:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("before its first checkpoint"), "{}", stderr(&out));
+        let metrics = String::from_utf8(read(&run.join("metrics.jsonl"))).unwrap();
+        assert_eq!(metrics.lines().count(), 2, "{metrics}");
+        assert!(!metrics.contains("99.0"), "{metrics}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -12,6 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::device::{DeviceArgs, select};
 use crate::eval::compare::{summarise, write};
 use crate::eval::images::{Renderer, Settings};
+use crate::eval::made_with::MadeWith;
 use crate::eval::preprocess::read_rgb;
 use crate::eval::scorer::{Scorer, ScorerFiles, load_scorer};
 use crate::eval::suite::load_suite;
@@ -115,6 +116,22 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let scorers: Vec<Box<dyn Scorer>> =
         args.scorers.iter().map(|s| scorer_of(s, args, &device)).collect::<Result<_>>()?;
     let image = |v: &str, p: usize, s: usize| args.out.join("images").join(v).join(format!("{p:05}-s{s}.png"));
+    // One writer per evaluation folder; cached images only where they were made alike.
+    let _lock = crate::util::lock::lock(&args.out)?;
+    let model = std::fs::canonicalize(&args.model).unwrap_or_else(|_| args.model.clone());
+    for ((name, _), spec) in variants.iter().zip(&specs) {
+        let made_with = MadeWith {
+            model: model.display().to_string(),
+            variant: spec.split_once('=').map_or(spec.as_str(), |(_, v)| v).to_string(),
+            sampler: "euler".into(),
+            steps: args.steps,
+            guidance: args.guidance,
+            size: args.size,
+            precision: args.device.dtype.clone(),
+            prompts: prompts.clone(),
+        };
+        crate::eval::made_with::claim(&args.out.join("images").join(name), &made_with)?;
+    }
 
     // What is not on disk yet, per variant (the rest is reused).
     let missing: Vec<Vec<(usize, usize)>> = variants
@@ -153,9 +170,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         for (p, s) in missing {
             let img = renderer.suite_image(&unet, (p, &prompts[p]), s, &settings)?;
             // Through a temporary name, so an interrupted run never leaves a half image to reuse.
-            let (path, tmp) = (image(name, p, s), dir.join(format!(".tmp-{p}-{s}-{}.png", std::process::id())));
-            img.save(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-            std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+            crate::util::save_image(&image(name, p, s), &img)?;
             bar.inc(1);
         }
     }

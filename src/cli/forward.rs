@@ -223,6 +223,9 @@ fn loss(args: &ForwardArgs) -> Result<()> {
         bail!("{}: model_pred {:?} and target {:?} differ in shape", args.inputs.display(), pred.dims(), target.dims());
     }
     let rows = pred.dims()[0];
+    if rows == 0 {
+        bail!("{}: model_pred has no rows; a loss needs at least one pair (chosen, rejected)", args.inputs.display());
+    }
     if rows % 2 != 0 {
         bail!("{}: model_pred has {rows} rows; expected 2B (chosen rows, then rejected)", args.inputs.display());
     }

@@ -155,9 +155,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
             let out = if total == 1 { args.out.clone() } else { numbered(&args.out, index) };
             let img = decode_images(latents, &pipe.vae, pipe.vae_config.scaling_factor)?.remove(0);
             // Through a temporary name beside it: an interrupted run leaves no half image.
-            let tmp = temp_beside(&out);
-            img.save(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-            std::fs::rename(&tmp, &out).with_context(|| format!("writing {}", out.display()))?;
+            crate::util::save_image(&out, &img)?;
             outputs.push(out);
         }
     }
@@ -194,13 +192,6 @@ fn numbered(out: &Path, i: usize) -> PathBuf {
     let stem = out.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
     let ext = out.extension().and_then(|s| s.to_str()).unwrap_or("png");
     out.with_file_name(format!("{stem}-{i}.{ext}"))
-}
-
-/// `.NAME.tmp-PID.EXT` in the folder of `out` (the extension picks the encoder).
-fn temp_beside(out: &Path) -> PathBuf {
-    let name = out.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
-    let ext = out.extension().and_then(|s| s.to_str()).unwrap_or("png");
-    out.with_file_name(format!(".{name}.tmp-{}.{ext}", std::process::id()))
 }
 
 pub fn tokenize(model: &Path, prompt: &str) -> Result<()> {

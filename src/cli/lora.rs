@@ -8,6 +8,9 @@ use clap::{Args, Subcommand, ValueEnum};
 use crate::models::folder::component_dir;
 use crate::models::io::SafeTensorFiles;
 use crate::models::lora::{BlockLayout, LoraFile, LoraFormat};
+use crate::models::unet::UNet2DConditionModel;
+use crate::models::unet::config::UNetConfig;
+use crate::models::weights::Weights;
 
 #[derive(Subcommand, Debug)]
 pub enum LoraCommand {
@@ -48,6 +51,15 @@ pub fn run(command: &LoraCommand) -> Result<()> {
         None => implied_layout(&args.input)?,
     };
     let lora = LoraFile::read(&args.input, &layout, &burn::tensor::Device::default())?;
+    if let Some(model) = &args.model {
+        // Each adapter must name a layer of this model, at its shape (read from the config).
+        let dir = component_dir(model, "unet")?;
+        let (config, _) = crate::models::config::read_config::<UNetConfig>(&dir)?;
+        let w = Weights::shapes_only(&burn::tensor::Device::default());
+        drop(UNet2DConditionModel::load(&config, &w)?);
+        let shapes = w.requested().into_iter().collect();
+        lora.check_layers(&shapes).with_context(|| format!("{} against {}", args.input.display(), dir.display()))?;
+    }
     let to = match args.to {
         Target::Kohya => LoraFormat::Kohya,
         Target::Peft => LoraFormat::Peft,

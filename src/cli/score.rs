@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::device::select;
 use crate::eval::preprocess::read_rgb;
 use crate::eval::resize::Rgb8;
-use crate::eval::scorer::{ScorerFiles, load_scorer};
+use crate::eval::scorer::{Scorer, ScorerFiles, load_scorer};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum ScorerName {
@@ -94,13 +94,39 @@ pub fn run(args: &ScoreArgs) -> Result<()> {
         ProgressStyle::with_template("{bar:30} {pos}/{len} images [{elapsed_precise}<{eta_precise}, {per_sec}]")
             .expect("template"),
     );
-    let tmp = args.out.with_extension("jsonl.partial");
-    let mut out =
-        std::io::BufWriter::new(std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?);
+    // One writer per output file; the temporary is this process's own.
+    let _lock = crate::util::lock::lock_file(&args.out)?;
+    let tmp = crate::util::tmp_path(&args.out)?;
+    let result = write_scores(&rows, scorer.as_ref(), args, &tmp, &bar);
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    let bad = result?;
+    crate::util::rename_into_place(&tmp, &args.out)?;
+    bar.finish_and_clear();
+    eprintln!(
+        "{}: {} images scored with {}{}",
+        args.out.display(),
+        rows.len() - bad,
+        scorer.name(),
+        if bad > 0 { format!(", {bad} skipped (no score: see their \"error\")") } else { String::new() }
+    );
+    Ok(())
+}
+
+/// Scores every row into `tmp`; returns how many rows got no score.
+fn write_scores(rows: &[Row], scorer: &dyn Scorer, args: &ScoreArgs, tmp: &Path, bar: &ProgressBar) -> Result<usize> {
+    let file = std::fs::File::create(tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut out = std::io::BufWriter::new(file);
     let mut bad = 0;
     for chunk in rows.chunks(args.batch) {
-        // Decode first: an image that does not decode is reported and left out of the batch.
-        let decoded: Vec<Result<Rgb8>> = chunk.iter().map(|r| read_rgb(&r.image)).collect();
+        // Each image is decoded and at once shrunk to what the scorer reads, so a batch of
+        // huge images holds one full decode at a time. One that does not decode is
+        // reported and left out of the batch.
+        let decoded: Vec<Result<Rgb8>> = chunk
+            .iter()
+            .map(|r| read_rgb(&r.image).and_then(|i| scorer.shrink(i).context(r.image.display().to_string())))
+            .collect();
         let (mut images, mut prompts) = (Vec::new(), Vec::new());
         for (r, d) in chunk.iter().zip(&decoded) {
             if let Ok(img) = d {
@@ -111,31 +137,30 @@ pub fn run(args: &ScoreArgs) -> Result<()> {
         let mut scores = scorer.score(&images, &prompts)?.into_iter();
         for (r, d) in chunk.iter().zip(decoded) {
             let mut json = r.json.clone();
-            match d {
-                Ok(_) => {
-                    json.insert("score".into(), scores.next().expect("one score per image").into());
+            // A score from an earlier run of this file's rows is replaced, never kept beside.
+            json.remove("error");
+            let score = d.and_then(|_| {
+                let s = scores.next().expect("one score per image");
+                ensure!(s.is_finite(), "{}: the scorer gave {s} (not a finite number)", r.image.display());
+                Ok(s)
+            });
+            match score {
+                Ok(s) => {
+                    json.insert("score".into(), s.into());
                 }
                 Err(e) => {
-                    bar.suspend(|| eprintln!("warning: {e:#}; skipped"));
+                    let e = format!("{e:#}");
+                    bar.suspend(|| eprintln!("warning: {e}; skipped"));
                     bad += 1;
                     json.insert("score".into(), serde_json::Value::Null);
-                    json.insert("error".into(), format!("{e:#}").into());
+                    json.insert("error".into(), e.into());
                 }
             }
             writeln!(out, "{}", serde_json::Value::Object(json))?;
         }
         bar.inc(chunk.len() as u64);
     }
-    out.flush()?;
-    drop(out);
-    std::fs::rename(&tmp, &args.out).with_context(|| format!("writing {}", args.out.display()))?;
-    bar.finish_and_clear();
-    eprintln!(
-        "{}: {} images scored with {}{}",
-        args.out.display(),
-        rows.len() - bad,
-        scorer.name(),
-        if bad > 0 { format!(", {bad} skipped (did not decode)") } else { String::new() }
-    );
-    Ok(())
+    out.flush().with_context(|| format!("writing {}", tmp.display()))?;
+    out.into_inner().map_err(|e| e.into_error())?.sync_all().with_context(|| format!("writing {}", tmp.display()))?;
+    Ok(bad)
 }

@@ -133,7 +133,8 @@ pub fn build(args: &CacheArgs) -> Result<CacheIndex> {
         seed: args.seed,
         files: reader.files().iter().map(|f| std::fs::canonicalize(f).unwrap_or_else(|_| f.clone())).collect(),
     };
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    // One writer per cache folder: two runs on one --out would interleave their shards.
+    let _lock = crate::util::lock::lock(&args.out)?;
     let mut index = match CacheIndex::read(&args.out) {
         Ok(existing) => {
             if existing.meta != meta {
@@ -152,7 +153,12 @@ pub fn build(args: &CacheArgs) -> Result<CacheIndex> {
         }
         Err(_) if args.out.join("index.json").exists() => return Err(CacheIndex::read(&args.out).unwrap_err()),
         Err(_) => {
-            CacheIndex { meta, shards: Vec::new(), next_position: 0, skipped: Skipped::default(), complete: false }
+            let index =
+                CacheIndex { meta, shards: Vec::new(), next_position: 0, skipped: Skipped::default(), complete: false };
+            // Written before the first shard, so a later run with other settings is refused
+            // even when this one stops before its first shard.
+            write_atomic(&args.out.join("index.json"), serde_json::to_string_pretty(&index)?.as_bytes())?;
+            index
         }
     };
 

@@ -71,8 +71,7 @@ pub struct Prepared {
 pub fn prepare(pair: &Pair, config: &TransformConfig, seed: u64, index: u64) -> Result<Prepared> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let decode = |bytes: &[u8], which: &str| {
-        image::load_from_memory(bytes)
-            .map(|i| i.to_rgb8())
+        decode_rgb(bytes)
             .with_context(|| format!("{} row {}: {which} image does not decode", pair.file.display(), pair.row))
     };
     let unpaired = pair.label.is_some();
@@ -80,7 +79,9 @@ pub fn prepare(pair: &Pair, config: &TransformConfig, seed: u64, index: u64) -> 
     let rejected = if unpaired { None } else { Some(decode(&pair.rejected, "rejected")?) };
     let r = config.resolution;
     let (orig_w, orig_h) = chosen.dimensions();
-    let (chosen, rejected) = (resize_shorter(chosen, r), rejected.map(|i| resize_shorter(i, r)));
+    let at = |which: &str| format!("{} row {}: the {which} image", pair.file.display(), pair.row);
+    let chosen = resize_shorter(chosen, r).with_context(|| at(if unpaired { "row's" } else { "chosen" }))?;
+    let rejected = rejected.map(|i| resize_shorter(i, r).with_context(|| at("rejected"))).transpose()?;
     let (w, h) = chosen.dimensions();
     let (max_top, max_left) = (h as usize - r, w as usize - r);
     let (top, left) = if config.random_crop {
@@ -109,16 +110,49 @@ pub fn prepare(pair: &Pair, config: &TransformConfig, seed: u64, index: u64) -> 
     })
 }
 
-fn resize_shorter(img: RgbImage, r: usize) -> RgbImage {
+/// Decodes an image (PNG, JPEG, WebP) to 8-bit RGB. A JPEG cut short is an error, as in
+/// PIL: the decoder would fill the missing part with grey and say nothing.
+pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage> {
+    if bytes.starts_with(&[0xFF, 0xD8]) && !jpeg_is_complete(bytes) {
+        anyhow::bail!("a truncated JPEG ({} bytes, no end-of-image marker after its last scan)", bytes.len());
+    }
+    Ok(image::load_from_memory(bytes)?.to_rgb8())
+}
+
+/// Whether an end-of-image marker (FF D9) follows the start of the last scan (FF DA). In a
+/// scan's data FF is always followed by 00 or a restart marker, so neither pair occurs there
+/// by chance; an EXIF thumbnail's own markers come before the main image's scans.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let last = |marker: u8| bytes.windows(2).rposition(|w| w == [0xFF, marker]);
+    match (last(0xDA), last(0xD9)) {
+        (Some(scan), Some(end)) => end > scan,
+        _ => false,
+    }
+}
+
+/// The longest side may be at most this many times the shortest. The resize works on the
+/// whole image (`image`'s resampler), so its memory grows with the aspect ratio: a 1×10000
+/// strip at 1024 would be 31 GB.
+pub const MAX_ASPECT: u32 = 16;
+
+fn resize_shorter(img: RgbImage, r: usize) -> Result<RgbImage> {
     let (w, h) = img.dimensions();
+    anyhow::ensure!(w > 0 && h > 0, "is empty ({w}×{h})");
+    anyhow::ensure!(
+        w.max(h) / w.min(h) <= MAX_ASPECT,
+        "is {w}×{h}: an aspect ratio above {MAX_ASPECT}:1 is not trained on (resized to a {r} short side it \
+         would be {}×{} pixels)",
+        (w as u64 * r as u64 / w.min(h) as u64),
+        (h as u64 * r as u64 / w.min(h) as u64)
+    );
     let scale = r as f64 / w.min(h) as f64;
     // Round the longer side, and never below the resolution.
     let (nw, nh) =
         (((w as f64 * scale).round() as u32).max(r as u32), ((h as f64 * scale).round() as u32).max(r as u32));
     if (nw, nh) == (w, h) {
-        return img;
+        return Ok(img);
     }
-    DynamicImage::ImageRgb8(img).resize_exact(nw, nh, FilterType::Triangle).to_rgb8()
+    Ok(DynamicImage::ImageRgb8(img).resize_exact(nw, nh, FilterType::Triangle).to_rgb8())
 }
 
 fn to_chw(img: &RgbImage, top: usize, left: usize, r: usize, flip: bool) -> Vec<f32> {

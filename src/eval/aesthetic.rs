@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use burn::tensor::{DType, Device, Tensor, TensorData};
 
 use super::preprocess::ClipImageProcessor;
@@ -38,8 +38,12 @@ impl AestheticScorer {
         let mut width = config.projection_dim;
         let mut layers = Vec::new();
         for i in indices {
-            let (w, ws) = file.f32(&format!("layers.{i}.weight"))?;
-            let (b, bs) = file.f32(&format!("layers.{i}.bias"))?;
+            // Shapes first, from the pickle alone: a wrong one is refused before any read.
+            let shape = |n: String| {
+                let s = file.shape(&n).map(<[usize]>::to_vec);
+                s.with_context(|| format!("{}: no {n}", mlp.display()))
+            };
+            let (ws, bs) = (shape(format!("layers.{i}.weight"))?, shape(format!("layers.{i}.bias"))?);
             ensure!(
                 ws.len() == 2 && ws[1] == width && bs == [ws[0]],
                 "{}: layers.{i} has weight {ws:?} and bias {bs:?}; expected [_, {width}] and [_] (the input is {} wide)",
@@ -50,6 +54,8 @@ impl AestheticScorer {
                     "the previous layer's output, which is"
                 }
             );
+            let (w, _) = file.f32(&format!("layers.{i}.weight"))?;
+            let (b, _) = file.f32(&format!("layers.{i}.bias"))?;
             width = ws[0];
             layers.push((
                 Tensor::<2>::from_data(TensorData::new(w, [ws[0], ws[1]]), device),
@@ -68,6 +74,10 @@ impl Scorer for AestheticScorer {
 
     fn needs_text(&self) -> bool {
         false
+    }
+
+    fn shrink(&self, image: Rgb8) -> Result<Rgb8> {
+        self.processor.geometry(&image)
     }
 
     fn score(&self, images: &[Rgb8], _prompts: &[String]) -> Result<Vec<f64>> {

@@ -160,7 +160,7 @@ fn bars(path: &Path, results: &[ScorerResult]) -> Result<()> {
         root.present().map_err(|e| anyhow!("{e:?}"))?;
     }
     let img = image::RgbImage::from_raw(w, h, buf).expect("buffer size");
-    img.save(path).map_err(|e| anyhow!("writing {}: {e}", path.display()))
+    crate::util::save_image(path, &img)
 }
 
 /// `grid.png`: rows = the first `rows` prompts (seed 0), columns = variants, with the
@@ -198,7 +198,7 @@ pub fn grid(out: &Path, variants: &[String], rows: usize) -> Result<()> {
     }
     let img = image::RgbImage::from_raw(w, h, buf).expect("buffer size");
     let path = out.join("grid.png");
-    img.save(&path).map_err(|e| anyhow!("writing {}: {e}", path.display()))
+    crate::util::save_image(&path, &img)
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 pub mod aesthetic;
 pub mod compare;
 pub mod images;
+pub mod made_with;
 pub mod metrics;
 pub mod plot;
 pub mod preprocess;

@@ -8,7 +8,10 @@ use std::path::Path;
 use anyhow::{Context, Result, bail, ensure};
 use serde::Deserialize;
 
-use super::resize::{Rgb8, center_crop, crop_at, resize_bicubic};
+use super::resize::{Rgb8, Window, crop_at, resize_window};
+
+/// The most pixels an image may have after resizing when nothing crops it (64 M).
+const MAX_PIXELS: usize = 1 << 26;
 
 /// Python's `round` (ties to even).
 fn round_half_even(x: f64) -> usize {
@@ -135,29 +138,7 @@ impl ClipImageProcessor {
 
     /// The model's input [3, H, W] (channels first) for one image.
     pub fn pixels(&self, image: &Rgb8) -> Result<(Vec<f32>, [usize; 2])> {
-        ensure!(image.width > 0 && image.height > 0, "an empty image ({}×{})", image.width, image.height);
-        let mut img = match self.shortest_edge {
-            Some(edge) => {
-                let (w, h) = Self::resized_size(image.width, image.height, edge);
-                resize_bicubic(image, w, h)
-            }
-            None => image.clone(),
-        };
-        if let Some((h, w)) = self.crop {
-            ensure!(
-                img.width >= w && img.height >= h,
-                "the image is {}×{} after resizing, smaller than the {w}×{h} crop",
-                img.width,
-                img.height
-            );
-            img = match self.style {
-                Style::Transformers => center_crop(&img, w, h),
-                Style::OpenClip => {
-                    let offset = |n: usize, c: usize| round_half_even((n - c) as f64 / 2.0);
-                    crop_at(&img, offset(img.width, w), offset(img.height, h), w, h)
-                }
-            };
-        }
+        let img = self.geometry(image)?;
         let (w, h) = (img.width, img.height);
         let mut out = vec![0f32; 3 * h * w];
         for c in 0..3 {
@@ -175,6 +156,46 @@ impl ClipImageProcessor {
             }
         }
         Ok((out, [h, w]))
+    }
+
+    /// The resize and crop: the 8-bit image the model's pixels are made from. Applying it to
+    /// its own output changes nothing (the size already fits), so a caller may shrink each
+    /// image as soon as it is decoded and keep only that.
+    pub fn geometry(&self, image: &Rgb8) -> Result<Rgb8> {
+        ensure!(image.width > 0 && image.height > 0, "an empty image ({}×{})", image.width, image.height);
+        let (rw, rh) = match self.shortest_edge {
+            Some(edge) => Self::resized_size(image.width, image.height, edge),
+            None => (image.width, image.height),
+        };
+        let window = match self.crop {
+            Some((h, w)) => {
+                ensure!(rw >= w && rh >= h, "the image is {rw}×{rh} after resizing, smaller than the {w}×{h} crop",);
+                let (left, top) = match self.style {
+                    // transformers' `center_crop`: offsets rounded down.
+                    Style::Transformers => ((rw - w) / 2, (rh - h) / 2),
+                    Style::OpenClip => {
+                        let offset = |n: usize, c: usize| round_half_even((n - c) as f64 / 2.0);
+                        (offset(rw, w), offset(rh, h))
+                    }
+                };
+                Window { left, top, width: w, height: h }
+            }
+            None => {
+                // Without a crop the whole resized image is the input: bound it.
+                ensure!(
+                    rw.saturating_mul(rh) <= MAX_PIXELS,
+                    "the image is {}×{}: resized to {rw}×{rh} it would exceed {MAX_PIXELS} pixels",
+                    image.width,
+                    image.height
+                );
+                Window { left: 0, top: 0, width: rw, height: rh }
+            }
+        };
+        // Only the window's pixels are computed (an extreme aspect ratio costs no more).
+        Ok(match self.shortest_edge {
+            Some(_) => resize_window(image, rw, rh, window),
+            None => crop_at(image, window.left, window.top, window.width, window.height),
+        })
     }
 }
 
@@ -195,6 +216,8 @@ impl ClipImageProcessor {
 
 /// Decodes an image file (PNG, JPEG, WebP) to 8-bit RGB.
 pub fn read_rgb(path: &Path) -> Result<Rgb8> {
-    let img = image::open(path).with_context(|| format!("{}: not a readable image", path.display()))?.to_rgb8();
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let img = crate::data::transform::decode_rgb(&bytes)
+        .with_context(|| format!("{}: not a readable image", path.display()))?;
     Ok(img.into())
 }

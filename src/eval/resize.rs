@@ -33,13 +33,18 @@ fn bicubic(x: f64) -> f64 {
     }
 }
 
-/// Per output pixel: the first input pixel and the fixed-point weights (`precompute_coeffs`
-/// + `normalize_coeffs_8bpc`).
-fn coefficients(in_size: usize, out_size: usize) -> Vec<(usize, Vec<i32>)> {
+/// Per output pixel in `outputs`: the first input pixel and the fixed-point weights
+/// (`precompute_coeffs` + `normalize_coeffs_8bpc`). An unchanged size gets the identity
+/// weight (exact: `(v·2²² + 2²¹) >> 22 = v`), as Pillow skips that pass.
+fn coefficients(in_size: usize, out_size: usize, outputs: std::ops::Range<usize>) -> Vec<(usize, Vec<i32>)> {
+    let one = (1u64 << PRECISION_BITS) as f64;
+    if in_size == out_size {
+        return outputs.map(|i| (i, vec![1 << PRECISION_BITS])).collect();
+    }
     let scale = in_size as f64 / out_size as f64;
     let filterscale = scale.max(1.0);
     let support = 2.0 * filterscale;
-    (0..out_size)
+    outputs
         .map(|i| {
             let center = (i as f64 + 0.5) * scale;
             let ss = 1.0 / filterscale;
@@ -51,7 +56,6 @@ fn coefficients(in_size: usize, out_size: usize) -> Vec<(usize, Vec<i32>)> {
             if total != 0.0 {
                 k.iter_mut().for_each(|w| *w /= total);
             }
-            let one = (1u64 << PRECISION_BITS) as f64;
             let fixed =
                 k.iter().map(|&w| if w < 0.0 { (-0.5 + w * one) as i32 } else { (0.5 + w * one) as i32 }).collect();
             (xmin, fixed)
@@ -63,43 +67,60 @@ fn clip8(acc: i64) -> u8 {
     (acc >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
-/// One pass along rows (`horizontal`) or columns.
-fn pass(src: &Rgb8, out_w: usize, out_h: usize, horizontal: bool) -> Rgb8 {
-    let coeffs = if horizontal { coefficients(src.width, out_w) } else { coefficients(src.height, out_h) };
-    let mut data = vec![0u8; out_w * out_h * 3];
-    for y in 0..out_h {
-        for x in 0..out_w {
-            let (first, weights) = if horizontal { &coeffs[x] } else { &coeffs[y] };
+/// A rectangle of an image: its top-left pixel and size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub left: usize,
+    pub top: usize,
+    pub width: usize,
+    pub height: usize,
+}
+
+/// `image.resize((width, height), Image.BICUBIC)` then the `window` of the result, computing
+/// only the window's pixels: the horizontal pass runs on the input rows the window's
+/// vertical weights read, the vertical pass on the window's rows. Work and memory are bounded
+/// by the window and those rows, not by the resized size (a 1×300000 strip resized to a 224
+/// short side would be 15 G pixels). Exact: every output pixel is computed as Pillow computes
+/// it, with its rounding after each pass.
+pub fn resize_window(image: &Rgb8, width: usize, height: usize, window: Window) -> Rgb8 {
+    let Window { left, top, width: cw, height: ch } = window;
+    assert!(left + cw <= width && top + ch <= height, "the window lies outside the resized image");
+    let cols = coefficients(image.width, width, left..left + cw);
+    let rows = coefficients(image.height, height, top..top + ch);
+    let lo = rows.iter().map(|(first, _)| *first).min().unwrap_or(0);
+    let hi = rows.iter().map(|(first, w)| first + w.len()).max().unwrap_or(lo);
+    let acc = |weights: &[i32], at: &dyn Fn(usize) -> u8| {
+        let mut a: i64 = 1 << (PRECISION_BITS - 1);
+        for (j, &w) in weights.iter().enumerate() {
+            a += at(j) as i64 * w as i64;
+        }
+        clip8(a)
+    };
+    // Horizontal pass: rows lo..hi of the input, the window's columns.
+    let mut mid = vec![0u8; cw * (hi - lo) * 3];
+    for y in lo..hi {
+        for (x, (first, weights)) in cols.iter().enumerate() {
             for c in 0..3 {
-                let mut acc: i64 = 1 << (PRECISION_BITS - 1);
-                for (j, &w) in weights.iter().enumerate() {
-                    let (sx, sy) = if horizontal { (first + j, y) } else { (x, first + j) };
-                    acc += src.data[(sy * src.width + sx) * 3 + c] as i64 * w as i64;
-                }
-                data[(y * out_w + x) * 3 + c] = clip8(acc);
+                let row = y * image.width;
+                mid[((y - lo) * cw + x) * 3 + c] = acc(weights, &|j| image.data[(row + first + j) * 3 + c]);
             }
         }
     }
-    Rgb8 { width: out_w, height: out_h, data }
+    // Vertical pass on the window's rows.
+    let mut data = vec![0u8; cw * ch * 3];
+    for (y, (first, weights)) in rows.iter().enumerate() {
+        for x in 0..cw {
+            for c in 0..3 {
+                data[(y * cw + x) * 3 + c] = acc(weights, &|j| mid[((first + j - lo) * cw + x) * 3 + c]);
+            }
+        }
+    }
+    Rgb8 { width: cw, height: ch, data }
 }
 
 /// `image.resize((width, height), Image.BICUBIC)`.
 pub fn resize_bicubic(image: &Rgb8, width: usize, height: usize) -> Rgb8 {
-    let mut out = image.clone();
-    if width != image.width {
-        out = pass(&out, width, out.height, true);
-    }
-    if height != image.height {
-        out = pass(&out, width, height, false);
-    }
-    out
-}
-
-/// The central `width × height` region, offsets rounded down (transformers' `center_crop`
-/// for images at least that large).
-pub fn center_crop(image: &Rgb8, width: usize, height: usize) -> Rgb8 {
-    let (top, left) = ((image.height.saturating_sub(height)) / 2, (image.width.saturating_sub(width)) / 2);
-    crop_at(image, left, top, width, height)
+    resize_window(image, width, height, Window { left: 0, top: 0, width, height })
 }
 
 /// The `width × height` region whose top-left pixel is (`left`, `top`).
@@ -121,9 +142,29 @@ mod tests {
         let img = Rgb8 { width: 3, height: 2, data: (0..18).map(|v| v as u8 * 10).collect() };
         assert_eq!(resize_bicubic(&img, 3, 2), img);
         for (n_in, n_out) in [(10, 3), (3, 10), (224, 224), (500, 224)] {
-            for (_, w) in coefficients(n_in, n_out) {
+            for (_, w) in coefficients(n_in, n_out, 0..n_out) {
                 let sum: i64 = w.iter().map(|&v| v as i64).sum();
                 assert!((sum - (1 << PRECISION_BITS)).abs() <= w.len() as i64, "{n_in}→{n_out}: {sum}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_window_is_the_same_pixels_as_the_crop_of_the_whole_resize() {
+        let img = Rgb8 { width: 29, height: 41, data: (0..29 * 41 * 3).map(|v| (v * 37 % 251) as u8).collect() };
+        for (w, h) in [(64, 90), (13, 17), (29, 90), (64, 41)] {
+            let whole = resize_bicubic(&img, w, h);
+            for window in [
+                Window { left: 0, top: 0, width: w, height: h },
+                Window { left: w / 3, top: h / 4, width: w / 2, height: h / 3 },
+                Window { left: w - 1, top: h - 1, width: 1, height: 1 },
+            ] {
+                let part = resize_window(&img, w, h, window);
+                assert_eq!(
+                    part,
+                    crop_at(&whole, window.left, window.top, window.width, window.height),
+                    "{w}×{h} {window:?}"
+                );
             }
         }
     }

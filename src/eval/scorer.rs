@@ -19,6 +19,11 @@ pub trait Scorer {
     fn needs_text(&self) -> bool;
     /// One score per image (`prompts` has one entry per image when `needs_text`).
     fn score(&self, images: &[Rgb8], prompts: &[String]) -> Result<Vec<f64>>;
+    /// The image reduced to what `score` reads of it (its resize and crop), so a caller can
+    /// decode one image at a time and keep only this: scores are unchanged.
+    fn shrink(&self, image: Rgb8) -> Result<Rgb8> {
+        Ok(image)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +83,7 @@ impl ClipScorer {
             return Ok(vec![]);
         }
         let x = self.processor.batch(images, &self.device)?;
+        prompts.iter().for_each(|p| self.tokenizer.warn_if_truncated(p));
         let ids: Vec<i64> = prompts.iter().flat_map(|p| self.tokenizer.encode(p)).collect();
         let len = ids.len() / n;
         let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [n, len]), &self.device);
@@ -98,6 +104,10 @@ impl Scorer for ClipScorer {
 
     fn needs_text(&self) -> bool {
         true
+    }
+
+    fn shrink(&self, image: Rgb8) -> Result<Rgb8> {
+        self.processor.geometry(&image)
     }
 
     fn score(&self, images: &[Rgb8], prompts: &[String]) -> Result<Vec<f64>> {

@@ -2,7 +2,7 @@
 //! are an error. `[sweep]` lists expand to their cartesian product and `seeds` to one run
 //! per seed; a `method_params.<method>.<key>` sweep only multiplies that method's runs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -268,7 +268,27 @@ pub fn load(path: &Path, overrides: &[String]) -> Result<(ExperimentConfig, Vec<
     Ok((base, runs))
 }
 
+/// The most runs one experiment file may plan: beyond it a sweep is almost surely a mistake
+/// (10⁴ runs of even the toy model take days), and its plan alone would cost minutes.
+pub const MAX_RUNS: usize = 10_000;
+
+/// An experiment's `name` is one folder inside `runs_dir`: a plain name, never a path.
+fn check_name(name: &str) -> Result<()> {
+    let plain = !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        && !name.starts_with('.');
+    ensure!(
+        plain,
+        "name {name:?}: an experiment's name is a folder inside runs_dir: letters, digits, '.', '_' and '-', not \
+         starting with '.' (a path would write its runs and report elsewhere)"
+    );
+    Ok(())
+}
+
 fn plan(base: &ExperimentConfig, raw: &toml::Value) -> Result<Vec<PlannedRun>> {
+    check_name(&base.name)?;
     ensure!(!base.methods.is_empty(), "methods is empty");
     ensure!(!base.seeds.is_empty(), "seeds is empty");
     ensure!(
@@ -304,6 +324,17 @@ fn plan(base: &ExperimentConfig, raw: &toml::Value) -> Result<Vec<PlannedRun>> {
         ensure!(!key.starts_with("sweep") && key != "name" && key != "seeds", "[sweep] cannot vary {key:?}");
     }
 
+    let planned = base
+        .sweep
+        .values()
+        .map(Vec::len)
+        .chain([base.methods.len(), base.seeds.len()])
+        .try_fold(1usize, |n, k| n.checked_mul(k))
+        .filter(|&n| n <= MAX_RUNS);
+    ensure!(
+        planned.is_some(),
+        "methods × seeds × the [sweep] values make more than {MAX_RUNS} runs; split the experiment into several files"
+    );
     let keys: Vec<&String> = base.sweep.keys().collect();
     let mut combos: Vec<Vec<(String, toml::Value)>> = vec![vec![]];
     for key in &keys {
@@ -319,6 +350,11 @@ fn plan(base: &ExperimentConfig, raw: &toml::Value) -> Result<Vec<PlannedRun>> {
             .collect();
     }
     let mut out: Vec<PlannedRun> = Vec::new();
+    // What each run is (method, seed, the values that matter to it): a sweep of another
+    // method's parameter repeats it, and is planned once. Two different runs whose names
+    // come out the same after sanitising are an error, never one run silently dropped.
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut names: HashMap<String, String> = HashMap::new();
     for combo in &combos {
         for method in &base.methods {
             // A sweep of another method's parameter does not make new runs of this one.
@@ -328,6 +364,10 @@ fn plan(base: &ExperimentConfig, raw: &toml::Value) -> Result<Vec<PlannedRun>> {
                 .collect();
             let short = short_names(&relevant.iter().map(|(k, _)| k).collect::<Vec<_>>());
             for &seed in &base.seeds {
+                let identity = format!("{method} {seed} {relevant:?}");
+                if !seen.insert(identity.clone()) {
+                    continue;
+                }
                 let mut value = raw.clone();
                 if let Some(t) = value.as_table_mut() {
                     t.remove("sweep");
@@ -351,9 +391,15 @@ fn plan(base: &ExperimentConfig, raw: &toml::Value) -> Result<Vec<PlannedRun>> {
                     .chars()
                     .map(|c| if c.is_ascii_alphanumeric() || "._=-".contains(c) { c } else { '_' })
                     .collect();
-                if !out.iter().any(|r| r.name == name) {
-                    out.push(PlannedRun { name, method: method.clone(), seed, varied, config });
+                let values = || relevant.iter().map(|(k, v)| format!("{k} = {v}")).collect::<Vec<_>>().join(", ");
+                if let Some(other) = names.insert(name.clone(), values()) {
+                    bail!(
+                        "two runs would share the folder name {name:?} ({other} and {}): sweep values must differ in \
+                         letters, digits or '._=-' (others become '_')",
+                        values()
+                    );
                 }
+                out.push(PlannedRun { name, method: method.clone(), seed, varied, config });
             }
         }
     }

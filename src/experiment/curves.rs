@@ -143,6 +143,6 @@ pub fn curves(path: &Path, runs: &[RunData]) -> Result<bool> {
         root.present().map_err(|e| anyhow!("{e:?}"))?;
     }
     let img = image::RgbImage::from_raw(w, h, buf).expect("buffer size");
-    img.save(path).map_err(|e| anyhow!("writing {}: {e}", path.display()))?;
+    crate::util::save_image(path, &img)?;
     Ok(true)
 }

@@ -69,7 +69,7 @@ impl Samples {
                 std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
                 for (name, img) in images {
                     let path = out.join(name);
-                    img.save(&path).with_context(|| format!("writing {}", path.display()))?;
+                    crate::util::save_image(&path, &img)?;
                 }
                 Ok(())
             }

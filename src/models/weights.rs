@@ -158,6 +158,23 @@ impl<'a> Weights<'a> {
         }
     }
 
+    /// Builds the model of `build` against `source` without reading or allocating any
+    /// weight: every missing, wrongly shaped and unused tensor is reported as
+    /// [`Weights::finish`] would, before a config's shapes are allocated (an absurd
+    /// `vocab_size` asks for terabytes, a wrong one for a zero placeholder of its size).
+    pub fn precheck<M>(
+        source: &SafeTensorFiles,
+        lora: Option<super::lora::LoraConfig>,
+        build: impl FnOnce(&Weights) -> anyhow::Result<M>,
+    ) -> anyhow::Result<()> {
+        let mut w = Weights::new(Some(source), &Device::default(), DType::F32, true);
+        if let Some(lora) = lora {
+            w = w.with_lora(lora);
+        }
+        drop(build(&w)?);
+        Ok(w.finish()?)
+    }
+
     /// Attaches LoRA adapters (see [`super::lora`]) while building; base weights are
     /// frozen. Call before building the model.
     pub fn with_lora(mut self, config: super::lora::LoraConfig) -> Self {
@@ -207,6 +224,19 @@ impl<'a> Weights<'a> {
         let canonical = self.key(names[0]);
         self.shared.requested.borrow_mut().push((canonical.clone(), shape.to_vec()));
         if self.shared.placeholders {
+            // A dry run against a source checks names and shapes without reading a byte.
+            if let Some(source) = self.shared.source {
+                match names.iter().map(|n| self.key(n)).find(|k| source.get(k).is_some()) {
+                    None => self.shared.report.borrow_mut().missing.push((canonical, shape.to_vec())),
+                    Some(key) => {
+                        let found = source.shape(&key).unwrap_or_default().to_vec();
+                        if found.as_slice() != shape.as_slice() {
+                            self.shared.report.borrow_mut().mismatched.push((key.clone(), shape.to_vec(), found));
+                        }
+                        self.shared.used.borrow_mut().insert(key);
+                    }
+                }
+            }
             return Tensor::zeros([1; D], (&self.shared.device, self.shared.dtype));
         }
         let Some(source) = self.shared.source else {
@@ -262,6 +292,9 @@ impl<'a> Weights<'a> {
 
     fn init<const D: usize>(&self, shape: [usize; D], init: Init) -> Tensor<D> {
         let opts = (&self.shared.device, self.shared.dtype);
+        if self.shared.placeholders {
+            return Tensor::zeros([1; D], opts);
+        }
         match init {
             Init::Zeros => Tensor::zeros(shape, opts),
             Init::Ones => Tensor::ones(shape, opts),

@@ -134,6 +134,7 @@ impl PromptEncoder {
     /// `(encoder_hidden_states [1,77,D1+D2], text_embeds [1,P])` for one prompt: the two
     /// encoders' penultimate states side by side, and encoder 2's projected pooled output.
     pub fn encode(&self, prompt: &str) -> (Tensor<3>, Tensor<2>) {
+        self.tokenizer.warn_if_truncated(prompt);
         let ids = |t: &ClipTokenizer| {
             let ids = t.encode(prompt);
             let n = ids.len();

@@ -100,7 +100,7 @@ pub fn save_samples(latents: Tensor<4>, vae: Option<(&AutoencoderKL, f64)>, dir:
     let Some((vae, scaling)) = vae else { return Ok(()) };
     for (i, img) in decode_images(latents, vae, scaling)?.into_iter().enumerate() {
         let path = dir.join(format!("sample-{i}.png"));
-        img.save(&path).with_context(|| format!("writing {}", path.display()))?;
+        crate::util::save_image(&path, &img)?;
     }
     Ok(())
 }

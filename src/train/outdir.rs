@@ -4,68 +4,28 @@
 //! killed writes cleaned up.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-
-const LOCK: &str = ".mapo.lock";
 
 /// What a run's folder holds once it has started (the experiment runner's own files,
 /// e.g. `eval.jsonl`, are not a run).
 const RUN_FILES: &[&str] = &["config.toml", "metrics.jsonl", "unet", "pytorch_lora_weights.safetensors"];
 
-/// Held for the whole run; removes the lock file when dropped.
-#[derive(Debug)]
-pub struct OutputLock {
-    path: PathBuf,
-}
-
-impl Drop for OutputLock {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.path);
-    }
-}
-
-fn pid_alive(pid: u32) -> bool {
-    pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists()
-}
-
-/// Takes the folder's lock (creating the folder), or says which live process holds it.
-/// A lock left by a dead process is taken over.
-pub fn lock(dir: &Path) -> Result<OutputLock> {
-    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let path = dir.join(LOCK);
-    for _ in 0..2 {
-        match fs::OpenOptions::new().write(true).create_new(true).open(&path) {
-            Ok(mut f) => {
-                write!(f, "{}", std::process::id()).with_context(|| format!("writing {}", path.display()))?;
-                return Ok(OutputLock { path });
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let owner = fs::read_to_string(&path).unwrap_or_default().trim().parse::<u32>().ok();
-                match owner {
-                    Some(pid) if pid_alive(pid) => bail!(
-                        "{} is in use by another mapo process (PID {pid}, lock {}); wait for it or stop it",
-                        dir.display(),
-                        path.display()
-                    ),
-                    _ => {
-                        eprintln!("{}: removing a stale lock (process {owner:?} is gone)", dir.display());
-                        let _ = fs::remove_file(&path);
-                    }
-                }
-            }
-            Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
-        }
-    }
-    bail!("{}: could not take the lock {}", dir.display(), path.display())
-}
+use crate::util::lock::{LOCK, pid_alive};
+pub use crate::util::lock::{OutputLock, lock};
 
 /// Whether `dir` holds (the start of) a training run.
 pub fn holds_run(dir: &Path) -> bool {
     RUN_FILES.iter().any(|f| dir.join(f).symlink_metadata().is_ok())
         || super::checkpoint::list(dir).map(|l| !l.is_empty()).unwrap_or(false)
+}
+
+/// Whether `dir` holds a run that stopped before its first checkpoint and before its final
+/// weights: nothing in it can be resumed, and nothing in it is a result.
+pub fn holds_partial_run(dir: &Path) -> bool {
+    let finished = ["unet", "pytorch_lora_weights.safetensors"].iter().any(|f| dir.join(f).symlink_metadata().is_ok());
+    holds_run(dir) && !finished && super::checkpoint::list(dir).map(|l| l.is_empty()).unwrap_or(false)
 }
 
 /// Deletes the files of a run that stopped before its first checkpoint, for a caller that

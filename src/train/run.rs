@@ -49,6 +49,13 @@ pub(super) fn claim_output(config: &TrainConfig, start: &Start) -> Result<Output
     let lock = outdir::lock(out)?;
     outdir::refuse_symlinks(out)?;
     outdir::clean_stale(out)?;
+    if outdir::holds_partial_run(out) && (start.resume.as_deref() == Some("latest") || start.resume.is_none()) {
+        // Killed before its first checkpoint: nothing to resume, nothing finished. Its files
+        // go (so nothing of it mixes into this run) and the run starts from step 0.
+        outdir::discard_partial(out)?;
+        eprintln!("{}: the run there stopped before its first checkpoint; starting it afresh", out.display());
+        return Ok(lock);
+    }
     match &start.resume {
         None if outdir::holds_run(out) => {
             if !start.overwrite {

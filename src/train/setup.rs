@@ -11,6 +11,7 @@ use burn::tensor::{DType, Device};
 use super::checkpoint;
 use super::config::TrainConfig;
 use super::optim::Optimizer;
+use super::outdir;
 use super::ranks::{Rank, Reduction, reduction_for, replicate, replicate_optimizer, select_devices};
 use super::run::Start;
 use crate::data::stream::PairSource;
@@ -108,7 +109,10 @@ fn policy(
     ranks_n: usize,
 ) -> Result<(UNet2DConditionModel, StartState)> {
     let Placement { unet_dir, plain, device, dtype } = *place;
-    let Some(which) = how.resume.as_deref() else {
+    // `--resume latest` of a run killed before its first checkpoint starts it afresh (the
+    // folder's partial files are discarded once it is claimed).
+    let which = how.resume.as_deref().filter(|w| !(*w == "latest" && outdir::holds_partial_run(&config.output_dir)));
+    let Some(which) = which else {
         // Fresh LoRA adapters are drawn from the device's generator: seed it.
         plain.seed(config.seed);
         device.seed(config.seed);

@@ -89,6 +89,6 @@ pub fn samples(path: &Path, runs: &[RunData]) -> Result<Option<Vec<String>>> {
         root.present().map_err(|e| anyhow!("{e:?}"))?;
     }
     let img = image::RgbImage::from_raw(w, h, buf).expect("buffer size");
-    img.save(path).map_err(|e| anyhow!("writing {}: {e}", path.display()))?;
+    crate::util::save_image(path, &img)?;
     Ok(Some(columns.iter().map(|&i| subjects[i].caption()).collect()))
 }

@@ -192,6 +192,8 @@ impl ClipTextModel {
     ) -> Result<(Self, ClipTextConfig)> {
         let (config, _) = crate::models::config::read_config::<ClipTextConfig>(dir)?;
         let files = SafeTensorFiles::open_component(dir, &["model"])?;
+        Weights::precheck(&files, None, |w| Self::load(&config, w, with_projection))
+            .with_context(|| format!("loading {}", dir.display()))?;
         let w = Weights::from_files(&files, device, dtype);
         let model = Self::load(&config, &w, with_projection)?;
         w.finish().with_context(|| format!("loading {}", dir.display()))?;

@@ -53,12 +53,24 @@ impl ClipModel {
         device: &Device,
         dtype: DType,
     ) -> Result<Self> {
+        Weights::precheck(files, None, |w| {
+            w.skip("logit_scale");
+            Self::towers(config, w)
+        })
+        .with_context(|| format!("loading {what}"))?;
         let w = Weights::from_files(files, device, dtype);
         let (text_model, vision_model, visual_projection) = Self::towers(config, &w)?;
         w.skip("logit_scale");
         w.finish().with_context(|| format!("loading {what}"))?;
         let scale = files.scalar("logit_scale").with_context(|| what.to_string())?;
         Ok(Self { text_model, vision_model, visual_projection, logit_scale_exp: scale.exp() })
+    }
+
+    /// Every parameter's name and shape for `config` (nothing is allocated).
+    pub fn expected_shapes(config: &ClipModelConfig) -> Result<std::collections::BTreeMap<String, Vec<usize>>> {
+        let w = Weights::shapes_only(&Device::default());
+        drop(Self::towers(config, &w)?);
+        Ok(w.requested().into_iter().collect())
     }
 
     fn towers(config: &ClipModelConfig, w: &Weights) -> Result<(ClipTextModel, ClipVisionModel, Linear)> {

@@ -172,6 +172,40 @@ fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     out
 }
 
+/// Every tensor's declared shape against the config's, before any is read (a deflated
+/// checkpoint of a megabyte can declare gigabytes; an absurd config would ask for them).
+fn check_shapes(file: &PthFile, names: &[String], hf: &ClipModelConfig) -> Result<()> {
+    let expected = ClipModel::expected_shapes(hf)?;
+    let mut errors = Vec::new();
+    let mut expect = |to: String, got: Vec<usize>| match expected.get(&to) {
+        Some(want) if *want != got => errors.push(format!("{to}: {got:?} in the file, {want:?} for the config")),
+        _ => {}
+    };
+    for name in names {
+        let key = name.strip_prefix("module.").unwrap_or(name);
+        let Some(shape) = file.shape(name).map(<[usize]>::to_vec) else { continue };
+        if let Some(to) = renamed(key) {
+            expect(to, shape);
+        } else if let Some(base) =
+            key.strip_suffix(".attn.in_proj_weight").or_else(|| key.strip_suffix(".attn.in_proj_bias"))
+        {
+            let what = if key.ends_with("weight") { "weight" } else { "bias" };
+            let prefix = if base.starts_with("visual.") { "vision_model" } else { "text_model" };
+            let i = base.rsplit('.').next().unwrap_or("0");
+            let mut sub = shape.clone();
+            if let Some(s) = sub.first_mut() {
+                *s /= 3;
+            }
+            expect(format!("{prefix}.encoder.layers.{i}.self_attn.q_proj.{what}"), sub);
+        } else if key == "visual.proj" || key == "text_projection" {
+            let to = if key == "visual.proj" { "visual_projection.weight" } else { "text_projection.weight" };
+            expect(to.into(), shape.iter().rev().copied().collect());
+        }
+    }
+    ensure!(errors.is_empty(), "tensors whose shape the config does not give:\n  {}", errors.join("\n  "));
+    Ok(())
+}
+
 /// Loads an open_clip checkpoint (`state_dict` inside the pickle, or at its root; a
 /// `module.` prefix from DataParallel is dropped). The renamed weights pass through a
 /// temporary safetensors file, so the model is held once, not twice, while loading.
@@ -180,6 +214,7 @@ pub fn load(checkpoint: &Path, config: &OpenClipConfig, device: &Device) -> Resu
     let hf = config.to_transformers()?;
     let names = file.names();
     let strip = |n: &str| n.strip_prefix("module.").unwrap_or(n).to_string();
+    check_shapes(&file, &names, &hf).with_context(|| format!("{}", checkpoint.display()))?;
     let mut tensors: Vec<PendingTensor> = Vec::new();
     let mut unknown = Vec::new();
     for name in &names {

@@ -131,6 +131,26 @@ impl ClipTokenizer {
         }
     }
 
+    /// Warns, as diffusers does, when `text` is longer than the 75 tokens CLIP reads (the
+    /// first few times in a process: a dataset of long captions would flood the log).
+    pub fn warn_if_truncated(&self, text: &str) {
+        static WARNED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        const SHOWN: usize = 3;
+        let n = self.encode_raw(text).len();
+        if n > MAX_LENGTH - 2 {
+            let seen = WARNED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if seen < SHOWN {
+                let shown: String = text.chars().take(60).collect();
+                eprintln!(
+                    "warning: the prompt {shown:?}{} is {n} tokens; CLIP reads {} and the rest is truncated{}",
+                    if shown.len() < text.len() { "…" } else { "" },
+                    MAX_LENGTH - 2,
+                    if seen + 1 == SHOWN { " (further truncations are not reported)" } else { "" }
+                );
+            }
+        }
+    }
+
     /// `[BOS] ids [EOS]`, the content truncated to 75 tokens, padded to 77.
     pub fn encode(&self, text: &str) -> Vec<i64> {
         let mut content = self.encode_raw(text);

@@ -105,7 +105,47 @@ impl LoraFile {
             path.display(),
             some(&mismatched)
         );
+        lora.check_values().with_context(|| format!("{}", path.display()))?;
         Ok(lora)
+    }
+
+    /// Every adapter has a rank, a finite scale and finite weights: a NaN anywhere would
+    /// merge into the UNet and sample black images without a word.
+    fn check_values(&self) -> Result<()> {
+        for (layer, a) in &self.adapters {
+            ensure!(a.rank() > 0, "{layer}: rank 0 (an adapter with no rows)");
+            ensure!(a.scale.is_finite(), "{layer}: its scale (alpha / rank) is {}, not a finite number", a.scale);
+            for (which, t) in [("down (lora_A)", &a.down), ("up (lora_B)", &a.up)] {
+                let values = t.to_data().convert::<f32>();
+                let values = values.as_slice::<f32>().map_err(|e| anyhow::anyhow!("{layer}: {e:?}"))?;
+                if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+                    bail!("{layer}: {which} holds {} at flat index {i}", values[i]);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every adapter against the layers of a model (`shapes`: parameter name → shape): each
+    /// must name a linear weight whose shape is `up · down`'s.
+    pub fn check_layers(&self, shapes: &BTreeMap<String, Vec<usize>>) -> Result<()> {
+        let mut errors = Vec::new();
+        for (layer, a) in &self.adapters {
+            let want = vec![a.up.dims()[0], a.down.dims()[1]];
+            match shapes.get(&format!("{layer}.weight")) {
+                None => errors.push(format!("{layer} (no such layer)")),
+                Some(s) if *s != want => errors.push(format!("{layer} (the weight is {s:?}, up·down {want:?})")),
+                Some(_) => {}
+            }
+        }
+        ensure!(
+            errors.is_empty(),
+            "{} of the {} adapters do not fit the model: {}",
+            errors.len(),
+            self.adapters.len(),
+            some(&errors)
+        );
+        Ok(())
     }
 
     /// The adapters of `module` (the `lora_a`/`lora_b` parameters of its LoRA layers), each
@@ -244,14 +284,29 @@ impl PeftConfig {
         let Some(raw) = files.metadata(METADATA_KEY) else { return Ok(config) };
         let json: serde_json::Value =
             serde_json::from_str(raw).with_context(|| format!("metadata {METADATA_KEY} is not JSON"))?;
-        let get = |k: &str| json.get(format!("unet.{k}")).or_else(|| json.get(k));
-        if get("use_dora").and_then(|v| v.as_bool()) == Some(true) {
+        ensure!(json.is_object(), "metadata {METADATA_KEY} is {json}; expected a JSON object (the adapter config)");
+        // A value of the wrong type is an error: ignoring it would fall back to alpha = r.
+        let get = |k: &str| json.get(format!("unet.{k}")).or_else(|| json.get(k)).filter(|v| !v.is_null());
+        let number = |k: &str, v: &serde_json::Value| {
+            v.as_f64().with_context(|| format!("metadata {METADATA_KEY}: {k} is {v}; expected a number"))
+        };
+        let flag = |k: &str| -> Result<bool> {
+            get(k).map_or(Ok(false), |v| {
+                v.as_bool().with_context(|| format!("metadata {METADATA_KEY}: {k} is {v}; expected true or false"))
+            })
+        };
+        if flag("use_dora")? {
             bail!("a DoRA adapter (use_dora): not supported, only plain LoRA");
         }
-        config.alpha = get("lora_alpha").and_then(|v| v.as_f64());
-        config.rslora = get("use_rslora").and_then(|v| v.as_bool()).unwrap_or(false);
-        if let Some(p) = get("alpha_pattern").and_then(|v| v.as_object()) {
-            config.alpha_pattern = p.iter().filter_map(|(k, v)| Some((k.clone(), v.as_f64()?))).collect();
+        config.alpha = get("lora_alpha").map(|v| number("lora_alpha", v)).transpose()?;
+        config.rslora = flag("use_rslora")?;
+        if let Some(p) = get("alpha_pattern") {
+            let p = p
+                .as_object()
+                .with_context(|| format!("metadata {METADATA_KEY}: alpha_pattern is {p}; expected an object"))?;
+            for (k, v) in p {
+                config.alpha_pattern.insert(k.clone(), number(&format!("alpha_pattern {k:?}"), v)?);
+            }
         }
         Ok(config)
     }
@@ -290,6 +345,7 @@ fn read_peft(files: &SafeTensorFiles, device: &Device) -> Result<LoraFile> {
     }
     ensure!(text.is_empty(), "text-encoder adapters are not supported, only the UNet's: {}", some(&text));
     ensure!(foreign.is_empty(), "adapters outside the UNet (keys start with unet.): {}", some(&foreign));
+    refuse_leftovers(files, &[".lora_A.weight", ".lora_B.weight", ".alpha"], ".lora_A.weight")?;
     Ok(LoraFile { format: LoraFormat::Peft, adapters })
 }
 
@@ -334,7 +390,7 @@ fn read_kohya(files: &SafeTensorFiles, layout: &BlockLayout, device: &Device) ->
     }
     let other: Vec<String> = files
         .names()
-        .filter(|n| ["hada_", "lokr_", "lora_mid", "dora_scale"].iter().any(|p| n.contains(p)))
+        .filter(|n| ["hada_", "lokr_", "lora_mid", "dora_scale", "magnitude"].iter().any(|p| n.contains(p)))
         .map(str::to_string)
         .collect();
     ensure!(other.is_empty(), "LyCORIS/DoRA tensors (only plain LoRA is supported): {}", some(&other));
@@ -344,7 +400,35 @@ fn read_kohya(files: &SafeTensorFiles, layout: &BlockLayout, device: &Device) ->
         some(&text)
     );
     ensure!(unknown.is_empty(), "modules the UNet does not have: {}", some(&unknown));
+    refuse_leftovers(files, &[".lora_down.weight", ".lora_up.weight", ".alpha"], ".lora_down.weight")?;
     Ok(LoraFile { format: LoraFormat::Kohya, adapters })
+}
+
+/// Tensors that belong to no adapter: an `up`/`B` or `alpha` without its `down`/`A` (half an
+/// adapter), DoRA magnitudes, anything else. Dropping them would apply another LoRA than
+/// the file's.
+fn refuse_leftovers(files: &SafeTensorFiles, parts: &[&str], down: &str) -> Result<()> {
+    let leftovers: Vec<String> = files
+        .names()
+        .filter(|n| {
+            !parts
+                .iter()
+                .any(|p| n.strip_suffix(p).is_some_and(|module| files.shape(&format!("{module}{down}")).is_some()))
+        })
+        .map(str::to_string)
+        .collect();
+    let dora = leftovers.iter().any(|n| n.contains("magnitude") || n.contains("dora_scale"));
+    ensure!(
+        leftovers.is_empty(),
+        "tensors that belong to no adapter{}: {}",
+        if dora {
+            " (DoRA magnitudes: only plain LoRA is supported)"
+        } else {
+            " (an up/B or alpha without its down/A?)"
+        },
+        some(&leftovers)
+    );
+    Ok(())
 }
 
 struct Apply<'a> {

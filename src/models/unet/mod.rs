@@ -131,6 +131,8 @@ impl UNet2DConditionModel {
         let (config, _) = crate::models::config::read_config::<UNetConfig>(dir)?;
         let files = SafeTensorFiles::open_component(dir, &["diffusion_pytorch_model"])?;
         let adapter_files = adapters.map(SafeTensorFiles::open_file).transpose()?;
+        Weights::precheck(&files, lora.clone(), |w| Self::load(&config, w))
+            .with_context(|| format!("loading {}", dir.display()))?;
         let mut w = Weights::from_files(&files, device, dtype);
         if let Some(lora) = lora {
             w = w.with_lora(lora);

@@ -39,6 +39,8 @@ impl AutoencoderKL {
     pub fn from_dir(dir: &Path, device: &Device, dtype: DType) -> Result<(Self, VaeConfig)> {
         let (config, _) = crate::models::config::read_config::<VaeConfig>(dir)?;
         let files = SafeTensorFiles::open_component(dir, &["diffusion_pytorch_model"])?;
+        Weights::precheck(&files, None, |w| Self::load(&config, w))
+            .with_context(|| format!("loading {}", dir.display()))?;
         let w = Weights::from_files(&files, device, dtype);
         let model = Self::load(&config, &w)?;
         w.finish().with_context(|| format!("loading {}", dir.display()))?;

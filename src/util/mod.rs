@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
+pub mod lock;
+
 /// `<name>.tmp-<pid>` beside `path` (a dead writer's leftovers are recognised by the PID);
 /// an error when `path` names a folder, which a file can never replace.
 pub(crate) fn tmp_path(path: &Path) -> Result<PathBuf> {
@@ -24,14 +26,32 @@ pub(crate) fn rename_into_place(tmp: &Path, path: &Path) -> Result<()> {
     })
 }
 
-/// Writes a small file (config, JSON) atomically.
+/// Writes a small file (config, JSON, an image) atomically: through a temporary beside it,
+/// synced before the rename, so a full disk is an error here and never a short file in
+/// place of the old one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = tmp_path(path)?;
-    if let Err(e) = std::fs::write(&tmp, bytes) {
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    };
+    if let Err(e) = write() {
         let _ = std::fs::remove_file(&tmp);
         return Err(anyhow::Error::new(e).context(format!("writing {}", tmp.display())));
     }
     rename_into_place(&tmp, path)
+}
+
+/// Saves an image atomically, its format from the extension. Encoded in memory first:
+/// `image`'s own `save` drops its buffered writer's last flush error, which on a full disk
+/// leaves a 0-byte file and reports success.
+pub fn save_image(path: &Path, img: &image::RgbImage) -> Result<()> {
+    let format = image::ImageFormat::from_path(path).with_context(|| format!("{}: image format", path.display()))?;
+    let mut bytes = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut bytes), format)
+        .with_context(|| format!("encoding {}", path.display()))?;
+    write_atomic(path, &bytes)
 }
 
 /// Every line of a JSON-lines file that parses (none when the file is missing).
