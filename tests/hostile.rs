@@ -401,3 +401,25 @@ fn checkpoint_pickles_are_read_or_refused_by_name() {
     let err = PthFile::open(&pth.join("foreign.pth"), None).err().expect("refused");
     assert!(format!("{err:#}").contains("pickles torch.device"), "{err:#}");
 }
+
+/// A prompt longer than CLIP's 77 tokens is truncated with diffusers' warning, not silently.
+#[test]
+fn a_prompt_past_77_tokens_is_truncated_with_a_warning() {
+    let dir = tmp("long-prompt");
+    let long = vec!["red"; 90].join(" ");
+    let run = mapo(&[
+        "generate",
+        "--model",
+        fixtures().join("tiny-sdxl").to_str().unwrap(),
+        "--prompt",
+        &long,
+        "--steps",
+        "1",
+        "--device",
+        "flex",
+        "--out",
+        dir.join("x.png").to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert!(stderr(&run).contains("is 90 tokens; CLIP reads 75 and the rest is truncated"), "{}", stderr(&run));
+}

@@ -116,7 +116,7 @@ pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage> {
     if bytes.starts_with(&[0xFF, 0xD8]) && !jpeg_is_complete(bytes) {
         anyhow::bail!("a truncated JPEG ({} bytes, no end-of-image marker after its last scan)", bytes.len());
     }
-    Ok(image::load_from_memory(bytes)?.to_rgb8())
+    Ok(image::load_from_memory(bytes)?.into_rgb8())
 }
 
 /// Whether an end-of-image marker (FF D9) follows the start of the last scan (FF DA). In a
