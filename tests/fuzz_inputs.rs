@@ -7,19 +7,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-fn mapo(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mapo"))
-        .args(args)
-        .env("RUST_BACKTRACE", "0")
-        .env("MAPO_QUIET_DEVICE", "1")
-        .output()
-        .unwrap()
-}
+use common::mapo_quiet as mapo;
 
 fn dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("mapo-fuzz-{name}-{}", std::process::id()));
@@ -122,13 +115,18 @@ fn mutate_header(rng: &mut ChaCha8Rng, bytes: &[u8]) -> Vec<u8> {
             off[1] = serde_json::json!(off[1].as_u64().unwrap() + rng.random_range(1..4096));
         }
     }
-    let mut json = serde_json::to_vec(&header).unwrap();
+    with_header(&header, &bytes[8 + len..])
+}
+
+/// A safetensors file of `header` (JSON, padded to 8 bytes) and the data bytes `data`.
+fn with_header(header: &serde_json::Value, data: &[u8]) -> Vec<u8> {
+    let mut json = serde_json::to_vec(header).unwrap();
     while !json.len().is_multiple_of(8) {
         json.push(b' ');
     }
     let mut out = (json.len() as u64).to_le_bytes().to_vec();
     out.extend(json);
-    out.extend(&bytes[8 + len..]);
+    out.extend(data);
     out
 }
 
@@ -363,14 +361,7 @@ fn mutated_lora_files_never_panic() {
                     };
                     meta.insert("lora_adapter_metadata".into(), text.into());
                 }
-                let mut json = serde_json::to_vec(&header).unwrap();
-                while !json.len().is_multiple_of(8) {
-                    json.push(b' ');
-                }
-                let mut out = (json.len() as u64).to_le_bytes().to_vec();
-                out.extend(json);
-                out.extend(&source[8 + len..]);
-                out
+                with_header(&header, &source[8 + len..])
             }
         };
         let input = d.join(format!("in-{i}.safetensors"));

@@ -11,19 +11,12 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use burn::tensor::{DType, Device, TensorData};
 use common::*;
 
-fn mapo(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mapo"))
-        .args(args)
-        .env("RUST_BACKTRACE", "0")
-        .env("MAPO_QUIET_DEVICE", "1")
-        .output()
-        .unwrap()
-}
+use common::mapo_quiet as mapo;
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()

@@ -68,6 +68,16 @@ pub fn run_unet_case(
     )
 }
 
+/// Runs the `mapo` binary, whatever its outcome (no backtrace, no device banner).
+pub fn mapo_quiet(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_mapo"))
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .env("MAPO_QUIET_DEVICE", "1")
+        .output()
+        .unwrap()
+}
+
 /// Runs the `mapo` binary and asserts that it succeeded.
 pub fn run_mapo(args: &[&str]) -> std::process::Output {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_mapo")).args(args).output().unwrap();
