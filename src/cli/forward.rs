@@ -185,6 +185,40 @@ pub fn convert(component: &str, model: &Path, out: &Path, dtype: &str) -> Result
     Ok(())
 }
 
+/// `dev convert --to`: a whole SDXL model between a diffusers folder and a single file.
+pub fn convert_model(
+    to: super::ConvertTarget,
+    model: &Path,
+    config: Option<&Path>,
+    out: &Path,
+    dtype: Option<&str>,
+) -> Result<()> {
+    use crate::models::single_file::convert::{to_diffusers, to_single_file};
+    let dtype = dtype.map(|d| d.parse::<Precision>().map(|p| p.dtype())).transpose()?;
+    let report = match to {
+        super::ConvertTarget::SingleFile => {
+            if config.is_some() {
+                bail!("--config is for --to diffusers (the folder already has its configs)");
+            }
+            to_single_file(model, out, dtype.unwrap_or(DType::F32))?
+        }
+        super::ConvertTarget::Diffusers => {
+            let Some(config) = config else {
+                bail!(
+                    "--to diffusers needs --config DIR: a diffusers SDXL folder supplying the configs, tokenizers and \
+                     scheduler (built-in SDXL configs are not shipped yet)"
+                )
+            };
+            to_diffusers(model, config, out, dtype)?
+        }
+    };
+    for line in report {
+        eprintln!("{line}");
+    }
+    println!("wrote {}", out.display());
+    Ok(())
+}
+
 pub fn random_model(component: &str, config: &Path, out: &Path, dtype: &str) -> Result<()> {
     let dtype = dtype.parse::<Precision>()?.dtype();
     let device = Device::default();

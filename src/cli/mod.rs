@@ -115,19 +115,29 @@ pub enum Command {
 pub enum DevCommand {
     /// Run one model component on tensors from a safetensors file (inputs and outputs: docs/design.md §2).
     Forward(ForwardArgs),
-    /// Load a component folder and write it back as a diffusers folder (f32/f16/bf16).
+    /// Load a component folder and write it back as a diffusers folder (f32/f16/bf16); or,
+    /// with --to, a whole SDXL model between a diffusers folder and one single file
+    /// (A1111/ComfyUI layout).
     Convert {
-        /// unet or vae.
-        component: String,
-        /// A diffusers pipeline folder, or the component folder itself.
+        /// unet or vae (without --to).
+        component: Option<String>,
+        /// A diffusers pipeline folder (or the component folder itself); with --to diffusers,
+        /// an SDXL single file (.safetensors).
         #[arg(long)]
         model: PathBuf,
-        /// Output component folder (config.json + diffusion_pytorch_model.safetensors).
+        /// Output component folder; with --to, the single file or the pipeline folder.
         #[arg(long)]
         out: PathBuf,
-        /// Storage dtype of the written weights.
-        #[arg(long, default_value = "f32")]
-        dtype: String,
+        /// single-file (from a diffusers folder) or diffusers (from a single file).
+        #[arg(long)]
+        to: Option<ConvertTarget>,
+        /// --to diffusers: a diffusers folder of the same architecture, for the configs,
+        /// tokenizers and scheduler (and any component the file lacks).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Storage dtype of the written weights (default: f32; --to diffusers: as stored).
+        #[arg(long)]
+        dtype: Option<String>,
     },
     /// Print both tokenizers' ids for a prompt as JSON.
     Tokenize {
@@ -325,8 +335,22 @@ fn run_dev(command: DevCommand) -> Result<()> {
         DevCommand::RandomModel { component, config, out, dtype } => {
             forward::random_model(&component, &config, &out, &dtype)
         }
-        DevCommand::Convert { component, model, out, dtype } => forward::convert(&component, &model, &out, &dtype),
+        DevCommand::Convert { component, model, out, to, config, dtype } => match (to, component) {
+            (None, Some(c)) => forward::convert(&c, &model, &out, dtype.as_deref().unwrap_or("f32")),
+            (None, None) => anyhow::bail!("convert: give a COMPONENT (unet or vae), or --to single-file|diffusers"),
+            (Some(_), Some(c)) => anyhow::bail!("convert: --to converts the whole model; drop {c:?}"),
+            (Some(to), None) => forward::convert_model(to, &model, config.as_deref(), &out, dtype.as_deref()),
+        },
     }
+}
+
+/// What `mapo dev convert --to` writes.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum ConvertTarget {
+    /// One .safetensors in Stability's layout (A1111, ComfyUI, diffusers' from_single_file).
+    SingleFile,
+    /// A diffusers pipeline folder.
+    Diffusers,
 }
 
 /// The developer commands' names, accepted without `dev` (docs/design.md §2 and other tools call

@@ -20,6 +20,35 @@ pub struct TensorView<'a> {
     pub shape: Vec<usize>,
     pub bytes: &'a [u8],
     pub file: &'a Path,
+    /// A 2-D tensor stored as its transpose (`shape` is the transposed one's).
+    pub transposed: bool,
+}
+
+/// The suffix of a remap file: a component whose weights are tensors of another file
+/// under other names (a single-file checkpoint seen as a diffusers folder).
+pub const REMAP_SUFFIX: &str = ".mapo-remap.json";
+
+/// Where one tensor of a remapped view comes from.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Remapped {
+    /// The tensor's name in the source file.
+    pub from: String,
+    /// Only rows `[start, start + len)` of it (a fused q/k/v projection's part).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<[usize; 2]>,
+    /// Seen with this shape (the same number of values: a 1×1 convolution as a matrix).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shape: Option<Vec<usize>>,
+    /// Seen transposed (a 2-D tensor stored as `x @ P` where diffusers keeps `P^T`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub transpose: bool,
+}
+
+/// A remap file's contents: the source and every tensor of the view.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RemapFile {
+    pub source: PathBuf,
+    pub tensors: BTreeMap<String, Remapped>,
 }
 
 struct Shard {
@@ -36,6 +65,7 @@ struct Entry {
     dtype: Dtype,
     shape: Vec<usize>,
     range: (usize, usize),
+    transposed: bool,
 }
 
 /// A set of safetensors files seen as one name → tensor map. Files are memory-mapped, so
@@ -58,7 +88,13 @@ impl SafeTensorFiles {
                 .with_context(|| format!("{} is not a valid safetensors file", path.display()))?;
             let shard = shards.len();
             for (name, info) in meta.tensors() {
-                let entry = Entry { shard, dtype: info.dtype, shape: info.shape.clone(), range: info.data_offsets };
+                let entry = Entry {
+                    shard,
+                    dtype: info.dtype,
+                    shape: info.shape.clone(),
+                    range: info.data_offsets,
+                    transposed: false,
+                };
                 if entries.insert(name.clone(), entry).is_some() {
                     bail!("tensor {name} appears in more than one file (last: {})", path.display());
                 }
@@ -73,10 +109,54 @@ impl SafeTensorFiles {
         Self::open(&[path.to_path_buf()])
     }
 
+    /// The view a remap file describes: its source's tensors under their new names, sliced,
+    /// reshaped or transposed, without reading any of them. Every source tensor named must
+    /// exist with a shape that fits.
+    pub fn open_remapped(remap: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(remap).with_context(|| format!("reading {}", remap.display()))?;
+        let map: RemapFile = serde_json::from_str(&text).with_context(|| format!("{} is not a remap file", remap.display()))?;
+        let source = Self::open_file(&map.source)?;
+        Self::remap(source, &map.tensors).with_context(|| format!("{} (for {})", map.source.display(), remap.display()))
+    }
+
+    /// `source`'s tensors as `tensors` says (see [`Remapped`]).
+    pub fn remap(source: Self, tensors: &BTreeMap<String, Remapped>) -> Result<Self> {
+        let mut entries = BTreeMap::new();
+        for (name, r) in tensors {
+            let e = source.entries.get(&r.from).with_context(|| format!("no tensor {} (for {name})", r.from))?;
+            let (mut shape, mut range) = (e.shape.clone(), e.range);
+            if let Some([start, len]) = r.rows {
+                let rows = shape.first().copied().unwrap_or(0);
+                anyhow::ensure!(start + len <= rows, "{}: rows {start}..{} of {rows} (for {name})", r.from, start + len);
+                let row_bytes = (range.1 - range.0) / rows.max(1);
+                range = (range.0 + start * row_bytes, range.0 + (start + len) * row_bytes);
+                shape[0] = len;
+            }
+            if let Some(s) = &r.shape {
+                anyhow::ensure!(
+                    s.iter().product::<usize>() == shape.iter().product::<usize>(),
+                    "{} {shape:?} cannot be seen as {s:?} (for {name})",
+                    r.from
+                );
+                shape = s.clone();
+            }
+            if r.transpose {
+                anyhow::ensure!(shape.len() == 2, "{} {shape:?}: only a matrix transposes (for {name})", r.from);
+                shape.reverse();
+            }
+            entries.insert(name.clone(), Entry { shard: e.shard, dtype: e.dtype, shape, range, transposed: r.transpose });
+        }
+        Ok(Self { shards: source.shards, entries })
+    }
+
     /// The weights of one diffusers component folder: `<stem>.safetensors`, or the shards
     /// listed by `<stem>.safetensors.index.json`, or their `.fp16` variants.
     pub fn open_component(dir: &Path, stems: &[&str]) -> Result<Self> {
         for stem in stems {
+            let remap = dir.join(format!("{stem}{REMAP_SUFFIX}"));
+            if remap.is_file() {
+                return Self::open_remapped(&remap);
+            }
             for variant in ["", ".fp16"] {
                 let single = dir.join(format!("{stem}{variant}.safetensors"));
                 if single.is_file() {
@@ -117,7 +197,7 @@ impl SafeTensorFiles {
         let e = self.entries.get(name)?;
         let shard = &self.shards[e.shard];
         let bytes = &shard.mmap[shard.data_start + e.range.0..shard.data_start + e.range.1];
-        Some(TensorView { dtype: e.dtype, shape: e.shape.clone(), bytes, file: &shard.path })
+        Some(TensorView { dtype: e.dtype, shape: e.shape.clone(), bytes, file: &shard.path, transposed: e.transposed })
     }
 
     /// Drops the pages of tensor `name` from this process's resident memory once it has
@@ -195,14 +275,29 @@ impl TensorView<'_> {
     /// The tensor in its stored dtype (f32, f16 or bf16); conversion happens on upload.
     pub fn to_data(&self) -> Result<TensorData> {
         let shape = self.shape.clone();
+        // A transposed view is stored [cols, rows]: read in that order, then swapped.
+        let t = self.transposed.then(|| (shape[1], shape[0]));
         Ok(match self.dtype {
-            Dtype::F32 => TensorData::new(cast_bytes::<f32>(self.bytes), shape),
-            Dtype::F16 => TensorData::new(cast_bytes::<f16>(self.bytes), shape),
-            Dtype::BF16 => TensorData::new(cast_bytes::<bf16>(self.bytes), shape),
-            Dtype::F64 => TensorData::new(cast_bytes::<f64>(self.bytes).into_iter().map(|v| v as f32).collect(), shape),
+            Dtype::F32 => TensorData::new(transpose(cast_bytes::<f32>(self.bytes), t), shape),
+            Dtype::F16 => TensorData::new(transpose(cast_bytes::<f16>(self.bytes), t), shape),
+            Dtype::BF16 => TensorData::new(transpose(cast_bytes::<bf16>(self.bytes), t), shape),
+            Dtype::F64 => {
+                let v: Vec<f32> = cast_bytes::<f64>(self.bytes).into_iter().map(|v| v as f32).collect();
+                TensorData::new(transpose(v, t), shape)
+            }
             other => bail!("{}: dtype {other:?} is not a float type", self.file.display()),
         })
     }
+}
+
+/// A `rows × cols` row-major matrix transposed (unchanged without `rows_cols`).
+fn transpose<T: Copy>(v: Vec<T>, rows_cols: Option<(usize, usize)>) -> Vec<T> {
+    let Some((rows, cols)) = rows_cols else { return v };
+    let mut out = Vec::with_capacity(v.len());
+    for c in 0..cols {
+        out.extend((0..rows).map(|r| v[r * cols + c]));
+    }
+    out
 }
 
 /// Little-endian bytes → values; the mmap is not necessarily aligned for `T`.

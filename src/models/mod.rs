@@ -12,6 +12,7 @@ pub mod nn;
 pub mod pth;
 pub mod resnet;
 pub mod sampling;
+pub mod single_file;
 pub mod unet;
 pub mod vae;
 pub mod weights;

@@ -1,0 +1,145 @@
+//! SDXL single-file checkpoints (A1111/ComfyUI layout): a diffusers folder written as one
+//! file in Stability's names and read back gives every tensor bit for bit; the file's
+//! layout is the original one (sgm UNet, ldm VAE with 1×1-conv attention, open_clip bigG
+//! with fused in_proj and a right-multiplied text_projection); a file of another
+//! architecture is named. diffusers' own reading of mapo's file: tools/golden/check_single_file.py.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::*;
+use mapo::models::io::SafeTensorFiles;
+use mapo::models::single_file::convert::{to_diffusers, to_single_file};
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("mapo-single-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn f32s(files: &SafeTensorFiles, name: &str) -> Vec<f32> {
+    let data = files.get(name).unwrap().to_data().unwrap().convert::<f32>();
+    data.try_to_vec::<f32>().unwrap()
+}
+
+/// Every tensor of every component of `b` as in `a` (compared in f32: the fixture's f16 UNet
+/// and bf16 VAE convert exactly), names and shapes included.
+fn assert_same_components(a: &std::path::Path, b: &std::path::Path) {
+    for (component, stem) in [
+        ("unet", "diffusion_pytorch_model"),
+        ("vae", "diffusion_pytorch_model"),
+        ("text_encoder", "model"),
+        ("text_encoder_2", "model"),
+    ] {
+        let x = SafeTensorFiles::open_component(&a.join(component), &[stem]).unwrap();
+        let y = SafeTensorFiles::open_component(&b.join(component), &[stem]).unwrap();
+        // transformers 5 may save CLIP-L without `text_model.`; mapo writes it with.
+        let plain = |n: &str| n.strip_prefix("text_model.").unwrap_or(n).to_string();
+        let mut names: Vec<String> = x.names().map(plain).collect();
+        let mut other: Vec<String> = y.names().map(plain).collect();
+        names.sort();
+        other.sort();
+        assert_eq!(names, other, "{component}");
+        let full = |f: &SafeTensorFiles, n: &str| {
+            if f.shape(n).is_some() { n.to_string() } else { format!("text_model.{n}") }
+        };
+        for n in &names {
+            let (nx, ny) = (full(&x, n), full(&y, n));
+            assert_eq!(x.shape(&nx), y.shape(&ny), "{component} {n}");
+            assert!(f32s(&x, &nx) == f32s(&y, &ny), "{component} {n} differs");
+        }
+    }
+}
+
+#[test]
+fn a_folder_round_trips_through_one_file_bit_for_bit() {
+    let dir = tmp("round");
+    let tiny = fixtures().join("tiny-sdxl");
+    let file = dir.join("tiny.safetensors");
+    to_single_file(&tiny, &file, burn::tensor::DType::F32).unwrap();
+
+    let single = SafeTensorFiles::open_file(&file).unwrap();
+    let shape = |n: &str| single.shape(n).unwrap_or_else(|| panic!("no {n}")).to_vec();
+    assert_eq!(shape("model.diffusion_model.input_blocks.0.0.weight"), [16, 4, 3, 3]);
+    assert_eq!(shape("model.diffusion_model.label_emb.0.0.weight")[0], 64);
+    // The last up block without attention: its upsampler follows the resnet (index 1).
+    assert!(single.names().any(|n| n.starts_with("model.diffusion_model.output_blocks.2.2.conv.")));
+    assert!(single.names().any(|n| n.starts_with("model.diffusion_model.output_blocks.5.2.conv.")));
+    let vae_attn = shape("first_stage_model.encoder.mid.attn_1.q.weight");
+    assert_eq!((vae_attn.len(), &vae_attn[2..]), (4, &[1usize, 1][..]), "ldm keeps 1×1 convolutions");
+    let bigg = "conditioner.embedders.1.model.";
+    let in_proj = shape(&format!("{bigg}transformer.resblocks.0.attn.in_proj_weight"));
+    assert_eq!(in_proj[0], 3 * in_proj[1], "q, k and v stacked");
+    assert!(single.shape(&format!("{bigg}text_projection")).is_some());
+    assert!(single.shape("conditioner.embedders.0.transformer.text_model.final_layer_norm.weight").is_some());
+
+    // The bigG projection is the transpose of transformers' weight; q is in_proj's first rows.
+    let te2 = SafeTensorFiles::open_file(&tiny.join("text_encoder_2/model.safetensors")).unwrap();
+    let hf = f32s(&te2, "text_projection.weight");
+    let sgm = f32s(&single, &format!("{bigg}text_projection"));
+    let [rows, cols] = [te2.shape("text_projection.weight").unwrap()[0], te2.shape("text_projection.weight").unwrap()[1]];
+    for (r, c) in [(0, 0), (1, 0), (rows - 1, cols - 1), (0, cols - 1)] {
+        assert_eq!(hf[r * cols + c], sgm[c * rows + r], "text_projection ({r}, {c})");
+    }
+    let q = f32s(&te2, "text_model.encoder.layers.0.self_attn.q_proj.weight");
+    assert_eq!(&f32s(&single, &format!("{bigg}transformer.resblocks.0.attn.in_proj_weight"))[..q.len()], &q[..]);
+
+    // Back to a folder: every tensor of every component as the original.
+    let back = dir.join("back");
+    let report = to_diffusers(&file, &tiny, &back, None).unwrap();
+    assert_eq!(report.len(), 4, "{report:?}");
+    assert_same_components(&tiny, &back);
+
+    // The same tensors as the file diffusers' own (config-aware) conversion writes, which
+    // diffusers' from_single_file reads as the folder (tools/golden/make_single_file.py).
+    let golden = SafeTensorFiles::open_file(&fixtures().join("tiny-sdxl-single.safetensors")).unwrap();
+    let (mut ours, mut theirs): (Vec<&str>, Vec<&str>) = (single.names().collect(), golden.names().collect());
+    ours.sort();
+    theirs.sort();
+    assert_eq!(ours, theirs, "the same keys as diffusers' conversion");
+    for n in ours {
+        assert_eq!(single.shape(n), golden.shape(n), "{n}");
+        assert!(f32s(&single, n) == f32s(&golden, n), "{n} differs from diffusers' conversion");
+    }
+    let from_golden = dir.join("from-golden");
+    to_diffusers(&fixtures().join("tiny-sdxl-single.safetensors"), &tiny, &from_golden, None).unwrap();
+    assert_same_components(&tiny, &from_golden);
+
+    // The folder it wrote loads and runs as the original does.
+    let cases = common::open("unet_cases.safetensors");
+    let device = device();
+    let (orig, _) = mapo::models::unet::UNet2DConditionModel::from_dir(&tiny.join("unet"), &device, burn::tensor::DType::F32).unwrap();
+    let (conv, _) = mapo::models::unet::UNet2DConditionModel::from_dir(&back.join("unet"), &device, burn::tensor::DType::F32).unwrap();
+    let (a, b) = (run_unet_case(&orig, &cases, "case0", &device), run_unet_case(&conv, &cases, "case0", &device));
+    assert_eq!(to_vec(a), to_vec(b));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A UNet-only file takes the other components from `--config`; an SD1.x file is named.
+#[test]
+fn partial_and_foreign_files_are_handled_by_name() {
+    let dir = tmp("partial");
+    let tiny = fixtures().join("tiny-sdxl");
+    let full = dir.join("full.safetensors");
+    to_single_file(&tiny, &full, burn::tensor::DType::F32).unwrap();
+    let unet_only = dir.join("unet-only.safetensors");
+    let sd15 = dir.join("sd15.safetensors");
+    let files = SafeTensorFiles::open_file(&full).unwrap();
+    let keep = |n: &str| n.starts_with("model.diffusion_model.");
+    let tensors: Vec<(String, burn::tensor::TensorData)> =
+        files.names().filter(|n| keep(n)).map(|n| (n.to_string(), files.get(n).unwrap().to_data().unwrap())).collect();
+    mapo::models::io::write_tensors(&unet_only, tensors).unwrap();
+    let report = to_diffusers(&unet_only, &tiny, &dir.join("from-unet"), None).unwrap();
+    assert!(report.iter().any(|l| l.starts_with("vae: not in the file")), "{report:?}");
+    assert!(dir.join("from-unet/vae/config.json").is_file());
+
+    let attn = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight";
+    let sd = vec![(attn.to_string(), burn::tensor::TensorData::new(vec![0f32; 320 * 768], [320, 768]))];
+    mapo::models::io::write_tensors(&sd15, sd).unwrap();
+    let err = to_diffusers(&sd15, &tiny, &dir.join("x"), None).unwrap_err();
+    assert!(format!("{err:#}").contains("this is an SD1.x checkpoint"), "{err:#}");
+    assert!(format!("{err:#}").contains("768-wide cross-attention"), "{err:#}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
