@@ -79,7 +79,8 @@ fn a_folder_round_trips_through_one_file_bit_for_bit() {
     let te2 = SafeTensorFiles::open_file(&tiny.join("text_encoder_2/model.safetensors")).unwrap();
     let hf = f32s(&te2, "text_projection.weight");
     let sgm = f32s(&single, &format!("{bigg}text_projection"));
-    let [rows, cols] = [te2.shape("text_projection.weight").unwrap()[0], te2.shape("text_projection.weight").unwrap()[1]];
+    let [rows, cols] =
+        [te2.shape("text_projection.weight").unwrap()[0], te2.shape("text_projection.weight").unwrap()[1]];
     for (r, c) in [(0, 0), (1, 0), (rows - 1, cols - 1), (0, cols - 1)] {
         assert_eq!(hf[r * cols + c], sgm[c * rows + r], "text_projection ({r}, {c})");
     }
@@ -110,8 +111,12 @@ fn a_folder_round_trips_through_one_file_bit_for_bit() {
     // The folder it wrote loads and runs as the original does.
     let cases = common::open("unet_cases.safetensors");
     let device = device();
-    let (orig, _) = mapo::models::unet::UNet2DConditionModel::from_dir(&tiny.join("unet"), &device, burn::tensor::DType::F32).unwrap();
-    let (conv, _) = mapo::models::unet::UNet2DConditionModel::from_dir(&back.join("unet"), &device, burn::tensor::DType::F32).unwrap();
+    let (orig, _) =
+        mapo::models::unet::UNet2DConditionModel::from_dir(&tiny.join("unet"), &device, burn::tensor::DType::F32)
+            .unwrap();
+    let (conv, _) =
+        mapo::models::unet::UNet2DConditionModel::from_dir(&back.join("unet"), &device, burn::tensor::DType::F32)
+            .unwrap();
     let (a, b) = (run_unet_case(&orig, &cases, "case0", &device), run_unet_case(&conv, &cases, "case0", &device));
     assert_eq!(to_vec(a), to_vec(b));
     let _ = std::fs::remove_dir_all(&dir);

@@ -114,7 +114,8 @@ impl SafeTensorFiles {
     /// exist with a shape that fits.
     pub fn open_remapped(remap: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(remap).with_context(|| format!("reading {}", remap.display()))?;
-        let map: RemapFile = serde_json::from_str(&text).with_context(|| format!("{} is not a remap file", remap.display()))?;
+        let map: RemapFile =
+            serde_json::from_str(&text).with_context(|| format!("{} is not a remap file", remap.display()))?;
         let source = Self::open_file(&map.source)?;
         Self::remap(source, &map.tensors).with_context(|| format!("{} (for {})", map.source.display(), remap.display()))
     }
@@ -127,7 +128,12 @@ impl SafeTensorFiles {
             let (mut shape, mut range) = (e.shape.clone(), e.range);
             if let Some([start, len]) = r.rows {
                 let rows = shape.first().copied().unwrap_or(0);
-                anyhow::ensure!(start + len <= rows, "{}: rows {start}..{} of {rows} (for {name})", r.from, start + len);
+                anyhow::ensure!(
+                    start + len <= rows,
+                    "{}: rows {start}..{} of {rows} (for {name})",
+                    r.from,
+                    start + len
+                );
                 let row_bytes = (range.1 - range.0) / rows.max(1);
                 range = (range.0 + start * row_bytes, range.0 + (start + len) * row_bytes);
                 shape[0] = len;
@@ -144,7 +150,8 @@ impl SafeTensorFiles {
                 anyhow::ensure!(shape.len() == 2, "{} {shape:?}: only a matrix transposes (for {name})", r.from);
                 shape.reverse();
             }
-            entries.insert(name.clone(), Entry { shard: e.shard, dtype: e.dtype, shape, range, transposed: r.transpose });
+            entries
+                .insert(name.clone(), Entry { shard: e.shard, dtype: e.dtype, shape, range, transposed: r.transpose });
         }
         Ok(Self { shards: source.shards, entries })
     }

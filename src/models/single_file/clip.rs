@@ -15,7 +15,8 @@ pub fn open_clip_mapping(config: &ClipTextConfig) -> Result<BTreeMap<String, Rem
     let width = config.hidden_size;
     let mut out = BTreeMap::new();
     for name in clip_names(config, true)? {
-        let (from, rows, transpose) = open_clip_name(&name, width).with_context(|| format!("text_encoder_2 tensor {name}"))?;
+        let (from, rows, transpose) =
+            open_clip_name(&name, width).with_context(|| format!("text_encoder_2 tensor {name}"))?;
         out.insert(name, Remapped { from: format!("{prefix}{from}"), rows, shape: None, transpose });
     }
     Ok(out)

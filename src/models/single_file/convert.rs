@@ -54,7 +54,10 @@ fn not_sdxl(file: &Path, source: &SafeTensorFiles) -> Result<()> {
         None if source.names().any(|n| n.starts_with(unet))
             && !source.names().any(|n| n.starts_with(&format!("{unet}label_emb."))) =>
         {
-            bail!("{}: not an SDXL checkpoint: its UNet has no label_emb (SDXL's size and crop conditioning)", file.display())
+            bail!(
+                "{}: not an SDXL checkpoint: its UNet has no label_emb (SDXL's size and crop conditioning)",
+                file.display()
+            )
         }
         None => return Ok(()),
     };
@@ -83,8 +86,9 @@ pub fn to_diffusers(file: &Path, config_dir: &Path, out: &Path, dtype: Option<DT
         }
         let (config, _) = crate::models::config::read_config::<serde_json::Value>(&config_sub)?;
         let map = mapping(component, &config)?;
-        let view = SafeTensorFiles::remap(SafeTensorFiles::open_file(file)?, &map)
-            .with_context(|| format!("{}: the {component} ({prefix}*) does not fit {}", file.display(), config_sub.display()))?;
+        let view = SafeTensorFiles::remap(SafeTensorFiles::open_file(file)?, &map).with_context(|| {
+            format!("{}: the {component} ({prefix}*) does not fit {}", file.display(), config_sub.display())
+        })?;
         precheck(component, &config, &view)
             .with_context(|| format!("{}: the {component} does not fit {}", file.display(), config_sub.display()))?;
         std::fs::create_dir_all(&target).with_context(|| format!("creating {}", target.display()))?;
@@ -99,7 +103,12 @@ pub fn to_diffusers(file: &Path, config_dir: &Path, out: &Path, dtype: Option<DT
                     name: name.clone(),
                     shape,
                     dtype,
-                    data: Box::new(move || view.get(&name).expect("listed").to_data().expect("a float tensor")),
+                    data: Box::new(move || {
+                        let data = view.get(&name).expect("listed").to_data().expect("a float tensor");
+                        // Its mapped pages leave this process's resident memory once read.
+                        view.release(&name);
+                        data
+                    }),
                 }
             })
             .collect();
@@ -138,6 +147,7 @@ fn assemble(files: &SafeTensorFiles, parts: &[(String, Remapped)]) -> Result<(Ve
     for (name, r) in parts {
         let view = files.get(name).with_context(|| format!("{}: no tensor {name}", files.describe()))?;
         let data = view.to_data()?.convert::<f32>();
+        files.release(name);
         let mut v = data.try_to_vec::<f32>().map_err(|e| anyhow::anyhow!("{name}: {e:?}"))?;
         let mut s = view.shape.clone();
         if r.transpose {

@@ -35,7 +35,8 @@ fn to_ldm(name: &str, ups: usize) -> Result<(String, bool)> {
         return Ok((name.to_string(), false));
     }
     let mut segs = rest.splitn(4, '.');
-    let (a, b, c, d) = (segs.next().unwrap_or(""), segs.next().unwrap_or(""), segs.next().unwrap_or(""), segs.next().unwrap_or(""));
+    let (a, b, c, d) =
+        (segs.next().unwrap_or(""), segs.next().unwrap_or(""), segs.next().unwrap_or(""), segs.next().unwrap_or(""));
     let tail = |s: &str| s.to_string();
     let (ldm, conv) = match (a, b, c) {
         ("conv_in" | "conv_out", ..) => (rest.to_string(), false),
@@ -44,7 +45,9 @@ fn to_ldm(name: &str, ups: usize) -> Result<(String, bool)> {
             let (j, inner) = d.split_once('.').context("resnet index")?;
             (format!("down.{i}.block.{j}.{}", resnet(inner)), false)
         }
-        ("down_blocks", i, "downsamplers") => (format!("down.{i}.downsample.{}", d.strip_prefix("0.").context("downsampler")?), false),
+        ("down_blocks", i, "downsamplers") => {
+            (format!("down.{i}.downsample.{}", d.strip_prefix("0.").context("downsampler")?), false)
+        }
         ("up_blocks", i, kind) => {
             let i: usize = i.parse()?;
             let up = ups - 1 - i;
