@@ -141,32 +141,21 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
 
 /// One tensor of the single file from its diffusers parts: row pieces stacked, a transposed
 /// view transposed back, the VAE attention's matrices as 1×1 convolutions.
-fn assemble(files: &SafeTensorFiles, parts: &[(String, Remapped)]) -> Result<(Vec<usize>, TensorData)> {
+fn assemble(files: &SafeTensorFiles, parts: &[(String, Remapped)]) -> Result<TensorData> {
     let mut values: Vec<f32> = Vec::new();
-    let mut shape: Vec<usize> = Vec::new();
     for (name, r) in parts {
         let view = files.get(name).with_context(|| format!("{}: no tensor {name}", files.describe()))?;
         let data = view.to_data()?.convert::<f32>();
         files.release(name);
-        let mut v = data.try_to_vec::<f32>().map_err(|e| anyhow::anyhow!("{name}: {e:?}"))?;
-        let mut s = view.shape.clone();
+        let v = data.try_to_vec::<f32>().map_err(|e| anyhow::anyhow!("{name}: {e:?}"))?;
         if r.transpose {
-            let (rows, cols) = (s[0], s[1]);
-            v = (0..cols).flat_map(|c| (0..rows).map(move |r| (r, c))).map(|(row, c)| v[row * cols + c]).collect();
-            s.reverse();
+            let (rows, cols) = (view.shape[0], view.shape[1]);
+            values.extend((0..cols).flat_map(|c| (0..rows).map(move |row| (row, c))).map(|(row, c)| v[row * cols + c]));
+        } else {
+            values.extend(v);
         }
-        if r.shape.is_some() {
-            // The only reshape of the layout: ldm's attention projections are [C, C, 1, 1].
-            s.extend([1, 1]);
-        }
-        match shape.first_mut() {
-            Some(rows) => *rows += s[0],
-            None => shape = s,
-        }
-        values.extend(v);
     }
-    let data = TensorData::new(values, shape.clone());
-    Ok((shape, data))
+    Ok(TensorData::new(values, single_shape(files, parts)?))
 }
 
 /// Writes the diffusers folder `model` as one SDXL single file `out` (stored in `dtype`).
@@ -197,7 +186,7 @@ pub fn to_single_file(model: &Path, out: &Path, dtype: DType) -> Result<Vec<Stri
                 name: target.clone(),
                 shape,
                 dtype,
-                data: Box::new(move || assemble(files, parts).expect("checked when listed").1),
+                data: Box::new(move || assemble(files, parts).expect("checked when listed")),
             });
         }
     }
@@ -230,6 +219,7 @@ fn single_shape(files: &SafeTensorFiles, parts: &[(String, Remapped)]) -> Result
             s.reverse();
         }
         if r.shape.is_some() {
+            // The only reshape of the layout: ldm's attention projections are [C, C, 1, 1].
             s.extend([1, 1]);
         }
         match shape.first_mut() {
