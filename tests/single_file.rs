@@ -148,3 +148,61 @@ fn partial_and_foreign_files_are_handled_by_name() {
     assert!(format!("{err:#}").contains("768-wide cross-attention"), "{err:#}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--model FILE`: the single file read in place through remap files (no weights copied)
+/// gives the folder's outputs for the UNet, the VAE and both text encoders (bigG's fused
+/// q/k/v and transposed projection included). The tiny file is not SDXL base, so the
+/// built-in configs refuse it, naming the way out.
+#[test]
+fn a_single_file_is_read_in_place() {
+    use burn::tensor::{DType, Int, Tensor, TensorData};
+    use mapo::models::clip::ClipTextModel;
+    use mapo::models::folder::component_dir;
+    use mapo::models::single_file::builtin::folder_with;
+    let (tiny, file) = (fixtures().join("tiny-sdxl"), fixtures().join("tiny-sdxl-single.safetensors"));
+    let folder = folder_with(&file, Some(&tiny)).unwrap();
+    let copied = walk(&folder).into_iter().filter(|p| p.extension().is_some_and(|e| e == "safetensors")).count();
+    assert_eq!(copied, 0, "nothing copied");
+    let device = device();
+    let unet = |m: &std::path::Path| {
+        mapo::models::unet::UNet2DConditionModel::from_dir(&component_dir(m, "unet").unwrap(), &device, DType::F32)
+            .unwrap()
+            .0
+    };
+    let cases = common::open("unet_cases.safetensors");
+    let (a, b) = (
+        run_unet_case(&unet(&tiny), &cases, "case0", &device),
+        run_unet_case(&unet(&folder), &cases, "case0", &device),
+    );
+    assert_eq!(to_vec(a), to_vec(b), "UNet");
+    let vae = |m: &std::path::Path| {
+        mapo::models::vae::AutoencoderKL::from_dir(&component_dir(m, "vae").unwrap(), &device, DType::F32).unwrap().0
+    };
+    let latents = common::open("vae_cases.safetensors").float::<4>("case0.latents", &device, DType::F32).unwrap();
+    assert_eq!(to_vec(vae(&tiny).decode(latents.clone())), to_vec(vae(&folder).decode(latents)), "VAE");
+    let ids: Vec<i64> = (0..77).map(|i| (i * 37) % 1000).collect();
+    let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, 77]), &device);
+    for (sub, second) in [("text_encoder", false), ("text_encoder_2", true)] {
+        let enc = |m: &std::path::Path| {
+            ClipTextModel::from_dir(&component_dir(m, sub).unwrap(), &device, DType::F32, second).unwrap().0
+        };
+        let (x, y) = (enc(&tiny).forward(ids.clone()), enc(&folder).forward(ids.clone()));
+        assert_eq!(to_vec(x.penultimate), to_vec(y.penultimate), "{sub}");
+        if second {
+            assert_eq!(to_vec(x.text_embeds.unwrap()), to_vec(y.text_embeds.unwrap()), "{sub} projection");
+        }
+    }
+    let run = mapo_quiet(&["generate", "--model", file.to_str().unwrap(), "--prompt", "x", "--out", "/tmp/never.png"]);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{err}");
+    assert!(err.contains("not recognised as SDXL base") && err.contains("mapo dev convert --to diffusers"), "{err}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() { out.extend(walk(&p)) } else { out.push(p) }
+    }
+    out
+}

@@ -54,3 +54,25 @@ fn open_clip_cleaning_matches_open_clip() {
     assert_eq!(open_clip.encode("a dog’s &amp; “cat”"), plain.encode("a dog's & \"cat\""));
     assert_ne!(plain.encode("a dog’s &amp; cat"), plain.encode("a dog's & cat"));
 }
+
+/// The built-in CLIP vocabulary (the 49,408 tokens rebuilt from open_clip's BPE file, for
+/// single files without tokenizers) gives transformers' ids on it, for both SDXL
+/// tokenizers (tools/golden/make_builtin_vocab.py).
+#[test]
+fn the_builtin_vocabulary_gives_transformers_ids() {
+    let want: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("builtin_vocab_ids.json")).unwrap()).unwrap();
+    let dir = std::env::temp_dir().join(format!("mapo-builtin-vocab-{}", std::process::id()));
+    for (key, pad, sub) in [("input_ids", "<|endoftext|>", "tokenizer"), ("input_ids_2", "!", "tokenizer_2")] {
+        mapo::models::clip::builtin_vocab::write_clip_tokenizer(&dir.join(sub), pad).unwrap();
+        let tok = ClipTokenizer::from_dir(&dir.join(sub)).unwrap();
+        for (prompt, ids) in want["prompts"].as_array().unwrap().iter().zip(want[key].as_array().unwrap()) {
+            let ids: Vec<i64> = ids.as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+            assert_eq!(tok.encode(prompt.as_str().unwrap()), ids, "{sub}: {prompt}");
+        }
+    }
+    let (vocab, _) = mapo::models::clip::builtin_vocab::clip_vocab_files().unwrap();
+    let vocab: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&vocab).unwrap();
+    assert_eq!(vocab.len(), want["vocab_size"].as_u64().unwrap() as usize);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -3,7 +3,8 @@
 # random-weight SDXL folder at the real configs (f16, from tests/fixtures/sdxl_*_keys.json),
 # written as one single file and read back, with each conversion's peak RSS and time. Both
 # stream one tensor at a time: the peak should be about the largest tensor, not the model.
-# Usage: bash benches/scale/single-file.sh [WORK_DIR]   (needs ~21 GB of disk in WORK_DIR)
+# Usage: bash benches/scale/single-file.sh [WORK_DIR]   (needs ~21 GB of disk in WORK_DIR and
+# ~15 GB of memory)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 B=${MAPO:-${CARGO_TARGET_DIR:-$HOME/.cache/mapo-target}/release/mapo}
@@ -29,4 +30,8 @@ echo "model: $(du -sh "$W/sdxl" | cut -f1) of f16 weights"
 measure "folder -> single file (f16)" "$B" dev convert --to single-file --model "$W/sdxl" --out "$W/sdxl.safetensors" --dtype f16
 echo "single file: $(du -h "$W/sdxl.safetensors" | cut -f1)"
 measure "single file -> folder" "$B" dev convert --to diffusers --model "$W/sdxl.safetensors" --config "$W/sdxl" --out "$W/back"
+# --model FILE: recognised as SDXL base by its shapes (built-in configs and vocabulary), read
+# in place; every component loads in f32 and one 64² step runs.
+measure "generate --model FILE (f32, 64²)" "$B" generate --model "$W/sdxl.safetensors" --prompt "a cat" --steps 1 \
+  --width 64 --height 64 --device flex --out "$W/x.png"
 rm -rf "$W"

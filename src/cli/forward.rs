@@ -202,15 +202,11 @@ pub fn convert_model(
             }
             to_single_file(model, out, dtype.unwrap_or(DType::F32))?
         }
-        super::ConvertTarget::Diffusers => {
-            let Some(config) = config else {
-                bail!(
-                    "--to diffusers needs --config DIR: a diffusers SDXL folder supplying the configs, tokenizers and \
-                     scheduler (built-in SDXL configs are not shipped yet)"
-                )
-            };
-            to_diffusers(model, config, out, dtype)?
-        }
+        super::ConvertTarget::Diffusers => match config {
+            Some(config) => to_diffusers(model, config, out, dtype)?,
+            // The built-in SDXL base configs, tokenizers and scheduler, when the file fits them.
+            None => to_diffusers(model, &crate::models::single_file::builtin::folder_for(model)?, out, dtype)?,
+        },
     };
     for line in report {
         eprintln!("{line}");

@@ -195,6 +195,7 @@ fn numbered(out: &Path, i: usize) -> PathBuf {
 }
 
 pub fn tokenize(model: &Path, prompt: &str) -> Result<()> {
+    let model = crate::models::folder::model_folder(model)?;
     let one = ClipTokenizer::from_dir(&model.join("tokenizer"))?.encode(prompt);
     let two = ClipTokenizer::from_dir(&model.join("tokenizer_2"))?.encode(prompt);
     println!("{}", serde_json::json!({"input_ids": one, "input_ids_2": two}));

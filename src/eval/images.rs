@@ -40,6 +40,7 @@ impl Renderer {
     /// A folder with `vae/` is an SDXL pipeline; one with only `unet/` and `text_encoder/`
     /// is the built-in toy model (its cached reference).
     pub fn load(model: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        let model = &crate::models::folder::model_folder(model)?;
         let toy = !model.join("vae").exists() && !model.join("tokenizer").exists();
         let text = if toy {
             ensure!(

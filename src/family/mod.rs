@@ -37,6 +37,7 @@ impl Family {
 
     /// The family of a diffusers folder (a pipeline folder, or the denoiser folder itself).
     pub fn detect(model: &Path) -> Result<Self> {
+        let model = &crate::models::folder::model_folder(model)?;
         let index = model.join("model_index.json");
         if let Ok(text) = std::fs::read_to_string(&index) {
             let v: serde_json::Value =

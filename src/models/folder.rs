@@ -35,8 +35,20 @@ pub fn save_as<M: Module>(
     write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(config)?.as_bytes())
 }
 
-/// `model/<name>` for a pipeline folder; `model` itself when it already is that component.
+/// The diffusers folder of `model`: itself, or for an SDXL single file the folder that
+/// reads it in place (`models::single_file::builtin`).
+pub fn model_folder(model: &Path) -> Result<PathBuf> {
+    if super::single_file::builtin::is_single_file(model) {
+        super::single_file::builtin::folder_for(model)
+    } else {
+        Ok(model.to_path_buf())
+    }
+}
+
+/// `model/<name>` for a pipeline folder (or single file); `model` itself when it already is
+/// that component.
 pub fn component_dir(model: &Path, name: &str) -> Result<PathBuf> {
+    let model = &model_folder(model)?;
     let sub = model.join(name);
     if sub.join("config.json").is_file() {
         return Ok(sub);

@@ -75,7 +75,7 @@ fn epsilon() -> String {
 
 impl SchedulerConfig {
     pub fn read(model: &Path) -> Result<Self> {
-        let dir = model.join("scheduler");
+        let dir = crate::models::folder::model_folder(model)?.join("scheduler");
         let config: Self = if dir.join("scheduler_config.json").is_file() {
             let text = std::fs::read_to_string(dir.join("scheduler_config.json"))?;
             serde_json::from_str(&text)?
@@ -122,9 +122,10 @@ pub struct PromptEncoder {
 
 impl PromptEncoder {
     pub fn load(model: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        let folder = crate::models::folder::model_folder(model)?;
         Ok(Self {
-            tokenizer: ClipTokenizer::from_dir(&model.join("tokenizer"))?,
-            tokenizer_2: ClipTokenizer::from_dir(&model.join("tokenizer_2"))?,
+            tokenizer: ClipTokenizer::from_dir(&folder.join("tokenizer"))?,
+            tokenizer_2: ClipTokenizer::from_dir(&folder.join("tokenizer_2"))?,
             text_encoder: ClipTextModel::from_dir(&component_dir(model, "text_encoder")?, device, dtype, false)?.0,
             text_encoder_2: ClipTextModel::from_dir(&component_dir(model, "text_encoder_2")?, device, dtype, true)?.0,
             device: device.clone(),

@@ -2,6 +2,7 @@
 //! OpenCLIP bigG with a projection), built from a transformers `config.json`; the vision
 //! tower (`vision`) and the whole CLIP model that reward models are made of (`model`).
 
+pub mod builtin_vocab;
 pub mod clean;
 pub mod config;
 pub mod model;

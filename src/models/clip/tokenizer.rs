@@ -30,6 +30,16 @@ pub struct ClipTokenizer {
 
 /// GPT-2's reversible byte → printable character table.
 fn bytes_to_unicode() -> [char; 256] {
+    let mut table = ['\0'; 256];
+    for (b, c) in byte_chars() {
+        table[b as usize] = c;
+    }
+    table
+}
+
+/// The (byte, character) pairs of GPT-2's table in its own order (printable bytes first),
+/// which is the order of the first 256 ids of CLIP's vocabulary.
+pub(super) fn byte_chars() -> Vec<(u8, char)> {
     let mut printable: Vec<u32> = (b'!' as u32..=b'~' as u32).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
     let mut chars: Vec<u32> = printable.clone();
     let mut n = 0;
@@ -40,11 +50,7 @@ fn bytes_to_unicode() -> [char; 256] {
             n += 1;
         }
     }
-    let mut table = ['\0'; 256];
-    for (b, c) in printable.into_iter().zip(chars) {
-        table[b as usize] = char::from_u32(c).expect("valid char");
-    }
-    table
+    printable.into_iter().zip(chars).map(|(b, c)| (b as u8, char::from_u32(c).expect("valid char"))).collect()
 }
 
 impl ClipTokenizer {

@@ -29,7 +29,7 @@ fn stored(dtype: safetensors::Dtype) -> DType {
 
 /// Checks `files` against the component's model, built from `config` without weights:
 /// every tensor present with its shape, none left over.
-fn precheck(component: &str, config: &serde_json::Value, files: &SafeTensorFiles) -> Result<()> {
+pub(super) fn precheck(component: &str, config: &serde_json::Value, files: &SafeTensorFiles) -> Result<()> {
     let c = config.clone();
     match component {
         "unet" => Weights::precheck(files, None, |w| UNet2DConditionModel::load(&serde_json::from_value(c)?, w)),
@@ -43,7 +43,7 @@ fn precheck(component: &str, config: &serde_json::Value, files: &SafeTensorFiles
 /// Refuses a checkpoint of another architecture, naming it: SD1.x/SD2.x attend from the
 /// first block (768/1024-wide), SDXL's first block has no attention and its UNet has
 /// `label_emb` (the size and crop conditioning).
-fn not_sdxl(file: &Path, source: &SafeTensorFiles) -> Result<()> {
+pub(super) fn not_sdxl(file: &Path, source: &SafeTensorFiles) -> Result<()> {
     let unet = "model.diffusion_model.";
     let attn = format!("{unet}input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight");
     let width = source.shape(&attn).and_then(|s| s.get(1).copied());
@@ -125,7 +125,7 @@ pub fn to_diffusers(file: &Path, config_dir: &Path, out: &Path, dtype: Option<DT
     Ok(report)
 }
 
-fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+pub(super) fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
     for entry in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
         let entry = entry?;

@@ -12,6 +12,7 @@
 //! Reading is a remapped view of the memory-mapped file (nothing copied); writing streams
 //! one tensor at a time.
 
+pub mod builtin;
 pub mod clip;
 pub mod convert;
 pub mod unet;
