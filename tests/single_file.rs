@@ -206,3 +206,41 @@ fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// `export = ["diffusers", "single-file"]`: a finished run also writes the whole pipeline
+/// with its UNet as one file, which converts back to the base model with the run's UNet:
+/// generating from it gives the image `--unet RUN/unet` gives.
+#[test]
+fn a_run_exports_a_single_file_that_generates_its_images() {
+    let dir = tmp("export");
+    let tiny = fixtures().join("tiny-sdxl");
+    let pairs = dir.join("pairs.safetensors");
+    run_mapo(&["make-pairs", "--model", tiny.to_str().unwrap(), "--pairs", "4", "--out", pairs.to_str().unwrap()]);
+    let config = dir.join("run.toml");
+    let run = dir.join("run");
+    std::fs::write(
+        &config,
+        format!(
+            "model = {tiny:?}\ndata = {pairs:?}\noutput_dir = {run:?}\nmethod = \"mapo\"\nsteps = 2\nbatch_size = 2\n\
+             device = \"flex\"\nexport = [\"diffusers\", \"single-file\"]\nexport_dtype = \"f32\"\n[optimizer]\nlr = 1e-3\n"
+        ),
+    )
+    .unwrap();
+    run_mapo(&["train", "--config", config.to_str().unwrap()]);
+    let back = dir.join("back");
+    to_diffusers(&run.join("model.safetensors"), &tiny, &back, None).unwrap();
+    let image = |extra: &[&str], out: &str| {
+        let path = dir.join(out);
+        let mut args = vec!["generate", "--prompt", "a red square", "--steps", "2", "--device", "flex"];
+        args.extend(extra);
+        args.extend(["--out", path.to_str().unwrap()]);
+        run_mapo(&args);
+        std::fs::read(path).unwrap()
+    };
+    let from_run = image(&["--model", tiny.to_str().unwrap(), "--unet", run.join("unet").to_str().unwrap()], "a.png");
+    let from_file = image(&["--model", back.to_str().unwrap()], "b.png");
+    let base = image(&["--model", tiny.to_str().unwrap()], "c.png");
+    assert!(from_run == from_file, "the exported file generates the run's image");
+    assert!(from_run != base, "and the run changed the model");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -110,6 +110,22 @@ pub struct TrainConfig {
     /// Flow matching's σ grid shift and density (`objective = "flow"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flow: Option<FlowConfig>,
+    /// What the finished run writes: `diffusers` (its `unet/` folder, always written) and
+    /// `single-file` (`model.safetensors`: the whole pipeline with the trained UNet in
+    /// Stability's layout, for A1111 and ComfyUI), e.g. `export = ["diffusers", "single-file"]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub export: Vec<ExportFormat>,
+    /// The single file's storage dtype (f16, bf16 or f32).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export_dtype: Option<String>,
+}
+
+/// A format the finished run is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExportFormat {
+    Diffusers,
+    SingleFile,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -271,6 +287,9 @@ impl TrainConfig {
             self.grad_accumulation
         );
         ensure!(self.keep_checkpoints > 0, "keep_checkpoints must be > 0");
+        if let Some(d) = &self.export_dtype {
+            d.parse::<crate::device::Precision>().with_context(|| format!("export_dtype {d:?}"))?;
+        }
         let o = &self.optimizer;
         // Fine-tuning rates are 1e-8..1e-2; above 1 every optimizer here diverges at once.
         ensure!(o.lr.is_finite() && o.lr > 0.0 && o.lr <= 1.0, "optimizer.lr {:e} must be in (0, 1]", o.lr);
@@ -372,7 +391,7 @@ pub fn known_keys() -> Result<(Vec<String>, Vec<String>)> {
     let table = defaults.as_table().context("a table")?;
     // Optional sections are absent from the defaults' serialisation.
     let mut top: Vec<String> = table.keys().cloned().collect();
-    top.extend(["device", "lora", "objective", "flow"].map(String::from));
+    top.extend(["device", "lora", "objective", "flow", "export", "export_dtype"].map(String::from));
     let mut opt: Vec<String> =
         table.get("optimizer").and_then(|o| o.as_table()).map(|t| t.keys().cloned().collect()).unwrap_or_default();
     opt.push("weight_decay".into());

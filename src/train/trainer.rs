@@ -378,6 +378,19 @@ impl<'a> Trainer<'a> {
             }
             None => save_component(unet, &self.unet_config, &out.join("unet"), DType::F32)?,
         }
+        if self.config.export.contains(&super::config::ExportFormat::SingleFile) {
+            // The base model's other components beside the trained UNet, in one file.
+            let dtype =
+                self.config.export_dtype.as_deref().unwrap_or("f16").parse::<crate::device::Precision>()?.dtype();
+            let file = out.join("model.safetensors");
+            crate::models::single_file::convert::to_single_file_with(
+                &self.config.model,
+                Some(&out.join("unet")),
+                &file,
+                dtype,
+            )?;
+            eprintln!("wrote {} (single file, {dtype:?})", file.display());
+        }
         Ok(())
     }
 }

@@ -160,9 +160,18 @@ fn assemble(files: &SafeTensorFiles, parts: &[(String, Remapped)]) -> Result<Ten
 
 /// Writes the diffusers folder `model` as one SDXL single file `out` (stored in `dtype`).
 pub fn to_single_file(model: &Path, out: &Path, dtype: DType) -> Result<Vec<String>> {
+    to_single_file_with(model, None, out, dtype)
+}
+
+/// [`to_single_file`] with the UNet from `unet` (a fine-tuned `unet/` folder) instead of the
+/// model's own.
+pub fn to_single_file_with(model: &Path, unet: Option<&Path>, out: &Path, dtype: DType) -> Result<Vec<String>> {
     let mut opened = Vec::new();
     for (component, prefix) in COMPONENTS {
-        let dir = component_dir(model, component)?;
+        let dir = match unet {
+            Some(u) if component == "unet" => u.to_path_buf(),
+            _ => component_dir(model, component)?,
+        };
         let (config, _) = crate::models::config::read_config::<serde_json::Value>(&dir)?;
         let stem = if component.starts_with("text_encoder") { "model" } else { "diffusion_pytorch_model" };
         let files = with_text_model_prefix(SafeTensorFiles::open_component(&dir, &[stem])?)?;
