@@ -196,6 +196,19 @@ fn a_single_file_is_read_in_place() {
     let err = String::from_utf8_lossy(&run.stderr);
     assert_eq!(run.status.code(), Some(1), "{err}");
     assert!(err.contains("not recognised as SDXL base") && err.contains("mapo dev convert --to diffusers"), "{err}");
+
+    // With --config (a folder of its architecture) it generates as the folder does.
+    let dir = tmp("in-place");
+    let image = |model: &std::path::Path, extra: &[&str], out: &str| {
+        let path = dir.join(out);
+        let mut args = vec!["generate", "--model", model.to_str().unwrap(), "--prompt", "a cat", "--steps", "2"];
+        args.extend(["--device", "flex", "--out", path.to_str().unwrap()]);
+        args.extend(extra);
+        run_mapo(&args);
+        std::fs::read(path).unwrap()
+    };
+    let from_file = image(&file, &["--config", tiny.to_str().unwrap()], "file.png");
+    assert!(from_file == image(&tiny, &[], "folder.png"), "the single file generates the folder's image");
 }
 
 fn walk(dir: &std::path::Path) -> Vec<PathBuf> {

@@ -10,9 +10,13 @@ use crate::data::transform::TransformConfig;
 
 #[derive(clap::Args, Debug)]
 pub struct CacheCommand {
-    /// A diffusers SDXL folder (its vae/, text encoders and tokenizers are used).
+    /// A diffusers SDXL folder or single file (its vae/, text encoders and tokenizers are used).
     #[arg(long)]
     pub model: PathBuf,
+    /// With `--model FILE` of an architecture other than SDXL base: a diffusers folder of it
+    /// (configs, tokenizers, scheduler; docs/cli.md).
+    #[arg(long = "config", value_name = "DIR")]
+    pub model_config: Option<PathBuf>,
     /// A parquet file, a folder of them, or a pattern like `dir/train-*.parquet`.
     #[arg(long)]
     pub data: PathBuf,
@@ -81,6 +85,7 @@ pub fn columns(pairs: &[String]) -> Result<Columns> {
 }
 
 pub fn run(a: &CacheCommand) -> Result<()> {
+    crate::models::folder::set_single_file_configs(a.model_config.as_deref());
     crate::family::Family::detect(&a.model)?.require_supported(&a.model, "cache data for")?;
     let args = CacheArgs {
         model: a.model.clone(),

@@ -23,9 +23,13 @@ use crate::models::unet::UNet2DConditionModel;
 #[derive(Args, Debug)]
 pub struct EvalArgs {
     /// The base model: an SDXL pipeline folder, or the built-in toy model's reference
-    /// folder (`<runs>/_cache/toy-reference-*/pretrain`).
+    /// folder (`<runs>/_cache/toy-reference-*/pretrain`), or an SDXL single file.
     #[arg(long)]
     pub model: PathBuf,
+    /// With `--model FILE` of an architecture other than SDXL base: a diffusers folder of it
+    /// (configs, tokenizers, scheduler; docs/cli.md).
+    #[arg(long = "config", value_name = "DIR")]
+    pub model_config: Option<PathBuf>,
     /// The prompt suite: a text file (one prompt per line), JSON lines with "prompt" or
     /// "caption", or parquet (file, folder or pattern; its distinct captions, e.g.
     /// Pick-a-Pic's test split).
@@ -100,6 +104,7 @@ fn scorer_of(spec: &str, args: &EvalArgs, device: &burn::tensor::Device) -> Resu
 }
 
 pub fn run(args: &EvalArgs) -> Result<()> {
+    crate::models::folder::set_single_file_configs(args.model_config.as_deref());
     crate::family::Family::detect(&args.model)?.require_supported(&args.model, "evaluate")?;
     ensure!(args.seeds > 0 && (1..=1000).contains(&args.steps), "--seeds must be > 0 and --steps in 1..=1000");
     let prompts = load_suite(&args.prompts, args.prompt_column.as_deref(), args.max_prompts)?;

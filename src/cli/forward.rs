@@ -18,6 +18,7 @@ use crate::models::vae::AutoencoderKL;
 use crate::models::weights::Weights;
 
 pub fn run(args: &ForwardArgs) -> Result<()> {
+    crate::models::folder::set_single_file_configs(args.model_config.as_deref());
     match args.component {
         Component::Loss => return loss(args),
         Component::TrainStep => return super::train_step::run(args),

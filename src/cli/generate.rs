@@ -17,9 +17,13 @@ use crate::sample::validate::{decode_images, initial_noise};
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
-    /// A diffusers SDXL pipeline folder.
+    /// A diffusers SDXL pipeline folder, or an SDXL single file.
     #[arg(long)]
     pub model: PathBuf,
+    /// With `--model FILE` of an architecture other than SDXL base: a diffusers folder of it
+    /// (configs, tokenizers, scheduler; docs/cli.md).
+    #[arg(long = "config", value_name = "DIR")]
+    pub model_config: Option<PathBuf>,
     #[arg(long, required_unless_present = "prompts")]
     pub prompt: Option<String>,
     /// A text file with one prompt per line (instead of --prompt).
@@ -77,6 +81,7 @@ fn check_options(args: &GenerateArgs) -> Result<()> {
 }
 
 pub fn run(args: &GenerateArgs) -> Result<()> {
+    crate::models::folder::set_single_file_configs(args.model_config.as_deref());
     check_options(args)?;
     crate::family::Family::detect(&args.model)?.require_supported(&args.model, "generate with")?;
     let selected = select(args.device.device.as_deref())?;

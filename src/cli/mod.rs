@@ -231,9 +231,13 @@ pub enum Component {
 #[derive(Args, Debug)]
 pub struct ForwardArgs {
     pub component: Component,
-    /// A diffusers pipeline folder (with unet/, vae/, ...).
+    /// A diffusers pipeline folder (with unet/, vae/, ...), or an SDXL single file.
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// With `--model FILE` of an architecture other than SDXL base: a diffusers folder of it
+    /// (configs, tokenizers, scheduler; docs/cli.md).
+    #[arg(long = "config", value_name = "DIR")]
+    pub model_config: Option<PathBuf>,
     /// Input tensors (safetensors).
     #[arg(long)]
     pub inputs: PathBuf,

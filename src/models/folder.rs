@@ -35,11 +35,23 @@ pub fn save_as<M: Module>(
     write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(config)?.as_bytes())
 }
 
+/// The configs single files are read with, when not the built-in SDXL base ones: set once
+/// per process from the command's `--config DIR` (or a run's `model_config`).
+static SINGLE_FILE_CONFIGS: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Reads `--model FILE` with the configs, tokenizers and scheduler of `dir` (a diffusers
+/// folder of the file's architecture) instead of the built-in SDXL base ones.
+pub fn set_single_file_configs(dir: Option<&Path>) {
+    if let Some(dir) = dir {
+        let _ = SINGLE_FILE_CONFIGS.set(dir.to_path_buf());
+    }
+}
+
 /// The diffusers folder of `model`: itself, or for an SDXL single file the folder that
 /// reads it in place (`models::single_file::builtin`).
 pub fn model_folder(model: &Path) -> Result<PathBuf> {
     if super::single_file::builtin::is_single_file(model) {
-        super::single_file::builtin::folder_for(model)
+        super::single_file::builtin::folder_with(model, SINGLE_FILE_CONFIGS.get().map(PathBuf::as_path))
     } else {
         Ok(model.to_path_buf())
     }

@@ -118,6 +118,10 @@ pub struct TrainConfig {
     /// The single file's storage dtype (f16, bf16 or f32).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub export_dtype: Option<String>,
+    /// With `model` an SDXL single file of another architecture than SDXL base: a diffusers
+    /// folder of it (configs, tokenizers, scheduler).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_config: Option<PathBuf>,
 }
 
 /// A format the finished run is written in.
@@ -337,6 +341,7 @@ impl TrainConfig {
 /// continue one run with another's settings.
 const MATH_KEYS: &[&str] = &[
     "model",
+    "model_config",
     "data",
     "method",
     "method_params",
@@ -391,7 +396,7 @@ pub fn known_keys() -> Result<(Vec<String>, Vec<String>)> {
     let table = defaults.as_table().context("a table")?;
     // Optional sections are absent from the defaults' serialisation.
     let mut top: Vec<String> = table.keys().cloned().collect();
-    top.extend(["device", "lora", "objective", "flow", "export", "export_dtype"].map(String::from));
+    top.extend(["device", "lora", "objective", "flow", "export", "export_dtype", "model_config"].map(String::from));
     let mut opt: Vec<String> =
         table.get("optimizer").and_then(|o| o.as_table()).map(|t| t.keys().cloned().collect()).unwrap_or_default();
     opt.push("weight_decay".into());

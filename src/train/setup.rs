@@ -47,6 +47,7 @@ pub struct Loaded {
 
 /// Loads what [`Loaded`] holds for `config`, resuming from `how.resume` when given.
 pub fn load(config: &TrainConfig, how: &Start) -> Result<Loaded> {
+    crate::models::folder::set_single_file_configs(config.model_config.as_deref());
     let family = crate::family::Family::detect(&config.model)?;
     family.require_supported(&config.model, "train")?;
     let method = build(&config.method, Params::from_map(config.method_params.clone()))?;

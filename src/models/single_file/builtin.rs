@@ -44,17 +44,25 @@ pub fn is_single_file(model: &Path) -> bool {
     model.is_file() && model.extension().is_some_and(|e| e == "safetensors")
 }
 
-/// The diffusers folder that reads `file` with the built-in SDXL configs (built once per
-/// file and process).
+/// The diffusers folder that reads `file` with the built-in SDXL configs.
 pub fn folder_for(file: &Path) -> Result<PathBuf> {
-    static BUILT: OnceLock<Mutex<HashMap<PathBuf, PathBuf>>> = OnceLock::new();
+    folder_with(file, None)
+}
+
+/// The folder that reads `file` with the configs, tokenizers and scheduler of `configs` (a
+/// diffusers folder of its architecture), or the built-in SDXL base ones; built once per
+/// file and process.
+pub fn folder_with(file: &Path, configs: Option<&Path>) -> Result<PathBuf> {
+    type Built = HashMap<(PathBuf, Option<PathBuf>), PathBuf>;
+    static BUILT: OnceLock<Mutex<Built>> = OnceLock::new();
     let file = std::fs::canonicalize(file).with_context(|| format!("reading {}", file.display()))?;
+    let key = (file.clone(), configs.map(Path::to_path_buf));
     let built = BUILT.get_or_init(Default::default);
-    if let Some(dir) = built.lock().expect("not poisoned").get(&file) {
+    if let Some(dir) = built.lock().expect("not poisoned").get(&key) {
         return Ok(dir.clone());
     }
-    let dir = folder_with(&file, None)?;
-    built.lock().expect("not poisoned").insert(file, dir.clone());
+    let dir = build(&file, configs)?;
+    built.lock().expect("not poisoned").insert(key, dir.clone());
     Ok(dir)
 }
 
@@ -66,10 +74,7 @@ fn cache_root() -> PathBuf {
     base.join("mapo").join("single-file")
 }
 
-/// The folder that reads `file` with the configs, tokenizers and scheduler of `configs` (a
-/// diffusers folder of its architecture), or the built-in SDXL base ones.
-pub fn folder_with(file: &Path, configs: Option<&Path>) -> Result<PathBuf> {
-    let file = &std::fs::canonicalize(file).with_context(|| format!("reading {}", file.display()))?;
+fn build(file: &Path, configs: Option<&Path>) -> Result<PathBuf> {
     let source = SafeTensorFiles::open_file(file)?;
     not_sdxl(file, &source)?;
     let meta = std::fs::metadata(file)?;
