@@ -13,6 +13,7 @@ pub mod pth;
 pub mod resnet;
 pub mod sampling;
 pub mod single_file;
+pub mod t5;
 pub mod unet;
 pub mod vae;
 pub mod weights;
