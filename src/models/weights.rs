@@ -175,6 +175,26 @@ impl<'a> Weights<'a> {
         Ok(w.finish()?)
     }
 
+    /// Builds the model of a component folder (`config.json` + `<stem>.safetensors`, single
+    /// or sharded): checked against the file first without allocating ([`Self::precheck`]),
+    /// then loaded in `dtype` on `device`, every problem reported at once.
+    pub fn load_dir<M, C: serde::de::DeserializeOwned>(
+        dir: &std::path::Path,
+        stems: &[&str],
+        device: &Device,
+        dtype: DType,
+        build: impl Fn(&C, &Weights) -> anyhow::Result<M>,
+    ) -> anyhow::Result<(M, C)> {
+        use anyhow::Context;
+        let (config, _) = super::config::read_config::<C>(dir)?;
+        let files = SafeTensorFiles::open_component(dir, stems)?;
+        Self::precheck(&files, None, |w| build(&config, w)).with_context(|| format!("loading {}", dir.display()))?;
+        let w = Weights::from_files(&files, device, dtype);
+        let model = build(&config, &w)?;
+        w.finish().with_context(|| format!("loading {}", dir.display()))?;
+        Ok((model, config))
+    }
+
     /// Attaches LoRA adapters (see [`super::lora`]) while building; base weights are
     /// frozen. Call before building the model.
     pub fn with_lora(mut self, config: super::lora::LoraConfig) -> Self {

@@ -12,14 +12,13 @@ pub mod vision;
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use burn::module::{Module, Param};
 use burn::tensor::activation::{gelu, sigmoid};
 use burn::tensor::{DType, Device, Int, Tensor};
 
 pub use self::config::ClipTextConfig;
 use super::attention::attention_with;
-use super::io::SafeTensorFiles;
 use super::nn::{LayerNorm, Linear};
 use super::weights::{Init, Weights};
 
@@ -191,14 +190,7 @@ impl ClipTextModel {
         dtype: DType,
         with_projection: bool,
     ) -> Result<(Self, ClipTextConfig)> {
-        let (config, _) = crate::models::config::read_config::<ClipTextConfig>(dir)?;
-        let files = SafeTensorFiles::open_component(dir, &["model"])?;
-        Weights::precheck(&files, None, |w| Self::load(&config, w, with_projection))
-            .with_context(|| format!("loading {}", dir.display()))?;
-        let w = Weights::from_files(&files, device, dtype);
-        let model = Self::load(&config, &w, with_projection)?;
-        w.finish().with_context(|| format!("loading {}", dir.display()))?;
-        Ok((model, config))
+        Weights::load_dir(dir, &["model"], device, dtype, |c, w| Self::load(c, w, with_projection))
     }
 
     /// `ids`: [B, L] token ids (L ≤ max_position_embeddings).

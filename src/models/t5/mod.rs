@@ -9,12 +9,11 @@ pub mod tokenizer;
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use burn::module::{Module, Param};
 use burn::tensor::{DType, Device, Int, Tensor, TensorData, activation};
 
 pub use self::config::T5Config;
-use super::io::SafeTensorFiles;
 use super::nn::{Linear, like};
 use super::weights::{Init, Weights};
 
@@ -135,14 +134,7 @@ impl T5EncoderModel {
 
     /// Loads a transformers `T5EncoderModel` folder (`config.json` + `model.safetensors`).
     pub fn from_dir(dir: &Path, device: &Device, dtype: DType) -> Result<(Self, T5Config)> {
-        let (config, _) = super::config::read_config::<T5Config>(dir)?;
-        let files = SafeTensorFiles::open_component(dir, &["model"])?;
-        Weights::precheck(&files, None, |w| Self::load(&config, w))
-            .with_context(|| format!("loading {}", dir.display()))?;
-        let w = Weights::from_files(&files, device, dtype);
-        let model = Self::load(&config, &w)?;
-        w.finish().with_context(|| format!("loading {}", dir.display()))?;
-        Ok((model, config))
+        Weights::load_dir(dir, &["model"], device, dtype, Self::load)
     }
 
     /// [1, heads, L, L]: the bias of key position j for query position i.

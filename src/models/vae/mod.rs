@@ -6,13 +6,12 @@ pub mod mid;
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use burn::module::Module;
 use burn::tensor::{DType, Device, Tensor};
 
 use self::coder::{Decoder, Encoder};
 pub use self::config::VaeConfig;
-use crate::models::io::SafeTensorFiles;
 use crate::models::nn::Conv2d;
 use crate::models::weights::Weights;
 
@@ -37,14 +36,7 @@ impl AutoencoderKL {
     }
 
     pub fn from_dir(dir: &Path, device: &Device, dtype: DType) -> Result<(Self, VaeConfig)> {
-        let (config, _) = crate::models::config::read_config::<VaeConfig>(dir)?;
-        let files = SafeTensorFiles::open_component(dir, &["diffusion_pytorch_model"])?;
-        Weights::precheck(&files, None, |w| Self::load(&config, w))
-            .with_context(|| format!("loading {}", dir.display()))?;
-        let w = Weights::from_files(&files, device, dtype);
-        let model = Self::load(&config, &w)?;
-        w.finish().with_context(|| format!("loading {}", dir.display()))?;
-        Ok((model, config))
+        Weights::load_dir(dir, &["diffusion_pytorch_model"], device, dtype, Self::load)
     }
 
     /// The latent distribution of images in [-1, 1]: `(mean, logvar)`, unscaled, with
