@@ -127,15 +127,16 @@ fn write_scores(rows: &[Row], scorer: &dyn Scorer, args: &ScoreArgs, tmp: &Path,
             .iter()
             .map(|r| read_rgb(&r.image).and_then(|i| scorer.shrink(i).context(r.image.display().to_string())))
             .collect();
-        let (mut images, mut prompts) = (Vec::new(), Vec::new());
-        for (r, d) in chunk.iter().zip(&decoded) {
-            if let Ok(img) = d {
-                images.push(img.clone());
+        // The images move into the batch; each row keeps whether it decoded (or why not).
+        let (mut images, mut prompts, mut outcomes) = (Vec::new(), Vec::new(), Vec::new());
+        for (r, d) in chunk.iter().zip(decoded) {
+            outcomes.push(d.map(|img| {
+                images.push(img);
                 prompts.push(r.prompt.clone());
-            }
+            }));
         }
         let mut scores = scorer.score(&images, &prompts)?.into_iter();
-        for (r, d) in chunk.iter().zip(decoded) {
+        for (r, d) in chunk.iter().zip(outcomes) {
             let mut json = r.json.clone();
             // A score from an earlier run of this file's rows is replaced, never kept beside.
             json.remove("error");

@@ -298,7 +298,7 @@ impl TensorView<'_> {
 }
 
 /// A `rows × cols` row-major matrix transposed (unchanged without `rows_cols`).
-fn transpose<T: Copy>(v: Vec<T>, rows_cols: Option<(usize, usize)>) -> Vec<T> {
+pub(crate) fn transpose<T: Copy>(v: Vec<T>, rows_cols: Option<(usize, usize)>) -> Vec<T> {
     let Some((rows, cols)) = rows_cols else { return v };
     let mut out = Vec::with_capacity(v.len());
     for c in 0..cols {

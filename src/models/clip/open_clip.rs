@@ -13,7 +13,7 @@ use serde::Deserialize;
 use super::config::ClipTextConfig;
 use super::model::{ClipModel, ClipModelConfig};
 use super::vision::ClipVisionConfig;
-use crate::models::io::{PendingTensor, SafeTensorFiles, write_safetensors};
+use crate::models::io::{PendingTensor, SafeTensorFiles, transpose, write_safetensors};
 use crate::models::pth::PthFile;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -162,16 +162,6 @@ fn renamed(key: &str) -> Option<String> {
     Some(name.to_string())
 }
 
-fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0f32; values.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            out[c * rows + r] = values[r * cols + c];
-        }
-    }
-    out
-}
-
 /// Every tensor's declared shape against the config's, before any is read (a deflated
 /// checkpoint of a megabyte can declare gigabytes; an absurd config would ask for them).
 fn check_shapes(file: &PthFile, names: &[String], hf: &ClipModelConfig) -> Result<()> {
@@ -258,7 +248,7 @@ pub fn load(checkpoint: &Path, config: &OpenClipConfig, device: &Device) -> Resu
                 checkpoint.display()
             );
             let to = if key == "visual.proj" { "visual_projection.weight" } else { "text_projection.weight" };
-            push(&mut tensors, to.into(), transpose(&v, shape[0], shape[1]), vec![shape[1], shape[0]]);
+            push(&mut tensors, to.into(), transpose(v, Some((shape[0], shape[1]))), vec![shape[1], shape[0]]);
         } else if key != "attn_mask" && !key.ends_with(".attn_mask") {
             unknown.push(key);
         }

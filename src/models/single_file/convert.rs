@@ -9,7 +9,7 @@ use burn::tensor::{DType, TensorData};
 use super::{COMPONENTS, mapping};
 use crate::models::clip::ClipTextModel;
 use crate::models::folder::component_dir;
-use crate::models::io::{PendingTensor, Remapped, SafeTensorFiles, write_safetensors};
+use crate::models::io::{PendingTensor, Remapped, SafeTensorFiles, transpose, write_safetensors};
 use crate::models::unet::UNet2DConditionModel;
 use crate::models::vae::AutoencoderKL;
 use crate::models::weights::Weights;
@@ -148,12 +148,7 @@ fn assemble(files: &SafeTensorFiles, parts: &[(String, Remapped)]) -> Result<Ten
         let data = view.to_data()?.convert::<f32>();
         files.release(name);
         let v = data.try_to_vec::<f32>().map_err(|e| anyhow::anyhow!("{name}: {e:?}"))?;
-        if r.transpose {
-            let (rows, cols) = (view.shape[0], view.shape[1]);
-            values.extend((0..cols).flat_map(|c| (0..rows).map(move |row| (row, c))).map(|(row, c)| v[row * cols + c]));
-        } else {
-            values.extend(v);
-        }
+        values.extend(transpose(v, r.transpose.then(|| (view.shape[0], view.shape[1]))));
     }
     Ok(TensorData::new(values, single_shape(files, parts)?))
 }
