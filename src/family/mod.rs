@@ -12,6 +12,7 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use burn::tensor::Tensor;
 
+use crate::models::sd3::SD3Transformer2DModel;
 use crate::models::unet::{TextTime, UNet2DConditionModel};
 use crate::objective::ObjectiveName;
 
@@ -141,5 +142,11 @@ impl Denoiser for UNet2DConditionModel {
             .as_ref()
             .map(|time_ids| TextTime { text_embeds: cond.pooled.clone(), time_ids: time_ids.clone() });
         self.forward_at(noisy, timestep, cond.context.clone(), extra.as_ref())
+    }
+}
+
+impl Denoiser for SD3Transformer2DModel {
+    fn predict(&self, noisy: Tensor<4>, timestep: Tensor<1>, cond: &Conditioning) -> Tensor<4> {
+        self.forward(noisy, timestep, cond.context.clone(), cond.pooled.clone())
     }
 }

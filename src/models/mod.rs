@@ -12,6 +12,7 @@ pub mod nn;
 pub mod pth;
 pub mod resnet;
 pub mod sampling;
+pub mod sd3;
 pub mod single_file;
 pub mod t5;
 pub mod unet;

@@ -153,6 +153,50 @@ impl LayerNorm {
     }
 }
 
+/// A layer norm without affine parameters (`elementwise_affine=False`), statistics in f32.
+pub fn layer_norm_plain<const D: usize>(x: Tensor<D>, eps: f64) -> Tensor<D> {
+    normalize(x, D - 1, eps)
+}
+
+/// An RMS norm over the last dimension (diffusers' `RMSNorm`, T5's layer norm): x / √(mean(x²) + ε) · w,
+/// in f32, returned in the input's dtype.
+pub fn rms_norm<const D: usize>(x: Tensor<D>, weight: &Param<Tensor<1>>, eps: f64) -> Tensor<D> {
+    let dtype = x.dtype();
+    let x = if dtype == DType::F32 { x } else { x.cast(DType::F32) };
+    let variance = x.clone().square().mean_dim(D - 1);
+    let y = x.div(variance.add_scalar(eps).sqrt());
+    let dim = weight.dims()[0];
+    let mut shape = [1usize; D];
+    shape[D - 1] = dim;
+    let y = y.mul(like(weight, DType::F32).reshape(shape));
+    if dtype == DType::F32 { y } else { y.cast(dtype) }
+}
+
+/// [`rms_norm`] with its weight (diffusers' `RMSNorm` with `elementwise_affine`, T5's layer norm).
+#[derive(Module, Debug)]
+pub struct RmsNorm {
+    pub weight: Param<Tensor<1>>,
+    eps: f64,
+}
+
+impl RmsNorm {
+    pub fn load(w: &Weights, dim: usize, eps: f64) -> Self {
+        Self { weight: w.param("weight", [dim], Init::Ones), eps }
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        rms_norm(x, &self.weight, self.eps)
+    }
+}
+
+/// GELU's tanh approximation (`gelu(approximate="tanh")`, transformers' `gelu_new`).
+pub fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    let c = (2.0 / std::f64::consts::PI).sqrt();
+    let cube = x.clone() * x.clone() * x.clone();
+    let inner = (x.clone() + cube.mul_scalar(0.044715)).mul_scalar(c);
+    x.mul_scalar(0.5) * inner.tanh().add_scalar(1.0)
+}
+
 pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     activation::silu(x)
 }

@@ -218,6 +218,12 @@ impl<'a> Weights<'a> {
         &self.shared.device
     }
 
+    /// True while building with 1-element placeholders (a precheck or a key-tree dry run):
+    /// computed buffers must not be allocated at full size either.
+    pub fn placeholders(&self) -> bool {
+        self.shared.placeholders
+    }
+
     /// The cursor one level down: `pp("down_blocks").pp(0)` reads `down_blocks.0.*`.
     pub fn pp(&self, name: impl fmt::Display) -> Self {
         let prefix = if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) };

@@ -14,29 +14,11 @@ use burn::module::{Module, Param};
 use burn::tensor::{DType, Device, Int, Tensor, TensorData, activation};
 
 pub use self::config::T5Config;
-use super::nn::{Linear, like};
+use super::nn::{Linear, RmsNorm, gelu_tanh, like};
 use super::weights::{Init, Weights};
 
 /// T5's layer norm: x / √(mean(x²) + ε) · w (no mean, no bias), in f32.
-#[derive(Module, Debug)]
-pub struct T5LayerNorm {
-    pub weight: Param<Tensor<1>>,
-    eps: f64,
-}
-
-impl T5LayerNorm {
-    fn load(w: &Weights, d: usize, eps: f64) -> Self {
-        Self { weight: w.param("weight", [d], Init::Ones), eps }
-    }
-
-    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let dtype = x.dtype();
-        let x = x.cast(DType::F32);
-        let variance = x.clone().square().mean_dim(2);
-        let h = x.div(variance.add_scalar(self.eps).sqrt());
-        (h * like(&self.weight, DType::F32).unsqueeze()).cast(dtype)
-    }
-}
+pub type T5LayerNorm = RmsNorm;
 
 #[derive(Module, Debug)]
 pub struct T5Attention {
@@ -162,7 +144,7 @@ impl T5EncoderModel {
         for block in &self.blocks {
             x = x.clone() + block.attention.forward(block.attention_norm.forward(x), bias.clone());
             let h = block.ff_norm.forward(x.clone());
-            let gated = gelu_new(block.wi_0.forward(h.clone())) * block.wi_1.forward(h);
+            let gated = gelu_tanh(block.wi_0.forward(h.clone())) * block.wi_1.forward(h);
             x = x + block.wo.forward(gated);
         }
         self.final_layer_norm.forward(x).cast(dtype)
@@ -181,12 +163,4 @@ impl T5Attention {
         let out = attn.matmul(v).swap_dims(1, 2).reshape([b, l, self.heads * self.d_kv]);
         self.o.forward(out)
     }
-}
-
-/// GPT-2's tanh approximation of GELU (transformers' `gelu_new`).
-fn gelu_new(x: Tensor<3>) -> Tensor<3> {
-    let c = (2.0 / std::f64::consts::PI).sqrt();
-    let cube = x.clone() * x.clone() * x.clone();
-    let inner = (x.clone() + cube.mul_scalar(0.044715)).mul_scalar(c);
-    x.mul_scalar(0.5) * inner.tanh().add_scalar(1.0)
 }

@@ -1,0 +1,130 @@
+//! SD3's input embeddings: latent patches with a cropped 2-D sin-cos position table
+//! (`PatchEmbed` with `pos_embed_max_size`), and the timestep + pooled-text conditioning
+//! vector (`CombinedTimestepTextProjEmbeddings`).
+
+use anyhow::{Result, ensure};
+use burn::module::Module;
+use burn::tensor::{DType, Int, Tensor, TensorData};
+
+use crate::models::nn::{Conv2d, Linear, silu};
+use crate::models::unet::embeddings::{TimestepEmbedding, timestep_embedding};
+use crate::models::weights::{Init, Weights};
+
+/// diffusers' `get_2d_sincos_pos_embed(dim, grid, base_size)` as [grid·grid, dim] f32, row
+/// major over (row, column): the first half of each vector encodes the column, the second
+/// the row. Positions are f32 (`arange / (grid / base)`), frequencies and sin/cos f64, as
+/// torch computes them.
+pub fn sincos_table(dim: usize, grid: usize, base_size: usize) -> Vec<f32> {
+    let quarter = dim / 4;
+    let step = (grid as f64 / base_size as f64) as f32;
+    let omega: Vec<f64> = (0..quarter).map(|i| 1.0 / 10000f64.powf(i as f64 / quarter as f64)).collect();
+    let mut out = Vec::with_capacity(grid * grid * dim);
+    for row in 0..grid {
+        for col in 0..grid {
+            for pos in [col, row] {
+                let p = ((pos as f32) / step) as f64;
+                out.extend(omega.iter().map(|w| (p * w).sin() as f32));
+                out.extend(omega.iter().map(|w| (p * w).cos() as f32));
+            }
+        }
+    }
+    out
+}
+
+#[derive(Module, Debug)]
+pub struct PatchEmbed {
+    pub proj: Conv2d,
+    /// [max·max, D] f32: not trained (a buffer in diffusers, saved with the weights).
+    pub pos_embed: Tensor<2>,
+    patch: usize,
+    max_size: usize,
+}
+
+impl PatchEmbed {
+    /// The position table comes from the file when it has one (diffusers saves it), else
+    /// it is computed as diffusers computes it.
+    pub fn load(w: &Weights, in_channels: usize, dim: usize, patch: usize, max_size: usize, base: usize) -> Self {
+        let shape = [1, max_size * max_size, dim];
+        let pos_embed = if w.contains("pos_embed") {
+            w.tensor("pos_embed", shape, Init::Zeros).cast(DType::F32)
+        } else {
+            let n = if w.placeholders() { 1 } else { max_size * max_size };
+            let data = if n == 1 { vec![0.0; dim] } else { sincos_table(dim, max_size, base) };
+            Tensor::from_data(TensorData::new(data, [1, n, dim]), (w.device(), DType::F32))
+        };
+        let [_, n, d] = pos_embed.dims();
+        Self {
+            proj: Conv2d::load(&w.pp("proj"), in_channels, dim, patch, patch, 0),
+            pos_embed: pos_embed.reshape([n, d]),
+            patch,
+            max_size,
+        }
+    }
+
+    /// Refuses latents the position table cannot place.
+    pub fn check(&self, h: usize, w: usize) -> Result<()> {
+        let p = self.patch;
+        ensure!(h % p == 0 && w % p == 0, "latents {h}×{w} are not a multiple of the patch size {p}");
+        ensure!(
+            h / p <= self.max_size && w / p <= self.max_size,
+            "latents {h}×{w} are {}×{} patches; the position table holds at most {m}×{m} (pos_embed_max_size)",
+            h / p,
+            w / p,
+            m = self.max_size
+        );
+        Ok(())
+    }
+
+    /// [B, C, H, W] latents → [B, (H/p)·(W/p), D] tokens with their positions added.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<3> {
+        let [_, _, h, w] = x.dims();
+        let (gh, gw) = (h / self.patch, w / self.patch);
+        let dtype = x.dtype();
+        let patches = self.proj.forward(x);
+        let [b, d, _, _] = patches.dims();
+        let tokens = patches.reshape([b, d, gh * gw]).swap_dims(1, 2);
+        // The centre crop of the table (`cropped_pos_embed`), rows top.., columns left...
+        let (top, left) = ((self.max_size - gh) / 2, (self.max_size - gw) / 2);
+        let ids: Vec<i64> =
+            (0..gh).flat_map(|r| (0..gw).map(move |c| ((top + r) * self.max_size + left + c) as i64)).collect();
+        let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [gh * gw]), &tokens.device());
+        let pos = self.pos_embed.clone().select(0, ids).unsqueeze::<3>();
+        (tokens.cast(DType::F32) + pos).cast(dtype)
+    }
+}
+
+/// `PixArtAlphaTextProjection` with SiLU: the pooled text embedding's MLP.
+#[derive(Module, Debug)]
+pub struct TextProjection {
+    pub linear_1: Linear,
+    pub linear_2: Linear,
+}
+
+/// `CombinedTimestepTextProjEmbeddings`: MLP(sinusoid(t)) + MLP(pooled).
+#[derive(Module, Debug)]
+pub struct TimeTextEmbed {
+    pub timestep_embedder: TimestepEmbedding,
+    pub text_embedder: TextProjection,
+}
+
+impl TimeTextEmbed {
+    pub fn load(w: &Weights, dim: usize, pooled_dim: usize) -> Self {
+        let t = w.pp("text_embedder");
+        Self {
+            timestep_embedder: TimestepEmbedding::load(&w.pp("timestep_embedder"), 256, dim),
+            text_embedder: TextProjection {
+                linear_1: Linear::load(&t.pp("linear_1"), pooled_dim, dim, true),
+                linear_2: Linear::load(&t.pp("linear_2"), dim, dim, true),
+            },
+        }
+    }
+
+    /// `timestep` [B] (σ·1000 for SD3), `pooled` [B, P] → [B, D] in the pooled dtype.
+    pub fn forward(&self, timestep: Tensor<1>, pooled: Tensor<2>) -> Tensor<2> {
+        let dtype = pooled.dtype();
+        let t = timestep_embedding(timestep, 256, true, 0.0).cast(dtype);
+        let t = self.timestep_embedder.forward(t);
+        let p = self.text_embedder.linear_2.forward(silu(self.text_embedder.linear_1.forward(pooled)));
+        t + p
+    }
+}
