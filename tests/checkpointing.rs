@@ -31,7 +31,10 @@ fn batch(device: &burn::tensor::Device, latent: usize) -> PairBatch {
         timesteps: vec![17, 640],
         encoder_hidden_states: tensor(4, [b, 77, 48], device),
         text_embeds: tensor(5, [b, 32], device),
-        time_ids: Tensor::from_data(TensorData::new([64.0f32, 64.0, 0.0, 0.0, 64.0, 64.0].repeat(b), [b, 6]), device),
+        time_ids: Some(Tensor::from_data(
+            TensorData::new([64.0f32, 64.0, 0.0, 0.0, 64.0, 64.0].repeat(b), [b, 6]),
+            device,
+        )),
     }
 }
 

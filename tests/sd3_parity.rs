@@ -12,7 +12,7 @@ use mapo::models::sd3::SD3Transformer2DModel;
 use mapo::models::sd3::embed::sincos_table;
 
 fn transformer(variant: &str) -> SD3Transformer2DModel {
-    let dir = fixtures().join(format!("tiny-{variant}-transformer"));
+    let dir = fixtures().join(format!("tiny-{variant}/transformer"));
     SD3Transformer2DModel::from_dir(&dir, &device(), DType::F32).unwrap().0
 }
 

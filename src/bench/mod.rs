@@ -128,13 +128,13 @@ pub fn train_step(b: &TrainBench) -> Result<serde_json::Value> {
         timesteps: (0..b.batch).map(|i| (100 + 97 * i as i64) % 1000).collect(),
         encoder_hidden_states: tensor(4, [b.batch, 77, config.cross_attention_dim], &device),
         text_embeds: tensor(5, [b.batch, text_dim.max(1)], &device),
-        time_ids: Tensor::from_data(
+        time_ids: Some(Tensor::from_data(
             TensorData::new(
                 (0..b.batch).flat_map(|_| [size, size, 0.0, 0.0, size, size]).collect::<Vec<f32>>(),
                 [b.batch, 6],
             ),
             &device,
-        ),
+        )),
     };
     let objective = Objective::sdxl();
     let mut optimizer = Optimizer::new(OptimizerConfig::adamw(1e-5));

@@ -129,6 +129,22 @@ pub struct Conditioning {
     pub time_ids: Option<Tensor<2>>,
 }
 
+/// A denoiser the training step can train: a module whose parameters the optimizer walks.
+/// `as_unet` opens the UNet's block-level gradient checkpointing, the one family that has it.
+pub trait TrainDenoiser: Denoiser + burn::module::Module + Clone + Send {
+    fn as_unet(&self) -> Option<&UNet2DConditionModel> {
+        None
+    }
+}
+
+impl TrainDenoiser for UNet2DConditionModel {
+    fn as_unet(&self) -> Option<&UNet2DConditionModel> {
+        Some(self)
+    }
+}
+
+impl TrainDenoiser for SD3Transformer2DModel {}
+
 /// One call of a family's denoiser: the prediction (ε or velocity, as the objective says)
 /// for noisy latents at the model's timesteps.
 pub trait Denoiser {

@@ -51,6 +51,8 @@ pub struct FlowMatching {
     pub config: FlowConfig,
     /// σ of each grid index, high to low (f32, as the scheduler stores them).
     pub sigmas: Vec<f32>,
+    /// N: the model is called at σ·N.
+    time_scale: f32,
 }
 
 impl FlowMatching {
@@ -68,7 +70,19 @@ impl FlowMatching {
         let n = config.num_train_timesteps;
         // `FlowMatchEulerDiscreteScheduler.__init__`: timesteps N..1, σ = t/N, shifted.
         let sigmas = (0..n).map(|i| shift_sigma(config.shift, (n - i) as f32 / n as f32)).collect();
-        Ok(Self { config, sigmas })
+        Ok(Self { config, sigmas, time_scale: n as f32 })
+    }
+
+    /// A "grid" of exactly these σ (index i is `sigmas[i]`), the model called at σ·1000:
+    /// `forward train-step` takes σ per row rather than drawing it.
+    pub fn at_sigmas(sigmas: Vec<f32>) -> Result<Self> {
+        ensure!(!sigmas.is_empty(), "no σ given");
+        if let Some(s) = sigmas.iter().find(|s| !(s.is_finite() && **s > 0.0 && **s < 1.0)) {
+            anyhow::bail!("σ = {s} is outside (0, 1)");
+        }
+        let config = FlowConfig::default();
+        let time_scale = config.num_train_timesteps as f32;
+        Ok(Self { config, sigmas, time_scale })
     }
 
     pub fn num_train_timesteps(&self) -> usize {
@@ -95,7 +109,7 @@ impl FlowMatching {
 
     /// The model's timestep at a grid index: σ·N in f32 (the scheduler's `timesteps`).
     pub fn timestep(&self, index: i64) -> f32 {
-        self.sigma(index) * self.num_train_timesteps() as f32
+        self.sigma(index) * self.time_scale
     }
 
     /// x_σ = (1 − σ)·x₀ + σ·ε, σ per row.

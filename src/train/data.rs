@@ -57,7 +57,7 @@ pub fn to_batch(rows: &PairRows, cursors: &[usize], seed: u64, objective: &Objec
         timesteps: t,
         encoder_hidden_states: Tensor::from_data(TensorData::new(rows.context.clone(), [b, tokens, d]), device),
         text_embeds: Tensor::from_data(TensorData::new(rows.text_embeds.clone(), [b, rows.shape.pooled]), device),
-        time_ids: Tensor::from_data(TensorData::new(rows.time_ids.clone(), [b, 6]), device),
+        time_ids: Some(Tensor::from_data(TensorData::new(rows.time_ids.clone(), [b, 6]), device)),
     }
 }
 

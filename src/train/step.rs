@@ -2,6 +2,7 @@
 
 use burn::tensor::{DType, Tensor};
 
+use crate::family::TrainDenoiser;
 use crate::family::{Conditioning, Denoiser};
 use crate::losses::{Errors, Layout, LossInput, Method, loss_dtype};
 use crate::models::named::param_grads;
@@ -26,8 +27,10 @@ pub struct PairBatch {
     /// One timestep per pair, shared by both images.
     pub timesteps: Vec<i64>,
     pub encoder_hidden_states: Tensor<3>,
+    /// Pooled text: SDXL's `text_embeds`, SD3's `pooled_projections`.
     pub text_embeds: Tensor<2>,
-    pub time_ids: Tensor<2>,
+    /// SDXL's micro-conditioning [B, 6]; None for flow families.
+    pub time_ids: Option<Tensor<2>>,
 }
 
 #[derive(Debug, Clone)]
@@ -47,7 +50,8 @@ struct Inputs {
     model_t: Tensor<1>,
     target: Tensor<4>,
     context: Tensor<3>,
-    cond: TextTime,
+    pooled: Tensor<2>,
+    time_ids: Option<Tensor<2>>,
 }
 
 fn inputs(batch: &PairBatch, objective: &Objective, with_rejected: bool) -> Inputs {
@@ -61,7 +65,8 @@ fn inputs(batch: &PairBatch, objective: &Objective, with_rejected: bool) -> Inpu
             timesteps: batch.timesteps.clone(),
             target: target_w,
             context: batch.encoder_hidden_states.clone(),
-            cond: TextTime { text_embeds: batch.text_embeds.clone(), time_ids: batch.time_ids.clone() },
+            pooled: batch.text_embeds.clone(),
+            time_ids: batch.time_ids.clone(),
         };
     };
     let noisy_l = objective.noisy(rejected.clone(), batch.noise.clone(), &batch.timesteps);
@@ -73,10 +78,8 @@ fn inputs(batch: &PairBatch, objective: &Objective, with_rejected: bool) -> Inpu
         timesteps,
         target: Tensor::cat(vec![target_w, target_l], 0),
         context: Tensor::cat(vec![batch.encoder_hidden_states.clone(); 2], 0),
-        cond: TextTime {
-            text_embeds: Tensor::cat(vec![batch.text_embeds.clone(); 2], 0),
-            time_ids: Tensor::cat(vec![batch.time_ids.clone(); 2], 0),
-        },
+        pooled: Tensor::cat(vec![batch.text_embeds.clone(); 2], 0),
+        time_ids: batch.time_ids.clone().map(|t| Tensor::cat(vec![t; 2], 0)),
     }
 }
 
@@ -85,8 +88,8 @@ fn inputs(batch: &PairBatch, objective: &Objective, with_rejected: bool) -> Inpu
 fn predict(model: &impl Denoiser, x: &Inputs, dtype: DType) -> Tensor<4> {
     let cond = Conditioning {
         context: x.context.clone().cast(dtype),
-        pooled: x.cond.text_embeds.clone().cast(dtype),
-        time_ids: Some(x.cond.time_ids.clone()),
+        pooled: x.pooled.clone().cast(dtype),
+        time_ids: x.time_ids.clone(),
     };
     model.predict(x.noisy.clone().cast(dtype), x.model_t.clone(), &cond).cast(DType::F32)
 }
@@ -94,7 +97,7 @@ fn predict(model: &impl Denoiser, x: &Inputs, dtype: DType) -> Tensor<4> {
 /// [`predict`] through the block-checkpointed forward pass: the prediction (in f32) is a
 /// tracked leaf whose gradient the loss gives, and the tape its backward pass needs.
 fn predict_checkpointed(unet: &UNet2DConditionModel, x: &Inputs, dtype: DType) -> (Tensor<4>, Tape) {
-    let cond = x.cond.cast(dtype);
+    let cond = unet_cond(x, dtype);
     let (pred, tape) = unet.forward_checkpointed(
         x.noisy.clone().cast(dtype),
         x.model_t.clone(),
@@ -104,16 +107,22 @@ fn predict_checkpointed(unet: &UNet2DConditionModel, x: &Inputs, dtype: DType) -
     (Tensor::from_inner(pred.cast(DType::F32)).require_grad(), tape)
 }
 
+/// SDXL's added conditioning of the UNet inputs, in `dtype`.
+fn unet_cond(x: &Inputs, dtype: DType) -> TextTime {
+    let time_ids = x.time_ids.clone().expect("SDXL batches carry time_ids");
+    TextTime { text_embeds: x.pooled.clone(), time_ids }.cast(dtype)
+}
+
 /// Per-pair errors of `unet` on a batch's chosen and rejected images, in f32 (evaluation:
 /// call it with a model on a plain device, no graph is recorded).
-pub fn pair_errors(unet: &UNet2DConditionModel, batch: &PairBatch, objective: &Objective) -> Errors {
+pub fn pair_errors(unet: &impl Denoiser, batch: &PairBatch, objective: &Objective) -> Errors {
     pair_errors_in(unet, batch, objective, DType::F32, true)
 }
 
 /// [`pair_errors`] with activations in `dtype`, chosen only unless `with_rejected` (and the
 /// batch has rejected images).
 pub fn pair_errors_in(
-    unet: &UNet2DConditionModel,
+    unet: &impl Denoiser,
     batch: &PairBatch,
     objective: &Objective,
     dtype: DType,
@@ -125,17 +134,17 @@ pub fn pair_errors_in(
 }
 
 /// What a method that needs a reference compares against.
-pub enum Reference<'a> {
+pub enum Reference<'a, M = UNet2DConditionModel> {
     /// No reference (reference-free methods).
     None,
     /// The frozen model, run on the inner (non-autodiff) device.
-    Model(&'a UNet2DConditionModel),
+    Model(&'a M),
     /// Its per-pair errors, computed before training (`reference_cache`), on the inner device.
     Errors(Box<Errors>),
 }
 
-impl<'a> From<Option<&'a UNet2DConditionModel>> for Reference<'a> {
-    fn from(model: Option<&'a UNet2DConditionModel>) -> Self {
+impl<'a, M> From<Option<&'a M>> for Reference<'a, M> {
+    fn from(model: Option<&'a M>) -> Self {
         model.map_or(Reference::None, Reference::Model)
     }
 }
@@ -175,9 +184,9 @@ pub enum Phase {
 ///
 /// `reference` is the frozen model (or its errors) for methods that need one; it runs on the
 /// inner (non-autodiff) device, so no graph is recorded for it.
-pub fn forward_backward<'a>(
-    unet: &UNet2DConditionModel,
-    reference: impl Into<Reference<'a>>,
+pub fn forward_backward<'a, M: TrainDenoiser + 'a>(
+    unet: &M,
+    reference: impl Into<Reference<'a, M>>,
     method: &Method,
     batch: &PairBatch,
     objective: &Objective,
@@ -188,9 +197,9 @@ pub fn forward_backward<'a>(
 
 /// [`forward_backward`], calling `probe` after the forward pass and after the backward one
 /// (`mapo bench train-step` reads the memory of each phase there).
-pub fn forward_backward_probed<'a>(
-    unet: &UNet2DConditionModel,
-    reference: impl Into<Reference<'a>>,
+pub fn forward_backward_probed<'a, M: TrainDenoiser + 'a>(
+    unet: &M,
+    reference: impl Into<Reference<'a, M>>,
     method: &Method,
     batch: &PairBatch,
     objective: &Objective,
@@ -208,9 +217,11 @@ pub fn forward_backward_probed<'a>(
     let dtype = loss_dtype(&x.noisy.device());
     let lift = |t: Tensor<1>| to_autodiff(t, x.noisy.gradient_checkpointing_strategy());
 
-    let (pred, tape) = if exec.checkpointing {
-        let (pred, tape) = predict_checkpointed(unet, &x, compute);
-        (pred, Some(tape))
+    // Block checkpointing is the UNet's (other families keep the whole graph).
+    let checkpointed = unet.as_unet().filter(|_| exec.checkpointing);
+    let (pred, tape) = if let Some(u) = checkpointed {
+        let (pred, tape) = predict_checkpointed(u, &x, compute);
+        (pred, Some((u, tape)))
     } else {
         (predict(unet, &x, compute), None)
     };
@@ -233,10 +244,8 @@ pub fn forward_backward_probed<'a>(
                     model_t: x.model_t.clone().inner(),
                     target: x.target.clone().inner(),
                     context: x.context.clone().inner(),
-                    cond: TextTime {
-                        text_embeds: x.cond.text_embeds.clone().inner(),
-                        time_ids: x.cond.time_ids.clone().inner(),
-                    },
+                    pooled: x.pooled.clone().inner(),
+                    time_ids: x.time_ids.clone().map(|t| t.inner()),
                 };
                 let ref_pred = to_autodiff(predict(m, &plain, compute), x.noisy.gradient_checkpointing_strategy());
                 input.with_reference_prediction(ref_pred, x.target.clone(), dtype)
@@ -250,11 +259,11 @@ pub fn forward_backward_probed<'a>(
     let backward = out.loss.backward();
     let grads = match tape {
         // The loss's gradient of the prediction, then the UNet's backward unit by unit.
-        Some(tape) => {
+        Some((u, tape)) => {
             let g = pred.grad(&backward).expect("the prediction is a tracked leaf").cast(compute);
             drop(backward);
-            let cond = x.cond.cast(compute);
-            unet.backward_checkpointed(tape, g, x.noisy.cast(compute), x.model_t, x.context.cast(compute), Some(&cond))
+            let cond = unet_cond(&x, compute);
+            u.backward_checkpointed(tape, g, x.noisy.cast(compute), x.model_t, x.context.cast(compute), Some(&cond))
         }
         None => param_grads(unet, &backward).into_iter().filter_map(|(name, g, _)| g.map(|g| (name, g))).collect(),
     };
@@ -284,14 +293,14 @@ pub struct Update {
 /// Global gradient-norm clipping and one optimizer step, skipped (weights and optimizer
 /// state unchanged) when the loss or the gradient norm is not finite. The one update of
 /// `mapo train`, `forward train-step` and `bench train-step`.
-pub fn apply_update(
-    unet: UNet2DConditionModel,
+pub fn apply_update<M: TrainDenoiser>(
+    unet: M,
     grads: &GradMap,
     optimizer: &mut Optimizer,
     lr: f64,
     max_grad_norm: f64,
     loss: f64,
-) -> (UNet2DConditionModel, Update) {
+) -> (M, Update) {
     let grad_norm = if loss.is_finite() { global_grad_norm(grads) } else { f64::NAN };
     if !grad_norm.is_finite() {
         return (unet, Update { grad_norm, applied: false });
@@ -301,7 +310,7 @@ pub fn apply_update(
 
 /// Whether every parameter that has a gradient (the ones an update touched) is finite: one
 /// fused reduction (x·0 is NaN exactly when x is not finite) and one device read.
-pub fn updated_params_finite(unet: &UNet2DConditionModel, grads: &GradMap) -> bool {
+pub fn updated_params_finite(unet: &impl TrainDenoiser, grads: &GradMap) -> bool {
     let mut parts = Vec::new();
     crate::models::named::for_each_param(unet, |name, t, _| {
         if grads.contains_key(&name) {
@@ -313,9 +322,9 @@ pub fn updated_params_finite(unet: &UNet2DConditionModel, grads: &GradMap) -> bo
 
 /// Forward, loss, backward, global clipping and one optimizer step on one batch.
 #[allow(clippy::too_many_arguments)]
-pub fn train_step(
-    unet: UNet2DConditionModel,
-    reference: Option<&UNet2DConditionModel>,
+pub fn train_step<M: TrainDenoiser>(
+    unet: M,
+    reference: Option<&M>,
     method: &Method,
     batch: &PairBatch,
     objective: &Objective,
@@ -323,7 +332,7 @@ pub fn train_step(
     lr: f64,
     max_grad_norm: f64,
     exec: impl Into<Execution>,
-) -> (UNet2DConditionModel, StepStats) {
+) -> (M, StepStats) {
     let micro = forward_backward(&unet, reference, method, batch, objective, exec);
     let (unet, update) = apply_update(unet, &micro.grads, optimizer, lr, max_grad_norm, micro.loss);
     (unet, StepStats { loss: micro.loss, metrics: micro.metrics, grad_norm: update.grad_norm })

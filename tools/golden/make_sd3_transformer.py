@@ -2,7 +2,7 @@
 
 Writes to tests/fixtures/ (all tensors f32):
 
-tiny-sd3-transformer/, tiny-sd35-transformer/: diffusers SD3Transformer2DModel folders
+tiny-sd3/transformer/, tiny-sd35/transformer/: diffusers SD3Transformer2DModel folders
   (save_pretrained, safetensors). Both: sample_size 8, patch_size 2, in/out channels 16,
   3 layers, 2 heads of 8 (inner dim 16 = caption_projection_dim), joint_attention_dim 24,
   pooled_projection_dim 20, pos_embed_max_size 12. tiny-sd3: no dual attention, no qk norm;
@@ -75,7 +75,7 @@ VARIANTS = {
 
 
 def folder(v):
-    return os.path.join(OUT, f"tiny-{v}-transformer")
+    return os.path.join(OUT, f"tiny-{v}", "transformer")
 
 
 def make_model(v, seed):
@@ -118,7 +118,7 @@ for seed, v in enumerate(VARIANTS):
         assert all(f.get_tensor(k).dtype == torch.float32 for k in keys)
     size = sum(os.path.getsize(os.path.join(folder(v), n)) for n in os.listdir(folder(v)))
     assert size < 300_000, (v, size)
-    print(f"== tiny-{v}-transformer: {len(keys)} tensors, {sum(p.numel() for p in model.parameters())} "
+    print(f"== tiny-{v}/transformer: {len(keys)} tensors, {sum(p.numel() for p in model.parameters())} "
           f"parameters, {size} bytes")
     for k in sorted(keys):
         print(f"  {k} {list(shapes[k])}")
@@ -217,7 +217,7 @@ def train_case(name, v, method, optim):
            "expected.loss": torch.stack(losses), "expected.grad_norm": torch.stack(norms)}
     for k, p in model.named_parameters():
         out[f"expected.after.{k}"] = p.detach().clone()
-    meta = {"model": f"tiny-{v}-transformer", "method": method, "optimizer": optim, "steps": str(STEPS),
+    meta = {"model": f"tiny-{v}/transformer", "method": method, "optimizer": optim, "steps": str(STEPS),
             "max_grad_norm": str(MAX_NORM), **{f"optim.{k}": str(val) for k, val in hp.items()}}
     if method == "dpo":
         meta["beta"] = str(DPO_BETA)

@@ -57,7 +57,11 @@ impl SD3TransformerConfig {
                 && self.sample_size >= self.patch_size,
             "transformer config: sizes must be > 0 and sample_size ≥ patch_size"
         );
-        ensure!(self.inner_dim() % 2 == 0, "transformer config: heads × head_dim {} must be even", self.inner_dim());
+        ensure!(
+            self.inner_dim().is_multiple_of(4),
+            "transformer config: heads × head_dim {} must be a multiple of 4 (the 2-D sin-cos position table)",
+            self.inner_dim()
+        );
         ensure!(
             self.caption_projection_dim == self.inner_dim(),
             "transformer config: caption_projection_dim {} must equal num_attention_heads × attention_head_dim = {} \

@@ -64,7 +64,7 @@ impl PatchEmbed {
     /// Refuses latents the position table cannot place.
     pub fn check(&self, h: usize, w: usize) -> Result<()> {
         let p = self.patch;
-        ensure!(h % p == 0 && w % p == 0, "latents {h}×{w} are not a multiple of the patch size {p}");
+        ensure!(h.is_multiple_of(p) && w.is_multiple_of(p), "latents {h}×{w} are not a multiple of the patch size {p}");
         ensure!(
             h / p <= self.max_size && w / p <= self.max_size,
             "latents {h}×{w} are {}×{} patches; the position table holds at most {m}×{m} (pos_embed_max_size)",
