@@ -20,7 +20,7 @@ fn vae_encode_decode_match_diffusers() {
 #[test]
 fn sd3_vae_matches_diffusers() {
     let device = device();
-    let (vae, config) = AutoencoderKL::from_dir(&fixtures().join("tiny-sd3-vae"), &device, DType::F32).unwrap();
+    let (vae, config) = AutoencoderKL::from_dir(&fixtures().join("tiny-sd35/vae"), &device, DType::F32).unwrap();
     assert_eq!((config.latent_channels, config.shift_factor, config.use_quant_conv), (16, Some(0.0609), false));
     assert!(vae.quant_conv.is_none() && vae.post_quant_conv.is_none());
     check_cases(&vae, "sd3_vae_cases.safetensors");

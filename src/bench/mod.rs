@@ -241,7 +241,7 @@ pub fn generate(
     let prompts = Prompts {
         context: tensor(4, [1, 77, config.cross_attention_dim], &device).cast(compute),
         text_embeds: tensor(5, [1, text_dim.max(1)], &device).cast(compute),
-        time_ids: Tensor::from_data(TensorData::new(vec![size, size, 0.0, 0.0, size, size], [1, 6]), &device),
+        time_ids: Some(Tensor::from_data(TensorData::new(vec![size, size, 0.0, 0.0, size, size], [1, 6]), &device)),
         negative: None,
     };
     let euler = EulerSchedule::new(&NoiseSchedule::sdxl(), steps, "leading", 1)?;

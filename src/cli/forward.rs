@@ -8,7 +8,7 @@ use burn::tensor::{DType, Device, Tensor};
 use super::{Component, ForwardArgs};
 use crate::device::{Precision, select};
 use crate::losses::{LossInput, Params, build, loss_dtype, names};
-use crate::models::clip::ClipTextModel;
+use crate::models::clip::{ClipTextConfig, ClipTextModel};
 use crate::models::folder::component_dir;
 use crate::models::folder::{save_as, save_component};
 use crate::models::io::{SafeTensorFiles, write_tensors};
@@ -25,6 +25,9 @@ pub fn run(args: &ForwardArgs) -> Result<()> {
         _ => {}
     }
     let Some(model) = args.model.as_deref() else { bail!("forward {:?} needs --model DIR", args.component) };
+    if args.component == Component::Transformer {
+        return transformer(model, args);
+    }
     if args.lora.is_some() && args.component != Component::Unet {
         bail!("--lora applies to the UNet only (forward unet), not to {:?}", args.component);
     }
@@ -66,17 +69,29 @@ pub fn run(args: &ForwardArgs) -> Result<()> {
         Component::TextEncoder | Component::TextEncoder2 => {
             let second = args.component == Component::TextEncoder2;
             let dir = component_dir(model, if second { "text_encoder_2" } else { "text_encoder" })?;
-            let (enc, _) = ClipTextModel::from_dir(&dir, device, dtype, second)?;
+            // The folder's class decides (SD3's first CLIP has a projection); SDXL's
+            // folders may not say it: then the second is bigG with its projection.
+            let (config, _) = crate::models::config::read_config::<ClipTextConfig>(&dir)?;
+            let projection = config.declares_projection().unwrap_or(second);
+            let (enc, _) = ClipTextModel::from_dir(&dir, device, dtype, projection)?;
             let out = enc.forward(inputs.int::<2>("input_ids", device)?);
-            let mut data = vec![("hidden_states".to_string(), out.penultimate.cast(DType::F32).into_data())];
-            let second_output = match (second, out.text_embeds) {
-                (true, Some(e)) => ("text_embeds", e.cast(DType::F32).into_data()),
-                _ => ("last_hidden_state", out.last_hidden_state.cast(DType::F32).into_data()),
-            };
-            data.push((second_output.0.to_string(), second_output.1));
+            let f32_data = |t: Tensor<3>| t.cast(DType::F32).into_data();
+            let mut data = vec![("hidden_states".to_string(), f32_data(out.penultimate))];
+            match out.text_embeds {
+                Some(e) => data.push(("text_embeds".into(), e.cast(DType::F32).into_data())),
+                None => {
+                    data.push(("last_hidden_state".into(), f32_data(out.last_hidden_state)));
+                    data.push(("pooler_output".into(), out.pooled.cast(DType::F32).into_data()));
+                }
+            }
             return write_tensors(&args.out, data);
         }
-        Component::Loss | Component::TrainStep => unreachable!("handled above"),
+        Component::TextEncoder3 => {
+            let (t5, _) = crate::models::t5::T5EncoderModel::from_dir(&component_dir(model, "text_encoder_3")?, device, dtype)?;
+            let out = t5.forward(inputs.int::<2>("input_ids", device)?);
+            return write_tensors(&args.out, vec![("last_hidden_state".into(), out.cast(DType::F32).into_data())]);
+        }
+        Component::Loss | Component::TrainStep | Component::Transformer => unreachable!("handled above"),
     };
     let data = outputs.into_iter().map(|(n, t)| (n.to_string(), t.cast(DType::F32).into_data())).collect();
     write_tensors(&args.out, data)
@@ -126,9 +141,53 @@ fn check_inputs(model: &Path, component: Component, inputs: &SafeTensorFiles) ->
                 .map_err(|e| anyhow::anyhow!("input_ids: {e:?}"))?;
             check_token_ids(&config, &view.shape, &ids)?;
         }
+        Component::TextEncoder3 => {
+            let (config, _) =
+                read_config::<crate::models::t5::T5Config>(&component_dir(model, "text_encoder_3")?)?;
+            let view = need("input_ids")?;
+            expect_shape("input_ids", &view.shape, &[None, None])?;
+            let ids = view.to_data_any()?.convert::<i64>().try_into_vec::<i64>().map_err(|e| anyhow::anyhow!("input_ids: {e:?}"))?;
+            if let Some((i, id)) = ids.iter().enumerate().find(|(_, id)| **id < 0 || **id >= config.vocab_size as i64) {
+                bail!("input_ids: id {id} at position {i} is outside the vocabulary [0, {})", config.vocab_size);
+            }
+        }
+        Component::Transformer => {
+            let dir = component_dir(model, "transformer")?;
+            let (config, _) = read_config::<crate::models::sd3::SD3TransformerConfig>(&dir)?;
+            check_sd3_inputs(&config, &|n| Ok(need(n)?.shape.clone()))?;
+            for n in ["hidden_states", "encoder_hidden_states", "pooled_projections", "timestep"] {
+                check_finite(n, &floats(n)?)?;
+            }
+        }
         Component::Loss | Component::TrainStep => {}
     }
     Ok(())
+}
+
+/// `forward transformer`: the family's transformer on diffusers' forward inputs.
+fn transformer(model: &Path, args: &ForwardArgs) -> Result<()> {
+    use crate::family::Family;
+    if args.lora.is_some() {
+        bail!("--lora applies to the UNet only for now (forward unet)");
+    }
+    match Family::detect(model)? {
+        Family::Sd3 => {}
+        other => bail!("{}: forward transformer runs SD3 transformers; this is a {} folder", model.display(), other.name()),
+    }
+    let selected = select(args.device.device.as_deref())?;
+    let dtype = selected.precision(&args.device.dtype)?;
+    let device = &selected.device;
+    let inputs = SafeTensorFiles::open_file(&args.inputs)?;
+    check_inputs(model, Component::Transformer, &inputs).with_context(|| format!("{}", args.inputs.display()))?;
+    let dir = component_dir(model, "transformer")?;
+    let (net, _) = crate::models::sd3::SD3Transformer2DModel::from_dir(&dir, device, dtype)?;
+    let sample = net.forward(
+        inputs.float::<4>("hidden_states", device, dtype)?,
+        inputs.float::<1>("timestep", device, DType::F32)?,
+        inputs.float::<3>("encoder_hidden_states", device, dtype)?,
+        inputs.float::<2>("pooled_projections", device, dtype)?,
+    );
+    write_tensors(&args.out, vec![("sample".into(), sample.cast(DType::F32).into_data())])
 }
 
 /// The UNet inputs' shapes and timesteps against the UNet's config, before anything runs.

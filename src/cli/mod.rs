@@ -222,6 +222,12 @@ pub enum Component {
     /// OpenCLIP bigG: `input_ids` → `hidden_states` (penultimate), `text_embeds`.
     #[value(name = "text-encoder-2")]
     TextEncoder2,
+    /// T5 (SD3's `text_encoder_3`): `input_ids` → `last_hidden_state`.
+    #[value(name = "text-encoder-3")]
+    TextEncoder3,
+    /// SD3's transformer: `hidden_states`, `encoder_hidden_states`, `pooled_projections`,
+    /// `timestep` (σ·1000) → `sample` (the velocity).
+    Transformer,
     /// A method's loss from predictions (`--method`, no `--model`).
     Loss,
     /// N full fine-tuning steps of the UNet on one fixed batch.

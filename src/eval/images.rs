@@ -113,7 +113,7 @@ impl Renderer {
             Text::Toy(cond) => {
                 let c = cond.encode(&[Some(prompt.to_string())], &self.device)?;
                 let prompts =
-                    Prompts { context: c.context, text_embeds: c.text_embeds, time_ids: c.time_ids, negative: None };
+                    Prompts { context: c.context, text_embeds: c.text_embeds, time_ids: Some(c.time_ids), negative: None };
                 let noise = initial_noise(seed, 1, [channels, SIZE, SIZE], &self.device);
                 to_images(sample_latents(unet, sampler.as_ref(), &prompts, noise, s.guidance, &mut |_| {}))?
             }
@@ -128,7 +128,7 @@ impl Renderer {
                     TensorData::new(vec![side, side, 0.0, 0.0, side, side], [1, 6]),
                     &self.device,
                 );
-                let prompts = Prompts { context, text_embeds, time_ids, negative: None };
+                let prompts = Prompts { context, text_embeds, time_ids: Some(time_ids), negative: None };
                 let latent = s.size / factor;
                 let noise = initial_noise(seed, 1, [channels, latent, latent], &self.device).cast(dt);
                 let latents = sample_latents(unet, sampler.as_ref(), &prompts, noise, s.guidance, &mut |_| {});

@@ -10,10 +10,10 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use burn::tensor::Tensor;
 
+pub use crate::models::denoiser::{Conditioning, Denoiser};
 use crate::models::sd3::SD3Transformer2DModel;
-use crate::models::unet::{TextTime, UNet2DConditionModel};
+use crate::models::unet::UNet2DConditionModel;
 use crate::objective::ObjectiveName;
 
 /// The model families mapo knows.
@@ -118,17 +118,6 @@ impl Family {
     }
 }
 
-/// A family's conditioning of one batch, on the denoiser's device.
-#[derive(Debug, Clone)]
-pub struct Conditioning {
-    /// Per-token text states: [B, L, D].
-    pub context: Tensor<3>,
-    /// Pooled text embedding: [B, P].
-    pub pooled: Tensor<2>,
-    /// SDXL's micro-conditioning `time_ids` [B, 6] (size and crop); None for other families.
-    pub time_ids: Option<Tensor<2>>,
-}
-
 /// A denoiser the training step can train: a module whose parameters the optimizer walks.
 /// `as_unet` opens the UNet's block-level gradient checkpointing, the one family that has it.
 pub trait TrainDenoiser: Denoiser + burn::module::Module + Clone + Send {
@@ -145,24 +134,3 @@ impl TrainDenoiser for UNet2DConditionModel {
 
 impl TrainDenoiser for SD3Transformer2DModel {}
 
-/// One call of a family's denoiser: the prediction (ε or velocity, as the objective says)
-/// for noisy latents at the model's timesteps.
-pub trait Denoiser {
-    fn predict(&self, noisy: Tensor<4>, timestep: Tensor<1>, cond: &Conditioning) -> Tensor<4>;
-}
-
-impl Denoiser for UNet2DConditionModel {
-    fn predict(&self, noisy: Tensor<4>, timestep: Tensor<1>, cond: &Conditioning) -> Tensor<4> {
-        let extra = cond
-            .time_ids
-            .as_ref()
-            .map(|time_ids| TextTime { text_embeds: cond.pooled.clone(), time_ids: time_ids.clone() });
-        self.forward_at(noisy, timestep, cond.context.clone(), extra.as_ref())
-    }
-}
-
-impl Denoiser for SD3Transformer2DModel {
-    fn predict(&self, noisy: Tensor<4>, timestep: Tensor<1>, cond: &Conditioning) -> Tensor<4> {
-        self.forward(noisy, timestep, cond.context.clone(), cond.pooled.clone())
-    }
-}

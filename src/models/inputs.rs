@@ -5,6 +5,7 @@
 use anyhow::{Result, bail, ensure};
 
 use super::clip::ClipTextConfig;
+use super::sd3::SD3TransformerConfig;
 use super::vae::VaeConfig;
 
 /// `got` against `want` (`None`: any size), and no dimension empty.
@@ -49,6 +50,28 @@ pub fn check_token_ids(config: &ClipTextConfig, shape: &[usize], ids: &[i64]) ->
     if let Some((i, id)) = ids.iter().enumerate().find(|(_, id)| **id < 0 || **id >= config.vocab_size as i64) {
         bail!("input_ids: id {id} at position {i} is outside the vocabulary [0, {})", config.vocab_size);
     }
+    Ok(())
+}
+
+/// The inputs of SD3's transformer (docs/design.md §2b): `hidden_states` [B, C, H, W],
+/// `encoder_hidden_states` [B, L, joint_attention_dim], `pooled_projections` [B, P],
+/// `timestep` [B]; H and W multiples of the patch and within the position table.
+pub fn check_sd3_inputs(c: &SD3TransformerConfig, shape: &dyn Fn(&str) -> Result<Vec<usize>>) -> Result<()> {
+    let x = shape("hidden_states")?;
+    expect_shape("hidden_states", &x, &[None, Some(c.in_channels), None, None])?;
+    let b = Some(x[0]);
+    expect_shape("encoder_hidden_states", &shape("encoder_hidden_states")?, &[b, None, Some(c.joint_attention_dim)])?;
+    expect_shape("pooled_projections", &shape("pooled_projections")?, &[b, Some(c.pooled_projection_dim)])?;
+    expect_shape("timestep", &shape("timestep")?, &[b])?;
+    let (p, m) = (c.patch_size, c.pos_embed_max_size);
+    ensure!(
+        x[2].is_multiple_of(p) && x[3].is_multiple_of(p) && x[2] / p <= m && x[3] / p <= m,
+        "hidden_states: {}×{} latents must be multiples of the patch size {p} and at most {} a side \
+         (pos_embed_max_size {m} patches)",
+        x[2],
+        x[3],
+        m * p
+    );
     Ok(())
 }
 

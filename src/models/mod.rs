@@ -3,6 +3,7 @@
 pub mod attention;
 pub mod clip;
 pub mod config;
+pub mod denoiser;
 pub mod folder;
 pub mod inputs;
 pub mod io;

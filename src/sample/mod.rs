@@ -7,4 +7,5 @@ pub mod noise;
 pub mod pipeline;
 pub mod sampler;
 pub mod schedule;
+pub mod sd3;
 pub mod validate;

@@ -9,14 +9,16 @@ use burn::tensor::{DType, Tensor, TensorData};
 
 use super::noise::gaussian;
 use super::sampler::Sampler;
-use crate::models::unet::{TextTime, UNet2DConditionModel};
+use crate::models::denoiser::{Conditioning, Denoiser};
 use crate::models::vae::AutoencoderKL;
 
 /// Prompt conditioning for K images.
 pub struct Prompts {
     pub context: Tensor<3>,
+    /// Pooled text: SDXL's `text_embeds`, SD3's `pooled_projections`.
     pub text_embeds: Tensor<2>,
-    pub time_ids: Tensor<2>,
+    /// SDXL's micro-conditioning; None for flow families.
+    pub time_ids: Option<Tensor<2>>,
     /// The negative prompt's `(context, text_embeds)`; `None` is SDXL's all-zero negative.
     pub negative: Option<(Tensor<3>, Tensor<2>)>,
 }
@@ -27,11 +29,12 @@ pub fn initial_noise(seed: u64, k: usize, latent_shape: [usize; 3], device: &bur
     Tensor::from_data(TensorData::new(gaussian(seed, k * c * h * w), [k, c, h, w]), device)
 }
 
-/// Final latents (scaled, as the UNet sees them) for each prompt, from unit-variance
-/// `noise` (diffusers' `latents` argument, before the scheduler's init sigma), after
-/// one guided step per sampler timestep.
+/// Final latents (scaled, as the denoiser sees them) for each prompt, from unit-variance
+/// `noise` (diffusers' `latents` argument, before the scheduler's init sigma), after one
+/// step per sampler timestep. Classifier-free guidance runs when `guidance` > 1, as in
+/// diffusers' pipelines (the batch is `[uncond; cond]`); at ≤ 1 the prompt alone.
 pub fn sample_latents(
-    unet: &UNet2DConditionModel,
+    model: &impl Denoiser,
     sampler: &dyn Sampler,
     prompts: &Prompts,
     noise: Tensor<4>,
@@ -40,25 +43,39 @@ pub fn sample_latents(
 ) -> Tensor<4> {
     let device = prompts.context.device();
     let k = prompts.context.dims()[0];
+    let cfg = guidance > 1.0;
     let mut x = noise.mul_scalar(sampler.init_noise_sigma());
-    // [uncond; cond]
-    let (neg_context, neg_text) = match &prompts.negative {
-        Some((c, t)) => (c.clone(), t.clone()),
-        None => (prompts.context.zeros_like(), prompts.text_embeds.zeros_like()),
+    let cond = if cfg {
+        let (neg_context, neg_text) = match &prompts.negative {
+            Some((c, t)) => (c.clone(), t.clone()),
+            None => (prompts.context.zeros_like(), prompts.text_embeds.zeros_like()),
+        };
+        Conditioning {
+            context: Tensor::cat(vec![neg_context, prompts.context.clone()], 0),
+            pooled: Tensor::cat(vec![neg_text, prompts.text_embeds.clone()], 0),
+            time_ids: prompts.time_ids.clone().map(|t| Tensor::cat(vec![t; 2], 0)),
+        }
+    } else {
+        Conditioning {
+            context: prompts.context.clone(),
+            pooled: prompts.text_embeds.clone(),
+            time_ids: prompts.time_ids.clone(),
+        }
     };
-    let context = Tensor::cat(vec![neg_context, prompts.context.clone()], 0);
-    let cond = TextTime {
-        text_embeds: Tensor::cat(vec![neg_text, prompts.text_embeds.clone()], 0),
-        time_ids: Tensor::cat(vec![prompts.time_ids.clone(); 2], 0),
-    };
+    let rows = if cfg { 2 * k } else { k };
     for (i, &t) in sampler.timesteps().iter().enumerate() {
         on_step(i);
-        let input = Tensor::cat(vec![x.clone(); 2], 0).mul_scalar(sampler.input_scale(i));
-        let timesteps = Tensor::<1>::from_data(TensorData::new(vec![t; 2 * k], [2 * k]), (&device, DType::F32));
-        let eps = unet.forward_at(input, timesteps, context.clone(), Some(&cond));
-        let mut halves = eps.chunk(2, 0);
-        let (eps_c, eps_u) = (halves.pop().expect("cond"), halves.pop().expect("uncond"));
-        let guided = eps_u.clone() + (eps_c - eps_u).mul_scalar(guidance);
+        let input = if cfg { Tensor::cat(vec![x.clone(); 2], 0) } else { x.clone() };
+        let input = input.mul_scalar(sampler.input_scale(i));
+        let timesteps = Tensor::<1>::from_data(TensorData::new(vec![t; rows], [rows]), (&device, DType::F32));
+        let pred = model.predict(input, timesteps, &cond);
+        let guided = if cfg {
+            let mut halves = pred.chunk(2, 0);
+            let (pred_c, pred_u) = (halves.pop().expect("cond"), halves.pop().expect("uncond"));
+            pred_u.clone() + (pred_c - pred_u).mul_scalar(guidance)
+        } else {
+            pred
+        };
         x = sampler.step(i, x, guided);
     }
     x

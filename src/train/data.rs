@@ -75,7 +75,7 @@ pub fn prompts(source: &PairSource, k: usize, device: &Device) -> anyhow::Result
     let prompts = Prompts {
         context: Tensor::from_data(TensorData::new(rows.context, [rows.n, tokens, d]), device),
         text_embeds: Tensor::from_data(TensorData::new(rows.text_embeds, [rows.n, rows.shape.pooled]), device),
-        time_ids: Tensor::from_data(TensorData::new(rows.time_ids, [rows.n, 6]), device),
+        time_ids: Some(Tensor::from_data(TensorData::new(rows.time_ids, [rows.n, 6]), device)),
         negative: None,
     };
     Ok((prompts, rows.shape.latent))

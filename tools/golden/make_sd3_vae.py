@@ -3,8 +3,9 @@
 SD3 / SD3.5 (and FLUX) use an AutoencoderKL with 16 latent channels and no quant convs
 (`use_quant_conv = use_post_quant_conv = False`), latents normalised with a shift and a
 scale (`(z - shift_factor) * scaling_factor`). This writes a tiny one with SD3's config
-flags and random weights to tests/fixtures/tiny-sd3-vae/ (f32) and its encode (mean,
-logvar) and decode outputs to tests/fixtures/sd3_vae_cases.safetensors.
+flags and random weights to tests/fixtures/tiny-sd35/vae/ (f32; the VAE of the tiny
+SD3.5 pipeline folder, see make_sd3_pipeline.py) and its encode (mean, logvar) and decode
+outputs to tests/fixtures/sd3_vae_cases.safetensors.
 
 Run: OMP_NUM_THREADS=1 python tools/golden/make_sd3_vae.py
 """
@@ -41,7 +42,7 @@ with torch.no_grad():
         else:
             p.copy_(0.4 * torch.randn_like(p) / max(1.0, p[0].numel() ** 0.5))
 vae.eval()
-vae.save_pretrained(os.path.join(OUT, "tiny-sd3-vae"))
+vae.save_pretrained(os.path.join(OUT, "tiny-sd35", "vae"))
 cases = {}
 for i, (b, h, w) in enumerate([(2, 32, 24), (1, 16, 16)]):
     x = torch.rand(b, 3, h, w) * 2 - 1
@@ -52,4 +53,4 @@ for i, (b, h, w) in enumerate([(2, 32, 24), (1, 16, 16)]):
     cases.update({f"case{i}.sample": x, f"case{i}.mean": dist.mean, f"case{i}.logvar": dist.logvar,
                   f"case{i}.latents": z, f"case{i}.decoded": dec})
 save_file({k: v.contiguous() for k, v in cases.items()}, os.path.join(OUT, "sd3_vae_cases.safetensors"))
-print("wrote tiny-sd3-vae and sd3_vae_cases.safetensors")
+print("wrote tiny-sd35/vae and sd3_vae_cases.safetensors")

@@ -44,7 +44,7 @@ impl ToyEvaluator {
         let cond = Conditioner::load(reference, device)?
             .encode(&subjects.iter().map(|s| Some(s.caption())).collect::<Vec<_>>(), device)?;
         let prompts =
-            Prompts { context: cond.context, text_embeds: cond.text_embeds, time_ids: cond.time_ids, negative: None };
+            Prompts { context: cond.context, text_embeds: cond.text_embeds, time_ids: Some(cond.time_ids), negative: None };
         let data = PairSource::open(pairs, config.seed, 1, false)?;
         let n = config.error_pairs.min(data.len).max(1);
         Ok(Self {

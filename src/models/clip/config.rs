@@ -22,6 +22,20 @@ pub struct ClipTextConfig {
     /// 2 is transformers' legacy value: the pooled token is then argmax(input_ids).
     #[serde(default = "two")]
     pub eos_token_id: i64,
+    /// transformers' class (`CLIPTextModel`, `CLIPTextModelWithProjection`), when saved.
+    #[serde(default)]
+    pub architectures: Vec<String>,
+}
+
+impl ClipTextConfig {
+    /// Whether the folder's class has `text_projection`, when the config says its class.
+    pub fn declares_projection(&self) -> Option<bool> {
+        self.architectures.iter().find_map(|a| match a.as_str() {
+            "CLIPTextModelWithProjection" => Some(true),
+            "CLIPTextModel" => Some(false),
+            _ => None,
+        })
+    }
 }
 
 fn seventy_seven() -> usize {

@@ -101,6 +101,7 @@ impl OpenClipConfig {
                 projection_dim: Some(self.embed_dim),
                 // open_clip pools at argmax(ids): the end token has the largest id.
                 eos_token_id: 2,
+                architectures: Vec::new(),
             },
             vision_config: ClipVisionConfig {
                 hidden_size: v.width,

@@ -33,4 +33,22 @@ impl T5Tokenizer {
         ids.resize(max_length, self.pad as i64);
         Ok(ids)
     }
+
+    /// diffusers' warning when `max_length` cuts the prompt (T5 keeps `max_length − 1`
+    /// content tokens); shown for the first few prompts of a run only.
+    pub fn warn_if_truncated(&self, text: &str, max_length: usize) {
+        static WARNED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        const SHOWN: usize = 3;
+        let Ok(encoding) = self.inner.encode(text, false) else { return };
+        let n = encoding.get_ids().len();
+        if n + 1 > max_length && WARNED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < SHOWN {
+            let shown: String = text.chars().take(60).collect();
+            eprintln!(
+                "warning: the prompt {shown:?}{} is {n} T5 tokens; --max-sequence-length {max_length} keeps {} and \
+                 truncates the rest",
+                if shown.len() < text.len() { "…" } else { "" },
+                max_length.saturating_sub(1)
+            );
+        }
+    }
 }
