@@ -91,3 +91,102 @@ fn sd3_generation_matches_diffusers() {
         }
     }
 }
+
+/// `mapo generate`, `mapo tokenize` and `mapo forward transformer` on the SD3 folder, as
+/// checks outside the repository call them (docs/design.md §2b).
+#[test]
+fn sd3_cli_matches_diffusers() {
+    let f = open("sd3_pipeline.safetensors");
+    let dir = std::env::temp_dir().join(format!("mapo-sd3-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = fixtures().join("tiny-sd35");
+    let init = dir.join("init.safetensors");
+    mapo::models::io::write_tensors(
+        &init,
+        vec![("latents".into(), f.get("cfg.init_latents").unwrap().to_data_any().unwrap())],
+    )
+    .unwrap();
+    let latents = dir.join("latents.safetensors");
+    let args = ["generate", "--model", model.to_str().unwrap(), "--prompt", "a photo of a cat, digits 42!"];
+    let out = run_mapo(
+        &[
+            &args[..],
+            &["--steps", "4", "--guidance", "5", "--width", "24", "--height", "32", "--max-sequence-length", "16"],
+            &["--init-latents", init.to_str().unwrap(), "--save-latents", latents.to_str().unwrap()],
+            &["--out", dir.join("img.png").to_str().unwrap(), "--device", &device_name()],
+        ]
+        .concat(),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let device = device();
+    let got = SafeTensorFiles::open_file(&latents).unwrap().float::<4>("latents", &device, DType::F32).unwrap();
+    assert_close("generate", got, f.float::<4>("cfg.final_latents", &device, DType::F32).unwrap(), 1e-5);
+    assert!(image::open(dir.join("img.png")).unwrap().width() == 24);
+
+    let out =
+        run_mapo(&["tokenize", "--model", model.to_str().unwrap(), "--prompt", "", "--max-sequence-length", "16"]);
+    let ids: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let want: Vec<i64> = ints(&f, "cfg.negative_input_ids_3");
+    assert_eq!(ids["input_ids_3"], serde_json::json!(want));
+    assert_eq!(ids["input_ids_2"], serde_json::json!(ints(&f, "cfg.negative_input_ids_2")));
+
+    // SD3-only options are refused on SDXL folders and the other way round.
+    let sdxl = fixtures().join("tiny-sdxl");
+    let out =
+        mapo_quiet(&["generate", "--model", sdxl.to_str().unwrap(), "--prompt", "x", "--no-t5", "--out", "/dev/null"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--no-t5 applies to SD3"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn forward_transformer_matches_diffusers() {
+    let cases = open("sd3_transformer_cases.safetensors");
+    let dir = std::env::temp_dir().join(format!("mapo-sd3-fwd-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (inp, out) = (dir.join("in.safetensors"), dir.join("out.safetensors"));
+    let names = ["hidden_states", "encoder_hidden_states", "pooled_projections", "timestep"];
+    let tensors = names
+        .iter()
+        .map(|n| (n.to_string(), cases.get(&format!("sd35.case0.{n}")).unwrap().to_data_any().unwrap()))
+        .collect();
+    mapo::models::io::write_tensors(&inp, tensors).unwrap();
+    let model = fixtures().join("tiny-sd35");
+    let r = run_mapo(&[
+        "forward",
+        "transformer",
+        "--model",
+        model.to_str().unwrap(),
+        "--inputs",
+        inp.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--device",
+        &device_name(),
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let device = device();
+    let got = SafeTensorFiles::open_file(&out).unwrap().float::<4>("sample", &device, DType::F32).unwrap();
+    assert_close("forward transformer", got, cases.float::<4>("sd35.case0.sample", &device, DType::F32).unwrap(), 1e-5);
+
+    // A wrong width names the tensor and what was expected.
+    let bad = dir.join("bad.safetensors");
+    let mut tensors: Vec<(String, burn::tensor::TensorData)> = names
+        .iter()
+        .map(|n| (n.to_string(), cases.get(&format!("sd35.case0.{n}")).unwrap().to_data_any().unwrap()))
+        .collect();
+    tensors[1].1 = burn::tensor::TensorData::new(vec![0f32; 2 * 7 * 23], [2, 7, 23]);
+    mapo::models::io::write_tensors(&bad, tensors).unwrap();
+    let r = mapo_quiet(&[
+        "forward",
+        "transformer",
+        "--model",
+        model.to_str().unwrap(),
+        "--inputs",
+        bad.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success() && err.contains("encoder_hidden_states: expected shape [2, _, 24]"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -87,7 +87,8 @@ pub fn run(args: &ForwardArgs) -> Result<()> {
             return write_tensors(&args.out, data);
         }
         Component::TextEncoder3 => {
-            let (t5, _) = crate::models::t5::T5EncoderModel::from_dir(&component_dir(model, "text_encoder_3")?, device, dtype)?;
+            let (t5, _) =
+                crate::models::t5::T5EncoderModel::from_dir(&component_dir(model, "text_encoder_3")?, device, dtype)?;
             let out = t5.forward(inputs.int::<2>("input_ids", device)?);
             return write_tensors(&args.out, vec![("last_hidden_state".into(), out.cast(DType::F32).into_data())]);
         }
@@ -142,11 +143,14 @@ fn check_inputs(model: &Path, component: Component, inputs: &SafeTensorFiles) ->
             check_token_ids(&config, &view.shape, &ids)?;
         }
         Component::TextEncoder3 => {
-            let (config, _) =
-                read_config::<crate::models::t5::T5Config>(&component_dir(model, "text_encoder_3")?)?;
+            let (config, _) = read_config::<crate::models::t5::T5Config>(&component_dir(model, "text_encoder_3")?)?;
             let view = need("input_ids")?;
             expect_shape("input_ids", &view.shape, &[None, None])?;
-            let ids = view.to_data_any()?.convert::<i64>().try_into_vec::<i64>().map_err(|e| anyhow::anyhow!("input_ids: {e:?}"))?;
+            let ids = view
+                .to_data_any()?
+                .convert::<i64>()
+                .try_into_vec::<i64>()
+                .map_err(|e| anyhow::anyhow!("input_ids: {e:?}"))?;
             if let Some((i, id)) = ids.iter().enumerate().find(|(_, id)| **id < 0 || **id >= config.vocab_size as i64) {
                 bail!("input_ids: id {id} at position {i} is outside the vocabulary [0, {})", config.vocab_size);
             }
@@ -172,7 +176,9 @@ fn transformer(model: &Path, args: &ForwardArgs) -> Result<()> {
     }
     match Family::detect(model)? {
         Family::Sd3 => {}
-        other => bail!("{}: forward transformer runs SD3 transformers; this is a {} folder", model.display(), other.name()),
+        other => {
+            bail!("{}: forward transformer runs SD3 transformers; this is a {} folder", model.display(), other.name())
+        }
     }
     let selected = select(args.device.device.as_deref())?;
     let dtype = selected.precision(&args.device.dtype)?;

@@ -3,17 +3,19 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use burn::tensor::{DType, Tensor};
+use burn::tensor::{DType, Device, Tensor};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::DeviceArgs;
 use crate::device::select;
+use crate::family::Family;
 use crate::models::clip::tokenizer::ClipTokenizer;
 use crate::models::io::{SafeTensorFiles, write_tensors};
 use crate::models::lora::{BlockLayout, apply_lora_file};
 use crate::sample::pipeline::SdxlPipeline;
-use crate::sample::validate::{decode_images, initial_noise};
+use crate::sample::sd3::Sd3Pipeline;
+use crate::sample::validate::{decode_images, initial_noise, to_images};
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
@@ -62,6 +64,15 @@ pub struct GenerateArgs {
     /// A diffusers/PEFT LoRA file (`pytorch_lora_weights.safetensors`) to fold into the UNet.
     #[arg(long)]
     pub lora: Option<PathBuf>,
+    /// SD3: a fine-tuned diffusers `transformer/` folder to use instead of the pipeline's.
+    #[arg(long)]
+    pub transformer: Option<PathBuf>,
+    /// SD3: T5 tokens per prompt (diffusers' `max_sequence_length`, default 256).
+    #[arg(long)]
+    pub max_sequence_length: Option<usize>,
+    /// SD3: leave T5 out (zeros in its place, as diffusers allows; saves its ~9 GB).
+    #[arg(long)]
+    pub no_t5: bool,
     /// Output PNG; with several images, `-<n>` is added before the extension.
     #[arg(long)]
     pub out: PathBuf,
@@ -77,13 +88,130 @@ fn check_options(args: &GenerateArgs) -> Result<()> {
     anyhow::ensure!((1..=1000).contains(&args.steps), "--steps {}: must be in 1..=1000", args.steps);
     anyhow::ensure!(args.guidance.is_finite() && args.guidance >= 0.0, "--guidance {}: must be ≥ 0", args.guidance);
     anyhow::ensure!(args.num_images > 0, "--num-images must be > 0");
+    anyhow::ensure!(
+        args.max_sequence_length.is_none_or(|n| (1..=512).contains(&n)),
+        "--max-sequence-length {}: must be in 1..=512",
+        args.max_sequence_length.unwrap_or(0)
+    );
     Ok(())
+}
+
+/// The pipeline of the model folder's family.
+enum Pipe {
+    Sdxl(Box<SdxlPipeline>),
+    Sd3(Box<Sd3Pipeline>),
+}
+
+impl Pipe {
+    fn load(args: &GenerateArgs, family: Family, device: &Device, dtype: DType) -> Result<Self> {
+        let sd3_only = [
+            ("--transformer", args.transformer.is_some()),
+            ("--max-sequence-length", args.max_sequence_length.is_some()),
+            ("--no-t5", args.no_t5),
+        ];
+        let sdxl_only = [
+            ("--unet", args.unet.is_some()),
+            ("--lora", args.lora.is_some()),
+            ("--sampler ddim", args.sampler != "euler"),
+        ];
+        let refuse = |opts: &[(&str, bool)], what: &str| match opts.iter().find(|(_, on)| *on) {
+            Some((name, _)) => {
+                bail!("{name} applies to {what} models; {} is a {} folder", args.model.display(), family.name())
+            }
+            None => Ok(()),
+        };
+        match family {
+            Family::Sdxl => {
+                refuse(&sd3_only, "SD3")?;
+                let mut pipe = SdxlPipeline::load(&args.model, args.unet.as_deref(), device, dtype)?;
+                if let Some(lora) = &args.lora {
+                    pipe.unet = apply_lora_file(pipe.unet, lora, &BlockLayout::of(&pipe.unet_config)?)?;
+                }
+                Ok(Self::Sdxl(Box::new(pipe)))
+            }
+            Family::Sd3 => {
+                refuse(&sdxl_only, "SDXL")?;
+                let mut pipe = Sd3Pipeline::load(&args.model, args.transformer.as_deref(), !args.no_t5, device, dtype)?;
+                if let Some(n) = args.max_sequence_length {
+                    pipe.prompts.max_sequence_length = n;
+                }
+                Ok(Self::Sd3(Box::new(pipe)))
+            }
+            Family::Flux => {
+                family.require_supported(&args.model, "generate with")?;
+                unreachable!("FLUX is refused above")
+            }
+        }
+    }
+
+    fn vae_scale_factor(&self) -> usize {
+        match self {
+            Self::Sdxl(p) => p.vae_scale_factor(),
+            Self::Sd3(p) => p.vae_scale_factor(),
+        }
+    }
+
+    /// Image sides must be multiples of this: the VAE's factor × the denoiser's own.
+    fn size_factor(&self) -> usize {
+        let f = self.vae_scale_factor();
+        match self {
+            // Each down block but the last halves the latents; the up blocks must meet them again.
+            Self::Sdxl(p) => f << p.unet.down_blocks.len().saturating_sub(1),
+            Self::Sd3(p) => f * p.transformer_config.patch_size,
+        }
+    }
+
+    fn latent_channels(&self) -> usize {
+        match self {
+            Self::Sdxl(p) => p.unet.conv_in.weight.dims()[1],
+            Self::Sd3(p) => p.transformer_config.in_channels,
+        }
+    }
+
+    /// diffusers' default side: the denoiser's `sample_size` × the VAE's factor.
+    fn default_size(&self, args: &GenerateArgs) -> Result<usize> {
+        let f = self.vae_scale_factor();
+        Ok(match self {
+            Self::Sdxl(_) => {
+                let unet_dir = match &args.unet {
+                    Some(d) => d.clone(),
+                    None => crate::models::folder::component_dir(&args.model, "unet")?,
+                };
+                let (raw, _) = crate::models::config::read_config::<serde_json::Value>(&unet_dir)?;
+                raw["sample_size"].as_u64().map_or(128, |s| s as usize) * f
+            }
+            Self::Sd3(p) => p.transformer_config.sample_size * f,
+        })
+    }
+
+    fn latents(
+        &self,
+        args: &GenerateArgs,
+        prompt: &str,
+        noise: Tensor<4>,
+        on_step: &mut dyn FnMut(usize),
+    ) -> Result<Tensor<4>> {
+        let negative = args.negative_prompt.as_deref();
+        match self {
+            Self::Sdxl(p) => {
+                p.generate_latents(prompt, negative, &args.sampler, args.steps, args.guidance, noise, on_step)
+            }
+            Self::Sd3(p) => p.generate_latents(prompt, negative, args.steps, args.guidance, noise, on_step),
+        }
+    }
+
+    fn image(&self, latents: Tensor<4>) -> Result<image::RgbImage> {
+        Ok(match self {
+            Self::Sdxl(p) => decode_images(latents, &p.vae, p.vae_config.scaling_factor)?.remove(0),
+            Self::Sd3(p) => to_images(p.decode(latents))?.remove(0),
+        })
+    }
 }
 
 pub fn run(args: &GenerateArgs) -> Result<()> {
     crate::models::folder::set_single_file_configs(args.model_config.as_deref());
     check_options(args)?;
-    crate::family::Family::detect(&args.model)?.require_supported(&args.model, "generate with")?;
+    let family = Family::detect(&args.model)?;
     let selected = select(args.device.device.as_deref())?;
     let dtype = selected.precision(&args.device.dtype)?;
     let device = selected.device;
@@ -100,33 +228,21 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     if prompts.is_empty() {
         bail!("{}: no prompt in the file", args.prompts.as_ref().map_or(String::new(), |p| p.display().to_string()));
     }
-    let mut pipe = SdxlPipeline::load(&args.model, args.unet.as_deref(), &device, dtype)?;
-    if let Some(lora) = &args.lora {
-        pipe.unet = apply_lora_file(pipe.unet, lora, &BlockLayout::of(&pipe.unet_config)?)?;
-    }
+    let pipe = Pipe::load(args, family, &device, dtype)?;
     let f = pipe.vae_scale_factor();
-    // diffusers' default: the UNet's sample_size × the VAE's factor (read once, if needed).
     let default_size = match (args.width, args.height) {
-        (Some(_), Some(_)) => 0,
-        _ => {
-            let unet_dir = match &args.unet {
-                Some(d) => d.clone(),
-                None => crate::models::folder::component_dir(&args.model, "unet")?,
-            };
-            let (raw, _) = crate::models::config::read_config::<serde_json::Value>(&unet_dir)?;
-            raw["sample_size"].as_u64().map_or(128, |s| s as usize) * f
-        }
+        (Some(w), Some(h)) => w.max(h),
+        _ => pipe.default_size(args)?,
     };
     let (width, height) = (args.width.unwrap_or(default_size), args.height.unwrap_or(default_size));
     if !width.is_multiple_of(f) || !height.is_multiple_of(f) {
         bail!("--width and --height must be multiples of {f} (the VAE's factor)");
     }
-    // Each down block but the last halves the latents; the up blocks must meet them again.
-    let unet_factor = f << pipe.unet.down_blocks.len().saturating_sub(1);
-    if !width.is_multiple_of(unet_factor) || !height.is_multiple_of(unet_factor) {
-        bail!("--width and --height must be multiples of {unet_factor} for this model (VAE × UNet downsampling)");
+    let size_factor = pipe.size_factor();
+    if !width.is_multiple_of(size_factor) || !height.is_multiple_of(size_factor) {
+        bail!("--width and --height must be multiples of {size_factor} for this model (VAE × denoiser downsampling)");
     }
-    let shape = [pipe.unet.conv_in.weight.dims()[1], height / f, width / f];
+    let shape = [pipe.latent_channels(), height / f, width / f];
     let total = prompts.len() * args.num_images;
     if args.init_latents.is_some() && total != 1 {
         bail!("--init-latents gives the noise of one image; generate one image with it");
@@ -146,19 +262,11 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
                 None => initial_noise(args.seed + index as u64, 1, shape, &device),
             };
             bar.set_message(format!("image {}/{total}", index + 1));
-            let latents = pipe.generate_latents(
-                prompt,
-                args.negative_prompt.as_deref(),
-                &args.sampler,
-                args.steps,
-                args.guidance,
-                noise.cast(dtype),
-                &mut |_| bar.inc(1),
-            )?;
+            let latents = pipe.latents(args, prompt, noise.cast(dtype), &mut |_| bar.inc(1))?;
             let latents = latents.cast(DType::F32);
             all_latents.push(latents.clone());
             let out = if total == 1 { args.out.clone() } else { numbered(&args.out, index) };
-            let img = decode_images(latents, &pipe.vae, pipe.vae_config.scaling_factor)?.remove(0);
+            let img = pipe.image(latents)?;
             // Through a temporary name beside it: an interrupted run leaves no half image.
             crate::util::save_image(&out, &img)?;
             outputs.push(out);
@@ -199,10 +307,29 @@ fn numbered(out: &Path, i: usize) -> PathBuf {
     out.with_file_name(format!("{stem}-{i}.{ext}"))
 }
 
-pub fn tokenize(model: &Path, prompt: &str) -> Result<()> {
+/// Every tokenizer folder present: `input_ids` (tokenizer/), `input_ids_2` (tokenizer_2/),
+/// `input_ids_3` (T5, tokenizer_3/, `max_sequence_length` ids).
+pub fn tokenize(model: &Path, prompt: &str, max_sequence_length: Option<usize>) -> Result<()> {
     let model = crate::models::folder::model_folder(model)?;
-    let one = ClipTokenizer::from_dir(&model.join("tokenizer"))?.encode(prompt);
-    let two = ClipTokenizer::from_dir(&model.join("tokenizer_2"))?.encode(prompt);
-    println!("{}", serde_json::json!({"input_ids": one, "input_ids_2": two}));
+    let mut out = serde_json::Map::new();
+    for (dir, key) in [("tokenizer", "input_ids"), ("tokenizer_2", "input_ids_2")] {
+        if model.join(dir).join("vocab.json").is_file() {
+            out.insert(key.into(), ClipTokenizer::from_dir(&model.join(dir))?.encode(prompt).into());
+        }
+    }
+    if model.join("tokenizer_3").is_dir() {
+        let default = match Family::detect(&model)? {
+            Family::Flux => 512,
+            _ => crate::sample::sd3::MAX_SEQUENCE_LENGTH,
+        };
+        let n = max_sequence_length.unwrap_or(default);
+        anyhow::ensure!((1..=4096).contains(&n), "--max-sequence-length {n}: must be in 1..=4096");
+        let t5 = crate::models::t5::tokenizer::T5Tokenizer::from_dir(&model.join("tokenizer_3"))?;
+        out.insert("input_ids_3".into(), t5.encode(prompt, n)?.into());
+    }
+    if out.is_empty() {
+        bail!("{}: no tokenizer/, tokenizer_2/ or tokenizer_3/ folder", model.display());
+    }
+    println!("{}", serde_json::Value::Object(out));
     Ok(())
 }

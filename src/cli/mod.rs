@@ -145,6 +145,9 @@ pub enum DevCommand {
         model: PathBuf,
         #[arg(long)]
         prompt: String,
+        /// T5 ids per prompt (`tokenizer_3/`): default 256 for SD3, 512 for FLUX.
+        #[arg(long)]
+        max_sequence_length: Option<usize>,
     },
     /// Write a synthetic pairs file for a model folder's UNet (demos and tests): chosen
     /// latents are smooth patterns, rejected ones are noise, embeddings are random.
@@ -338,7 +341,9 @@ fn run_dev(command: DevCommand) -> Result<()> {
     match command {
         DevCommand::Forward(args) => forward::run(&args),
         DevCommand::Params { model } => forward::params(&model),
-        DevCommand::Tokenize { model, prompt } => generate::tokenize(&model, &prompt),
+        DevCommand::Tokenize { model, prompt, max_sequence_length } => {
+            generate::tokenize(&model, &prompt, max_sequence_length)
+        }
         DevCommand::MakePairs { model, pairs, size, seed, cache, shard_size, out } => {
             pairs::run(&model, pairs, &size, seed, &out, cache.then_some(shard_size))
         }

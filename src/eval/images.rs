@@ -112,8 +112,12 @@ impl Renderer {
         let mut images = match &self.text {
             Text::Toy(cond) => {
                 let c = cond.encode(&[Some(prompt.to_string())], &self.device)?;
-                let prompts =
-                    Prompts { context: c.context, text_embeds: c.text_embeds, time_ids: Some(c.time_ids), negative: None };
+                let prompts = Prompts {
+                    context: c.context,
+                    text_embeds: c.text_embeds,
+                    time_ids: Some(c.time_ids),
+                    negative: None,
+                };
                 let noise = initial_noise(seed, 1, [channels, SIZE, SIZE], &self.device);
                 to_images(sample_latents(unet, sampler.as_ref(), &prompts, noise, s.guidance, &mut |_| {}))?
             }

@@ -133,4 +133,3 @@ impl TrainDenoiser for UNet2DConditionModel {
 }
 
 impl TrainDenoiser for SD3Transformer2DModel {}
-

@@ -43,8 +43,12 @@ impl ToyEvaluator {
         let subjects = eval_subjects(config.seeds);
         let cond = Conditioner::load(reference, device)?
             .encode(&subjects.iter().map(|s| Some(s.caption())).collect::<Vec<_>>(), device)?;
-        let prompts =
-            Prompts { context: cond.context, text_embeds: cond.text_embeds, time_ids: Some(cond.time_ids), negative: None };
+        let prompts = Prompts {
+            context: cond.context,
+            text_embeds: cond.text_embeds,
+            time_ids: Some(cond.time_ids),
+            negative: None,
+        };
         let data = PairSource::open(pairs, config.seed, 1, false)?;
         let n = config.error_pairs.min(data.len).max(1);
         Ok(Self {
