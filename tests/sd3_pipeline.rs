@@ -190,3 +190,51 @@ fn forward_transformer_matches_diffusers() {
     assert!(!r.status.success() && err.contains("encoder_hidden_states: expected shape [2, _, 24]"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A PEFT LoRA on the SD3.5 transformer as diffusers saves it (`transformer.*` keys, the
+/// adapter config in `lora_adapter_metadata` with a per-layer rank/alpha pattern, adapters on
+/// the MMDiT-X `attn2` projections too), folded by `forward transformer --lora`, against
+/// diffusers' `load_lora_weights` (tools/golden/make_sd3_lora.py). Tolerance 1e-5.
+#[test]
+fn sd3_peft_lora_matches_diffusers() {
+    let cases = open("sd3_transformer_cases.safetensors");
+    let expected = open("lora/sd35_expected.safetensors");
+    let dir = std::env::temp_dir().join(format!("mapo-sd3-lora-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (inp, out) = (dir.join("in.safetensors"), dir.join("out.safetensors"));
+    let names = ["hidden_states", "encoder_hidden_states", "pooled_projections", "timestep"];
+    let tensors = names
+        .iter()
+        .map(|n| (n.to_string(), cases.get(&format!("sd35.case0.{n}")).unwrap().to_data_any().unwrap()))
+        .collect();
+    mapo::models::io::write_tensors(&inp, tensors).unwrap();
+    let model = fixtures().join("tiny-sd35");
+    let lora = fixtures().join("lora/sd35_peft.safetensors");
+    let forward = |lora_file: &std::path::Path| {
+        mapo_quiet(&[
+            "forward",
+            "transformer",
+            "--model",
+            model.to_str().unwrap(),
+            "--inputs",
+            inp.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--device",
+            &device_name(),
+            "--lora",
+            lora_file.to_str().unwrap(),
+        ])
+    };
+    let r = forward(&lora);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let device = device();
+    let got = SafeTensorFiles::open_file(&out).unwrap().float::<4>("sample", &device, DType::F32).unwrap();
+    assert_close("sd35 + peft lora", got, expected.float::<4>("peft", &device, DType::F32).unwrap(), 1e-5);
+
+    // A UNet's LoRA on the transformer is refused by name.
+    let r = forward(&fixtures().join("lora/peft.safetensors"));
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success() && err.contains("a peft LoRA of a UNet"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -29,7 +29,7 @@ pub fn run(args: &ForwardArgs) -> Result<()> {
         return transformer(model, args);
     }
     if args.lora.is_some() && args.component != Component::Unet {
-        bail!("--lora applies to the UNet only (forward unet), not to {:?}", args.component);
+        bail!("--lora applies to the denoiser only (forward unet, forward transformer), not to {:?}", args.component);
     }
     let selected = select(args.device.device.as_deref())?;
     let dtype = selected.precision(&args.device.dtype)?;
@@ -171,9 +171,6 @@ fn check_inputs(model: &Path, component: Component, inputs: &SafeTensorFiles) ->
 /// `forward transformer`: the family's transformer on diffusers' forward inputs.
 fn transformer(model: &Path, args: &ForwardArgs) -> Result<()> {
     use crate::family::Family;
-    if args.lora.is_some() {
-        bail!("--lora applies to the UNet only for now (forward unet)");
-    }
     match Family::detect(model)? {
         Family::Sd3 => {}
         other => {
@@ -186,7 +183,10 @@ fn transformer(model: &Path, args: &ForwardArgs) -> Result<()> {
     let inputs = SafeTensorFiles::open_file(&args.inputs)?;
     check_inputs(model, Component::Transformer, &inputs).with_context(|| format!("{}", args.inputs.display()))?;
     let dir = component_dir(model, "transformer")?;
-    let (net, _) = crate::models::sd3::SD3Transformer2DModel::from_dir(&dir, device, dtype)?;
+    let (mut net, _) = crate::models::sd3::SD3Transformer2DModel::from_dir(&dir, device, dtype)?;
+    if let Some(lora) = &args.lora {
+        net = crate::models::lora::apply_transformer_lora_file(net, lora)?;
+    }
     let sample = net.forward(
         inputs.float::<4>("hidden_states", device, dtype)?,
         inputs.float::<1>("timestep", device, DType::F32)?,

@@ -12,7 +12,7 @@ use crate::device::select;
 use crate::family::Family;
 use crate::models::clip::tokenizer::ClipTokenizer;
 use crate::models::io::{SafeTensorFiles, write_tensors};
-use crate::models::lora::{BlockLayout, apply_lora_file};
+use crate::models::lora::{BlockLayout, apply_lora_file, apply_transformer_lora_file};
 use crate::sample::pipeline::SdxlPipeline;
 use crate::sample::sd3::Sd3Pipeline;
 use crate::sample::validate::{decode_images, initial_noise, to_images};
@@ -61,7 +61,8 @@ pub struct GenerateArgs {
     /// A fine-tuned diffusers `unet/` folder to use instead of the pipeline's.
     #[arg(long)]
     pub unet: Option<PathBuf>,
-    /// A diffusers/PEFT LoRA file (`pytorch_lora_weights.safetensors`) to fold into the UNet.
+    /// A diffusers/PEFT LoRA file (`pytorch_lora_weights.safetensors`) to fold into the
+    /// denoiser (SDXL: PEFT or kohya; SD3: PEFT `transformer.*` keys).
     #[arg(long)]
     pub lora: Option<PathBuf>,
     /// SD3: a fine-tuned diffusers `transformer/` folder to use instead of the pipeline's.
@@ -134,6 +135,9 @@ impl Pipe {
                 let mut pipe = Sd3Pipeline::load(&args.model, args.transformer.as_deref(), !args.no_t5, device, dtype)?;
                 if let Some(n) = args.max_sequence_length {
                     pipe.prompts.max_sequence_length = n;
+                }
+                if let Some(lora) = &args.lora {
+                    pipe.transformer = apply_transformer_lora_file(pipe.transformer, lora)?;
                 }
                 Ok(Self::Sd3(Box::new(pipe)))
             }

@@ -61,11 +61,16 @@ impl Adapter {
 #[derive(Debug, Clone)]
 pub struct LoraFile {
     pub format: LoraFormat,
+    /// The denoiser the adapters belong to, as diffusers prefixes PEFT keys: `unet`
+    /// (SDXL) or `transformer` (SD3, FLUX).
+    pub component: &'static str,
     pub adapters: BTreeMap<String, Adapter>,
 }
 
 const METADATA_KEY: &str = "lora_adapter_metadata";
-const PEFT_PREFIXES: [&str; 2] = ["unet.", "base_model.model."];
+/// Key prefixes of PEFT files and the component each stands for.
+const PEFT_PREFIXES: [(&str, &str); 3] =
+    [("unet.", "unet"), ("transformer.", "transformer"), ("base_model.model.", "unet")];
 const KOHYA_TEXT: [&str; 3] = ["lora_te1_", "lora_te2_", "lora_te_"];
 
 /// Names a few entries of a list for an error message.
@@ -164,7 +169,13 @@ impl LoraFile {
             .into_iter()
             .map(|(k, [down, up])| (k, Adapter { down: down.expect("lora_a"), up: up.expect("lora_b"), scale }))
             .collect();
-        Self { format: LoraFormat::Peft, adapters }
+        Self { format: LoraFormat::Peft, component: "unet", adapters }
+    }
+
+    /// The same adapters, belonging to `component` (`unet` or `transformer`).
+    pub fn for_component(mut self, component: &'static str) -> Self {
+        self.component = component;
+        self
     }
 
     /// Writes the adapters in `format` (scale folded into B / up, one alpha).
@@ -188,8 +199,9 @@ impl LoraFile {
         match format {
             LoraFormat::Peft => {
                 for (layer, a) in &self.adapters {
-                    tensors.push(matrix(format!("unet.{layer}.lora_A.weight"), a.down.clone()));
-                    tensors.push(matrix(format!("unet.{layer}.lora_B.weight"), a.up.clone().mul_scalar(fold(a))));
+                    let c = self.component;
+                    tensors.push(matrix(format!("{c}.{layer}.lora_A.weight"), a.down.clone()));
+                    tensors.push(matrix(format!("{c}.{layer}.lora_B.weight"), a.up.clone().mul_scalar(fold(a))));
                 }
                 let ranks: serde_json::Map<String, serde_json::Value> = self
                     .adapters
@@ -197,11 +209,12 @@ impl LoraFile {
                     .filter(|(_, a)| a.rank() != common)
                     .map(|(k, a)| (k.clone(), a.rank().into()))
                     .collect();
+                let c = self.component;
                 let config = serde_json::json!({
-                    "unet.r": common,
-                    "unet.lora_alpha": common,
-                    "unet.target_modules": self.adapters.keys().collect::<Vec<_>>(),
-                    "unet.rank_pattern": ranks,
+                    format!("{c}.r"): common,
+                    format!("{c}.lora_alpha"): common,
+                    format!("{c}.target_modules"): self.adapters.keys().collect::<Vec<_>>(),
+                    format!("{c}.rank_pattern"): ranks,
                 });
                 metadata.insert(METADATA_KEY.to_string(), serde_json::to_string_pretty(&config)?);
             }
@@ -243,9 +256,10 @@ impl LoraFile {
         let missing: Vec<String> = self.adapters.keys().filter(|k| !mapper.seen.contains(k)).cloned().collect();
         ensure!(
             missing.is_empty(),
-            "{} of the {} adapters name layers the UNet does not have (or that are not linear): {}",
+            "{} of the {} adapters name layers the {} does not have (or that are not linear): {}",
             missing.len(),
             self.adapters.len(),
+            if self.component == "unet" { "UNet" } else { "transformer" },
             some(&missing)
         );
         Ok(module)
@@ -279,14 +293,14 @@ struct PeftConfig {
 }
 
 impl PeftConfig {
-    fn of(files: &SafeTensorFiles) -> Result<Self> {
+    fn of(files: &SafeTensorFiles, component: &str) -> Result<Self> {
         let mut config = Self { alpha: None, alpha_pattern: BTreeMap::new(), rslora: false };
         let Some(raw) = files.metadata(METADATA_KEY) else { return Ok(config) };
         let json: serde_json::Value =
             serde_json::from_str(raw).with_context(|| format!("metadata {METADATA_KEY} is not JSON"))?;
         ensure!(json.is_object(), "metadata {METADATA_KEY} is {json}; expected a JSON object (the adapter config)");
         // A value of the wrong type is an error: ignoring it would fall back to alpha = r.
-        let get = |k: &str| json.get(format!("unet.{k}")).or_else(|| json.get(k)).filter(|v| !v.is_null());
+        let get = |k: &str| json.get(format!("{component}.{k}")).or_else(|| json.get(k)).filter(|v| !v.is_null());
         let number = |k: &str, v: &serde_json::Value| {
             v.as_f64().with_context(|| format!("metadata {METADATA_KEY}: {k} is {v}; expected a number"))
         };
@@ -321,12 +335,20 @@ impl PeftConfig {
 }
 
 fn read_peft(files: &SafeTensorFiles, device: &Device) -> Result<LoraFile> {
-    let config = PeftConfig::of(files)?;
+    let modules = || files.names().filter_map(|n| n.strip_suffix(".lora_A.weight"));
+    let components: std::collections::BTreeSet<&'static str> =
+        modules().filter_map(|m| PEFT_PREFIXES.iter().find(|(p, _)| m.starts_with(p)).map(|(_, c)| *c)).collect();
+    ensure!(
+        components.len() <= 1,
+        "adapters for both the UNet (unet.) and a transformer (transformer.): one model's LoRA per file"
+    );
+    let component = components.into_iter().next().unwrap_or("unet");
+    let config = PeftConfig::of(files, component)?;
     let mut adapters = BTreeMap::new();
     let (mut foreign, mut text) = (Vec::new(), Vec::new());
     for key in files.names().filter(|n| n.ends_with(".lora_A.weight")) {
         let module = key.strip_suffix(".lora_A.weight").expect("filtered");
-        let Some(layer) = PEFT_PREFIXES.iter().find_map(|p| module.strip_prefix(p)) else {
+        let Some(layer) = PEFT_PREFIXES.iter().find_map(|(p, _)| module.strip_prefix(p)) else {
             if module.starts_with("text_encoder") {
                 text.push(module.to_string())
             } else {
@@ -343,10 +365,14 @@ fn read_peft(files: &SafeTensorFiles, device: &Device) -> Result<LoraFile> {
         };
         adapters.insert(layer.to_string(), Adapter { down, up, scale });
     }
-    ensure!(text.is_empty(), "text-encoder adapters are not supported, only the UNet's: {}", some(&text));
-    ensure!(foreign.is_empty(), "adapters outside the UNet (keys start with unet.): {}", some(&foreign));
+    ensure!(text.is_empty(), "text-encoder adapters are not supported, only the denoiser's: {}", some(&text));
+    ensure!(
+        foreign.is_empty(),
+        "adapters outside the denoiser (keys start with unet. or transformer.): {}",
+        some(&foreign)
+    );
     refuse_leftovers(files, &[".lora_A.weight", ".lora_B.weight", ".alpha"], ".lora_A.weight")?;
-    Ok(LoraFile { format: LoraFormat::Peft, adapters })
+    Ok(LoraFile { format: LoraFormat::Peft, component, adapters })
 }
 
 fn read_kohya(files: &SafeTensorFiles, layout: &BlockLayout, device: &Device) -> Result<LoraFile> {
@@ -401,7 +427,7 @@ fn read_kohya(files: &SafeTensorFiles, layout: &BlockLayout, device: &Device) ->
     );
     ensure!(unknown.is_empty(), "modules the UNet does not have: {}", some(&unknown));
     refuse_leftovers(files, &[".lora_down.weight", ".lora_up.weight", ".alpha"], ".lora_down.weight")?;
-    Ok(LoraFile { format: LoraFormat::Kohya, adapters })
+    Ok(LoraFile { format: LoraFormat::Kohya, component: "unet", adapters })
 }
 
 /// Tensors that belong to no adapter: an `up`/`B` or `alpha` without its `down`/`A` (half an

@@ -178,6 +178,25 @@ pub fn save_merged_from<M: Module>(
 pub fn apply_lora_file<M: Module>(module: M, path: &Path, layout: &BlockLayout) -> Result<M> {
     let device = burn::tensor::Device::default();
     let lora = LoraFile::read(path, layout, &device)?;
+    anyhow::ensure!(
+        lora.component == "unet",
+        "{}: a LoRA of a transformer (SD3/FLUX keys transformer.*); this model's denoiser is a UNet",
+        path.display()
+    );
+    lora.apply(module).with_context(|| format!("{}", path.display()))
+}
+
+/// A transformer's LoRA file (SD3, FLUX: PEFT keys `transformer.<layer>.lora_A.weight`)
+/// folded into `module`; a UNet's file or a kohya one is refused by name.
+pub fn apply_transformer_lora_file<M: Module>(module: M, path: &Path) -> Result<M> {
+    let device = burn::tensor::Device::default();
+    let lora = LoraFile::read(path, &BlockLayout::uniform(0, 0), &device)?;
+    anyhow::ensure!(
+        lora.format == LoraFormat::Peft && lora.component == "transformer",
+        "{}: a {} LoRA of a UNet; this model's denoiser is a transformer (PEFT keys transformer.<layer>.lora_A.weight)",
+        path.display(),
+        lora.format.name()
+    );
     lora.apply(module).with_context(|| format!("{}", path.display()))
 }
 
