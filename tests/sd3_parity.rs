@@ -56,3 +56,26 @@ fn sd3_transformer_refuses_latents_it_cannot_place() {
     let big = model.check_latents(26, 8).unwrap_err().to_string();
     assert!(big.contains("pos_embed_max_size"), "{big}");
 }
+
+/// The real SD3 Medium, SD3.5 Medium and SD3.5 Large transformers (assets/sd3/ configs)
+/// have exactly diffusers' parameters: counts and tensor names from a placeholder build (no
+/// weights allocated) against diffusers on the meta device (tools/golden/count_sd3_params.py).
+#[test]
+fn real_sd3_configs_have_diffusers_parameter_counts() {
+    use mapo::models::sd3::SD3TransformerConfig;
+    use mapo::models::weights::Weights;
+    let want: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("sd3_param_counts.json")).unwrap()).unwrap();
+    for name in ["sd3_medium", "sd35_medium", "sd35_large"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("assets/sd3/{name}_transformer.json"));
+        let config: SD3TransformerConfig = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let w = Weights::shapes_only(&device());
+        drop(SD3Transformer2DModel::load(&config, &w).unwrap());
+        let requested = w.requested();
+        let params: usize = requested.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+        eprintln!("{name}: {params} parameters in {} tensors", requested.len());
+        assert_eq!(params as u64, want[name]["params"].as_u64().unwrap(), "{name}");
+        // diffusers' state dict also holds the position table.
+        assert_eq!(requested.len() as u64 + 1, want[name]["tensors"].as_u64().unwrap(), "{name}");
+    }
+}

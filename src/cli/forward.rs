@@ -222,14 +222,20 @@ fn check_unet_inputs(dir: &Path, inputs: &SafeTensorFiles) -> Result<()> {
 /// otherwise be loaded, 10 GB, just to be counted).
 pub fn params(model: &Path) -> Result<()> {
     let w = Weights::shapes_only(&Device::default());
-    for name in ["unet", "vae", "text_encoder", "text_encoder_2"] {
+    for name in ["unet", "transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3"] {
         let Ok(dir) = component_dir(model, name) else { continue };
         let (raw, _) = crate::models::config::read_config::<serde_json::Value>(&dir)?;
         let before = w.requested().len();
         match name {
             "unet" => drop(UNet2DConditionModel::load(&serde_json::from_value(raw)?, &w)?),
             "vae" => drop(AutoencoderKL::load(&serde_json::from_value(raw)?, &w)?),
-            _ => drop(ClipTextModel::load(&serde_json::from_value(raw)?, &w, name == "text_encoder_2")?),
+            "transformer" => drop(crate::models::sd3::SD3Transformer2DModel::load(&serde_json::from_value(raw)?, &w)?),
+            "text_encoder_3" => drop(crate::models::t5::T5EncoderModel::load(&serde_json::from_value(raw)?, &w)?),
+            _ => {
+                let config: ClipTextConfig = serde_json::from_value(raw)?;
+                let projection = config.declares_projection().unwrap_or(name == "text_encoder_2");
+                drop(ClipTextModel::load(&config, &w, projection)?)
+            }
         }
         let count: usize = w.requested()[before..].iter().map(|(_, s)| s.iter().product::<usize>()).sum();
         println!("{name}: {count} parameters");
@@ -300,7 +306,14 @@ pub fn random_model(component: &str, config: &Path, out: &Path, dtype: &str) -> 
             let key = |n: String| if n.starts_with("text_projection") { n } else { format!("text_model.{n}") };
             save_as(&model, &raw, &out.join("model.safetensors"), dtype, key)
         }
-        other => bail!("unknown component {other:?}: expected unet, vae, text_encoder or text_encoder_2"),
+        // The position table is computed on load; it is not written.
+        "transformer" => save_component(
+            &crate::models::sd3::SD3Transformer2DModel::load(&serde_json::from_value(raw.clone())?, &w)?,
+            &raw,
+            out,
+            dtype,
+        ),
+        other => bail!("unknown component {other:?}: expected unet, vae, text_encoder, text_encoder_2 or transformer"),
     }?;
     println!("wrote {}", out.display());
     Ok(())

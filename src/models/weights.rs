@@ -218,6 +218,11 @@ impl<'a> Weights<'a> {
         &self.shared.device
     }
 
+    /// The dtype weights are loaded in.
+    pub fn dtype(&self) -> DType {
+        self.shared.dtype
+    }
+
     /// True while building with 1-element placeholders (a precheck or a key-tree dry run):
     /// computed buffers must not be allocated at full size either.
     pub fn placeholders(&self) -> bool {
