@@ -36,7 +36,7 @@ fn fixture_prompts(f: &mapo::models::io::SafeTensorFiles, device: &burn::tensor:
     Prompts {
         context: f.float::<3>("sample.encoder_hidden_states", device, DType::F32).unwrap(),
         text_embeds: f.float::<2>("sample.text_embeds", device, DType::F32).unwrap(),
-        time_ids: f.float::<2>("sample.time_ids", device, DType::F32).unwrap(),
+        time_ids: Some(f.float::<2>("sample.time_ids", device, DType::F32).unwrap()),
         negative: None,
     }
 }
