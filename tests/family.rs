@@ -40,10 +40,10 @@ fn families_are_read_from_the_pipeline_or_the_denoiser() {
 #[test]
 fn a_family_not_ported_yet_is_refused_by_name() {
     let sd3 = folder(
-        "sd3-train",
+        "flux-train",
         &[
-            ("model_index.json", r#"{"_class_name": "StableDiffusion3Pipeline"}"#),
-            ("transformer/config.json", r#"{"_class_name": "SD3Transformer2DModel"}"#),
+            ("model_index.json", r#"{"_class_name": "FluxPipeline"}"#),
+            ("transformer/config.json", r#"{"_class_name": "FluxTransformer2DModel"}"#),
         ],
     );
     let config = sd3.join("run.toml");
@@ -61,7 +61,7 @@ fn a_family_not_ported_yet_is_refused_by_name() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && stderr.contains("a SD3 model folder; mapo cannot train it yet"), "{stderr}");
+    assert!(!out.status.success() && stderr.contains("a FLUX.1 model folder; mapo cannot train it yet"), "{stderr}");
     assert!(!sd3.join("out").exists(), "nothing is written for a refused run");
     std::fs::remove_dir_all(&sd3).unwrap();
 }

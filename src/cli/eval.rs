@@ -105,7 +105,16 @@ fn scorer_of(spec: &str, args: &EvalArgs, device: &burn::tensor::Device) -> Resu
 
 pub fn run(args: &EvalArgs) -> Result<()> {
     crate::models::folder::set_single_file_configs(args.model_config.as_deref());
-    crate::family::Family::detect(&args.model)?.require_supported(&args.model, "evaluate")?;
+    let family = crate::family::Family::detect(&args.model)?;
+    family.require_supported(&args.model, "evaluate")?;
+    if family != crate::family::Family::Sdxl {
+        bail!(
+            "{}: mapo eval samples SDXL UNets only for now; for a {} model, `mapo generate` the images and \
+             `mapo score` them",
+            args.model.display(),
+            family.name()
+        );
+    }
     ensure!(args.seeds > 0 && (1..=1000).contains(&args.steps), "--seeds must be > 0 and --steps in 1..=1000");
     let prompts = load_suite(&args.prompts, args.prompt_column.as_deref(), args.max_prompts)?;
     let specs = if args.variants.is_empty() { vec!["base=base".to_string()] } else { args.variants.clone() };

@@ -132,6 +132,9 @@ impl Run<'_> {
         }
         let mut out = vec![("loss".to_string(), TensorData::new(losses.clone(), [losses.len()]))];
         for_each_param(&model, |name, t, shape| {
+            if crate::models::sd3::BUFFERS.contains(&name.as_str()) {
+                return;
+            }
             let values = t.inner().into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 data");
             out.push((name, TensorData::new(values, shape)));
         });

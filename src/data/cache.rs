@@ -19,8 +19,10 @@ use super::parquet::{PairReader, ReadOptions, Skipped};
 use super::transform::{Prepared, TransformConfig};
 use crate::models::folder::component_dir;
 use crate::models::io::{write_atomic, write_tensors};
+use crate::models::sd3::SD3TransformerConfig;
 use crate::models::vae::{AutoencoderKL, VaeConfig};
 use crate::sample::pipeline::PromptEncoder;
+use crate::sample::sd3::Sd3PromptEncoder;
 
 /// What a cache was made with; a rerun must match it exactly.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -29,6 +31,9 @@ pub struct CacheMeta {
     pub model: PathBuf,
     pub vae_config: serde_json::Value,
     pub scaling_factor: f64,
+    /// SD3's and FLUX's latent shift (training latents are (z − shift)·scale).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shift_factor: Option<f64>,
     pub resolution: usize,
     pub transform: TransformConfig,
     pub read: ReadOptions,
@@ -95,8 +100,45 @@ pub struct CacheArgs {
 
 struct Encoders {
     vae: AutoencoderKL,
-    prompts: PromptEncoder,
+    prompts: Prompts,
     device: Device,
+}
+
+/// The family's text encoders.
+enum Prompts {
+    Sdxl(Box<PromptEncoder>),
+    /// SD3: both CLIPs and T5; the per-token states are stored in bf16 (T5's 256 tokens ×
+    /// 4096 would make each row 5.5 MB in f32).
+    Sd3(Box<Sd3PromptEncoder>),
+}
+
+impl Prompts {
+    fn load(model: &Path, device: &Device) -> Result<Self> {
+        let folder = crate::models::folder::model_folder(model)?;
+        let family_sd3 = folder.join("transformer").join("config.json").is_file()
+            && folder.join("text_encoder_3").join("config.json").is_file();
+        Ok(if family_sd3 {
+            let dir = component_dir(model, "transformer")?;
+            let (config, _) = crate::models::config::read_config::<SD3TransformerConfig>(&dir)?;
+            Self::Sd3(Box::new(Sd3PromptEncoder::load(model, config.joint_attention_dim, true, device, DType::F32)?))
+        } else {
+            Self::Sdxl(Box::new(PromptEncoder::load(model, device, DType::F32)?))
+        })
+    }
+
+    fn encode(&self, caption: &str) -> Result<(Tensor<3>, Tensor<2>)> {
+        match self {
+            Self::Sdxl(p) => Ok(p.encode(caption)),
+            Self::Sd3(p) => p.encode(caption),
+        }
+    }
+
+    fn context_dtype(&self) -> DType {
+        match self {
+            Self::Sdxl(_) => DType::F32,
+            Self::Sd3(_) => DType::BF16,
+        }
+    }
 }
 
 /// Keys of a shard: `{chosen,rejected}_{mean,logvar}` [N,4,h,w] (unscaled VAE
@@ -127,6 +169,7 @@ pub fn build(args: &CacheArgs) -> Result<CacheIndex> {
         model: std::fs::canonicalize(&args.model).unwrap_or_else(|_| args.model.clone()),
         vae_config: vae_config_raw,
         scaling_factor: vae_config.scaling_factor,
+        shift_factor: vae_config.shift_factor,
         resolution: args.transform.resolution,
         transform: args.transform.clone(),
         read: args.read.clone(),
@@ -166,7 +209,7 @@ pub fn build(args: &CacheArgs) -> Result<CacheIndex> {
     let device = selected.device;
     let enc = Encoders {
         vae: AutoencoderKL::from_dir(&vae_dir, &device, DType::F32)?.0,
-        prompts: PromptEncoder::load(&args.model, &device, DType::F32)?,
+        prompts: Prompts::load(&args.model, &device)?,
         device,
     };
     // Rows include ties and bad rows, so the bar may finish short of its end.
@@ -276,8 +319,8 @@ fn encode(enc: &Encoders, batch: &mut Vec<(usize, Prepared, (i64, i64))>, buffer
         if let Some(desirable) = p.label {
             buffer.labels.push(desirable as i64);
         }
-        let (context, pooled) = enc.prompts.encode(p.caption.as_deref().unwrap_or(""));
-        buffer.context.push(context);
+        let (context, pooled) = enc.prompts.encode(p.caption.as_deref().unwrap_or(""))?;
+        buffer.context.push(context.cast(enc.prompts.context_dtype()));
         buffer.text_embeds.push(pooled);
         buffer.time_ids.extend_from_slice(&p.time_ids);
         buffer.source.push(*source);

@@ -128,8 +128,16 @@ struct ShardSpec {
 
 #[derive(Debug, Clone)]
 enum Origin {
-    File { path: PathBuf, rows: Arc<PairRows> },
-    Cache { dir: PathBuf, scale: f64 },
+    File {
+        path: PathBuf,
+        rows: Arc<PairRows>,
+    },
+    /// Latents as the denoiser sees them: (z − shift)·scale (SD3 and FLUX shift; SDXL not).
+    Cache {
+        dir: PathBuf,
+        scale: f64,
+        shift: Option<f64>,
+    },
 }
 
 /// One epoch's groups: (first shard-order index, number of shards, first offset in the epoch).
@@ -217,7 +225,7 @@ impl PairSource {
         let shape = shape_of(&f, &keys, path)?;
         let n = rows_of(&f, &keys, path)?;
         ensure!(n > 0, "{}: no pairs", path.display());
-        let rows = read_rows(&f, &keys, shape, n, 1.0, false, path)?;
+        let rows = read_rows(&f, &keys, shape, n, (1.0, None), false, path)?;
         Ok(Self {
             origin: Origin::File { path: path.to_path_buf(), rows: Arc::new(rows) },
             shards: vec![ShardSpec { file: None, pairs: n }],
@@ -298,7 +306,11 @@ impl PairSource {
             index.meta.resolution
         );
         Ok(Self {
-            origin: Origin::Cache { dir: dir.to_path_buf(), scale: index.meta.scaling_factor },
+            origin: Origin::Cache {
+                dir: dir.to_path_buf(),
+                scale: index.meta.scaling_factor,
+                shift: index.meta.shift_factor,
+            },
             shards: index.shards.iter().map(|s| ShardSpec { file: Some(s.file.clone()), pairs: s.pairs }).collect(),
             shape,
             len: index.pairs(),
@@ -331,7 +343,7 @@ impl PairSource {
     pub fn check_vae(&self, vae_config: &serde_json::Value) -> Result<()> {
         let Origin::Cache { dir, .. } = &self.origin else { return Ok(()) };
         let index = CacheIndex::read(dir)?;
-        let keys = ["scaling_factor", "block_out_channels", "latent_channels", "in_channels"];
+        let keys = ["scaling_factor", "shift_factor", "block_out_channels", "latent_channels", "in_channels"];
         for k in keys {
             let (a, b) = (index.meta.vae_config.get(k), vae_config.get(k));
             ensure!(
@@ -419,10 +431,11 @@ impl PairSource {
     fn load_shard(&self, s: usize, spread: bool) -> Result<PairRows> {
         match (&self.origin, &self.shards[s].file) {
             (Origin::File { rows, .. }, _) => Ok(rows.as_ref().clone()),
-            (Origin::Cache { dir, scale }, Some(file)) => {
+            (Origin::Cache { dir, scale, shift }, Some(file)) => {
                 let path = dir.join(file);
                 let f = SafeTensorFiles::open_file(&path)?;
-                read_rows(&f, &RowKeys::of(&f, true), self.shape, self.shards[s].pairs, *scale, spread, &path)
+                let affine = (*scale, *shift);
+                read_rows(&f, &RowKeys::of(&f, true), self.shape, self.shards[s].pairs, affine, spread, &path)
             }
             (Origin::Cache { .. }, None) => unreachable!("cache shards have names"),
         }
@@ -560,7 +573,7 @@ fn read_rows(
     keys: &RowKeys,
     shape: PairShape,
     n: usize,
-    scale: f64,
+    (scale, shift): (f64, Option<f64>),
     spread: bool,
     path: &Path,
 ) -> Result<PairRows> {
@@ -573,6 +586,9 @@ fn read_rows(
     };
     let scaled = |k: &str| -> Result<Vec<f32>> {
         let mut v = read(k)?;
+        if let Some(shift) = shift {
+            v.iter_mut().for_each(|x| *x -= shift as f32);
+        }
         if scale != 1.0 {
             // In f32, as the device computes it.
             v.iter_mut().for_each(|x| *x *= scale as f32);

@@ -12,7 +12,11 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 
 pub use crate::models::denoiser::{Conditioning, Denoiser};
-use crate::models::sd3::SD3Transformer2DModel;
+use burn::tensor::{DType, Device};
+
+use crate::data::stream::PairSource;
+use crate::models::lora::LoraConfig;
+use crate::models::sd3::{SD3Transformer2DModel, SD3TransformerConfig};
 use crate::models::unet::UNet2DConditionModel;
 use crate::objective::ObjectiveName;
 
@@ -107,29 +111,91 @@ impl Family {
     /// on this family yet.
     pub fn require_supported(self, model: &Path, what: &str) -> Result<()> {
         match self {
-            Family::Sdxl => Ok(()),
-            other => bail!(
-                "{}: a {} model folder; mapo cannot {what} it yet — its transformer, T5 text encoder and \
-                 16-channel VAE are not ported (the SD3 and FLUX issues; docs/design.md §2b). SDXL folders work.",
+            Family::Sdxl | Family::Sd3 => Ok(()),
+            Family::Flux => bail!(
+                "{}: a {} model folder; mapo cannot {what} it yet — its transformer (double/single-stream \
+                 blocks, RoPE) is not ported (the FLUX issue; docs/design.md §2b). SDXL and SD3/SD3.5 folders work.",
                 model.display(),
-                other.name()
+                self.name()
             ),
         }
     }
 }
 
-/// A denoiser the training step can train: a module whose parameters the optimizer walks.
-/// `as_unet` opens the UNet's block-level gradient checkpointing, the one family that has it.
-pub trait TrainDenoiser: Denoiser + burn::module::Module + Clone + Send {
+/// A denoiser the trainer can train: a module whose parameters the optimizer walks, loaded
+/// from its diffusers folder, saved under diffusers' names. `as_unet` opens the UNet's
+/// block-level gradient checkpointing, the one family that has it.
+pub trait TrainDenoiser: Denoiser + burn::module::Module + Clone + Send + Sized + 'static {
+    /// diffusers' name of the component, the prefix of its PEFT LoRA keys.
+    const COMPONENT: &'static str;
+
     fn as_unet(&self) -> Option<&UNet2DConditionModel> {
         None
     }
+
+    /// The folder's model in `dtype` on `device`, with LoRA adapters (base frozen) when
+    /// `lora` is given: read from `adapters` (a LoRA checkpoint's file), else fresh.
+    fn load_dir(
+        dir: &Path,
+        device: &Device,
+        dtype: DType,
+        lora: Option<LoraConfig>,
+        adapters: Option<&Path>,
+    ) -> Result<Self>;
+
+    /// Pair data against the model's config (`config.json` of its folder): latents, text
+    /// states and pooled text must fit, or the first step fails deep inside.
+    fn check_data(data: &PairSource, source: &Path, config: &serde_json::Value) -> Result<()>;
 }
 
 impl TrainDenoiser for UNet2DConditionModel {
+    const COMPONENT: &'static str = "unet";
+
     fn as_unet(&self) -> Option<&UNet2DConditionModel> {
         Some(self)
     }
+
+    fn load_dir(
+        dir: &Path,
+        device: &Device,
+        dtype: DType,
+        lora: Option<LoraConfig>,
+        adapters: Option<&Path>,
+    ) -> Result<Self> {
+        Ok(Self::from_dir_with_lora(dir, device, dtype, lora, adapters)?.0)
+    }
+
+    fn check_data(data: &PairSource, source: &Path, config: &serde_json::Value) -> Result<()> {
+        data.check_model(source, &serde_json::from_value(config.clone())?)
+    }
 }
 
-impl TrainDenoiser for SD3Transformer2DModel {}
+impl TrainDenoiser for SD3Transformer2DModel {
+    const COMPONENT: &'static str = "transformer";
+
+    fn load_dir(
+        dir: &Path,
+        device: &Device,
+        dtype: DType,
+        lora: Option<LoraConfig>,
+        adapters: Option<&Path>,
+    ) -> Result<Self> {
+        Ok(Self::from_dir_with_lora(dir, device, dtype, lora, adapters)?.0)
+    }
+
+    fn check_data(data: &PairSource, source: &Path, config: &serde_json::Value) -> Result<()> {
+        let c: SD3TransformerConfig = serde_json::from_value(config.clone())?;
+        let s = data.shape;
+        let shape = |n: &str| -> Result<Vec<usize>> {
+            Ok(match n {
+                "hidden_states" => vec![1, s.latent[0], s.latent[1], s.latent[2]],
+                "encoder_hidden_states" => vec![1, s.context[0], s.context[1]],
+                "pooled_projections" => vec![1, s.pooled],
+                _ => vec![1],
+            })
+        };
+        crate::models::inputs::check_sd3_inputs(&c, &shape).with_context(|| {
+            format!("{}: the pairs do not fit the model's transformer (made for another model?)", source.display())
+        })
+    }
+}

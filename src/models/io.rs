@@ -435,7 +435,12 @@ pub fn write_tensors(path: &Path, tensors: Vec<(String, TensorData)>) -> Result<
     let pending = tensors
         .into_iter()
         .map(|(name, data)| {
-            let dtype = if data.dtype() == DType::I64 { DType::I64 } else { DType::F32 };
+            // Integers stay i64 and bf16 stays bf16 (SD3 caches' text states); the rest is f32.
+            let dtype = match data.dtype() {
+                DType::I64 => DType::I64,
+                DType::BF16 => DType::BF16,
+                _ => DType::F32,
+            };
             PendingTensor { name, shape: data.shape().to_vec(), dtype, data: Box::new(move || data) }
         })
         .collect();

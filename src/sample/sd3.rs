@@ -205,7 +205,6 @@ impl Sd3Pipeline {
     /// Latents as the transformer sees them → pixels [B, 3, H, W] in about [-1, 1]:
     /// z / scaling_factor + shift_factor, then the VAE's decoder.
     pub fn decode(&self, latents: Tensor<4>) -> Tensor<4> {
-        let shift = self.vae_config.shift_factor.unwrap_or(0.0);
-        self.vae.decode(latents.div_scalar(self.vae_config.scaling_factor).add_scalar(shift))
+        super::validate::unscale_decode(latents, &self.vae, &self.vae_config)
     }
 }

@@ -10,7 +10,7 @@ use burn::tensor::{DType, Tensor, TensorData};
 use super::noise::gaussian;
 use super::sampler::Sampler;
 use crate::models::denoiser::{Conditioning, Denoiser};
-use crate::models::vae::AutoencoderKL;
+use crate::models::vae::{AutoencoderKL, VaeConfig};
 
 /// Prompt conditioning for K images.
 pub struct Prompts {
@@ -81,6 +81,16 @@ pub fn sample_latents(
     x
 }
 
+/// Latents as the denoiser sees them → pixels [K, 3, H, W] in about [-1, 1]: z / scaling
+/// + shift (SD3 and FLUX shift; SDXL does not), then the decoder.
+pub fn unscale_decode(latents: Tensor<4>, vae: &AutoencoderKL, config: &VaeConfig) -> Tensor<4> {
+    let z = latents.div_scalar(config.scaling_factor);
+    vae.decode(match config.shift_factor {
+        Some(shift) => z.add_scalar(shift),
+        None => z,
+    })
+}
+
 /// Scaled latents [K, 4, h, w] → K 8-bit RGB images through the VAE.
 pub fn decode_images(latents: Tensor<4>, vae: &AutoencoderKL, scaling: f64) -> Result<Vec<image::RgbImage>> {
     to_images(vae.decode(latents.div_scalar(scaling)))
@@ -108,14 +118,14 @@ pub fn to_images(images: Tensor<4>) -> Result<Vec<image::RgbImage>> {
 }
 
 /// Writes `latents.safetensors`, and one PNG per image when `vae` is given.
-pub fn save_samples(latents: Tensor<4>, vae: Option<(&AutoencoderKL, f64)>, dir: &Path) -> Result<()> {
+pub fn save_samples(latents: Tensor<4>, vae: Option<(&AutoencoderKL, &VaeConfig)>, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     crate::models::io::write_tensors(
         &dir.join("latents.safetensors"),
         vec![("latents".into(), latents.clone().cast(DType::F32).into_data())],
     )?;
-    let Some((vae, scaling)) = vae else { return Ok(()) };
-    for (i, img) in decode_images(latents, vae, scaling)?.into_iter().enumerate() {
+    let Some((vae, config)) = vae else { return Ok(()) };
+    for (i, img) in to_images(unscale_decode(latents, vae, config))?.into_iter().enumerate() {
         let path = dir.join(format!("sample-{i}.png"));
         crate::util::save_image(&path, &img)?;
     }

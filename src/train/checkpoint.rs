@@ -11,7 +11,6 @@ use serde::{Deserialize, Serialize};
 use crate::models::folder::save_component;
 use crate::models::io::{PendingTensor, SafeTensorFiles, write_atomic, write_safetensors};
 use crate::models::named::for_each_param;
-use crate::models::unet::UNet2DConditionModel;
 use crate::train::optim::Optimizer;
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -60,7 +59,7 @@ fn step_of(path: &Path) -> Option<usize> {
 pub fn save(
     output_dir: &Path,
     state: &CheckpointState,
-    unet: &UNet2DConditionModel,
+    unet: &impl burn::module::Module,
     unet_config: &serde_json::Value,
     optimizer: &Optimizer,
     keep: usize,

@@ -40,15 +40,16 @@ impl Reduction {
     }
 }
 
-/// One rank's share of the run.
-pub struct Rank {
+/// One rank's share of the run (`M`: the family's denoiser).
+pub struct Rank<M = UNet2DConditionModel> {
     pub backend: Backend,
     /// The inner device (reference model, gradients, optimizer state).
     pub plain: Device,
     /// The autodiff device the policy trains on.
     pub device: Device,
-    pub unet: UNet2DConditionModel,
-    pub reference: Option<UNet2DConditionModel>,
+    /// The policy (SDXL's UNet, SD3's transformer).
+    pub unet: M,
+    pub reference: Option<M>,
     pub optimizer: Optimizer,
 }
 
@@ -84,7 +85,7 @@ pub fn reduction_for(backends: &[Backend]) -> Reduction {
 
 /// A copy of `unet` on `device` (an autodiff device) with autodiff leaves of its own: two
 /// ranks that shared leaf nodes would merge their graphs.
-pub fn replicate(unet: &UNet2DConditionModel, device: &Device) -> UNet2DConditionModel {
+pub fn replicate<M: Module>(unet: &M, device: &Device) -> M {
     unet.clone().map(&mut Replicate { device: device.clone().inner() })
 }
 
@@ -114,7 +115,7 @@ pub fn replicate_optimizer(optimizer: &Optimizer, device: &Device) -> Optimizer 
 }
 
 /// Runs `f` for every rank, in parallel threads when there are several.
-pub fn each_rank<T: Send>(ranks: &mut [Rank], f: impl Fn(usize, &mut Rank) -> T + Sync) -> Vec<T> {
+pub fn each_rank<T: Send, M: Send>(ranks: &mut [Rank<M>], f: impl Fn(usize, &mut Rank<M>) -> T + Sync) -> Vec<T> {
     if ranks.len() == 1 {
         return vec![f(0, &mut ranks[0])];
     }
@@ -126,7 +127,7 @@ pub fn each_rank<T: Send>(ranks: &mut [Rank], f: impl Fn(usize, &mut Rank) -> T 
 }
 
 /// Every rank's gradients replaced by the mean over ranks (on the rank's own device).
-pub fn average(ranks: &mut [Rank], grads: Vec<GradMap>, reduction: Reduction) -> Vec<GradMap> {
+pub fn average<M: Send>(ranks: &mut [Rank<M>], grads: Vec<GradMap>, reduction: Reduction) -> Vec<GradMap> {
     match reduction {
         Reduction::Single => grads,
         Reduction::FirstDevice => {
@@ -154,7 +155,7 @@ pub fn average(ranks: &mut [Rank], grads: Vec<GradMap>, reduction: Reduction) ->
 }
 
 #[cfg(feature = "cuda")]
-fn nccl_mean(ranks: &mut [Rank], grads: Vec<GradMap>) -> Vec<GradMap> {
+fn nccl_mean<M: Send>(ranks: &mut [Rank<M>], grads: Vec<GradMap>) -> Vec<GradMap> {
     use burn::tensor::distributed::{ReduceOperation, all_reduce};
     let devices: Vec<Device> = ranks.iter().map(|r| r.plain.clone()).collect();
     let slots: Vec<std::sync::Mutex<Option<GradMap>>> = grads.into_iter().map(|g| Some(g).into()).collect();
@@ -168,14 +169,14 @@ fn nccl_mean(ranks: &mut [Rank], grads: Vec<GradMap>) -> Vec<GradMap> {
 }
 
 #[cfg(not(feature = "cuda"))]
-fn nccl_mean(_ranks: &mut [Rank], _grads: Vec<GradMap>) -> Vec<GradMap> {
+fn nccl_mean<M: Send>(_ranks: &mut [Rank<M>], _grads: Vec<GradMap>) -> Vec<GradMap> {
     unreachable!("NCCL is chosen only for CUDA builds")
 }
 
 /// Keeps Burn's communication server up while NCCL ranks train (its drop tears it down).
 pub struct Communication(#[allow(dead_code)] Option<Box<dyn std::any::Any>>);
 
-pub fn start_communication(ranks: &[Rank], reduction: Reduction) -> Communication {
+pub fn start_communication<M>(ranks: &[Rank<M>], reduction: Reduction) -> Communication {
     #[cfg(feature = "cuda")]
     if reduction == Reduction::Nccl {
         use burn::tensor::distributed::{DistributedConfig, DistributedContext, ReduceOperation};

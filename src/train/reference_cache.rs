@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::data::stream::PairSource;
 use crate::losses::{Errors, loss_dtype};
-use crate::models::unet::UNet2DConditionModel;
+use crate::models::denoiser::Denoiser;
 use crate::objective::Objective;
 use crate::train::data::to_batch;
 use crate::train::step::pair_errors_in;
@@ -23,8 +23,8 @@ pub struct ReferenceErrors {
 }
 
 /// What the pass computes on: the reference, its device, and the activations' dtype.
-pub struct ReferencePass<'a> {
-    pub reference: &'a UNet2DConditionModel,
+pub struct ReferencePass<'a, M> {
+    pub reference: &'a M,
     pub device: &'a Device,
     pub dtype: DType,
     /// Pairs per reference call.
@@ -34,7 +34,7 @@ pub struct ReferencePass<'a> {
 impl ReferenceErrors {
     /// The errors of the `count` pairs from cursor `start` on.
     pub fn compute(
-        pass: &ReferencePass,
+        pass: &ReferencePass<impl Denoiser>,
         source: &PairSource,
         objective: &Objective,
         start: usize,

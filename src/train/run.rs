@@ -4,17 +4,18 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use burn::module::Module;
 use indicatif::ProgressBar;
 
 use super::config::TrainConfig;
 use super::outdir::{self, OutputLock};
 use super::trainer::Trainer;
 use crate::data::stream::PairSource;
+use crate::family::{Family, TrainDenoiser};
 use crate::models::io::write_atomic;
+use crate::models::sd3::SD3Transformer2DModel;
 use crate::models::unet::UNet2DConditionModel;
 use crate::models::vae::{AutoencoderKL, VaeConfig};
-use crate::objective::Objective;
+use crate::objective::{Objective, ObjectiveName};
 use crate::sample::validate::{initial_noise, sample_latents, save_samples};
 
 /// How a run starts in its output folder.
@@ -32,14 +33,28 @@ impl Start {
     }
 }
 
-/// Runs (or resumes) a training run; returns the final loss.
+/// Runs (or resumes) a training run of the model folder's family; returns the final loss.
 pub fn train(config: &TrainConfig, start: &Start) -> Result<f64> {
-    train_with(config, start, &mut |_, _| Ok(()))
+    crate::models::folder::set_single_file_configs(config.model_config.as_deref());
+    match Family::detect(&config.model)? {
+        Family::Sdxl => train_with::<UNet2DConditionModel>(config, start, &mut |_, _| Ok(())),
+        Family::Sd3 => {
+            // A flow-matching model trains on its own objective (`[flow]` tunes it); the
+            // `objective` key chooses only for UNets (the built-in flow experiment).
+            let mut config = config.clone();
+            config.objective = ObjectiveName::Flow;
+            train_with::<SD3Transformer2DModel>(&config, start, &mut |_, _| Ok(()))
+        }
+        other => {
+            other.require_supported(&config.model, "train")?;
+            unreachable!("refused above")
+        }
+    }
 }
 
 /// Called after every optimizer step (1-based) with the current weights; the experiment
 /// runner scores the model from here.
-pub type StepHook<'a> = dyn FnMut(usize, &UNet2DConditionModel) -> Result<()> + 'a;
+pub type StepHook<'a, M = UNet2DConditionModel> = dyn FnMut(usize, &M) -> Result<()> + 'a;
 
 /// Takes the output folder for this run: locked, cleaned of dead writers' leftovers, and
 /// refused when it holds another run (unless `overwrite`) or, on resume, a run whose
@@ -90,8 +105,8 @@ pub(super) fn claim_output(config: &TrainConfig, start: &Start) -> Result<Output
 }
 
 /// [`train`], calling `hook` after every step.
-pub fn train_with(config: &TrainConfig, how: &Start, hook: &mut StepHook) -> Result<f64> {
-    let mut trainer = Trainer::prepare(config, how)?;
+pub fn train_with<M: TrainDenoiser>(config: &TrainConfig, how: &Start, hook: &mut StepHook<M>) -> Result<f64> {
+    let mut trainer = Trainer::<M>::prepare(config, how)?;
     let mut last_loss = f64::NAN;
     while !trainer.finished() {
         let log = trainer.step()?;
@@ -126,7 +141,7 @@ pub(super) fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
 /// Samples the validation prompts with the current weights (without autodiff) into `dir`.
 pub(super) fn validate(
     config: &TrainConfig,
-    unet: &UNet2DConditionModel,
+    unet: &impl TrainDenoiser,
     data: &PairSource,
     objective: &Objective,
     vae: Option<&(AutoencoderKL, VaeConfig)>,
@@ -138,7 +153,7 @@ pub(super) fn validate(
     let noise = initial_noise(config.seed, plain.context.dims()[0], shape, &plain.context.device());
     let latents =
         sample_latents(&unet.valid(), sampler.as_ref(), &plain, noise, config.validation_guidance, &mut |_| {});
-    save_samples(latents, vae.map(|(v, c)| (v, c.scaling_factor)), dir)
+    save_samples(latents, vae.map(|(v, c)| (v, c)), dir)
 }
 
 /// A message above the progress bar, or on stderr when the bar is not drawn (no terminal):

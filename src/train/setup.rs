@@ -5,7 +5,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
-use burn::module::Module;
 use burn::tensor::{DType, Device};
 
 use super::checkpoint;
@@ -15,10 +14,10 @@ use super::outdir;
 use super::ranks::{Rank, Reduction, reduction_for, replicate, replicate_optimizer, select_devices};
 use super::run::Start;
 use crate::data::stream::PairSource;
+use crate::family::TrainDenoiser;
 use crate::losses::{Method, Params, build};
 use crate::models::folder::component_dir;
 use crate::models::io::write_atomic;
-use crate::models::unet::UNet2DConditionModel;
 use crate::objective::Objective;
 
 /// Where the run starts: 0 for a fresh run, else the checkpoint's step and data cursor.
@@ -29,13 +28,13 @@ pub struct StartState {
 }
 
 /// The models and settings of a run, loaded (nothing written yet).
-pub struct Loaded {
+pub struct Loaded<M> {
     pub method: Method,
     /// The dtype the policy's frozen base is held in: the compute dtype with LoRA (bf16
     /// bytes for a bf16 run; the adapters are f32), f32 for full fine-tuning (master weights).
     pub base_dtype: DType,
     pub objective: Objective,
-    pub ranks: Vec<Rank>,
+    pub ranks: Vec<Rank<M>>,
     pub reduction: Reduction,
     pub compute: DType,
     pub unet_config: serde_json::Value,
@@ -46,10 +45,15 @@ pub struct Loaded {
 }
 
 /// Loads what [`Loaded`] holds for `config`, resuming from `how.resume` when given.
-pub fn load(config: &TrainConfig, how: &Start) -> Result<Loaded> {
+pub fn load<M: TrainDenoiser>(config: &TrainConfig, how: &Start) -> Result<Loaded<M>> {
     crate::models::folder::set_single_file_configs(config.model_config.as_deref());
     let family = crate::family::Family::detect(&config.model)?;
-    family.require_supported(&config.model, "train")?;
+    if config.gradient_checkpointing && family != crate::family::Family::Sdxl {
+        eprintln!(
+            "note: gradient_checkpointing is the UNet's (per block); the {} transformer keeps its whole graph",
+            family.name()
+        );
+    }
     let method = build(&config.method, Params::from_map(config.method_params.clone()))?;
     let objective = config.objective()?;
     let selected = select_devices(config.device.as_deref(), &config.devices)?;
@@ -70,7 +74,7 @@ pub fn load(config: &TrainConfig, how: &Start) -> Result<Loaded> {
     // Reference-free methods never build the reference. With LoRA the base weights are
     // frozen, so the reference is the policy with its adapters zeroed (no second copy).
     let reference = if method.uses_reference() && config.lora.is_none() {
-        Some(UNet2DConditionModel::from_dir(&unet_dir, &plain, DType::F32)?.0)
+        Some(M::load_dir(&unet_dir, &plain, DType::F32, None, None)?)
     } else {
         None
     };
@@ -102,13 +106,13 @@ struct Placement<'a> {
     dtype: DType,
 }
 
-fn policy(
+fn policy<M: TrainDenoiser>(
     config: &TrainConfig,
     how: &Start,
     place: &Placement,
     optimizer: &mut Optimizer,
     ranks_n: usize,
-) -> Result<(UNet2DConditionModel, StartState)> {
+) -> Result<(M, StartState)> {
     let Placement { unet_dir, plain, device, dtype } = *place;
     // `--resume latest` of a run killed before its first checkpoint starts it afresh (the
     // folder's partial files are discarded once it is claimed).
@@ -117,7 +121,7 @@ fn policy(
         // Fresh LoRA adapters are drawn from the device's generator: seed it.
         plain.seed(config.seed);
         device.seed(config.seed);
-        let unet = UNet2DConditionModel::from_dir_with_lora(unet_dir, device, dtype, config.lora.clone(), None)?.0;
+        let unet = M::load_dir(unet_dir, device, dtype, config.lora.clone(), None)?;
         return Ok((unet, StartState { step: 0, bad_in_a_row: 0, cursor: 0 }));
     };
     let dir = checkpoint::resolve(&config.output_dir, which)?;
@@ -145,9 +149,9 @@ fn policy(
     let unet = match &config.lora {
         Some(lora) => {
             let adapters = Some(unet_ckpt.as_path());
-            UNet2DConditionModel::from_dir_with_lora(unet_dir, device, dtype, Some(lora.clone()), adapters)?.0
+            M::load_dir(unet_dir, device, dtype, Some(lora.clone()), adapters)?
         }
-        None => UNet2DConditionModel::from_dir(&unet_ckpt, device, DType::F32)?.0,
+        None => M::load_dir(&unet_ckpt, device, DType::F32, None, None)?,
     };
     Ok((unet, StartState { step: state.step, bad_in_a_row: state.bad_in_a_row, cursor }))
 }
@@ -173,7 +177,7 @@ fn check_method(config: &TrainConfig, method: &Method, ranks_n: usize) -> Result
 
 /// The run's data (a parquet source is first cached into `<output_dir>/cache`), checked
 /// against the method (pairs or labelled images), the UNet and the VAE.
-pub fn open_data(
+pub fn open_data<M: TrainDenoiser>(
     config: &TrainConfig,
     method: &Method,
     unet_config: &serde_json::Value,
@@ -202,7 +206,7 @@ pub fn open_data(
             crate::losses::unpaired_names().join(", ")
         );
     }
-    data.check_model(&data_path, &serde_json::from_value(unet_config.clone())?)?;
+    M::check_data(&data, &data_path, unet_config)?;
     if let Some(dir) = vae_dir {
         data.check_vae(&crate::models::config::read_config::<serde_json::Value>(dir)?.1)?;
     }

@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Result, bail};
-use burn::module::Module;
 use burn::tensor::{DType, Device};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -26,22 +25,22 @@ use super::run::{Start, warn};
 use super::setup::{Loaded, open_data, write_run_state};
 use super::step::{Execution, MicroStep, Reference, apply_update, forward_backward, updated_params_finite};
 use crate::data::stream::{PairSource, PairStream};
+use crate::family::TrainDenoiser;
 use crate::losses::Method;
 use crate::models::folder::save_component;
 use crate::models::lora::{
-    BlockLayout, LORA_FILE_KOHYA, LORA_FILE_PEFT, LoraFormat, disable_adapters, save_lora, save_merged,
-    save_merged_from,
+    BlockLayout, LORA_FILE_KOHYA, LORA_FILE_PEFT, LoraFile, LoraFormat, disable_adapters, save_merged, save_merged_from,
 };
 use crate::models::unet::UNet2DConditionModel;
 use crate::models::vae::{AutoencoderKL, VaeConfig};
 use crate::objective::Objective;
 
-/// A run in progress.
-pub struct Trainer<'a> {
+/// A run in progress, training the family's denoiser `M`.
+pub struct Trainer<'a, M: TrainDenoiser = UNet2DConditionModel> {
     pub config: &'a TrainConfig,
     pub method: Method,
     pub objective: Objective,
-    pub ranks: Vec<Rank>,
+    pub ranks: Vec<Rank<M>>,
     reduction: Reduction,
     exec: Execution,
     base_dtype: DType,
@@ -105,7 +104,7 @@ impl Accumulated {
     }
 }
 
-impl<'a> Trainer<'a> {
+impl<'a, M: TrainDenoiser> Trainer<'a, M> {
     /// Loads the models, claims the output folder, opens the data and (with
     /// `reference_cache`) computes the reference's errors; nothing of the folder changes
     /// before every input has loaded.
@@ -121,7 +120,7 @@ impl<'a> Trainer<'a> {
             unet_dir,
             vae_dir,
             start,
-        } = super::setup::load(config, how)?;
+        } = super::setup::load::<M>(config, how)?;
         // Validation decodes through the folder's VAE when it has one.
         let vae = match (config.validation_every > 0, &vae_dir) {
             (true, Some(dir)) => Some(AutoencoderKL::from_dir(dir, &ranks[0].plain, DType::F32)?),
@@ -130,7 +129,7 @@ impl<'a> Trainer<'a> {
         // The models have loaded: the folder is claimed only now (a run that cannot start
         // leaves it as it was), then the data is read (a parquet source is cached into it).
         let lock = super::run::claim_output(config, how)?;
-        let data = open_data(config, &method, &unet_config, vae_dir.as_deref())?;
+        let data = open_data::<M>(config, &method, &unet_config, vae_dir.as_deref())?;
         let global_batch = config.batch_size * ranks.len();
         let expected = start.step * config.grad_accumulation * global_batch;
         if start.cursor != expected {
@@ -192,7 +191,7 @@ impl<'a> Trainer<'a> {
     }
 
     /// The policy as it is now (rank 0's; every rank holds the same weights).
-    pub fn unet(&self) -> &UNet2DConditionModel {
+    pub fn unet(&self) -> &M {
         &self.ranks[0].unet
     }
 
@@ -355,30 +354,45 @@ impl<'a> Trainer<'a> {
         Ok(())
     }
 
-    /// The final model: LoRA adapters in diffusers' format and in kohya's (ComfyUI, A1111)
-    /// and the UNet with them merged in; or the fine-tuned UNet.
+    /// The final model: LoRA adapters in diffusers' format (and, for a UNet, kohya's, as
+    /// ComfyUI and A1111 load them) and the denoiser with them merged in; or the fine-tuned
+    /// denoiser, in a folder named as in the pipeline (`unet/`, `transformer/`).
     pub fn finish(self) -> Result<()> {
         self.bar.finish();
         let (out, unet) = (&self.config.output_dir, &self.ranks[0].unet);
+        let folder = out.join(M::COMPONENT);
         match &self.config.lora {
             Some(lora) => {
-                let layout = BlockLayout::of(&serde_json::from_value(self.unet_config.clone())?)?;
-                save_lora(unet, &out.join(LORA_FILE_PEFT), LoraFormat::Peft, &layout, lora.scale())?;
-                save_lora(unet, &out.join(LORA_FILE_KOHYA), LoraFormat::Kohya, &layout, lora.scale())?;
+                let peft = LoraFile::from_module(unet, lora.scale()).for_component(M::COMPONENT);
+                match unet.as_unet() {
+                    Some(_) => {
+                        let layout = BlockLayout::of(&serde_json::from_value(self.unet_config.clone())?)?;
+                        peft.write(&out.join(LORA_FILE_PEFT), LoraFormat::Peft, &layout)?;
+                        peft.write(&out.join(LORA_FILE_KOHYA), LoraFormat::Kohya, &layout)?;
+                    }
+                    // kohya's names are the SDXL UNet's sgm blocks: transformers get PEFT only.
+                    None => peft.write(&out.join(LORA_FILE_PEFT), LoraFormat::Peft, &BlockLayout::uniform(0, 0))?,
+                }
                 if self.base_dtype == DType::F32 {
-                    save_merged(unet, &self.unet_config, &out.join("unet"), lora.scale())?;
+                    save_merged(unet, &self.unet_config, &folder, lora.scale())?;
                 } else {
                     // The base was held in the compute dtype: merge into the folder's own weights.
                     let base = crate::models::io::SafeTensorFiles::open_component(
                         &self.unet_dir,
                         &["diffusion_pytorch_model"],
                     )?;
-                    save_merged_from(unet, &base, &self.unet_config, &out.join("unet"), lora.scale())?;
+                    save_merged_from(unet, &base, &self.unet_config, &folder, lora.scale())?;
                 }
             }
-            None => save_component(unet, &self.unet_config, &out.join("unet"), DType::F32)?,
+            None => save_component(unet, &self.unet_config, &folder, DType::F32)?,
         }
-        if self.config.export.contains(&super::config::ExportFormat::SingleFile) {
+        if self.config.export.contains(&super::config::ExportFormat::SingleFile) && unet.as_unet().is_none() {
+            eprintln!(
+                "note: export = [\"single-file\"] is SDXL's for now; the {} is in {}",
+                M::COMPONENT,
+                folder.display()
+            );
+        } else if self.config.export.contains(&super::config::ExportFormat::SingleFile) {
             // The base model's other components beside the trained UNet, in one file.
             let dtype =
                 self.config.export_dtype.as_deref().unwrap_or("f16").parse::<crate::device::Precision>()?.dtype();
@@ -397,9 +411,9 @@ impl<'a> Trainer<'a> {
 
 /// The frozen reference's errors for the `count` pairs from `cursor` on; the reference model
 /// is freed afterwards (with LoRA it is the policy with its adapters off: nothing to free).
-fn cache_reference(
+fn cache_reference<M: TrainDenoiser>(
     config: &TrainConfig,
-    ranks: &mut [Rank],
+    ranks: &mut [Rank<M>],
     data: &PairSource,
     objective: &Objective,
     compute: DType,

@@ -33,8 +33,13 @@ pub struct LoraConfig {
     pub targets: Vec<String>,
 }
 
+/// Every attention projection: the UNet's `to_q/to_k/to_v/to_out.0`; SD3's joint attention
+/// also projects the text (`add_*_proj`, `to_add_out`), as diffusers' SD3 LoRA scripts target.
+/// Names a model lacks match nothing.
 fn default_targets() -> Vec<String> {
-    ["to_q", "to_k", "to_v", "to_out.0"].map(String::from).to_vec()
+    ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
+        .map(String::from)
+        .to_vec()
 }
 
 impl LoraConfig {

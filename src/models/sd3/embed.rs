@@ -3,7 +3,7 @@
 //! vector (`CombinedTimestepTextProjEmbeddings`).
 
 use anyhow::{Result, ensure};
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::tensor::{DType, Int, Tensor, TensorData};
 
 use crate::models::nn::{Conv2d, Linear, silu};
@@ -34,8 +34,9 @@ pub fn sincos_table(dim: usize, grid: usize, base_size: usize) -> Vec<f32> {
 #[derive(Module, Debug)]
 pub struct PatchEmbed {
     pub proj: Conv2d,
-    /// [max·max, D]: not trained (a buffer in diffusers, saved with the weights).
-    pub pos_embed: Tensor<2>,
+    /// [1, max·max, D], frozen: a buffer in diffusers, saved with the weights (so exported
+    /// folders load there), never trained.
+    pub pos_embed: Param<Tensor<3>>,
     patch: usize,
     max_size: usize,
 }
@@ -55,10 +56,9 @@ impl PatchEmbed {
             let data = TensorData::new(sincos_table(dim, max_size, base), shape);
             Tensor::<3>::from_data(data, (w.device(), DType::F32)).cast(w.dtype())
         };
-        let [_, n, d] = pos_embed.dims();
         Self {
             proj: Conv2d::load(&w.pp("proj"), in_channels, dim, patch, patch, 0),
-            pos_embed: pos_embed.reshape([n, d]),
+            pos_embed: Param::from_tensor(pos_embed).set_require_grad(false),
             patch,
             max_size,
         }
@@ -91,7 +91,7 @@ impl PatchEmbed {
         let ids: Vec<i64> =
             (0..gh).flat_map(|r| (0..gw).map(move |c| ((top + r) * self.max_size + left + c) as i64)).collect();
         let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [gh * gw]), &tokens.device());
-        let pos = self.pos_embed.clone().select(0, ids).unsqueeze::<3>();
+        let pos = self.pos_embed.val().select(1, ids);
         tokens + pos.cast(dtype)
     }
 }

@@ -21,6 +21,9 @@ use super::lora::LoraConfig;
 use super::nn::Linear;
 use super::weights::Weights;
 
+/// Tensors of the folder that are not trained (diffusers' persistent buffers).
+pub const BUFFERS: [&str; 1] = ["pos_embed.pos_embed"];
+
 #[derive(Module, Debug)]
 pub struct SD3Transformer2DModel {
     pub pos_embed: PatchEmbed,
@@ -70,24 +73,30 @@ impl SD3Transformer2DModel {
 
     /// Loads a diffusers `transformer/` folder (`config.json` + weights, single or sharded).
     pub fn from_dir(dir: &Path, device: &Device, dtype: DType) -> Result<(Self, SD3TransformerConfig)> {
-        Self::from_dir_with_lora(dir, device, dtype, None)
+        Self::from_dir_with_lora(dir, device, dtype, None, None)
     }
 
-    /// [`Self::from_dir`] with fresh LoRA adapters on the layers `lora` targets (base frozen).
+    /// [`Self::from_dir`] with LoRA adapters on the layers `lora` targets (base frozen):
+    /// from `adapters` (a LoRA checkpoint's file) when given, else fresh.
     pub fn from_dir_with_lora(
         dir: &Path,
         device: &Device,
         dtype: DType,
         lora: Option<LoraConfig>,
+        adapters: Option<&Path>,
     ) -> Result<(Self, SD3TransformerConfig)> {
         use anyhow::Context;
         let (config, _) = super::config::read_config::<SD3TransformerConfig>(dir)?;
         let files = super::io::SafeTensorFiles::open_component(dir, &["diffusion_pytorch_model"])?;
+        let adapter_files = adapters.map(super::io::SafeTensorFiles::open_file).transpose()?;
         Weights::precheck(&files, lora.clone(), |w| Self::load(&config, w))
             .with_context(|| format!("loading {}", dir.display()))?;
         let mut w = Weights::from_files(&files, device, dtype);
         if let Some(lora) = lora {
             w = w.with_lora(lora);
+        }
+        if let Some(a) = &adapter_files {
+            w = w.with_adapters(a);
         }
         let model = Self::load(&config, &w)?;
         w.finish().with_context(|| format!("loading {}", dir.display()))?;
