@@ -185,3 +185,43 @@ fn sd3_cache_holds_the_pipelines_encodings_and_trains() {
     assert!(!out.status.success() && err.contains("made for another model"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `mapo experiment` on an SD3 folder: the three methods train on the parquet data (cached
+/// once with the SD3 encoders) and the report says the objective is flow matching; `[eval]`
+/// (a UNet sampler) is refused by name before anything trains.
+#[test]
+fn sd3_experiments_train_and_report() {
+    let dir = std::env::temp_dir().join(format!("mapo-sd3-exp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let body = |eval: &str| {
+        format!(
+            "name = \"sd3-tiny\"\nmethods = [\"sft\", \"dpo\", \"mapo\"]\nseeds = [0]\nruns_dir = {:?}\n\
+             [model]\npath = {:?}\n[data]\nparquet = {:?}\n[data.transform]\nresolution = 32\n\
+             [train]\nsteps = 2\nbatch_size = 2\ndevice = \"{}\"\n[train.lora]\nrank = 2\n[train.optimizer]\nlr = 1e-3\n{eval}",
+            dir.join("runs"),
+            fixtures().join("tiny-sd35"),
+            fixtures().join("parquet/pairs.parquet"),
+            device_name()
+        )
+    };
+    let file = dir.join("exp.toml");
+    std::fs::write(&file, body("")).unwrap();
+    run_mapo(&["experiment", file.to_str().unwrap()]);
+    let report = std::fs::read_to_string(dir.join("runs/sd3-tiny/report.md")).unwrap();
+    assert!(report.contains("Objective: flow matching"), "{report}");
+    for method in ["sft", "dpo", "mapo"] {
+        assert!(report.contains(&format!("| {method} |")), "{report}");
+    }
+    let prompts = dir.join("prompts.txt");
+    std::fs::write(&prompts, "a cat\n").unwrap();
+    let eval = format!(
+        "[eval]\nevery = 1\nprompts = {prompts:?}\n[eval.scorers]\nclip = {:?}\n",
+        fixtures().join("tiny-clip")
+    );
+    std::fs::write(&file, body(&eval)).unwrap();
+    let out = mapo_quiet(&["experiment", file.to_str().unwrap(), "--set", "name=\"sd3-eval\""]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("[eval] samples SDXL UNets only"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -24,12 +24,16 @@ pub fn run(args: &ForwardArgs) -> Result<()> {
         bail!("forward train-step needs --method ({})", crate::losses::names().join(", "))
     };
     // Master weights, optimizer state and the loss stay f32; `--dtype` sets the compute.
-    let method = build(name, Params::parse(&args.params)?)?;
+    let family = Family::detect(model)?;
+    let mut params = Params::parse(&args.params)?;
+    for (k, v) in family.objective().method_defaults(name) {
+        params = params.with_default(k, *v);
+    }
+    let method = build(name, params)?;
     let selected = select(args.device.device.as_deref())?;
     let compute = selected.precision(&args.device.dtype)?;
     let plain = selected.device;
     let device = plain.clone().autodiff();
-    let family = Family::detect(model)?;
     let dir = component_dir(model, family.denoiser_folder())?;
 
     let inputs = SafeTensorFiles::open_file(&args.inputs)?;

@@ -242,6 +242,16 @@ fn prepare(exp: &Path, run: &PlannedRun, device: Option<&str>, for_run: bool) ->
     if let Some(d) = reference_summary_dir(exp, run) {
         check_reference(&d, c)?;
     }
+    let family = crate::family::Family::detect(&model)?;
+    // The evaluator samples with a UNet; other families are scored with `mapo generate` +
+    // `mapo score` for now.
+    anyhow::ensure!(
+        c.eval.prompts.is_none() || family == crate::family::Family::Sdxl,
+        "{}: [eval] samples SDXL UNets only for now; remove [eval] for this {} model (its runs still train and \
+         report their losses), and score its outputs with `mapo generate` + `mapo score`",
+        model.display(),
+        family.name()
+    );
     let scored = reference_summary_dir(exp, run).is_none_or(|d| d.join("summary.json").is_file());
     let evaluator = if for_run || !scored {
         Evaluator::new(c.is_toy(), &model, &data, &c.eval, &c.objective()?, &plain)?
@@ -298,6 +308,11 @@ fn execute(exp: &Path, run: &PlannedRun, dir: &Path, device: Option<&str>) -> Re
     if let Some(d) = device {
         train.device = Some(d.to_string());
     }
+    let family = crate::family::Family::detect(&model)?;
+    if family != crate::family::Family::Sdxl {
+        // Recorded in the summary and report as the run trains it (`train` sets it too).
+        train.objective = family.objective();
+    }
 
     std::fs::create_dir_all(dir)?;
     write_atomic(&dir.join(IDENTITY), serde_json::to_string_pretty(&identity(run))?.as_bytes())?;
@@ -319,16 +334,21 @@ fn execute(exp: &Path, run: &PlannedRun, dir: &Path, device: Option<&str>) -> Re
     let every = c.eval.every.max(1);
     let steps = train.steps;
     let mut last_eval: Option<Metrics> = None;
-    let mut hook = |step: usize, unet: &UNet2DConditionModel| -> Result<()> {
-        write_wall(&wall_path, earlier + t0.elapsed().as_secs_f64())?;
-        let Some(ev) = &evaluator else { return Ok(()) };
-        if !step.is_multiple_of(every) && step != steps {
-            return Ok(());
-        }
-        last_eval = Some(score(ev, &unet.valid(), step, step == steps, dir)?);
-        Ok(())
+    let final_loss = if family == crate::family::Family::Sdxl {
+        let mut hook = |step: usize, unet: &UNet2DConditionModel| -> Result<()> {
+            write_wall(&wall_path, earlier + t0.elapsed().as_secs_f64())?;
+            let Some(ev) = &evaluator else { return Ok(()) };
+            if !step.is_multiple_of(every) && step != steps {
+                return Ok(());
+            }
+            last_eval = Some(score(ev, &unet.valid(), step, step == steps, dir)?);
+            Ok(())
+        };
+        crate::train::run::train_with(&train, &Start::resume(resume.then_some("latest")), &mut hook)?
+    } else {
+        // Other families have no evaluator (refused in `prepare`): they train and report losses.
+        crate::train::run::train(&train, &Start::resume(resume.then_some("latest")))?
     };
-    let final_loss = crate::train::run::train_with(&train, &Start::resume(resume.then_some("latest")), &mut hook)?;
     // Resumed from the last checkpoint, no step ran: score the saved final model.
     if let (Some(ev), None) = (&evaluator, &last_eval) {
         let (unet, _) = UNet2DConditionModel::from_dir(&dir.join("unet"), &plain, DType::F32)?;

@@ -125,6 +125,13 @@ impl Params {
         Self { values }
     }
 
+    /// `key = value` unless the caller set `key` (an objective's default, see
+    /// `ObjectiveName::method_defaults`).
+    pub fn with_default(mut self, key: &str, value: f64) -> Self {
+        self.values.entry(key.to_string()).or_insert(value);
+        self
+    }
+
     pub fn take(&mut self, key: &str, default: f64) -> f64 {
         self.values.remove(key).unwrap_or(default)
     }

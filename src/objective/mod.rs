@@ -43,6 +43,17 @@ impl ObjectiveName {
         *self == Self::Epsilon
     }
 
+    /// Method parameters whose defaults differ on this objective. MaPO's margin scale T
+    /// (`num_train_timesteps`) was tuned for ε errors; velocity errors are about twice as
+    /// large and the margin saturates at T = 1000, so flow runs default to T = 100, the
+    /// value the flow toy's sweep chose (docs/experiments.md, experiments/toy-flow-sweep.toml).
+    pub fn method_defaults(&self, method: &str) -> &'static [(&'static str, f64)] {
+        match (self, method) {
+            (Self::Flow, "mapo") => &[("num_train_timesteps", 100.0)],
+            _ => &[],
+        }
+    }
+
     pub fn as_str(&self) -> &'static str {
         match self {
             Self::Epsilon => "epsilon",

@@ -54,8 +54,19 @@ pub fn load<M: TrainDenoiser>(config: &TrainConfig, how: &Start) -> Result<Loade
             family.name()
         );
     }
-    let method = build(&config.method, Params::from_map(config.method_params.clone()))?;
     let objective = config.objective()?;
+    let mut params = Params::from_map(config.method_params.clone());
+    for (k, v) in objective.name().method_defaults(&config.method) {
+        if !config.method_params.contains_key(*k) {
+            eprintln!(
+                "note: {} on the {} objective: {k} = {v} (this objective's default; method_params.{k} overrides it)",
+                config.method,
+                objective.name().as_str()
+            );
+        }
+        params = params.with_default(k, *v);
+    }
+    let method = build(&config.method, params)?;
     let selected = select_devices(config.device.as_deref(), &config.devices)?;
     let backends: Vec<_> = selected.iter().map(|s| s.backend).collect();
     let reduction = reduction_for(&backends);
