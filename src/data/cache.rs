@@ -152,6 +152,8 @@ struct ShardBuffer {
     tensors: Vec<Vec<Tensor<4>>>,
     labels: Vec<i64>,
     context: Vec<Tensor<3>>,
+    /// Store `context` in bf16 (converted on the host: WGSL has no bf16 to cast to).
+    context_bf16: bool,
     text_embeds: Vec<Tensor<2>>,
     time_ids: Vec<f32>,
     source: Vec<(i64, i64)>,
@@ -320,7 +322,8 @@ fn encode(enc: &Encoders, batch: &mut Vec<(usize, Prepared, (i64, i64))>, buffer
             buffer.labels.push(desirable as i64);
         }
         let (context, pooled) = enc.prompts.encode(p.caption.as_deref().unwrap_or(""))?;
-        buffer.context.push(context.cast(enc.prompts.context_dtype()));
+        buffer.context.push(context);
+        buffer.context_bf16 = enc.prompts.context_dtype() == DType::BF16;
         buffer.text_embeds.push(pooled);
         buffer.time_ids.extend_from_slice(&p.time_ids);
         buffer.source.push(*source);
@@ -343,7 +346,10 @@ fn flush(out: &Path, index: &mut CacheIndex, buffer: &mut ShardBuffer, next_posi
         tensors.push(("label".into(), TensorData::new(b.labels, [n])));
     }
     tensors.extend([
-        ("encoder_hidden_states".into(), Tensor::cat(b.context, 0).into_data()),
+        ("encoder_hidden_states".into(), {
+            let data = Tensor::cat(b.context, 0).cast(DType::F32).into_data();
+            if b.context_bf16 { data.convert::<burn::tensor::bf16>() } else { data }
+        }),
         ("text_embeds".into(), Tensor::cat(b.text_embeds, 0).into_data()),
         ("time_ids".into(), TensorData::new(b.time_ids, [n, 6])),
         ("file_index".into(), TensorData::new(b.source.iter().map(|s| s.0).collect::<Vec<i64>>(), [n])),
