@@ -144,12 +144,7 @@ fn forward_transformer_matches_diffusers() {
     let dir = std::env::temp_dir().join(format!("mapo-sd3-fwd-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (inp, out) = (dir.join("in.safetensors"), dir.join("out.safetensors"));
-    let names = ["hidden_states", "encoder_hidden_states", "pooled_projections", "timestep"];
-    let tensors = names
-        .iter()
-        .map(|n| (n.to_string(), cases.get(&format!("sd35.case0.{n}")).unwrap().to_data_any().unwrap()))
-        .collect();
-    mapo::models::io::write_tensors(&inp, tensors).unwrap();
+    write_sd35_case0(&inp);
     let model = fixtures().join("tiny-sd35");
     let r = run_mapo(&[
         "forward",
@@ -170,12 +165,10 @@ fn forward_transformer_matches_diffusers() {
 
     // A wrong width names the tensor and what was expected.
     let bad = dir.join("bad.safetensors");
-    let mut tensors: Vec<(String, burn::tensor::TensorData)> = names
-        .iter()
-        .map(|n| (n.to_string(), cases.get(&format!("sd35.case0.{n}")).unwrap().to_data_any().unwrap()))
-        .collect();
-    tensors[1].1 = burn::tensor::TensorData::new(vec![0f32; 2 * 7 * 23], [2, 7, 23]);
-    mapo::models::io::write_tensors(&bad, tensors).unwrap();
+    std::fs::copy(&inp, &bad).unwrap();
+    rewrite_tensor(&bad, "encoder_hidden_states", |_| {
+        burn::tensor::TensorData::new(vec![0f32; 2 * 7 * 23], [2, 7, 23])
+    });
     let r = mapo_quiet(&[
         "forward",
         "transformer",
@@ -197,17 +190,11 @@ fn forward_transformer_matches_diffusers() {
 /// diffusers' `load_lora_weights` (tools/golden/make_sd3_lora.py). Tolerance 1e-5.
 #[test]
 fn sd3_peft_lora_matches_diffusers() {
-    let cases = open("sd3_transformer_cases.safetensors");
     let expected = open("lora/sd35_expected.safetensors");
     let dir = std::env::temp_dir().join(format!("mapo-sd3-lora-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (inp, out) = (dir.join("in.safetensors"), dir.join("out.safetensors"));
-    let names = ["hidden_states", "encoder_hidden_states", "pooled_projections", "timestep"];
-    let tensors = names
-        .iter()
-        .map(|n| (n.to_string(), cases.get(&format!("sd35.case0.{n}")).unwrap().to_data_any().unwrap()))
-        .collect();
-    mapo::models::io::write_tensors(&inp, tensors).unwrap();
+    write_sd35_case0(&inp);
     let model = fixtures().join("tiny-sd35");
     let lora = fixtures().join("lora/sd35_peft.safetensors");
     let forward = |lora_file: &std::path::Path| {

@@ -72,14 +72,8 @@ fn sd3_lora_runs_write_peft_adapters_and_the_merged_transformer() {
     assert!(!run.join("pytorch_lora_weights_kohya.safetensors").exists());
 
     // The merged folder equals the base with the PEFT file folded in.
-    let cases = open("sd3_transformer_cases.safetensors");
     let inp = dir.join("in.safetensors");
-    let names = ["hidden_states", "encoder_hidden_states", "pooled_projections", "timestep"];
-    let tensors = names
-        .iter()
-        .map(|n| (n.to_string(), cases.get(&format!("sd35.case0.{n}")).unwrap().to_data_any().unwrap()))
-        .collect();
-    mapo::models::io::write_tensors(&inp, tensors).unwrap();
+    write_sd35_case0(&inp);
     let forward = |model: &Path, lora: Option<&Path>, out: &Path| {
         let mut args = vec!["forward", "transformer", "--model", model.to_str().unwrap()];
         args.extend(["--inputs", inp.to_str().unwrap(), "--out", out.to_str().unwrap()]);

@@ -185,11 +185,33 @@ impl<'a> Weights<'a> {
         dtype: DType,
         build: impl Fn(&C, &Weights) -> anyhow::Result<M>,
     ) -> anyhow::Result<(M, C)> {
+        Self::load_dir_with_lora(dir, stems, device, dtype, None, None, build)
+    }
+
+    /// [`Self::load_dir`] with LoRA adapters on the layers `lora` targets (base frozen):
+    /// read from `adapters` (a LoRA checkpoint's file) when given, else fresh.
+    pub fn load_dir_with_lora<M, C: serde::de::DeserializeOwned>(
+        dir: &std::path::Path,
+        stems: &[&str],
+        device: &Device,
+        dtype: DType,
+        lora: Option<super::lora::LoraConfig>,
+        adapters: Option<&std::path::Path>,
+        build: impl Fn(&C, &Weights) -> anyhow::Result<M>,
+    ) -> anyhow::Result<(M, C)> {
         use anyhow::Context;
         let (config, _) = super::config::read_config::<C>(dir)?;
         let files = SafeTensorFiles::open_component(dir, stems)?;
-        Self::precheck(&files, None, |w| build(&config, w)).with_context(|| format!("loading {}", dir.display()))?;
-        let w = Weights::from_files(&files, device, dtype);
+        let adapter_files = adapters.map(SafeTensorFiles::open_file).transpose()?;
+        Self::precheck(&files, lora.clone(), |w| build(&config, w))
+            .with_context(|| format!("loading {}", dir.display()))?;
+        let mut w = Weights::from_files(&files, device, dtype);
+        if let Some(lora) = lora {
+            w = w.with_lora(lora);
+        }
+        if let Some(a) = &adapter_files {
+            w = w.with_adapters(a);
+        }
         let model = build(&config, &w)?;
         w.finish().with_context(|| format!("loading {}", dir.display()))?;
         Ok((model, config))

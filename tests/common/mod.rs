@@ -178,3 +178,15 @@ pub fn metric_lines(run: &std::path::Path) -> Vec<serde_json::Value> {
         })
         .collect()
 }
+
+/// The SD3.5 transformer's inputs of `sd3_transformer_cases.safetensors` case 0, as the
+/// `mapo forward transformer` input file `path`.
+pub fn write_sd35_case0(path: &std::path::Path) {
+    let cases = open("sd3_transformer_cases.safetensors");
+    let names = ["hidden_states", "encoder_hidden_states", "pooled_projections", "timestep"];
+    let tensors = names
+        .iter()
+        .map(|n| (n.to_string(), cases.get(&format!("sd35.case0.{n}")).unwrap().to_data_any().unwrap()))
+        .collect();
+    mapo::models::io::write_tensors(path, tensors).unwrap();
+}

@@ -85,22 +85,8 @@ impl SD3Transformer2DModel {
         lora: Option<LoraConfig>,
         adapters: Option<&Path>,
     ) -> Result<(Self, SD3TransformerConfig)> {
-        use anyhow::Context;
-        let (config, _) = super::config::read_config::<SD3TransformerConfig>(dir)?;
-        let files = super::io::SafeTensorFiles::open_component(dir, &["diffusion_pytorch_model"])?;
-        let adapter_files = adapters.map(super::io::SafeTensorFiles::open_file).transpose()?;
-        Weights::precheck(&files, lora.clone(), |w| Self::load(&config, w))
-            .with_context(|| format!("loading {}", dir.display()))?;
-        let mut w = Weights::from_files(&files, device, dtype);
-        if let Some(lora) = lora {
-            w = w.with_lora(lora);
-        }
-        if let Some(a) = &adapter_files {
-            w = w.with_adapters(a);
-        }
-        let model = Self::load(&config, &w)?;
-        w.finish().with_context(|| format!("loading {}", dir.display()))?;
-        Ok((model, config))
+        let build = |c: &SD3TransformerConfig, w: &Weights| Self::load(c, w);
+        Weights::load_dir_with_lora(dir, &["diffusion_pytorch_model"], device, dtype, lora, adapters, build)
     }
 
     /// Refuses latents this model cannot take (not a multiple of the patch, larger than the

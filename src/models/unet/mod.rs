@@ -9,14 +9,13 @@ pub mod transformer;
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use burn::module::Module;
 use burn::tensor::{DType, Device, Int, Tensor};
 
 use self::blocks::{BlockCtx, DownBlock, MidBlock, UpBlock};
 pub use self::config::UNetConfig;
 use self::embeddings::{TimestepEmbedding, timestep_embedding};
-use crate::models::io::SafeTensorFiles;
 use crate::models::nn::{Conv2d, GroupNorm, silu};
 use crate::models::weights::Weights;
 
@@ -128,21 +127,8 @@ impl UNet2DConditionModel {
         lora: Option<crate::models::lora::LoraConfig>,
         adapters: Option<&Path>,
     ) -> Result<(Self, UNetConfig)> {
-        let (config, _) = crate::models::config::read_config::<UNetConfig>(dir)?;
-        let files = SafeTensorFiles::open_component(dir, &["diffusion_pytorch_model"])?;
-        let adapter_files = adapters.map(SafeTensorFiles::open_file).transpose()?;
-        Weights::precheck(&files, lora.clone(), |w| Self::load(&config, w))
-            .with_context(|| format!("loading {}", dir.display()))?;
-        let mut w = Weights::from_files(&files, device, dtype);
-        if let Some(lora) = lora {
-            w = w.with_lora(lora);
-        }
-        if let Some(a) = &adapter_files {
-            w = w.with_adapters(a);
-        }
-        let model = Self::load(&config, &w)?;
-        w.finish().with_context(|| format!("loading {}", dir.display()))?;
-        Ok((model, config))
+        let build = |c: &UNetConfig, w: &Weights| Self::load(c, w);
+        Weights::load_dir_with_lora(dir, &["diffusion_pytorch_model"], device, dtype, lora, adapters, build)
     }
 
     /// The noise prediction for `sample` [B, C, h, w] at integer `timestep` [B] (training).
