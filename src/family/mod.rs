@@ -12,12 +12,14 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 
 pub use crate::models::denoiser::{Conditioning, Denoiser};
-use burn::tensor::{DType, Device};
+use std::collections::BTreeMap;
+
+use burn::tensor::{DType, Device, Tensor};
 
 use crate::data::stream::PairSource;
 use crate::models::lora::LoraConfig;
 use crate::models::sd3::{SD3Transformer2DModel, SD3TransformerConfig};
-use crate::models::unet::UNet2DConditionModel;
+use crate::models::unet::{TextTime, UNet2DConditionModel};
 use crate::objective::ObjectiveName;
 
 /// The model families mapo knows.
@@ -123,15 +125,40 @@ impl Family {
 }
 
 /// A denoiser the trainer can train: a module whose parameters the optimizer walks, loaded
-/// from its diffusers folder, saved under diffusers' names. `as_unet` opens the UNet's
-/// block-level gradient checkpointing, the one family that has it.
+/// from its diffusers folder, saved under diffusers' names, with a block-checkpointed
+/// forward and backward (`gradient_checkpointing`).
 pub trait TrainDenoiser: Denoiser + burn::module::Module + Clone + Send + Sized + 'static {
     /// diffusers' name of the component, the prefix of its PEFT LoRA keys.
     const COMPONENT: &'static str;
 
+    /// What the checkpointed forward keeps for its backward.
+    type Tape;
+
+    /// SDXL's UNet (kohya LoRA names, single-file export are its alone).
     fn as_unet(&self) -> Option<&UNet2DConditionModel> {
         None
     }
+
+    /// The prediction (plain, no graph) of this autodiff model, block by block, with what
+    /// [`Self::checkpointed_backward`] needs. Inputs on the autodiff device, the text
+    /// states in the compute dtype.
+    fn checkpointed_forward(
+        &self,
+        noisy: Tensor<4>,
+        timestep: Tensor<1>,
+        cond: &Conditioning,
+    ) -> (Tensor<4>, Self::Tape);
+
+    /// The trainable parameters' gradients for an upstream gradient `grad` of the
+    /// prediction, each block rerun on its saved inputs. Inputs as given to the forward.
+    fn checkpointed_backward(
+        &self,
+        tape: Self::Tape,
+        grad: Tensor<4>,
+        noisy: Tensor<4>,
+        timestep: Tensor<1>,
+        cond: &Conditioning,
+    ) -> BTreeMap<String, Tensor<1>>;
 
     /// The folder's model in `dtype` on `device`, with LoRA adapters (base frozen) when
     /// `lora` is given: read from `adapters` (a LoRA checkpoint's file), else fresh.
@@ -148,8 +175,37 @@ pub trait TrainDenoiser: Denoiser + burn::module::Module + Clone + Send + Sized 
     fn check_data(data: &PairSource, source: &Path, config: &serde_json::Value) -> Result<()>;
 }
 
+/// SDXL's added conditioning in the activations' dtype (time ids stay f32).
+fn text_time(cond: &Conditioning, dtype: DType) -> TextTime {
+    let time_ids = cond.time_ids.clone().expect("SDXL batches carry time_ids");
+    TextTime { text_embeds: cond.pooled.clone(), time_ids }.cast(dtype)
+}
+
 impl TrainDenoiser for UNet2DConditionModel {
     const COMPONENT: &'static str = "unet";
+    type Tape = crate::models::unet::checkpoint::Tape;
+
+    fn checkpointed_forward(
+        &self,
+        noisy: Tensor<4>,
+        timestep: Tensor<1>,
+        cond: &Conditioning,
+    ) -> (Tensor<4>, Self::Tape) {
+        let tt = text_time(cond, noisy.dtype());
+        self.forward_checkpointed(noisy, timestep, cond.context.clone(), Some(&tt))
+    }
+
+    fn checkpointed_backward(
+        &self,
+        tape: Self::Tape,
+        grad: Tensor<4>,
+        noisy: Tensor<4>,
+        timestep: Tensor<1>,
+        cond: &Conditioning,
+    ) -> BTreeMap<String, Tensor<1>> {
+        let tt = text_time(cond, noisy.dtype());
+        self.backward_checkpointed(tape, grad, noisy, timestep, cond.context.clone(), Some(&tt))
+    }
 
     fn as_unet(&self) -> Option<&UNet2DConditionModel> {
         Some(self)
@@ -172,6 +228,27 @@ impl TrainDenoiser for UNet2DConditionModel {
 
 impl TrainDenoiser for SD3Transformer2DModel {
     const COMPONENT: &'static str = "transformer";
+    type Tape = crate::models::sd3::checkpoint::Sd3Tape;
+
+    fn checkpointed_forward(
+        &self,
+        noisy: Tensor<4>,
+        timestep: Tensor<1>,
+        cond: &Conditioning,
+    ) -> (Tensor<4>, Self::Tape) {
+        self.forward_checkpointed(noisy, timestep, cond.context.clone(), cond.pooled.clone())
+    }
+
+    fn checkpointed_backward(
+        &self,
+        tape: Self::Tape,
+        grad: Tensor<4>,
+        noisy: Tensor<4>,
+        timestep: Tensor<1>,
+        cond: &Conditioning,
+    ) -> BTreeMap<String, Tensor<1>> {
+        self.backward_checkpointed(tape, grad, noisy, timestep, cond.context.clone(), cond.pooled.clone())
+    }
 
     fn load_dir(
         dir: &Path,

@@ -48,12 +48,6 @@ pub struct Loaded<M> {
 pub fn load<M: TrainDenoiser>(config: &TrainConfig, how: &Start) -> Result<Loaded<M>> {
     crate::models::folder::set_single_file_configs(config.model_config.as_deref());
     let family = crate::family::Family::detect(&config.model)?;
-    if config.gradient_checkpointing && family != crate::family::Family::Sdxl {
-        eprintln!(
-            "note: gradient_checkpointing is the UNet's (per block); the {} transformer keeps its whole graph",
-            family.name()
-        );
-    }
     let objective = config.objective()?;
     let mut params = Params::from_map(config.method_params.clone());
     for (k, v) in objective.name().method_defaults(&config.method) {

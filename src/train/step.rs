@@ -6,8 +6,7 @@ use crate::family::TrainDenoiser;
 use crate::family::{Conditioning, Denoiser};
 use crate::losses::{Errors, Layout, LossInput, Method, loss_dtype};
 use crate::models::named::param_grads;
-use crate::models::unet::checkpoint::Tape;
-use crate::models::unet::{TextTime, UNet2DConditionModel};
+use crate::models::unet::UNet2DConditionModel;
 use crate::objective::Objective;
 use crate::train::grad_clip::{clip_coefficient, global_grad_norm};
 use crate::train::optim::{GradMap, Optimizer, to_autodiff};
@@ -86,31 +85,25 @@ fn inputs(batch: &PairBatch, objective: &Objective, with_rejected: bool) -> Inpu
 /// The denoiser's prediction with activations in `dtype` (bf16/f16 mixed precision:
 /// trained parameters stay f32 and are cast where they are used), returned in f32.
 fn predict(model: &impl Denoiser, x: &Inputs, dtype: DType) -> Tensor<4> {
-    let cond = Conditioning {
+    model.predict(x.noisy.clone().cast(dtype), x.model_t.clone(), &conditioning(x, dtype)).cast(DType::F32)
+}
+
+/// The conditioning the denoiser is called with, text states and pooled text in `dtype`
+/// (SDXL's time ids stay f32).
+fn conditioning(x: &Inputs, dtype: DType) -> Conditioning {
+    Conditioning {
         context: x.context.clone().cast(dtype),
         pooled: x.pooled.clone().cast(dtype),
         time_ids: x.time_ids.clone(),
-    };
-    model.predict(x.noisy.clone().cast(dtype), x.model_t.clone(), &cond).cast(DType::F32)
+    }
 }
 
 /// [`predict`] through the block-checkpointed forward pass: the prediction (in f32) is a
 /// tracked leaf whose gradient the loss gives, and the tape its backward pass needs.
-fn predict_checkpointed(unet: &UNet2DConditionModel, x: &Inputs, dtype: DType) -> (Tensor<4>, Tape) {
-    let cond = unet_cond(x, dtype);
-    let (pred, tape) = unet.forward_checkpointed(
-        x.noisy.clone().cast(dtype),
-        x.model_t.clone(),
-        x.context.clone().cast(dtype),
-        Some(&cond),
-    );
+fn predict_checkpointed<M: TrainDenoiser>(model: &M, x: &Inputs, dtype: DType) -> (Tensor<4>, M::Tape) {
+    let (pred, tape) =
+        model.checkpointed_forward(x.noisy.clone().cast(dtype), x.model_t.clone(), &conditioning(x, dtype));
     (Tensor::from_inner(pred.cast(DType::F32)).require_grad(), tape)
-}
-
-/// SDXL's added conditioning of the UNet inputs, in `dtype`.
-fn unet_cond(x: &Inputs, dtype: DType) -> TextTime {
-    let time_ids = x.time_ids.clone().expect("SDXL batches carry time_ids");
-    TextTime { text_embeds: x.pooled.clone(), time_ids }.cast(dtype)
 }
 
 /// Per-pair errors of `unet` on a batch's chosen and rejected images, in f32 (evaluation:
@@ -217,11 +210,9 @@ pub fn forward_backward_probed<'a, M: TrainDenoiser + 'a>(
     let dtype = loss_dtype(&x.noisy.device());
     let lift = |t: Tensor<1>| to_autodiff(t, x.noisy.gradient_checkpointing_strategy());
 
-    // Block checkpointing is the UNet's (other families keep the whole graph).
-    let checkpointed = unet.as_unet().filter(|_| exec.checkpointing);
-    let (pred, tape) = if let Some(u) = checkpointed {
-        let (pred, tape) = predict_checkpointed(u, &x, compute);
-        (pred, Some((u, tape)))
+    let (pred, tape) = if exec.checkpointing {
+        let (pred, tape) = predict_checkpointed(unet, &x, compute);
+        (pred, Some(tape))
     } else {
         (predict(unet, &x, compute), None)
     };
@@ -259,11 +250,11 @@ pub fn forward_backward_probed<'a, M: TrainDenoiser + 'a>(
     let backward = out.loss.backward();
     let grads = match tape {
         // The loss's gradient of the prediction, then the UNet's backward unit by unit.
-        Some((u, tape)) => {
+        Some(tape) => {
             let g = pred.grad(&backward).expect("the prediction is a tracked leaf").cast(compute);
             drop(backward);
-            let cond = unet_cond(&x, compute);
-            u.backward_checkpointed(tape, g, x.noisy.cast(compute), x.model_t, x.context.cast(compute), Some(&cond))
+            let cond = conditioning(&x, compute);
+            unet.checkpointed_backward(tape, g, x.noisy.cast(compute), x.model_t, &cond)
         }
         None => param_grads(unet, &backward).into_iter().filter_map(|(name, g, _)| g.map(|g| (name, g))).collect(),
     };

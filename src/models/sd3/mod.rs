@@ -4,6 +4,7 @@
 //! prediction is a flow-matching velocity.
 
 pub mod block;
+pub mod checkpoint;
 pub mod config;
 pub mod embed;
 
@@ -100,17 +101,35 @@ impl SD3Transformer2DModel {
     /// run in the latents' dtype.
     pub fn forward(&self, x: Tensor<4>, timestep: Tensor<1>, context: Tensor<3>, pooled: Tensor<2>) -> Tensor<4> {
         let [b, _, h, w] = x.dims();
-        let dtype = x.dtype();
-        let mut tokens = self.pos_embed.forward(x);
-        let temb = self.time_text_embed.forward(timestep, pooled.cast(dtype));
-        let mut context = Some(self.context_embedder.forward(context.cast(dtype)));
+        let (mut tokens, context, temb) = self.embed(x, timestep, context, pooled);
+        let mut context = Some(context);
         for block in &self.transformer_blocks {
             let c = context.take().expect("only the last block ends the text stream");
             let (c, x) = block.forward(tokens, c, &temb);
             context = c;
             tokens = x;
         }
-        let out = self.proj_out.forward(self.norm_out.forward(tokens, &temb));
+        self.head(tokens, &temb, [b, h, w])
+    }
+
+    /// The inputs as the blocks take them: image tokens with positions, projected text
+    /// states, and the timestep + pooled-text vector, in the latents' dtype.
+    fn embed(
+        &self,
+        x: Tensor<4>,
+        timestep: Tensor<1>,
+        context: Tensor<3>,
+        pooled: Tensor<2>,
+    ) -> (Tensor<3>, Tensor<3>, Tensor<2>) {
+        let dtype = x.dtype();
+        let tokens = self.pos_embed.forward(x);
+        let temb = self.time_text_embed.forward(timestep, pooled.cast(dtype));
+        (tokens, self.context_embedder.forward(context.cast(dtype)), temb)
+    }
+
+    /// The output layer: AdaLN, projection and unpatchify to [B, C, H, W] (`bhw`).
+    fn head(&self, tokens: Tensor<3>, temb: &Tensor<2>, [b, h, w]: [usize; 3]) -> Tensor<4> {
+        let out = self.proj_out.forward(self.norm_out.forward(tokens, temb));
         self.unpatchify(out, b, h, w)
     }
 

@@ -356,7 +356,7 @@ fn part_trains(unet: &UNet2DConditionModel, part: Part) -> bool {
 }
 
 /// Whether any parameter of `m` requires a gradient.
-fn trains<M: Module>(m: &M) -> bool {
+pub(crate) fn trains<M: Module>(m: &M) -> bool {
     struct Any(bool);
     impl ModuleVisitor for Any {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
