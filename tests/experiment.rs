@@ -214,6 +214,11 @@ fn shipped_experiment_files_plan() {
     let model = format!("model.path={root}/tests/fixtures/tiny-sdxl");
     let sdxl = plan("sdxl-pick-style-cartoon.toml", &["--set", &model, "--set", "data.parquet=/nonexistent"]);
     assert_eq!(sdxl, ["sft-s0", "dpo-s0", "mapo-s0"]);
+    // The flow sweep: 3 DPO βs, 3 MaPO Ts × 2 βs; the SD3.5 job on a (tiny) SD3.5 folder.
+    assert_eq!(plan("toy-flow-sweep.toml", &[]).len(), 9);
+    let sd3 = format!("model.path={root}/tests/fixtures/tiny-sd35");
+    let sd35 = plan("sd35m-pickapic.toml", &["--set", &sd3, "--set", "data.parquet=/nonexistent"]);
+    assert_eq!(sd35, ["sft-s0", "dpo-s0", "mapo-s0"]);
 }
 
 /// The same experiment on two devices (flex, and MAPO_TEST_DEVICE when the wgpu tests
