@@ -34,7 +34,7 @@ pub enum Command {
     /// Speed and memory benchmarks, one JSON line per run (see benches/RESULTS.md).
     #[command(subcommand)]
     Bench(BenchCommand),
-    /// Fine-tune a UNet with a preference method (see experiments/ and docs/training.md).
+    /// Fine-tune a denoiser (SDXL UNet, SD3 transformer) with a preference method (see experiments/ and docs/training.md).
     Train {
         /// The run's TOML config (`mapo train FILE` or `mapo train --config FILE`).
         #[arg(value_name = "FILE", required_unless_present = "config")]
@@ -149,7 +149,7 @@ pub enum DevCommand {
         #[arg(long)]
         max_sequence_length: Option<usize>,
     },
-    /// Write a synthetic pairs file for a model folder's UNet (demos and tests): chosen
+    /// Write a synthetic pairs file for a model folder's denoiser (UNet or SD3 transformer) (demos and tests): chosen
     /// latents are smooth patterns, rejected ones are noise, embeddings are random.
     MakePairs {
         #[arg(long)]
@@ -233,7 +233,7 @@ pub enum Component {
     Transformer,
     /// A method's loss from predictions (`--method`, no `--model`).
     Loss,
-    /// N full fine-tuning steps of the UNet on one fixed batch.
+    /// N full fine-tuning steps of the denoiser (UNet, SD3 transformer) on one fixed batch.
     TrainStep,
 }
 
@@ -255,7 +255,7 @@ pub struct ForwardArgs {
     pub out: PathBuf,
     #[command(flatten)]
     pub device: DeviceArgs,
-    /// unet: a LoRA file (peft or kohya keys) folded into the UNet at its scale alpha/rank.
+    /// unet, transformer: a LoRA file (unet: peft or kohya keys; transformer: peft) folded in at alpha/rank.
     #[arg(long)]
     pub lora: Option<PathBuf>,
     /// Preference method (loss, train-step).

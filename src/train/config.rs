@@ -84,8 +84,9 @@ pub struct TrainConfig {
     pub validation_steps: usize,
     #[serde(default = "five_f")]
     pub validation_guidance: f64,
-    /// Recompute memory-bound activations in the backward pass (Burn's "balanced"
-    /// gradient checkpointing) to lower peak memory.
+    /// Block-level gradient checkpointing: the backward pass reruns each block (UNet
+    /// resnets and transformer blocks, SD3's joint blocks) from its saved input instead of
+    /// keeping every activation.
     #[serde(default)]
     pub gradient_checkpointing: bool,
     /// With a `mapo cache` as data: draw each batch's latents from the cached VAE
