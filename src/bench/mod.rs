@@ -8,17 +8,18 @@ pub mod score;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use burn::module::Module;
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use serde_json::json;
 
 use crate::device::select;
+use crate::family::TrainDenoiser;
 use crate::losses::{Params, build};
 use crate::models::attention::{DEFAULT_BLOCK_ELEMENTS, set_block_elements, set_training_attention};
 use crate::models::lora::LoraConfig;
+use crate::models::sd3::{SD3Transformer2DModel, SD3TransformerConfig};
 use crate::models::unet::{UNet2DConditionModel, UNetConfig};
 use crate::models::weights::Weights;
-use crate::objective::Objective;
+use crate::objective::{FlowConfig, FlowMatching, Objective};
 use crate::sample::euler::EulerSchedule;
 use crate::sample::noise::gaussian;
 use crate::sample::schedule::NoiseSchedule;
@@ -47,7 +48,9 @@ pub fn unet_config(model: &str) -> Result<(UNetConfig, serde_json::Value)> {
 pub struct TrainBench {
     #[arg(long, default_value = "mapo")]
     pub method: String,
-    /// tiny, sdxl, a UNet config.json file, or a diffusers folder (its unet/config.json).
+    /// tiny, sdxl, a UNet config.json file, or a diffusers folder (its unet/config.json);
+    /// or an SD3 transformer: tiny-sd3, sd3m, sd35m, sd35l, or its config.json (flow objective,
+    /// 77 + 256 text tokens).
     #[arg(long, default_value = "tiny")]
     pub model: String,
     /// Image resolution (latents are resolution/8).
@@ -87,8 +90,30 @@ fn stats(times: &mut [f64]) -> (f64, f64, f64) {
     (times[times.len() / 2], times[0], times[times.len() - 1])
 }
 
-/// Random-init UNet of the chosen shape; a full-batch preference step, timed after
-/// `warmup` steps, with the device synchronised before each clock read.
+/// The SD3 transformer configs `--model` names: `tiny-sd3` (the test fixtures' SD3.5),
+/// `sd3m`, `sd35m`, `sd35l` (the real ones, assets/sd3/); None for a UNet name.
+fn sd3_config(model: &str) -> Result<Option<SD3TransformerConfig>> {
+    let text = match model {
+        "tiny-sd3" => include_str!("../models/presets/tiny_sd3_transformer.json").to_string(),
+        "sd3m" => include_str!("../../assets/sd3/sd3_medium_transformer.json").to_string(),
+        "sd35m" => include_str!("../../assets/sd3/sd35_medium_transformer.json").to_string(),
+        "sd35l" => include_str!("../../assets/sd3/sd35_large_transformer.json").to_string(),
+        file if file.ends_with(".json") => {
+            let text = std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?;
+            let raw: serde_json::Value = serde_json::from_str(&text)?;
+            if raw["_class_name"] != "SD3Transformer2DModel" {
+                return Ok(None);
+            }
+            text
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(serde_json::from_str(&text)?))
+}
+
+/// Random-init denoiser of the chosen shape (a UNet, or an SD3 transformer on the flow
+/// objective); a full-batch preference step, timed after `warmup` steps, with the device
+/// synchronised before each clock read.
 pub fn train_step(b: &TrainBench) -> Result<serde_json::Value> {
     set_training_attention(b.attention.parse()?);
     set_block_elements(b.attention_block.unwrap_or(DEFAULT_BLOCK_ELEMENTS));
@@ -96,8 +121,6 @@ pub fn train_step(b: &TrainBench) -> Result<serde_json::Value> {
     let plain = selected.device.clone();
     let device = plain.clone().autodiff();
     let exec = Execution { dtype: selected.precision(&b.device.dtype)?, checkpointing: b.grad_ckpt };
-    let method = build(&b.method, Params::default())?;
-    let (config, _) = unet_config(&b.model)?;
     if !b.resolution.is_multiple_of(8) {
         bail!("--resolution must be a multiple of 8");
     }
@@ -108,59 +131,62 @@ pub fn train_step(b: &TrainBench) -> Result<serde_json::Value> {
     if let Some(rank) = b.lora {
         w = w.with_lora(LoraConfig::new(rank));
     }
-    let mut unet = UNet2DConditionModel::load(&config, &w)?;
-    phases.end("build");
-    // The frozen reference (DPO-type methods): the same weights without autodiff, with LoRA
-    // the adapters off, as `mapo train` runs it.
-    let reference = method.uses_reference().then(|| {
-        let plain = unet.valid();
-        if b.lora.is_some() { crate::models::lora::disable_adapters(plain) } else { plain }
-    });
     let h = b.resolution / 8;
-    let time_dim = config.addition_time_embed_dim.unwrap_or(0) * 6;
-    let text_dim = config.projection_class_embeddings_input_dim.unwrap_or(time_dim) - time_dim;
-    let size = b.resolution as f32;
-    let batch = PairBatch {
-        chosen: tensor(1, [b.batch, config.in_channels, h, h], &device),
-        rejected: Some(tensor(2, [b.batch, config.in_channels, h, h], &device)),
-        labels: None,
-        noise: tensor(3, [b.batch, config.in_channels, h, h], &device),
-        timesteps: (0..b.batch).map(|i| (100 + 97 * i as i64) % 1000).collect(),
-        encoder_hidden_states: tensor(4, [b.batch, 77, config.cross_attention_dim], &device),
-        text_embeds: tensor(5, [b.batch, text_dim.max(1)], &device),
-        time_ids: Some(Tensor::from_data(
-            TensorData::new(
-                (0..b.batch).flat_map(|_| [size, size, 0.0, 0.0, size, size]).collect::<Vec<f32>>(),
-                [b.batch, 6],
-            ),
-            &device,
-        )),
+    let timesteps: Vec<i64> = (0..b.batch).map(|i| (100 + 97 * i as i64) % 1000).collect();
+    let latents = |seed, c| tensor(seed, [b.batch, c, h, h], &device);
+    let timed = Timed { b, plain: &plain, exec, phases: &mut phases };
+    let out = match sd3_config(&b.model)? {
+        Some(config) => {
+            let model = SD3Transformer2DModel::load(&config, &w)?;
+            model.check_latents(h, h)?;
+            // 77 CLIP tokens and the pipeline's 256 T5 tokens.
+            let c = config.in_channels;
+            let batch = PairBatch {
+                chosen: latents(1, c),
+                rejected: Some(latents(2, c)),
+                labels: None,
+                noise: latents(3, c),
+                timesteps,
+                encoder_hidden_states: tensor(4, [b.batch, 77 + 256, config.joint_attention_dim], &device),
+                text_embeds: tensor(5, [b.batch, config.pooled_projection_dim], &device),
+                time_ids: None,
+            };
+            let objective = Objective::Flow(FlowMatching::new(FlowConfig::default())?);
+            // The flow objective's method defaults, as `mapo train` applies them.
+            let mut params = Params::default();
+            for (k, v) in objective.name().method_defaults(&b.method) {
+                params = params.with_default(k, *v);
+            }
+            let method = build(&b.method, params)?;
+            timed.run(model, &method, &batch, &objective)?
+        }
+        None => {
+            let (config, _) = unet_config(&b.model)?;
+            let model = UNet2DConditionModel::load(&config, &w)?;
+            let time_dim = config.addition_time_embed_dim.unwrap_or(0) * 6;
+            let text_dim = config.projection_class_embeddings_input_dim.unwrap_or(time_dim) - time_dim;
+            let size = b.resolution as f32;
+            let c = config.in_channels;
+            let batch = PairBatch {
+                chosen: latents(1, c),
+                rejected: Some(latents(2, c)),
+                labels: None,
+                noise: latents(3, c),
+                timesteps,
+                encoder_hidden_states: tensor(4, [b.batch, 77, config.cross_attention_dim], &device),
+                text_embeds: tensor(5, [b.batch, text_dim.max(1)], &device),
+                time_ids: Some(Tensor::from_data(
+                    TensorData::new(
+                        (0..b.batch).flat_map(|_| [size, size, 0.0, 0.0, size, size]).collect::<Vec<f32>>(),
+                        [b.batch, 6],
+                    ),
+                    &device,
+                )),
+            };
+            timed.run(model, &build(&b.method, Params::default())?, &batch, &Objective::sdxl())?
+        }
     };
-    let objective = Objective::sdxl();
-    let mut optimizer = Optimizer::new(OptimizerConfig::adamw(1e-5));
-    let (mut times, mut checks) = (Vec::new(), Vec::new());
-    for i in 0..b.warmup + b.steps {
-        plain.sync()?;
-        let t0 = Instant::now();
-        let mut probe = |p: Phase| phases.end(if p == Phase::Forward { "forward" } else { "backward" });
-        let micro = forward_backward_probed(&unet, reference.as_ref(), &method, &batch, &objective, exec, &mut probe);
-        let (next, _) = apply_update(unet, &micro.grads, &mut optimizer, 1e-5, 1.0, micro.loss);
-        unet = next;
-        phases.end("update");
-        plain.sync()?;
-        // The trainer's finite check of the updated weights, timed on its own.
-        let t1 = Instant::now();
-        let finite = updated_params_finite(&unet, &micro.grads);
-        if i >= b.warmup {
-            checks.push(t1.elapsed().as_secs_f64());
-            times.push(t0.elapsed().as_secs_f64());
-        }
-        if !finite {
-            bail!("step {}: the update made parameters non-finite", i + 1);
-        }
-    }
-    let (check, _, _) = stats(&mut checks);
-    let (median, min, max) = stats(&mut times);
+    let (median, min, max, check) = out;
     Ok(json!({
         "bench": "train-step", "framework": "mapo", "method": b.method, "model": b.model, "resolution": b.resolution,
         "batch": b.batch, "dtype": b.device.dtype, "lora": b.lora, "grad_ckpt": b.grad_ckpt, "attention": b.attention,
@@ -172,6 +198,59 @@ pub fn train_step(b: &TrainBench) -> Result<serde_json::Value> {
         "peak_rss_bytes": phases.overall_peak(),
         "phases": phases.json(),
     }))
+}
+
+/// The timed steps of [`train_step`] on a built model.
+struct Timed<'a> {
+    b: &'a TrainBench,
+    plain: &'a Device,
+    exec: Execution,
+    phases: &'a mut PhaseMemory,
+}
+
+impl Timed<'_> {
+    /// `(median, min, max)` step seconds and the median finite-check seconds.
+    fn run<M: TrainDenoiser>(
+        self,
+        mut model: M,
+        method: &crate::losses::Method,
+        batch: &PairBatch,
+        objective: &Objective,
+    ) -> Result<(f64, f64, f64, f64)> {
+        let Self { b, plain, exec, phases } = self;
+        phases.end("build");
+        // The frozen reference (DPO-type methods): the same weights without autodiff, with
+        // LoRA the adapters off, as `mapo train` runs it.
+        let reference = method.uses_reference().then(|| {
+            let plain = model.valid();
+            if b.lora.is_some() { crate::models::lora::disable_adapters(plain) } else { plain }
+        });
+        let mut optimizer = Optimizer::new(OptimizerConfig::adamw(1e-5));
+        let (mut times, mut checks) = (Vec::new(), Vec::new());
+        for i in 0..b.warmup + b.steps {
+            plain.sync()?;
+            let t0 = Instant::now();
+            let mut probe = |p: Phase| phases.end(if p == Phase::Forward { "forward" } else { "backward" });
+            let micro = forward_backward_probed(&model, reference.as_ref(), method, batch, objective, exec, &mut probe);
+            let (next, _) = apply_update(model, &micro.grads, &mut optimizer, 1e-5, 1.0, micro.loss);
+            model = next;
+            phases.end("update");
+            plain.sync()?;
+            // The trainer's finite check of the updated weights, timed on its own.
+            let t1 = Instant::now();
+            let finite = updated_params_finite(&model, &micro.grads);
+            if i >= b.warmup {
+                checks.push(t1.elapsed().as_secs_f64());
+                times.push(t0.elapsed().as_secs_f64());
+            }
+            if !finite {
+                bail!("step {}: the update made parameters non-finite", i + 1);
+            }
+        }
+        let (check, _, _) = stats(&mut checks);
+        let (median, min, max) = stats(&mut times);
+        Ok((median, min, max, check))
+    }
 }
 
 /// Memory per phase of a step (build, forward, backward, update): the peak resident memory

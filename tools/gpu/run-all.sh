@@ -5,7 +5,8 @@
 #      checkpointing: SFT / DPO / MaPO × LoRA / full, mapo and PyTorch + diffusers (SDPA)
 #      side by side, plus mapo with `--attention naive` for the attention's before/after;
 #   3. 30-step generation, mapo vs diffusers;
-#   4. max batch of MaPO and DPO (LoRA), mapo, while time is left.
+#   4. max batch of MaPO and DPO (LoRA), mapo, while time is left;
+#   2d. SD3.5 Medium (real config, random weights) train steps, 1024², bf16, mapo only.
 # then prints one summary table (also $OUT/summary.md).
 #
 # On the GPU machine (no Rust, no diffusers): `bash tools/gpu/pack.sh` here first, which
@@ -33,9 +34,11 @@ export PYTHONUNBUFFERED=1 MAPO_QUIET_DEVICE=1
 
 if [ "${MAPO_GPU_REHEARSAL:-0}" = 1 ]; then
   DEV=flex TORCH_DEV=cpu MODEL=tiny RES=64 RES_MID=64 GEN_RES=64 GEN_STEPS=3 DTYPE=bf16 STEPS=1 WARMUP=1 MAXB=4 TMO=300
+  SD3_MODEL=tiny-sd3 SD3_RES=64
   BIN="${MAPO_BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/mapo-target}/release/mapo}"
 else
   DEV=cuda TORCH_DEV=cuda MODEL=sdxl RES=1024 RES_MID=512 GEN_RES=1024 GEN_STEPS=30 DTYPE=bf16 STEPS=3 WARMUP=1 MAXB=32 TMO=150
+  SD3_MODEL=sd35m SD3_RES=1024
   BIN="${MAPO_BIN:-$ROOT/.gpu/mapo}"
 fi
 
@@ -109,6 +112,18 @@ for dt in f32 bf16; do
     measure "train $method lora4 $RES_MID $dt mapo" "$BIN" bench train-step --method "$method" "${small[@]}" --device "$DEV"
     measure "train $method lora4 $RES_MID $dt torch" "$PYTHON" benches/torch/bench.py train-step --method "$method" \
       "${small[@]}" --device "$TORCH_DEV"
+  done
+done
+
+say "== 2d. SD3.5 Medium train step ($SD3_MODEL, ${SD3_RES}², $DTYPE, gradient checkpointing, 77 + 256 text tokens)"
+# The real SD3.5 Medium config (random weights), flow objective; mapo only: benches/torch/bench.py
+# measures the SDXL UNet (an SD3 baseline is not written yet).
+sd3=(--model "$SD3_MODEL" --resolution "$SD3_RES" --batch 1 --dtype "$DTYPE" --grad-ckpt --steps "$STEPS" --warmup "$WARMUP")
+for mode in lora full; do
+  extra=()
+  [ "$mode" = lora ] && extra=(--lora 8)
+  for method in mapo dpo sft; do
+    measure "train-sd3 $method $mode mapo" "$BIN" bench train-step --method "$method" "${sd3[@]}" "${extra[@]}" --device "$DEV"
   done
 done
 
