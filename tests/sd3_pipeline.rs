@@ -225,3 +225,36 @@ fn sd3_peft_lora_matches_diffusers() {
     assert!(!r.status.success() && err.contains("a peft LoRA of a UNet"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `mapo forward text-encoder-3` (T5) and `text-encoder` (CLIP L with projection) on the SD3
+/// folder, as checks outside the repository call them: T5's states are the last 16 rows of
+/// the pipeline's prompt embeddings, CLIP L's penultimate states their first 8 columns of
+/// the first 77 rows, its `text_embeds` the first 8 of the pooled embedding. 1e-5.
+#[test]
+fn sd3_text_encoders_via_the_cli_match_diffusers() {
+    let f = open("sd3_pipeline.safetensors");
+    let device = device();
+    let dir = std::env::temp_dir().join(format!("mapo-sd3-te-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = fixtures().join("tiny-sd35");
+    let embeds = f.float::<3>("cfg.prompt_embeds", &device, DType::F32).unwrap();
+    let pooled = f.float::<2>("cfg.pooled_prompt_embeds", &device, DType::F32).unwrap();
+    let run = |component: &str, ids: &str| {
+        let (inp, out) =
+            (dir.join(format!("{component}-in.safetensors")), dir.join(format!("{component}.safetensors")));
+        let data = f.get(ids).unwrap().to_data_any().unwrap();
+        mapo::models::io::write_tensors(&inp, vec![("input_ids".into(), data)]).unwrap();
+        let args = ["forward", component, "--model", model.to_str().unwrap(), "--device", &device_name()];
+        run_mapo(&[&args[..], &["--inputs", inp.to_str().unwrap(), "--out", out.to_str().unwrap()]].concat());
+        SafeTensorFiles::open_file(&out).unwrap()
+    };
+    let t5 = run("text-encoder-3", "cfg.input_ids_3");
+    let got = t5.float::<3>("last_hidden_state", &device, DType::F32).unwrap();
+    assert_close("text-encoder-3", got, embeds.clone().narrow(1, 77, 16), 1e-5);
+    let clip = run("text-encoder", "cfg.input_ids");
+    let hidden = clip.float::<3>("hidden_states", &device, DType::F32).unwrap();
+    assert_close("text-encoder hidden_states", hidden, embeds.narrow(1, 0, 77).narrow(2, 0, 8), 1e-5);
+    let text_embeds = clip.float::<2>("text_embeds", &device, DType::F32).unwrap();
+    assert_close("text-encoder text_embeds", text_embeds, pooled.narrow(1, 0, 8), 1e-5);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
