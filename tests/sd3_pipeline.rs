@@ -146,18 +146,7 @@ fn forward_transformer_matches_diffusers() {
     let (inp, out) = (dir.join("in.safetensors"), dir.join("out.safetensors"));
     write_sd35_case0(&inp);
     let model = fixtures().join("tiny-sd35");
-    let r = run_mapo(&[
-        "forward",
-        "transformer",
-        "--model",
-        model.to_str().unwrap(),
-        "--inputs",
-        inp.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--device",
-        &device_name(),
-    ]);
+    let r = forward_transformer(&model, &inp, &out, None);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let device = device();
     let got = SafeTensorFiles::open_file(&out).unwrap().float::<4>("sample", &device, DType::F32).unwrap();
@@ -169,16 +158,7 @@ fn forward_transformer_matches_diffusers() {
     rewrite_tensor(&bad, "encoder_hidden_states", |_| {
         burn::tensor::TensorData::new(vec![0f32; 2 * 7 * 23], [2, 7, 23])
     });
-    let r = mapo_quiet(&[
-        "forward",
-        "transformer",
-        "--model",
-        model.to_str().unwrap(),
-        "--inputs",
-        bad.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let r = forward_transformer(&model, &bad, &out, None);
     let err = String::from_utf8_lossy(&r.stderr);
     assert!(!r.status.success() && err.contains("encoder_hidden_states: expected shape [2, _, 24]"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
@@ -197,22 +177,7 @@ fn sd3_peft_lora_matches_diffusers() {
     write_sd35_case0(&inp);
     let model = fixtures().join("tiny-sd35");
     let lora = fixtures().join("lora/sd35_peft.safetensors");
-    let forward = |lora_file: &std::path::Path| {
-        mapo_quiet(&[
-            "forward",
-            "transformer",
-            "--model",
-            model.to_str().unwrap(),
-            "--inputs",
-            inp.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--device",
-            &device_name(),
-            "--lora",
-            lora_file.to_str().unwrap(),
-        ])
-    };
+    let forward = |lora_file: &std::path::Path| forward_transformer(&model, &inp, &out, Some(lora_file));
     let r = forward(&lora);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let device = device();

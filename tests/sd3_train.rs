@@ -75,12 +75,8 @@ fn sd3_lora_runs_write_peft_adapters_and_the_merged_transformer() {
     let inp = dir.join("in.safetensors");
     write_sd35_case0(&inp);
     let forward = |model: &Path, lora: Option<&Path>, out: &Path| {
-        let mut args = vec!["forward", "transformer", "--model", model.to_str().unwrap()];
-        args.extend(["--inputs", inp.to_str().unwrap(), "--out", out.to_str().unwrap()]);
-        if let Some(l) = lora {
-            args.extend(["--lora", l.to_str().unwrap()]);
-        }
-        run_mapo(&args);
+        let r = forward_transformer(model, &inp, out, lora);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
         values(&SafeTensorFiles::open_file(out).unwrap(), "sample")
     };
     let with_file = forward(

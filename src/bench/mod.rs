@@ -25,6 +25,7 @@ use crate::sample::noise::gaussian;
 use crate::sample::schedule::NoiseSchedule;
 use crate::sample::validate::{Prompts, sample_latents};
 use crate::train::optim::{Optimizer, OptimizerConfig};
+use crate::train::setup::method_params;
 use crate::train::step::{Execution, PairBatch, Phase, apply_update, forward_backward_probed, updated_params_finite};
 use crate::util::peak_rss;
 
@@ -133,30 +134,27 @@ pub fn train_step(b: &TrainBench) -> Result<serde_json::Value> {
     }
     let h = b.resolution / 8;
     let timesteps: Vec<i64> = (0..b.batch).map(|i| (100 + 97 * i as i64) % 1000).collect();
-    let latents = |seed, c| tensor(seed, [b.batch, c, h, h], &device);
+    // The fixed batch: latents of `c` channels, `tokens` text states of width `d`, pooled text.
+    let pairs = |c: usize, [tokens, d]: [usize; 2], pooled: usize, time_ids: Option<Tensor<2>>| PairBatch {
+        chosen: tensor(1, [b.batch, c, h, h], &device),
+        rejected: Some(tensor(2, [b.batch, c, h, h], &device)),
+        labels: None,
+        noise: tensor(3, [b.batch, c, h, h], &device),
+        timesteps: timesteps.clone(),
+        encoder_hidden_states: tensor(4, [b.batch, tokens, d], &device),
+        text_embeds: tensor(5, [b.batch, pooled], &device),
+        time_ids,
+    };
     let timed = Timed { b, plain: &plain, exec, phases: &mut phases };
     let out = match sd3_config(&b.model)? {
         Some(config) => {
             let model = SD3Transformer2DModel::load(&config, &w)?;
             model.check_latents(h, h)?;
             // 77 CLIP tokens and the pipeline's 256 T5 tokens.
-            let c = config.in_channels;
-            let batch = PairBatch {
-                chosen: latents(1, c),
-                rejected: Some(latents(2, c)),
-                labels: None,
-                noise: latents(3, c),
-                timesteps,
-                encoder_hidden_states: tensor(4, [b.batch, 77 + 256, config.joint_attention_dim], &device),
-                text_embeds: tensor(5, [b.batch, config.pooled_projection_dim], &device),
-                time_ids: None,
-            };
+            let text = [77 + 256, config.joint_attention_dim];
+            let batch = pairs(config.in_channels, text, config.pooled_projection_dim, None);
             let objective = Objective::Flow(FlowMatching::new(FlowConfig::default())?);
-            // The flow objective's method defaults, as `mapo train` applies them.
-            let mut params = Params::default();
-            for (k, v) in objective.name().method_defaults(&b.method) {
-                params = params.with_default(k, *v);
-            }
+            let params = method_params(&b.method, objective.name(), Params::default());
             let method = build(&b.method, params)?;
             timed.run(model, &method, &batch, &objective)?
         }
@@ -166,23 +164,14 @@ pub fn train_step(b: &TrainBench) -> Result<serde_json::Value> {
             let time_dim = config.addition_time_embed_dim.unwrap_or(0) * 6;
             let text_dim = config.projection_class_embeddings_input_dim.unwrap_or(time_dim) - time_dim;
             let size = b.resolution as f32;
-            let c = config.in_channels;
-            let batch = PairBatch {
-                chosen: latents(1, c),
-                rejected: Some(latents(2, c)),
-                labels: None,
-                noise: latents(3, c),
-                timesteps,
-                encoder_hidden_states: tensor(4, [b.batch, 77, config.cross_attention_dim], &device),
-                text_embeds: tensor(5, [b.batch, text_dim.max(1)], &device),
-                time_ids: Some(Tensor::from_data(
-                    TensorData::new(
-                        (0..b.batch).flat_map(|_| [size, size, 0.0, 0.0, size, size]).collect::<Vec<f32>>(),
-                        [b.batch, 6],
-                    ),
-                    &device,
-                )),
-            };
+            let time_ids = Tensor::from_data(
+                TensorData::new(
+                    (0..b.batch).flat_map(|_| [size, size, 0.0, 0.0, size, size]).collect::<Vec<f32>>(),
+                    [b.batch, 6],
+                ),
+                &device,
+            );
+            let batch = pairs(config.in_channels, [77, config.cross_attention_dim], text_dim.max(1), Some(time_ids));
             timed.run(model, &build(&b.method, Params::default())?, &batch, &Objective::sdxl())?
         }
     };

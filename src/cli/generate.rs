@@ -172,20 +172,13 @@ impl Pipe {
         }
     }
 
-    /// diffusers' default side: the denoiser's `sample_size` × the VAE's factor.
-    fn default_size(&self, args: &GenerateArgs) -> Result<usize> {
-        let f = self.vae_scale_factor();
-        Ok(match self {
-            Self::Sdxl(_) => {
-                let unet_dir = match &args.unet {
-                    Some(d) => d.clone(),
-                    None => crate::models::folder::component_dir(&args.model, "unet")?,
-                };
-                let (raw, _) = crate::models::config::read_config::<serde_json::Value>(&unet_dir)?;
-                raw["sample_size"].as_u64().map_or(128, |s| s as usize) * f
+    /// diffusers' default side: the denoiser's `sample_size` (read with it) × the VAE's factor.
+    fn default_size(&self) -> usize {
+        self.vae_scale_factor()
+            * match self {
+                Self::Sdxl(p) => p.unet_config.sample_size.unwrap_or(128),
+                Self::Sd3(p) => p.transformer_config.sample_size,
             }
-            Self::Sd3(p) => p.transformer_config.sample_size * f,
-        })
     }
 
     fn latents(
@@ -236,7 +229,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     let f = pipe.vae_scale_factor();
     let default_size = match (args.width, args.height) {
         (Some(w), Some(h)) => w.max(h),
-        _ => pipe.default_size(args)?,
+        _ => pipe.default_size(),
     };
     let (width, height) = (args.width.unwrap_or(default_size), args.height.unwrap_or(default_size));
     if !width.is_multiple_of(f) || !height.is_multiple_of(f) {

@@ -25,10 +25,7 @@ pub fn run(args: &ForwardArgs) -> Result<()> {
     };
     // Master weights, optimizer state and the loss stay f32; `--dtype` sets the compute.
     let family = Family::detect(model)?;
-    let mut params = Params::parse(&args.params)?;
-    for (k, v) in family.objective().method_defaults(name) {
-        params = params.with_default(k, *v);
-    }
+    let params = crate::train::setup::method_params(name, family.objective(), Params::parse(&args.params)?);
     let method = build(name, params)?;
     let selected = select(args.device.device.as_deref())?;
     let compute = selected.precision(&args.device.dtype)?;

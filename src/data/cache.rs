@@ -115,9 +115,9 @@ enum Prompts {
 impl Prompts {
     fn load(model: &Path, device: &Device) -> Result<Self> {
         let folder = crate::models::folder::model_folder(model)?;
-        let family_sd3 = folder.join("transformer").join("config.json").is_file()
-            && folder.join("text_encoder_3").join("config.json").is_file();
-        Ok(if family_sd3 {
+        // A `transformer/` denoiser is SD3's here (`mapo cache` refuses FLUX before this);
+        // T5 is optional, as in the pipeline (zeros without it).
+        Ok(if folder.join("transformer").join("config.json").is_file() {
             let dir = component_dir(model, "transformer")?;
             let (config, _) = crate::models::config::read_config::<SD3TransformerConfig>(&dir)?;
             Self::Sd3(Box::new(Sd3PromptEncoder::load(model, config.joint_attention_dim, true, device, DType::F32)?))

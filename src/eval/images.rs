@@ -56,7 +56,7 @@ impl Renderer {
                 prompts: Box::new(PromptEncoder::load(model, device, dtype)?),
                 vae: Box::new(vae),
                 scaling: config.scaling_factor,
-                factor: 1 << (config.block_out_channels.len() - 1),
+                factor: config.scale_factor(),
             }
         };
         let dtype = if toy { DType::F32 } else { dtype };

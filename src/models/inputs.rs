@@ -23,7 +23,7 @@ pub fn expect_shape(name: &str, got: &[usize], want: &[Option<usize>]) -> Result
 /// downsampling factor.
 pub fn check_vae_images(config: &VaeConfig, shape: &[usize]) -> Result<()> {
     expect_shape("sample", shape, &[None, Some(config.in_channels), None, None])?;
-    let factor = 1usize << config.block_out_channels.len().saturating_sub(1);
+    let factor = config.scale_factor();
     ensure!(
         shape[2].is_multiple_of(factor) && shape[3].is_multiple_of(factor),
         "sample: height and width {}×{} must be multiples of {factor} (the VAE's downsampling)",
@@ -63,16 +63,8 @@ pub fn check_sd3_inputs(c: &SD3TransformerConfig, shape: &dyn Fn(&str) -> Result
     expect_shape("encoder_hidden_states", &shape("encoder_hidden_states")?, &[b, None, Some(c.joint_attention_dim)])?;
     expect_shape("pooled_projections", &shape("pooled_projections")?, &[b, Some(c.pooled_projection_dim)])?;
     expect_shape("timestep", &shape("timestep")?, &[b])?;
-    let (p, m) = (c.patch_size, c.pos_embed_max_size);
-    ensure!(
-        x[2].is_multiple_of(p) && x[3].is_multiple_of(p) && x[2] / p <= m && x[3] / p <= m,
-        "hidden_states: {}×{} latents must be multiples of the patch size {p} and at most {} a side \
-         (pos_embed_max_size {m} patches)",
-        x[2],
-        x[3],
-        m * p
-    );
-    Ok(())
+    super::sd3::embed::check_patches(x[2], x[3], c.patch_size, c.pos_embed_max_size)
+        .map_err(|e| anyhow::anyhow!("hidden_states: {e}"))
 }
 
 /// A float input with a NaN or an infinity would flow through silently.

@@ -185,7 +185,7 @@ impl SdxlPipeline {
 
     /// The VAE's spatial factor: 2 per downsampling block.
     pub fn vae_scale_factor(&self) -> usize {
-        1 << (self.vae_config.block_out_channels.len() - 1)
+        self.vae_config.scale_factor()
     }
 
     /// Final latents for one prompt from unit-variance `noise` [1,4,h,w]; an empty or absent

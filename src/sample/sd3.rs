@@ -179,7 +179,7 @@ impl Sd3Pipeline {
 
     /// The VAE's spatial factor: 2 per downsampling block.
     pub fn vae_scale_factor(&self) -> usize {
-        1 << (self.vae_config.block_out_channels.len() - 1)
+        self.vae_config.scale_factor()
     }
 
     /// Final latents for one prompt from unit-variance `noise` [1,C,h,w]. With guidance > 1

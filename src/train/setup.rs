@@ -49,7 +49,6 @@ pub fn load<M: TrainDenoiser>(config: &TrainConfig, how: &Start) -> Result<Loade
     crate::models::folder::set_single_file_configs(config.model_config.as_deref());
     let family = crate::family::Family::detect(&config.model)?;
     let objective = config.objective()?;
-    let mut params = Params::from_map(config.method_params.clone());
     for (k, v) in objective.name().method_defaults(&config.method) {
         if !config.method_params.contains_key(*k) {
             eprintln!(
@@ -58,8 +57,8 @@ pub fn load<M: TrainDenoiser>(config: &TrainConfig, how: &Start) -> Result<Loade
                 objective.name().as_str()
             );
         }
-        params = params.with_default(k, *v);
     }
+    let params = method_params(&config.method, objective.name(), Params::from_map(config.method_params.clone()));
     let method = build(&config.method, params)?;
     let selected = select_devices(config.device.as_deref(), &config.devices)?;
     let backends: Vec<_> = selected.iter().map(|s| s.backend).collect();
@@ -98,6 +97,15 @@ pub fn load<M: TrainDenoiser>(config: &TrainConfig, how: &Start) -> Result<Loade
     }
     let vae_dir = component_dir(&config.model, "vae").ok();
     Ok(Loaded { method, base_dtype, objective, ranks, reduction, compute, unet_config, unet_dir, vae_dir, start })
+}
+
+/// `params` with the objective's defaults for `method` where the caller set none
+/// (`ObjectiveName::method_defaults`): `mapo train`, `forward train-step` and `bench` alike.
+pub fn method_params(method: &str, objective: crate::objective::ObjectiveName, mut params: Params) -> Params {
+    for (k, v) in objective.method_defaults(method) {
+        params = params.with_default(k, *v);
+    }
+    params
 }
 
 /// The policy: fresh (LoRA adapters drawn from the seeded device), or the checkpoint's

@@ -190,3 +190,20 @@ pub fn write_sd35_case0(path: &std::path::Path) {
         .collect();
     mapo::models::io::write_tensors(path, tensors).unwrap();
 }
+
+/// `mapo forward transformer --model MODEL --inputs INP --out OUT [--lora F]` on the test
+/// device, whatever its outcome.
+pub fn forward_transformer(
+    model: &std::path::Path,
+    inp: &std::path::Path,
+    out: &std::path::Path,
+    lora: Option<&std::path::Path>,
+) -> std::process::Output {
+    let device = device_name();
+    let mut args = vec!["forward", "transformer", "--model", model.to_str().unwrap(), "--device", &device];
+    args.extend(["--inputs", inp.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    if let Some(l) = lora {
+        args.extend(["--lora", l.to_str().unwrap()]);
+    }
+    mapo_quiet(&args)
+}

@@ -93,20 +93,6 @@ impl Lora {
 pub const LORA_FILE_PEFT: &str = "pytorch_lora_weights.safetensors";
 pub const LORA_FILE_KOHYA: &str = "pytorch_lora_weights_kohya.safetensors";
 
-/// Writes the adapters of `module` in `format` (PEFT: what diffusers' `save_lora_weights`
-/// writes; kohya: what sd-scripts writes), with the scale alpha/rank folded in.
-pub fn save_lora<M: Module>(
-    module: &M,
-    path: &Path,
-    format: LoraFormat,
-    layout: &BlockLayout,
-    scale: f64,
-) -> Result<usize> {
-    let lora = LoraFile::from_module(module, scale);
-    lora.write(path, format, layout)?;
-    Ok(lora.adapters.len())
-}
-
 /// Writes `module` as a plain diffusers component folder with every adapter folded into
 /// its base weight: `W + scale · B·A`.
 pub fn save_merged<M: Module>(module: &M, config: &serde_json::Value, dir: &Path, scale: f64) -> Result<()> {

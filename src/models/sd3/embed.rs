@@ -31,6 +31,20 @@ pub fn sincos_table(dim: usize, grid: usize, base_size: usize) -> Vec<f32> {
     out
 }
 
+/// Latents of `h`×`w` must be whole `patch`×`patch` patches, at most `max_size` a side (the
+/// position table's, `pos_embed_max_size`).
+pub fn check_patches(h: usize, w: usize, patch: usize, max_size: usize) -> Result<()> {
+    let p = patch;
+    ensure!(h.is_multiple_of(p) && w.is_multiple_of(p), "latents {h}×{w} are not a multiple of the patch size {p}");
+    ensure!(
+        h / p <= max_size && w / p <= max_size,
+        "latents {h}×{w} are {}×{} patches; the position table holds at most {max_size}×{max_size} (pos_embed_max_size)",
+        h / p,
+        w / p
+    );
+    Ok(())
+}
+
 #[derive(Module, Debug)]
 pub struct PatchEmbed {
     pub proj: Conv2d,
@@ -66,16 +80,7 @@ impl PatchEmbed {
 
     /// Refuses latents the position table cannot place.
     pub fn check(&self, h: usize, w: usize) -> Result<()> {
-        let p = self.patch;
-        ensure!(h.is_multiple_of(p) && w.is_multiple_of(p), "latents {h}×{w} are not a multiple of the patch size {p}");
-        ensure!(
-            h / p <= self.max_size && w / p <= self.max_size,
-            "latents {h}×{w} are {}×{} patches; the position table holds at most {m}×{m} (pos_embed_max_size)",
-            h / p,
-            w / p,
-            m = self.max_size
-        );
-        Ok(())
+        check_patches(h, w, self.patch, self.max_size)
     }
 
     /// [B, C, H, W] latents → [B, (H/p)·(W/p), D] tokens with their positions added.

@@ -54,6 +54,11 @@ fn yes() -> bool {
 }
 
 impl VaeConfig {
+    /// The spatial factor between images and latents: 2 per downsampling block.
+    pub fn scale_factor(&self) -> usize {
+        1 << self.block_out_channels.len().saturating_sub(1)
+    }
+
     pub fn validate(&self) -> Result<()> {
         let n = self.block_out_channels.len();
         ensure!(n > 0, "vae config: block_out_channels is empty");
