@@ -144,6 +144,7 @@ pub fn train_step(b: &TrainBench) -> Result<serde_json::Value> {
         encoder_hidden_states: tensor(4, [b.batch, tokens, d], &device),
         text_embeds: tensor(5, [b.batch, pooled], &device),
         time_ids,
+        guidance: None,
     };
     let timed = Timed { b, plain: &plain, exec, phases: &mut phases };
     let out = match sd3_config(&b.model)? {
@@ -311,6 +312,7 @@ pub fn generate(
         text_embeds: tensor(5, [1, text_dim.max(1)], &device).cast(compute),
         time_ids: Some(Tensor::from_data(TensorData::new(vec![size, size, 0.0, 0.0, size, size], [1, 6]), &device)),
         negative: None,
+        embedded_guidance: None,
     };
     let euler = EulerSchedule::new(&NoiseSchedule::sdxl(), steps, "leading", 1)?;
     let noise = tensor(6, [1, config.in_channels, h, h], &device).cast(compute);

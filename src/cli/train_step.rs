@@ -67,6 +67,7 @@ pub fn run(args: &ForwardArgs) -> Result<()> {
         encoder_hidden_states: inputs.float::<3>("encoder_hidden_states", &device, DType::F32)?,
         text_embeds: pooled,
         time_ids,
+        guidance: None,
     };
     let b = batch.chosen.dims()[0];
     let time_name = if flow { "sigma" } else { "timestep" };

@@ -117,6 +117,7 @@ impl Renderer {
                     text_embeds: c.text_embeds,
                     time_ids: Some(c.time_ids),
                     negative: None,
+                    embedded_guidance: None,
                 };
                 let noise = initial_noise(seed, 1, [channels, SIZE, SIZE], &self.device);
                 to_images(sample_latents(unet, sampler.as_ref(), &prompts, noise, s.guidance, &mut |_| {}))?
@@ -132,7 +133,8 @@ impl Renderer {
                     TensorData::new(vec![side, side, 0.0, 0.0, side, side], [1, 6]),
                     &self.device,
                 );
-                let prompts = Prompts { context, text_embeds, time_ids: Some(time_ids), negative: None };
+                let prompts =
+                    Prompts { context, text_embeds, time_ids: Some(time_ids), negative: None, embedded_guidance: None };
                 let latent = s.size / factor;
                 let noise = initial_noise(seed, 1, [channels, latent, latent], &self.device).cast(dt);
                 let latents = sample_latents(unet, sampler.as_ref(), &prompts, noise, s.guidance, &mut |_| {});

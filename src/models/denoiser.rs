@@ -4,6 +4,7 @@
 
 use burn::tensor::Tensor;
 
+use super::flux::FluxTransformer2DModel;
 use super::sd3::SD3Transformer2DModel;
 use super::unet::{TextTime, UNet2DConditionModel};
 
@@ -16,6 +17,8 @@ pub struct Conditioning {
     pub pooled: Tensor<2>,
     /// SDXL's micro-conditioning `time_ids` [B, 6] (size and crop); None for other families.
     pub time_ids: Option<Tensor<2>>,
+    /// FLUX.1 [dev]'s embedded guidance scale [B] (the raw scale); None for other models.
+    pub guidance: Option<Tensor<1>>,
 }
 
 /// One call of a family's denoiser: the prediction (ε or velocity, as the objective says)
@@ -37,5 +40,16 @@ impl Denoiser for UNet2DConditionModel {
 impl Denoiser for SD3Transformer2DModel {
     fn predict(&self, noisy: Tensor<4>, timestep: Tensor<1>, cond: &Conditioning) -> Tensor<4> {
         self.forward(noisy, timestep, cond.context.clone(), cond.pooled.clone())
+    }
+}
+
+impl Denoiser for FluxTransformer2DModel {
+    /// Unpacked latents at the model time σ·1000; a [dev] model needs `cond.guidance`.
+    fn predict(&self, noisy: Tensor<4>, timestep: Tensor<1>, cond: &Conditioning) -> Tensor<4> {
+        assert!(
+            cond.guidance.is_some() || !self.guidance_embeds(),
+            "a guidance-embedded FLUX transformer is called without a guidance scale"
+        );
+        self.forward_latents(noisy, timestep, cond.context.clone(), cond.pooled.clone(), cond.guidance.clone())
     }
 }

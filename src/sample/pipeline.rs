@@ -208,7 +208,7 @@ impl SdxlPipeline {
         let negative = negative.filter(|n| !n.is_empty()).map(|n| self.encode_prompt(n));
         let time_ids =
             Tensor::<2>::from_data(TensorData::new(vec![height, width, 0.0, 0.0, height, width], [1, 6]), &self.device);
-        let prompts = Prompts { context, text_embeds, time_ids: Some(time_ids), negative };
+        let prompts = Prompts { context, text_embeds, time_ids: Some(time_ids), negative, embedded_guidance: None };
         let sampler = self.scheduler.sampler(sampler, steps)?;
         Ok(sample_latents(&self.unet, sampler.as_ref(), &prompts, noise, guidance, on_step))
     }

@@ -197,7 +197,7 @@ impl Sd3Pipeline {
         self.transformer.check_latents(h, w)?;
         let (context, text_embeds) = self.prompts.encode(prompt)?;
         let negative = if guidance > 1.0 { Some(self.prompts.encode(negative.unwrap_or(""))?) } else { None };
-        let prompts = Prompts { context, text_embeds, time_ids: None, negative };
+        let prompts = Prompts { context, text_embeds, time_ids: None, negative, embedded_guidance: None };
         let sampler = self.scheduler.sampler(steps)?;
         Ok(sample_latents(&self.transformer, &sampler, &prompts, noise, guidance, on_step))
     }

@@ -21,6 +21,8 @@ pub struct Prompts {
     pub time_ids: Option<Tensor<2>>,
     /// The negative prompt's `(context, text_embeds)`; `None` is SDXL's all-zero negative.
     pub negative: Option<(Tensor<3>, Tensor<2>)>,
+    /// FLUX.1 [dev]'s embedded guidance scale, the same for every image; None for other models.
+    pub embedded_guidance: Option<f32>,
 }
 
 /// Unit-variance initial noise for `k` images, from `seed`.
@@ -54,15 +56,23 @@ pub fn sample_latents(
             context: Tensor::cat(vec![neg_context, prompts.context.clone()], 0),
             pooled: Tensor::cat(vec![neg_text, prompts.text_embeds.clone()], 0),
             time_ids: prompts.time_ids.clone().map(|t| Tensor::cat(vec![t; 2], 0)),
+            guidance: None,
         }
     } else {
         Conditioning {
             context: prompts.context.clone(),
             pooled: prompts.text_embeds.clone(),
             time_ids: prompts.time_ids.clone(),
+            guidance: None,
         }
     };
     let rows = if cfg { 2 * k } else { k };
+    let cond = Conditioning {
+        guidance: prompts
+            .embedded_guidance
+            .map(|g| Tensor::<1>::from_data(TensorData::new(vec![g; rows], [rows]), (&device, DType::F32))),
+        ..cond
+    };
     for (i, &t) in sampler.timesteps().iter().enumerate() {
         on_step(i);
         let input = if cfg { Tensor::cat(vec![x.clone(); 2], 0) } else { x.clone() };

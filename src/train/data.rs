@@ -58,6 +58,7 @@ pub fn to_batch(rows: &PairRows, cursors: &[usize], seed: u64, objective: &Objec
         encoder_hidden_states: Tensor::from_data(TensorData::new(rows.context.clone(), [b, tokens, d]), device),
         text_embeds: Tensor::from_data(TensorData::new(rows.text_embeds.clone(), [b, rows.shape.pooled]), device),
         time_ids: Some(Tensor::from_data(TensorData::new(rows.time_ids.clone(), [b, 6]), device)),
+        guidance: None,
     }
 }
 
@@ -77,6 +78,7 @@ pub fn prompts(source: &PairSource, k: usize, device: &Device) -> anyhow::Result
         text_embeds: Tensor::from_data(TensorData::new(rows.text_embeds, [rows.n, rows.shape.pooled]), device),
         time_ids: Some(Tensor::from_data(TensorData::new(rows.time_ids, [rows.n, 6]), device)),
         negative: None,
+        embedded_guidance: None,
     };
     Ok((prompts, rows.shape.latent))
 }

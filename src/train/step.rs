@@ -30,6 +30,8 @@ pub struct PairBatch {
     pub text_embeds: Tensor<2>,
     /// SDXL's micro-conditioning [B, 6]; None for flow families.
     pub time_ids: Option<Tensor<2>>,
+    /// FLUX.1 [dev]'s embedded guidance scale per pair [B] (`guidance` in the config).
+    pub guidance: Option<Tensor<1>>,
 }
 
 #[derive(Debug, Clone)]
@@ -51,6 +53,7 @@ struct Inputs {
     context: Tensor<3>,
     pooled: Tensor<2>,
     time_ids: Option<Tensor<2>>,
+    guidance: Option<Tensor<1>>,
 }
 
 fn inputs(batch: &PairBatch, objective: &Objective, with_rejected: bool) -> Inputs {
@@ -66,6 +69,7 @@ fn inputs(batch: &PairBatch, objective: &Objective, with_rejected: bool) -> Inpu
             context: batch.encoder_hidden_states.clone(),
             pooled: batch.text_embeds.clone(),
             time_ids: batch.time_ids.clone(),
+            guidance: batch.guidance.clone(),
         };
     };
     let noisy_l = objective.noisy(rejected.clone(), batch.noise.clone(), &batch.timesteps);
@@ -79,6 +83,7 @@ fn inputs(batch: &PairBatch, objective: &Objective, with_rejected: bool) -> Inpu
         context: Tensor::cat(vec![batch.encoder_hidden_states.clone(); 2], 0),
         pooled: Tensor::cat(vec![batch.text_embeds.clone(); 2], 0),
         time_ids: batch.time_ids.clone().map(|t| Tensor::cat(vec![t; 2], 0)),
+        guidance: batch.guidance.clone().map(|g| Tensor::cat(vec![g; 2], 0)),
     }
 }
 
@@ -95,6 +100,7 @@ fn conditioning(x: &Inputs, dtype: DType) -> Conditioning {
         context: x.context.clone().cast(dtype),
         pooled: x.pooled.clone().cast(dtype),
         time_ids: x.time_ids.clone(),
+        guidance: x.guidance.clone(),
     }
 }
 
@@ -237,6 +243,7 @@ pub fn forward_backward_probed<'a, M: TrainDenoiser + 'a>(
                     context: x.context.clone().inner(),
                     pooled: x.pooled.clone().inner(),
                     time_ids: x.time_ids.clone().map(|t| t.inner()),
+                    guidance: x.guidance.clone().map(|g| g.inner()),
                 };
                 let ref_pred = to_autodiff(predict(m, &plain, compute), x.noisy.gradient_checkpointing_strategy());
                 input.with_reference_prediction(ref_pred, x.target.clone(), dtype)

@@ -48,6 +48,7 @@ impl ToyEvaluator {
             text_embeds: cond.text_embeds,
             time_ids: Some(cond.time_ids),
             negative: None,
+            embedded_guidance: None,
         };
         let data = PairSource::open(pairs, config.seed, 1, false)?;
         let n = config.error_pairs.min(data.len).max(1);

@@ -7,6 +7,7 @@ use burn::tensor::Tensor;
 
 use crate::models::attention::multi_head_attention;
 use crate::models::nn::{Linear, RmsNorm, gelu_tanh, layer_norm_plain, silu};
+use crate::models::rope::Rope;
 use crate::models::weights::Weights;
 
 /// Every norm of the block: LayerNorm without affine, ε 1e-6.
@@ -17,12 +18,12 @@ pub fn modulate(x: Tensor<3>, shift: &Tensor<2>, scale: &Tensor<2>) -> Tensor<3>
     x * scale.clone().add_scalar(1.0).unsqueeze_dim::<3>(1) + shift.clone().unsqueeze_dim::<3>(1)
 }
 
-fn gate(x: Tensor<3>, g: &Tensor<2>) -> Tensor<3> {
+pub fn gate(x: Tensor<3>, g: &Tensor<2>) -> Tensor<3> {
     x * g.clone().unsqueeze_dim::<3>(1)
 }
 
 /// The `linear(silu(temb))` chunks of an AdaLN layer, in diffusers' order.
-fn ada_chunks(linear: &Linear, temb: &Tensor<2>, n: usize) -> Vec<Tensor<2>> {
+pub fn ada_chunks(linear: &Linear, temb: &Tensor<2>, n: usize) -> Vec<Tensor<2>> {
     linear.forward(silu(temb.clone())).chunk(n, 1)
 }
 
@@ -74,6 +75,22 @@ impl FeedForward {
     }
 }
 
+/// The RMS norm of each head of [B, L, heads·d] projections (none: unchanged).
+pub fn per_head(x: Tensor<3>, norm: &Option<RmsNorm>, heads: usize) -> Tensor<3> {
+    let Some(norm) = norm else { return x };
+    let [b, l, inner] = x.dims();
+    norm.forward(x.reshape([b, l, heads, inner / heads])).reshape([b, l, inner])
+}
+
+/// Rotary positions on queries or keys, when the model has them (FLUX; SD3 adds its
+/// positions to the patches instead).
+fn rotate(x: Tensor<3>, rope: Option<&Rope>, heads: usize) -> Tensor<3> {
+    match rope {
+        Some(r) => r.apply(x, heads),
+        None => x,
+    }
+}
+
 /// diffusers' `Attention` with `JointAttnProcessor2_0`: image projections `to_*`, text
 /// projections `add_*_proj` (joint attention only), per-head RMS norms when `qk_norm`.
 #[derive(Module, Debug)]
@@ -117,11 +134,8 @@ impl JointAttention {
         }
     }
 
-    /// The RMS norm of each head of [B, L, heads·d] projections.
     fn per_head(&self, x: Tensor<3>, norm: &Option<RmsNorm>) -> Tensor<3> {
-        let Some(norm) = norm else { return x };
-        let [b, l, inner] = x.dims();
-        norm.forward(x.reshape([b, l, self.heads, inner / self.heads])).reshape([b, l, inner])
+        per_head(x, norm, self.heads)
     }
 
     /// Image-only attention (MMDiT-X's `attn2`).
@@ -133,8 +147,9 @@ impl JointAttention {
     }
 
     /// Joint attention over `[image; text]` tokens: the image output, and the text output
-    /// (projected unless this is the last block).
-    pub fn forward_joint(&self, x: Tensor<3>, context: Tensor<3>) -> (Tensor<3>, Tensor<3>) {
+    /// (projected unless this is the last block). `rope`: rotary positions of the
+    /// `[image; text]` sequence, applied after the q/k norms (FLUX).
+    pub fn forward_joint(&self, x: Tensor<3>, context: Tensor<3>, rope: Option<&Rope>) -> (Tensor<3>, Tensor<3>) {
         let n = x.dims()[1];
         let lc = context.dims()[1];
         let (add_q, add_k, add_v) = (
@@ -157,6 +172,7 @@ impl JointAttention {
             1,
         );
         let v = Tensor::cat(vec![self.to_v.forward(x), add_v.forward(context)], 1);
+        let (q, k) = (rotate(q, rope, self.heads), rotate(k, rope, self.heads));
         let out = multi_head_attention(q, k, v, self.heads);
         let image = out.clone().narrow(1, 0, n);
         let text = out.narrow(1, n, lc);
@@ -200,6 +216,18 @@ impl JointTransformerBlock {
 
     /// `(context, x)` after the block; the context is `None` after the last block.
     pub fn forward(&self, x: Tensor<3>, context: Tensor<3>, temb: &Tensor<2>) -> (Option<Tensor<3>>, Tensor<3>) {
+        self.forward_rope(x, context, temb, None)
+    }
+
+    /// [`Self::forward`] with rotary positions in the joint attention (FLUX's double-stream
+    /// block is this block with RoPE and without MMDiT-X or a context-pre-only end).
+    pub fn forward_rope(
+        &self,
+        x: Tensor<3>,
+        context: Tensor<3>,
+        temb: &Tensor<2>,
+        rope: Option<&Rope>,
+    ) -> (Option<Tensor<3>>, Tensor<3>) {
         let dual = self.attn2.is_some();
         // shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp[, shift_msa2, scale_msa2, gate_msa2]
         let m = ada_chunks(&self.norm1.linear, temb, if dual { 9 } else { 6 });
@@ -214,7 +242,7 @@ impl JointTransformerBlock {
             (modulate(layer_norm_plain(context.clone(), EPS), &c[0], &c[1]), Some(c))
         };
 
-        let (attn_out, context_attn_out) = self.attn.forward_joint(x_in, c_in);
+        let (attn_out, context_attn_out) = self.attn.forward_joint(x_in, c_in, rope);
         let mut x = x + gate(attn_out, &m[2]);
         if let Some(attn2) = &self.attn2 {
             let x2 = modulate(normed, &m[6], &m[7]);

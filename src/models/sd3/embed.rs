@@ -108,18 +108,26 @@ pub struct TextProjection {
     pub linear_2: Linear,
 }
 
-/// `CombinedTimestepTextProjEmbeddings`: MLP(sinusoid(t)) + MLP(pooled).
+/// `CombinedTimestepTextProjEmbeddings`: MLP(sinusoid(t)) + MLP(pooled); with a
+/// `guidance_embedder` (FLUX.1-dev's `CombinedTimestepGuidanceTextProjEmbeddings`) the
+/// embedded guidance scale's MLP(sinusoid(g)) is added too.
 #[derive(Module, Debug)]
 pub struct TimeTextEmbed {
     pub timestep_embedder: TimestepEmbedding,
+    pub guidance_embedder: Option<TimestepEmbedding>,
     pub text_embedder: TextProjection,
 }
 
 impl TimeTextEmbed {
     pub fn load(w: &Weights, dim: usize, pooled_dim: usize) -> Self {
+        Self::load_with_guidance(w, dim, pooled_dim, false)
+    }
+
+    pub fn load_with_guidance(w: &Weights, dim: usize, pooled_dim: usize, guidance: bool) -> Self {
         let t = w.pp("text_embedder");
         Self {
             timestep_embedder: TimestepEmbedding::load(&w.pp("timestep_embedder"), 256, dim),
+            guidance_embedder: guidance.then(|| TimestepEmbedding::load(&w.pp("guidance_embedder"), 256, dim)),
             text_embedder: TextProjection {
                 linear_1: Linear::load(&t.pp("linear_1"), pooled_dim, dim, true),
                 linear_2: Linear::load(&t.pp("linear_2"), dim, dim, true),
@@ -127,11 +135,20 @@ impl TimeTextEmbed {
         }
     }
 
-    /// `timestep` [B] (σ·1000 for SD3), `pooled` [B, P] → [B, D] in the pooled dtype.
+    /// `timestep` [B] (the model's time: σ·1000), `pooled` [B, P] → [B, D] in the pooled dtype.
     pub fn forward(&self, timestep: Tensor<1>, pooled: Tensor<2>) -> Tensor<2> {
+        self.forward_guided(timestep, None, pooled)
+    }
+
+    /// [`Self::forward`] with the embedded guidance scale [B] (already ×1000) when the
+    /// model has a guidance embedder.
+    pub fn forward_guided(&self, timestep: Tensor<1>, guidance: Option<Tensor<1>>, pooled: Tensor<2>) -> Tensor<2> {
         let dtype = pooled.dtype();
-        let t = timestep_embedding(timestep, 256, true, 0.0).cast(dtype);
-        let t = self.timestep_embedder.forward(t);
+        let sinusoid = |t: Tensor<1>| timestep_embedding(t, 256, true, 0.0).cast(dtype);
+        let mut t = self.timestep_embedder.forward(sinusoid(timestep));
+        if let (Some(embedder), Some(g)) = (&self.guidance_embedder, guidance) {
+            t = t + embedder.forward(sinusoid(g));
+        }
         let p = self.text_embedder.linear_2.forward(silu(self.text_embedder.linear_1.forward(pooled)));
         t + p
     }
