@@ -66,11 +66,16 @@ pub fn run(args: &ForwardArgs) -> Result<()> {
             let (vae, _) = AutoencoderKL::from_dir(&component_dir(model, "vae")?, device, dtype)?;
             vec![("sample", vae.decode(f("latents")?))]
         }
-        Component::TextEncoder | Component::TextEncoder2 => {
-            let second = args.component == Component::TextEncoder2;
-            let dir = component_dir(model, if second { "text_encoder_2" } else { "text_encoder" })?;
-            // The folder's class decides (SD3's first CLIP has a projection); SDXL's
-            // folders may not say it: then the second is bigG with its projection.
+        Component::TextEncoder | Component::TextEncoder2 | Component::TextEncoder3 => {
+            let (sub, second) = text_folder(args.component);
+            let dir = component_dir(model, sub)?;
+            if is_t5(&dir)? {
+                let (t5, _) = crate::models::t5::T5EncoderModel::from_dir(&dir, device, dtype)?;
+                let out = t5.forward(inputs.int::<2>("input_ids", device)?);
+                return write_tensors(&args.out, vec![("last_hidden_state".into(), out.cast(DType::F32).into_data())]);
+            }
+            // The folder's class decides (SD3's first CLIP has a projection, FLUX's has
+            // not); SDXL's folders may not say it: then the second is bigG with its projection.
             let (config, _) = crate::models::config::read_config::<ClipTextConfig>(&dir)?;
             let projection = config.declares_projection().unwrap_or(second);
             let (enc, _) = ClipTextModel::from_dir(&dir, device, dtype, projection)?;
@@ -85,12 +90,6 @@ pub fn run(args: &ForwardArgs) -> Result<()> {
                 }
             }
             return write_tensors(&args.out, data);
-        }
-        Component::TextEncoder3 => {
-            let (t5, _) =
-                crate::models::t5::T5EncoderModel::from_dir(&component_dir(model, "text_encoder_3")?, device, dtype)?;
-            let out = t5.forward(inputs.int::<2>("input_ids", device)?);
-            return write_tensors(&args.out, vec![("last_hidden_state".into(), out.cast(DType::F32).into_data())]);
         }
         Component::Loss | Component::TrainStep | Component::Transformer => unreachable!("handled above"),
     };
@@ -128,9 +127,8 @@ fn check_inputs(model: &Path, component: Component, inputs: &SafeTensorFiles) ->
             }
             check_finite(name, &floats(name)?)?;
         }
-        Component::TextEncoder | Component::TextEncoder2 => {
-            let sub = if component == Component::TextEncoder2 { "text_encoder_2" } else { "text_encoder" };
-            let (config, _) = read_config::<ClipTextConfig>(&component_dir(model, sub)?)?;
+        Component::TextEncoder | Component::TextEncoder2 | Component::TextEncoder3 => {
+            let dir = component_dir(model, text_folder(component).0)?;
             let view = need("input_ids")?;
             if !matches!(view.dtype, safetensors::Dtype::I64 | safetensors::Dtype::I32) {
                 bail!("input_ids: stored as {:?}; token ids must be i64 (or i32)", view.dtype);
@@ -140,26 +138,34 @@ fn check_inputs(model: &Path, component: Component, inputs: &SafeTensorFiles) ->
                 .convert::<i64>()
                 .try_into_vec::<i64>()
                 .map_err(|e| anyhow::anyhow!("input_ids: {e:?}"))?;
-            check_token_ids(&config, &view.shape, &ids)?;
-        }
-        Component::TextEncoder3 => {
-            let (config, _) = read_config::<crate::models::t5::T5Config>(&component_dir(model, "text_encoder_3")?)?;
-            let view = need("input_ids")?;
-            expect_shape("input_ids", &view.shape, &[None, None])?;
-            let ids = view
-                .to_data_any()?
-                .convert::<i64>()
-                .try_into_vec::<i64>()
-                .map_err(|e| anyhow::anyhow!("input_ids: {e:?}"))?;
-            if let Some((i, id)) = ids.iter().enumerate().find(|(_, id)| **id < 0 || **id >= config.vocab_size as i64) {
-                bail!("input_ids: id {id} at position {i} is outside the vocabulary [0, {})", config.vocab_size);
+            if is_t5(&dir)? {
+                let (config, _) = read_config::<crate::models::t5::T5Config>(&dir)?;
+                expect_shape("input_ids", &view.shape, &[None, None])?;
+                if let Some((i, id)) =
+                    ids.iter().enumerate().find(|(_, id)| **id < 0 || **id >= config.vocab_size as i64)
+                {
+                    bail!("input_ids: id {id} at position {i} is outside the vocabulary [0, {})", config.vocab_size);
+                }
+            } else {
+                let (config, _) = read_config::<ClipTextConfig>(&dir)?;
+                check_token_ids(&config, &view.shape, &ids)?;
             }
         }
         Component::Transformer => {
             let dir = component_dir(model, "transformer")?;
-            let (config, _) = read_config::<crate::models::sd3::SD3TransformerConfig>(&dir)?;
-            check_sd3_inputs(&config, &|n| Ok(need(n)?.shape.clone()))?;
-            for n in ["hidden_states", "encoder_hidden_states", "pooled_projections", "timestep"] {
+            let mut names = vec!["hidden_states", "encoder_hidden_states", "pooled_projections", "timestep"];
+            if crate::family::Family::detect(model)? == crate::family::Family::Flux {
+                let (config, _) = read_config::<crate::models::flux::FluxTransformerConfig>(&dir)?;
+                check_flux_inputs(&config, &|n| inputs.get(n).map(|v| v.shape.clone()))?;
+                names.extend(["img_ids", "txt_ids"]);
+                if config.guidance_embeds {
+                    names.push("guidance");
+                }
+            } else {
+                let (config, _) = read_config::<crate::models::sd3::SD3TransformerConfig>(&dir)?;
+                check_sd3_inputs(&config, &|n| Ok(need(n)?.shape.clone()))?;
+            }
+            for n in names {
                 check_finite(n, &floats(n)?)?;
             }
         }
@@ -171,11 +177,12 @@ fn check_inputs(model: &Path, component: Component, inputs: &SafeTensorFiles) ->
 /// `forward transformer`: the family's transformer on diffusers' forward inputs.
 fn transformer(model: &Path, args: &ForwardArgs) -> Result<()> {
     use crate::family::Family;
-    match Family::detect(model)? {
-        Family::Sd3 => {}
-        other => {
-            bail!("{}: forward transformer runs SD3 transformers; this is a {} folder", model.display(), other.name())
-        }
+    let family = Family::detect(model)?;
+    if family == Family::Sdxl {
+        bail!(
+            "{}: forward transformer runs SD3 and FLUX transformers; this is an SDXL folder (forward unet)",
+            model.display()
+        )
     }
     let selected = select(args.device.device.as_deref())?;
     let dtype = selected.precision(&args.device.dtype)?;
@@ -183,6 +190,9 @@ fn transformer(model: &Path, args: &ForwardArgs) -> Result<()> {
     let inputs = SafeTensorFiles::open_file(&args.inputs)?;
     check_inputs(model, Component::Transformer, &inputs).with_context(|| format!("{}", args.inputs.display()))?;
     let dir = component_dir(model, "transformer")?;
+    if family == Family::Flux {
+        return flux_transformer(&dir, args, &inputs, device, dtype);
+    }
     let (mut net, _) = crate::models::sd3::SD3Transformer2DModel::from_dir(&dir, device, dtype)?;
     if let Some(lora) = &args.lora {
         net = crate::models::lora::apply_transformer_lora_file(net, lora)?;
@@ -192,6 +202,60 @@ fn transformer(model: &Path, args: &ForwardArgs) -> Result<()> {
         inputs.float::<1>("timestep", device, DType::F32)?,
         inputs.float::<3>("encoder_hidden_states", device, dtype)?,
         inputs.float::<2>("pooled_projections", device, dtype)?,
+    );
+    write_tensors(&args.out, vec![("sample".into(), sample.cast(DType::F32).into_data())])
+}
+
+/// The folder a text-encoder component reads, and whether it is the second one.
+fn text_folder(component: Component) -> (&'static str, bool) {
+    match component {
+        Component::TextEncoder2 => ("text_encoder_2", true),
+        Component::TextEncoder3 => ("text_encoder_3", false),
+        _ => ("text_encoder", false),
+    }
+}
+
+/// Whether a text-encoder folder holds T5 (SD3's third encoder, FLUX's second): its
+/// config's `model_type` or `architectures` say so.
+fn is_t5(dir: &Path) -> Result<bool> {
+    let (raw, _) = crate::models::config::read_config::<serde_json::Value>(dir)?;
+    let arch = raw["architectures"].as_array().into_iter().flatten().filter_map(|a| a.as_str());
+    Ok(raw["model_type"].as_str() == Some("t5") || arch.into_iter().any(|a| a.starts_with("T5")))
+}
+
+/// Whether a denoiser config is FLUX's (`_class_name`).
+fn is_flux(config: &serde_json::Value) -> bool {
+    config["_class_name"].as_str() == Some("FluxTransformer2DModel")
+}
+
+/// `forward transformer` on a FLUX folder: packed tokens, σ, explicit ids (inputs checked).
+fn flux_transformer(
+    dir: &Path,
+    args: &ForwardArgs,
+    inputs: &SafeTensorFiles,
+    device: &Device,
+    dtype: DType,
+) -> Result<()> {
+    let (mut net, _) = crate::models::flux::FluxTransformer2DModel::from_dir(dir, device, dtype)?;
+    if let Some(lora) = &args.lora {
+        net = crate::models::lora::apply_transformer_lora_file(net, lora)?;
+    }
+    let ids = |n: &str| -> Result<Vec<f32>> {
+        let t = inputs.float::<2>(n, device, DType::F32)?;
+        t.into_data().convert::<f32>().try_into_vec::<f32>().map_err(|e| anyhow::anyhow!("{n}: {e:?}"))
+    };
+    let guidance = match net.guidance_embeds() {
+        true => Some(inputs.float::<1>("guidance", device, DType::F32)?),
+        false => None,
+    };
+    let sample = net.forward(
+        inputs.float::<3>("hidden_states", device, dtype)?,
+        inputs.float::<1>("timestep", device, DType::F32)?,
+        inputs.float::<3>("encoder_hidden_states", device, dtype)?,
+        inputs.float::<2>("pooled_projections", device, dtype)?,
+        &ids("img_ids")?,
+        &ids("txt_ids")?,
+        guidance,
     );
     write_tensors(&args.out, vec![("sample".into(), sample.cast(DType::F32).into_data())])
 }
@@ -229,8 +293,11 @@ pub fn params(model: &Path) -> Result<()> {
         match name {
             "unet" => drop(UNet2DConditionModel::load(&serde_json::from_value(raw)?, &w)?),
             "vae" => drop(AutoencoderKL::load(&serde_json::from_value(raw)?, &w)?),
+            "transformer" if is_flux(&raw) => {
+                drop(crate::models::flux::FluxTransformer2DModel::load(&serde_json::from_value(raw)?, &w)?)
+            }
             "transformer" => drop(crate::models::sd3::SD3Transformer2DModel::load(&serde_json::from_value(raw)?, &w)?),
-            "text_encoder_3" => drop(crate::models::t5::T5EncoderModel::load(&serde_json::from_value(raw)?, &w)?),
+            _ if is_t5(&dir)? => drop(crate::models::t5::T5EncoderModel::load(&serde_json::from_value(raw)?, &w)?),
             _ => {
                 let config: ClipTextConfig = serde_json::from_value(raw)?;
                 let projection = config.declares_projection().unwrap_or(name == "text_encoder_2");
@@ -306,6 +373,12 @@ pub fn random_model(component: &str, config: &Path, out: &Path, dtype: &str) -> 
             let key = |n: String| if n.starts_with("text_projection") { n } else { format!("text_model.{n}") };
             save_as(&model, &raw, &out.join("model.safetensors"), dtype, key)
         }
+        "transformer" if is_flux(&raw) => save_component(
+            &crate::models::flux::FluxTransformer2DModel::load(&serde_json::from_value(raw.clone())?, &w)?,
+            &raw,
+            out,
+            dtype,
+        ),
         // The position table is computed on load; it is not written.
         "transformer" => save_component(
             &crate::models::sd3::SD3Transformer2DModel::load(&serde_json::from_value(raw.clone())?, &w)?,

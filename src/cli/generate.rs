@@ -13,6 +13,7 @@ use crate::family::Family;
 use crate::models::clip::tokenizer::ClipTokenizer;
 use crate::models::io::{SafeTensorFiles, write_tensors};
 use crate::models::lora::{BlockLayout, apply_lora_file, apply_transformer_lora_file};
+use crate::sample::flux::FluxPipeline;
 use crate::sample::pipeline::SdxlPipeline;
 use crate::sample::sd3::Sd3Pipeline;
 use crate::sample::validate::{decode_images, initial_noise, to_images};
@@ -39,8 +40,14 @@ pub struct GenerateArgs {
     /// euler (SDXL's default) or ddim.
     #[arg(long, default_value = "euler", value_parser = ["euler", "ddim"])]
     pub sampler: String,
-    #[arg(long, default_value_t = 5.0)]
-    pub guidance: f64,
+    /// Classifier-free guidance (SDXL, SD3; default 5), or FLUX.1 [dev]'s embedded guidance
+    /// scale (default 3.5; [schnell] ignores it).
+    #[arg(long)]
+    pub guidance: Option<f64>,
+    /// FLUX: true classifier-free guidance with `--negative-prompt` (diffusers'
+    /// `true_cfg_scale`; off at ≤ 1, the default): each step runs the transformer twice.
+    #[arg(long)]
+    pub true_cfg: Option<f64>,
     /// Default: the UNet's `sample_size` × the VAE's factor, as diffusers (1024 for SDXL).
     #[arg(long)]
     pub width: Option<usize>,
@@ -65,10 +72,11 @@ pub struct GenerateArgs {
     /// denoiser (SDXL: PEFT or kohya; SD3: PEFT `transformer.*` keys).
     #[arg(long)]
     pub lora: Option<PathBuf>,
-    /// SD3: a fine-tuned diffusers `transformer/` folder to use instead of the pipeline's.
+    /// SD3, FLUX: a fine-tuned diffusers `transformer/` folder to use instead of the pipeline's.
     #[arg(long)]
     pub transformer: Option<PathBuf>,
-    /// SD3: T5 tokens per prompt (diffusers' `max_sequence_length`, default 256).
+    /// SD3, FLUX: T5 tokens per prompt (diffusers' `max_sequence_length`, default 256 for
+    /// SD3, 512 for FLUX).
     #[arg(long)]
     pub max_sequence_length: Option<usize>,
     /// SD3: leave T5 out (zeros in its place, as diffusers allows; saves its ~9 GB).
@@ -87,7 +95,9 @@ fn check_options(args: &GenerateArgs) -> Result<()> {
         anyhow::ensure!(v.is_none_or(|v| (1..=8192).contains(&v)), "{name} {}: must be in 1..=8192", v.unwrap_or(0));
     }
     anyhow::ensure!((1..=1000).contains(&args.steps), "--steps {}: must be in 1..=1000", args.steps);
-    anyhow::ensure!(args.guidance.is_finite() && args.guidance >= 0.0, "--guidance {}: must be ≥ 0", args.guidance);
+    for (name, v) in [("--guidance", args.guidance), ("--true-cfg", args.true_cfg)] {
+        anyhow::ensure!(v.is_none_or(|v| v.is_finite() && v >= 0.0), "{name} {}: must be ≥ 0", v.unwrap_or(0.0));
+    }
     anyhow::ensure!(args.num_images > 0, "--num-images must be > 0");
     anyhow::ensure!(
         args.max_sequence_length.is_none_or(|n| (1..=512).contains(&n)),
@@ -101,20 +111,21 @@ fn check_options(args: &GenerateArgs) -> Result<()> {
 enum Pipe {
     Sdxl(Box<SdxlPipeline>),
     Sd3(Box<Sd3Pipeline>),
+    Flux(Box<FluxPipeline>),
 }
+
+/// SDXL's and SD3's default classifier-free guidance scale.
+const DEFAULT_CFG: f64 = 5.0;
 
 impl Pipe {
     fn load(args: &GenerateArgs, family: Family, device: &Device, dtype: DType) -> Result<Self> {
-        let sd3_only = [
+        let flow_only = [
             ("--transformer", args.transformer.is_some()),
             ("--max-sequence-length", args.max_sequence_length.is_some()),
-            ("--no-t5", args.no_t5),
         ];
-        let sdxl_only = [
-            ("--unet", args.unet.is_some()),
-            ("--lora", args.lora.is_some()),
-            ("--sampler ddim", args.sampler != "euler"),
-        ];
+        let sd3_only = [("--no-t5", args.no_t5)];
+        let flux_only = [("--true-cfg", args.true_cfg.is_some())];
+        let sdxl_only = [("--unet", args.unet.is_some()), ("--sampler ddim", args.sampler != "euler")];
         let refuse = |opts: &[(&str, bool)], what: &str| match opts.iter().find(|(_, on)| *on) {
             Some((name, _)) => {
                 bail!("{name} applies to {what} models; {} is a {} folder", args.model.display(), family.name())
@@ -123,7 +134,9 @@ impl Pipe {
         };
         match family {
             Family::Sdxl => {
+                refuse(&flow_only, "SD3 and FLUX")?;
                 refuse(&sd3_only, "SD3")?;
+                refuse(&flux_only, "FLUX")?;
                 let mut pipe = SdxlPipeline::load(&args.model, args.unet.as_deref(), device, dtype)?;
                 if let Some(lora) = &args.lora {
                     pipe.unet = apply_lora_file(pipe.unet, lora, &BlockLayout::of(&pipe.unet_config)?)?;
@@ -132,6 +145,7 @@ impl Pipe {
             }
             Family::Sd3 => {
                 refuse(&sdxl_only, "SDXL")?;
+                refuse(&flux_only, "FLUX")?;
                 let mut pipe = Sd3Pipeline::load(&args.model, args.transformer.as_deref(), !args.no_t5, device, dtype)?;
                 if let Some(n) = args.max_sequence_length {
                     pipe.prompts.max_sequence_length = n;
@@ -142,8 +156,22 @@ impl Pipe {
                 Ok(Self::Sd3(Box::new(pipe)))
             }
             Family::Flux => {
-                family.require_supported(&args.model, "generate with")?;
-                unreachable!("FLUX is refused above")
+                refuse(&sdxl_only, "SDXL")?;
+                refuse(&sd3_only, "SD3")?;
+                let mut pipe = FluxPipeline::load(&args.model, args.transformer.as_deref(), device, dtype)?;
+                if let Some(n) = args.max_sequence_length {
+                    pipe.prompts.max_sequence_length = n;
+                }
+                if let Some(lora) = &args.lora {
+                    pipe.transformer = apply_transformer_lora_file(pipe.transformer, lora)?;
+                }
+                if !pipe.transformer.guidance_embeds() && args.guidance.is_some() {
+                    eprintln!("note: this FLUX transformer does not embed guidance ([schnell]); --guidance is ignored");
+                }
+                if args.negative_prompt.is_some() && args.true_cfg.is_none_or(|g| g <= 1.0) {
+                    eprintln!("note: FLUX uses --negative-prompt only with --true-cfg > 1; it is ignored");
+                }
+                Ok(Self::Flux(Box::new(pipe)))
             }
         }
     }
@@ -152,6 +180,7 @@ impl Pipe {
         match self {
             Self::Sdxl(p) => p.vae_scale_factor(),
             Self::Sd3(p) => p.vae_scale_factor(),
+            Self::Flux(p) => p.vae_scale_factor(),
         }
     }
 
@@ -162,6 +191,8 @@ impl Pipe {
             // Each down block but the last halves the latents; the up blocks must meet them again.
             Self::Sdxl(p) => f << p.unet.down_blocks.len().saturating_sub(1),
             Self::Sd3(p) => f * p.transformer_config.patch_size,
+            // 2×2 latent patches packed into tokens.
+            Self::Flux(_) => f * 2,
         }
     }
 
@@ -169,6 +200,7 @@ impl Pipe {
         match self {
             Self::Sdxl(p) => p.unet.conv_in.weight.dims()[1],
             Self::Sd3(p) => p.transformer_config.in_channels,
+            Self::Flux(p) => p.transformer_config.latent_channels(),
         }
     }
 
@@ -178,6 +210,8 @@ impl Pipe {
             * match self {
                 Self::Sdxl(p) => p.unet_config.sample_size.unwrap_or(128),
                 Self::Sd3(p) => p.transformer_config.sample_size,
+                // FluxPipeline's `default_sample_size`.
+                Self::Flux(_) => 128,
             }
     }
 
@@ -191,9 +225,16 @@ impl Pipe {
         let negative = args.negative_prompt.as_deref();
         match self {
             Self::Sdxl(p) => {
-                p.generate_latents(prompt, negative, &args.sampler, args.steps, args.guidance, noise, on_step)
+                let g = args.guidance.unwrap_or(DEFAULT_CFG);
+                p.generate_latents(prompt, negative, &args.sampler, args.steps, g, noise, on_step)
             }
-            Self::Sd3(p) => p.generate_latents(prompt, negative, args.steps, args.guidance, noise, on_step),
+            Self::Sd3(p) => {
+                p.generate_latents(prompt, negative, args.steps, args.guidance.unwrap_or(DEFAULT_CFG), noise, on_step)
+            }
+            Self::Flux(p) => {
+                let g = args.guidance.unwrap_or(crate::sample::flux::DEFAULT_GUIDANCE);
+                p.generate_latents(prompt, negative, args.steps, g, args.true_cfg.unwrap_or(1.0), noise, on_step)
+            }
         }
     }
 
@@ -201,6 +242,7 @@ impl Pipe {
         Ok(match self {
             Self::Sdxl(p) => decode_images(latents, &p.vae, p.vae_config.scaling_factor)?.remove(0),
             Self::Sd3(p) => to_images(p.decode(latents))?.remove(0),
+            Self::Flux(p) => to_images(p.decode(latents))?.remove(0),
         })
     }
 }
@@ -305,24 +347,25 @@ fn numbered(out: &Path, i: usize) -> PathBuf {
 }
 
 /// Every tokenizer folder present: `input_ids` (tokenizer/), `input_ids_2` (tokenizer_2/),
-/// `input_ids_3` (T5, tokenizer_3/, `max_sequence_length` ids).
+/// `input_ids_3` (tokenizer_3/). A CLIP folder (vocab.json) gives 77 ids; a T5 folder
+/// (tokenizer.json: SD3's third, FLUX's second) `max_sequence_length` ids.
 pub fn tokenize(model: &Path, prompt: &str, max_sequence_length: Option<usize>) -> Result<()> {
     let model = crate::models::folder::model_folder(model)?;
     let mut out = serde_json::Map::new();
-    for (dir, key) in [("tokenizer", "input_ids"), ("tokenizer_2", "input_ids_2")] {
-        if model.join(dir).join("vocab.json").is_file() {
-            out.insert(key.into(), ClipTokenizer::from_dir(&model.join(dir))?.encode(prompt).into());
+    let default = match Family::detect(&model) {
+        Ok(Family::Flux) => crate::sample::flux::MAX_SEQUENCE_LENGTH,
+        _ => crate::sample::sd3::MAX_SEQUENCE_LENGTH,
+    };
+    let n = max_sequence_length.unwrap_or(default);
+    anyhow::ensure!((1..=4096).contains(&n), "--max-sequence-length {n}: must be in 1..=4096");
+    for (dir, key) in [("tokenizer", "input_ids"), ("tokenizer_2", "input_ids_2"), ("tokenizer_3", "input_ids_3")] {
+        let dir = model.join(dir);
+        if dir.join("vocab.json").is_file() {
+            out.insert(key.into(), ClipTokenizer::from_dir(&dir)?.encode(prompt).into());
+        } else if dir.join("tokenizer.json").is_file() {
+            let t5 = crate::models::t5::tokenizer::T5Tokenizer::from_dir(&dir)?;
+            out.insert(key.into(), t5.encode(prompt, n)?.into());
         }
-    }
-    if model.join("tokenizer_3").is_dir() {
-        let default = match Family::detect(&model)? {
-            Family::Flux => 512,
-            _ => crate::sample::sd3::MAX_SEQUENCE_LENGTH,
-        };
-        let n = max_sequence_length.unwrap_or(default);
-        anyhow::ensure!((1..=4096).contains(&n), "--max-sequence-length {n}: must be in 1..=4096");
-        let t5 = crate::models::t5::tokenizer::T5Tokenizer::from_dir(&model.join("tokenizer_3"))?;
-        out.insert("input_ids_3".into(), t5.encode(prompt, n)?.into());
     }
     if out.is_empty() {
         bail!("{}: no tokenizer/, tokenizer_2/ or tokenizer_3/ folder", model.display());

@@ -5,6 +5,7 @@
 use anyhow::{Result, bail, ensure};
 
 use super::clip::ClipTextConfig;
+use super::flux::FluxTransformerConfig;
 use super::sd3::SD3TransformerConfig;
 use super::vae::VaeConfig;
 
@@ -65,6 +66,36 @@ pub fn check_sd3_inputs(c: &SD3TransformerConfig, shape: &dyn Fn(&str) -> Result
     expect_shape("timestep", &shape("timestep")?, &[b])?;
     super::sd3::embed::check_patches(x[2], x[3], c.patch_size, c.pos_embed_max_size)
         .map_err(|e| anyhow::anyhow!("hidden_states: {e}"))
+}
+
+/// The inputs of FLUX's transformer (docs/design.md §2b): `hidden_states` [B, N, in_channels]
+/// (packed), `encoder_hidden_states` [B, L, joint_attention_dim], `pooled_projections` [B, P],
+/// `timestep` [B], `img_ids` [N, 3], `txt_ids` [L, 3] (no batch dimension), and `guidance` [B]
+/// exactly when the model embeds it.
+pub fn check_flux_inputs(c: &FluxTransformerConfig, shape: &dyn Fn(&str) -> Option<Vec<usize>>) -> Result<()> {
+    let need = |n: &str| shape(n).ok_or_else(|| anyhow::anyhow!("input tensor {n:?} is missing"));
+    let x = need("hidden_states")?;
+    if x.len() == 4 {
+        bail!(
+            "hidden_states: shape {x:?} is unpacked latents; FLUX's transformer takes packed tokens [B, N, {}]              (FluxPipeline._pack_latents: 2×2 patches)",
+            c.in_channels
+        );
+    }
+    expect_shape("hidden_states", &x, &[None, None, Some(c.in_channels)])?;
+    let b = Some(x[0]);
+    let context = need("encoder_hidden_states")?;
+    expect_shape("encoder_hidden_states", &context, &[b, None, Some(c.joint_attention_dim)])?;
+    expect_shape("pooled_projections", &need("pooled_projections")?, &[b, Some(c.pooled_projection_dim)])?;
+    expect_shape("timestep", &need("timestep")?, &[b])?;
+    let axes = Some(c.axes_dims_rope.len());
+    expect_shape("img_ids", &need("img_ids")?, &[Some(x[1]), axes])?;
+    expect_shape("txt_ids", &need("txt_ids")?, &[Some(context[1]), axes])?;
+    match (c.guidance_embeds, shape("guidance")) {
+        (true, Some(g)) => expect_shape("guidance", &g, &[b])?,
+        (true, None) => bail!("guidance: missing; this FLUX transformer embeds a guidance scale (guidance_embeds)"),
+        (false, _) => {}
+    }
+    Ok(())
 }
 
 /// A float input with a NaN or an infinity would flow through silently.

@@ -1,6 +1,7 @@
 //! Euler sampling of a flow-matching model as diffusers' `FlowMatchEulerDiscreteScheduler`
-//! runs it for SD3 (static shift): σ from linspace(σ_max·N, σ_min·N, n)/N shifted, then 0;
-//! the model is called at σ·N; x ← x + (σ_{i+1} − σ_i)·v.
+//! runs it: for SD3 (static shift) σ from linspace(σ_max·N, σ_min·N, n)/N shifted; for
+//! FLUX σ = linspace(1, 1/n, n) given by the pipeline, shifted by `mu` (dynamic shifting) or
+//! statically; then 0. The model is called at σ·N; x ← x + (σ_{i+1} − σ_i)·v.
 
 use anyhow::{Result, bail};
 use burn::tensor::Tensor;
@@ -34,17 +35,61 @@ impl FlowMatchEuler {
         let sigma_min = shift_sigma(shift, 1.0 / num_train_timesteps as f32) as f64;
         // `set_timesteps`: numpy linspace in f64, σ = t/N, shifted in f64, then f32.
         let (hi, lo) = (sigma_max * n, sigma_min * n);
-        let mut sigmas: Vec<f32> = (0..steps)
+        let sigmas: Vec<f32> = (0..steps)
             .map(|i| {
                 let t = if steps == 1 { hi } else { hi + (lo - hi) * i as f64 / (steps - 1) as f64 };
                 let s = t / n;
                 (shift * s / (1.0 + (shift - 1.0) * s)) as f32
             })
             .collect();
+        Ok(Self::finish(sigmas, num_train_timesteps))
+    }
+
+    /// FLUX's schedule: the pipeline's σ = linspace(1, 1/n, n) (numpy f64, then f32), shifted
+    /// with `mu` as `time_shift` does it (e^mu / (e^mu + (1/σ − 1)), numpy's f32 arithmetic
+    /// with e^mu rounded to f32) when `mu` is given, else statically by `shift`.
+    pub fn flux(steps: usize, mu: Option<f64>, shift: f64, num_train_timesteps: usize) -> Result<Self> {
+        if steps == 0 || steps > num_train_timesteps {
+            bail!("sampling steps must be in 1..={num_train_timesteps}, got {steps}");
+        }
+        let (start, stop) = (1.0f64, 1.0 / steps as f64);
+        let grid = (0..steps).map(|i| match i {
+            0 => start,
+            i if i + 1 == steps => stop,
+            i => i as f64 * ((stop - start) / (steps - 1) as f64) + start,
+        });
+        let sigmas = grid
+            .map(|s| s as f32)
+            .map(|s| match mu {
+                Some(mu) => {
+                    let e = mu.exp() as f32;
+                    e / (e + (1.0 / s - 1.0))
+                }
+                None => shift_sigma(shift, s),
+            })
+            .collect();
+        Ok(Self::finish(sigmas, num_train_timesteps))
+    }
+
+    fn finish(mut sigmas: Vec<f32>, num_train_timesteps: usize) -> Self {
         let timesteps = sigmas.iter().map(|s| s * num_train_timesteps as f32).collect();
         sigmas.push(0.0);
-        Ok(Self { timesteps, sigmas })
+        Self { timesteps, sigmas }
     }
+}
+
+/// FLUX's `calculate_shift`: mu grows linearly with the image's token count, from
+/// `base_shift` at `base_seq_len` to `max_shift` at `max_seq_len` (f64, as Python computes it).
+pub fn calculate_shift(
+    image_seq_len: usize,
+    base_seq_len: usize,
+    max_seq_len: usize,
+    base_shift: f64,
+    max_shift: f64,
+) -> f64 {
+    let m = (max_shift - base_shift) / (max_seq_len as f64 - base_seq_len as f64);
+    let b = base_shift - m * base_seq_len as f64;
+    image_seq_len as f64 * m + b
 }
 
 impl Sampler for FlowMatchEuler {

@@ -3,6 +3,7 @@
 pub mod ddim;
 pub mod euler;
 pub mod flow_euler;
+pub mod flux;
 pub mod noise;
 pub mod pipeline;
 pub mod sampler;

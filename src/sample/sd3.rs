@@ -31,6 +31,28 @@ pub struct FlowSchedulerConfig {
     pub shift: f64,
     #[serde(default)]
     pub use_dynamic_shifting: bool,
+    /// FLUX's dynamic shifting: mu from the image's token count between these.
+    #[serde(default = "base_seq_len")]
+    pub base_image_seq_len: usize,
+    #[serde(default = "max_seq_len")]
+    pub max_image_seq_len: usize,
+    #[serde(default = "base_shift")]
+    pub base_shift: f64,
+    #[serde(default = "max_shift")]
+    pub max_shift: f64,
+}
+
+fn base_seq_len() -> usize {
+    256
+}
+fn max_seq_len() -> usize {
+    4096
+}
+fn base_shift() -> f64 {
+    0.5
+}
+fn max_shift() -> f64 {
+    1.15
 }
 
 fn thousand() -> usize {
@@ -41,20 +63,51 @@ fn one() -> f64 {
 }
 
 impl FlowSchedulerConfig {
-    pub fn read(model: &Path) -> Result<Self> {
+    /// The folder's scheduler config, for SD3 (static shift only) or FLUX (`dynamic`: the
+    /// dynamic-shifting keys are checked too).
+    pub fn read_for(model: &Path, dynamic_allowed: bool) -> Result<Self> {
         let path = model_folder(model)?.join("scheduler").join("scheduler_config.json");
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         let config: Self =
             serde_json::from_str(&text).with_context(|| format!("{}: not a scheduler config", path.display()))?;
-        if config.use_dynamic_shifting {
+        if config.use_dynamic_shifting && !dynamic_allowed {
             bail!("{}: use_dynamic_shifting is FLUX's; SD3 sampling uses the static shift", path.display());
         }
         anyhow::ensure!(config.shift.is_finite() && config.shift > 0.0, "{}: shift must be > 0", path.display());
+        anyhow::ensure!(
+            config.max_image_seq_len > config.base_image_seq_len
+                && config.base_shift.is_finite()
+                && config.max_shift.is_finite(),
+            "{}: max_image_seq_len must exceed base_image_seq_len, and the shifts must be finite",
+            path.display()
+        );
         Ok(config)
+    }
+
+    pub fn read(model: &Path) -> Result<Self> {
+        Self::read_for(model, false)
     }
 
     pub fn sampler(&self, steps: usize) -> Result<FlowMatchEuler> {
         FlowMatchEuler::new(steps, self.shift, self.num_train_timesteps)
+    }
+
+    /// FLUX's `mu` for an image of `image_seq_len` packed tokens.
+    pub fn mu(&self, image_seq_len: usize) -> f64 {
+        super::flow_euler::calculate_shift(
+            image_seq_len,
+            self.base_image_seq_len,
+            self.max_image_seq_len,
+            self.base_shift,
+            self.max_shift,
+        )
+    }
+
+    /// FLUX's sampler for an image of `image_seq_len` packed tokens (mu is computed and
+    /// used only with dynamic shifting, as diffusers does).
+    pub fn flux_sampler(&self, steps: usize, image_seq_len: usize) -> Result<FlowMatchEuler> {
+        let mu = self.use_dynamic_shifting.then(|| self.mu(image_seq_len));
+        FlowMatchEuler::flux(steps, mu, self.shift, self.num_train_timesteps)
     }
 }
 
