@@ -35,6 +35,7 @@ fn batch(device: &burn::tensor::Device, latent: usize) -> PairBatch {
             TensorData::new([64.0f32, 64.0, 0.0, 0.0, 64.0, 64.0].repeat(b), [b, 6]),
             device,
         )),
+        guidance: None,
     }
 }
 
@@ -83,33 +84,34 @@ fn checkpointed_gradients_match_the_whole_graph() {
     check(Some(4), "mapo", DType::BF16);
 }
 
-/// SD3's transformer (`models::sd3::checkpoint`): each joint block rerun on its saved inputs,
-/// the timestep vector's gradient summed over the blocks before the embeddings' backward.
-/// Full fine-tuning (embeddings, MMDiT-X attn2 and the text stream's last-block projections
-/// included) and LoRA with a reference (DPO), on the flow objective, on the tiny SD3.5 folder.
-#[test]
-fn sd3_checkpointed_gradients_match_the_whole_graph() {
-    use mapo::models::sd3::SD3Transformer2DModel;
+/// Checkpointed against whole-graph gradients of a flow-family transformer (`load` with
+/// an optional LoRA rank): full fine-tuning with MaPO, LoRA with a reference (DPO).
+fn check_flow<M: mapo::family::TrainDenoiser>(
+    what: &str,
+    load: impl Fn(Option<LoraConfig>, &burn::tensor::Device) -> M,
+    [c, h, w]: [usize; 3],
+    [tokens, d, pooled]: [usize; 3],
+    guidance: Option<f32>,
+) {
     use mapo::objective::{FlowMatching, Objective};
     let plain = common::device();
     let device = plain.clone().autodiff();
-    let dir = common::fixtures().join("tiny-sd35/transformer");
     for (lora, method) in [(None, "mapo"), (Some(2), "dpo")] {
         device.seed(5);
-        let lora_config = lora.map(LoraConfig::new);
-        let model = SD3Transformer2DModel::from_dir_with_lora(&dir, &device, DType::F32, lora_config, None).unwrap().0;
+        let model = load(lora.map(LoraConfig::new), &device);
         let method = build(method, Params::default()).unwrap();
         let reference = method.uses_reference().then(|| model.valid());
         let b = 2;
         let batch = PairBatch {
-            chosen: tensor(1, [b, 16, 8, 6], &device),
-            rejected: Some(tensor(2, [b, 16, 8, 6], &device)),
+            chosen: tensor(1, [b, c, h, w], &device),
+            rejected: Some(tensor(2, [b, c, h, w], &device)),
             labels: None,
-            noise: tensor(3, [b, 16, 8, 6], &device),
+            noise: tensor(3, [b, c, h, w], &device),
             timesteps: vec![0, 1],
-            encoder_hidden_states: tensor(4, [b, 9, 24], &device),
-            text_embeds: tensor(5, [b, 20], &device),
+            encoder_hidden_states: tensor(4, [b, tokens, d], &device),
+            text_embeds: tensor(5, [b, pooled], &device),
             time_ids: None,
+            guidance: guidance.map(|g| Tensor::from_data(TensorData::new(vec![g, g + 1.0], [b]), &device)),
         };
         let objective = Objective::Flow(FlowMatching::at_sigmas(vec![0.7, 0.25]).unwrap());
         let run = |checkpointing| {
@@ -125,11 +127,39 @@ fn sd3_checkpointed_gradients_match_the_whole_graph() {
             worst = worst.max(common::rel_err(&common::to_vec(other.clone()), &common::to_vec(g.clone())));
         }
         eprintln!(
-            "sd3 {} lora {lora:?}: {} gradients, worst relative difference {worst:e}",
+            "{what} {} lora {lora:?}: {} gradients, worst relative difference {worst:e}",
             method.name,
             whole.grads.len()
         );
         // Sums met in another order: rounding only (measured below 1e-6).
         assert!(worst <= 1e-5, "gradients differ by {worst:e} relative");
     }
+}
+
+/// SD3's transformer (`models::sd3::checkpoint`): each joint block rerun on its saved inputs,
+/// the timestep vector's gradient summed over the blocks before the embeddings' backward.
+/// Full fine-tuning (embeddings, MMDiT-X attn2 and the text stream's last-block projections
+/// included) and LoRA with a reference (DPO), on the flow objective, on the tiny SD3.5 folder.
+#[test]
+fn sd3_checkpointed_gradients_match_the_whole_graph() {
+    use mapo::models::sd3::SD3Transformer2DModel;
+    let dir = common::fixtures().join("tiny-sd35/transformer");
+    let load = |lora, device: &burn::tensor::Device| {
+        SD3Transformer2DModel::from_dir_with_lora(&dir, device, DType::F32, lora, None).unwrap().0
+    };
+    check_flow("sd3", load, [16, 8, 6], [9, 24, 20], None);
+}
+
+/// FLUX's transformer (`models::flux::checkpoint`): double-stream blocks, then the
+/// single-stream blocks over the joint sequence (the text part of the last output unused),
+/// rerun in reverse with the rotary tables rebuilt on the autodiff device; [dev] with its
+/// guidance embedder.
+#[test]
+fn flux_checkpointed_gradients_match_the_whole_graph() {
+    use mapo::models::flux::FluxTransformer2DModel;
+    let dir = common::fixtures().join("tiny-flux-dev/transformer");
+    let load = |lora, device: &burn::tensor::Device| {
+        FluxTransformer2DModel::from_dir_with_lora(&dir, device, DType::F32, lora, None).unwrap().0
+    };
+    check_flow("flux", load, [16, 8, 6], [7, 24, 8], Some(3.5));
 }

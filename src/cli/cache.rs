@@ -63,6 +63,9 @@ pub struct CacheCommand {
     pub workers: Option<usize>,
     #[arg(long, env = "MAPO_DEVICE")]
     pub device: Option<String>,
+    /// SD3 / FLUX: T5 tokens per caption (default: the pipeline's, 256 for SD3, 512 for FLUX).
+    #[arg(long)]
+    pub max_sequence_length: Option<usize>,
 }
 
 pub fn columns(pairs: &[String]) -> Result<Columns> {
@@ -86,7 +89,6 @@ pub fn columns(pairs: &[String]) -> Result<Columns> {
 
 pub fn run(a: &CacheCommand) -> Result<()> {
     crate::models::folder::set_single_file_configs(a.model_config.as_deref());
-    crate::family::Family::detect(&a.model)?.require_supported(&a.model, "cache data for")?;
     let args = CacheArgs {
         model: a.model.clone(),
         data: a.data.clone(),
@@ -110,6 +112,7 @@ pub fn run(a: &CacheCommand) -> Result<()> {
         batch: a.batch.max(1),
         workers: a.workers.unwrap_or_else(|| crate::data::loader::LoaderConfig::default().workers),
         device: a.device.clone(),
+        max_sequence_length: a.max_sequence_length,
     };
     args.transform.validate()?;
     if a.max_samples == Some(0) {

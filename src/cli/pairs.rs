@@ -129,6 +129,14 @@ pub fn run(model: &Path, pairs: usize, size: &str, seed: u64, out: &Path, cache:
     }
     let rng = ChaCha8Rng::seed_from_u64(seed);
     let mut synth = match crate::family::Family::detect(model)? {
+        crate::family::Family::Flux => {
+            let dir = component_dir(model, "transformer")?;
+            let (cfg, _) = crate::models::config::read_config::<crate::models::flux::FluxTransformerConfig>(&dir)?;
+            // 16 of T5's tokens (the pipeline's default is 512): small files.
+            let (c, tokens, context_dim, text_dim) =
+                (cfg.latent_channels(), 16, cfg.joint_attention_dim, cfg.pooled_projection_dim);
+            Synthetic { c, h, w, tokens, context_dim, text_dim, rng }
+        }
         crate::family::Family::Sd3 => {
             let dir = component_dir(model, "transformer")?;
             let (cfg, _) = crate::models::config::read_config::<crate::models::sd3::SD3TransformerConfig>(&dir)?;

@@ -9,6 +9,7 @@ use super::ForwardArgs;
 use crate::device::select;
 use crate::family::{Family, TrainDenoiser};
 use crate::losses::{Method, Params, build};
+use crate::models::flux::FluxTransformer2DModel;
 use crate::models::folder::component_dir;
 use crate::models::io::{SafeTensorFiles, write_tensors};
 use crate::models::named::for_each_param;
@@ -67,7 +68,10 @@ pub fn run(args: &ForwardArgs) -> Result<()> {
         encoder_hidden_states: inputs.float::<3>("encoder_hidden_states", &device, DType::F32)?,
         text_embeds: pooled,
         time_ids,
-        guidance: None,
+        guidance: match inputs.get("guidance") {
+            Some(_) => Some(inputs.float::<1>("guidance", &device, DType::F32)?),
+            None => None,
+        },
     };
     let b = batch.chosen.dims()[0];
     let time_name = if flow { "sigma" } else { "timestep" };
@@ -92,7 +96,29 @@ pub fn run(args: &ForwardArgs) -> Result<()> {
             model.check_latents(h, w).map_err(|e| anyhow::anyhow!("{}: chosen: {e}", args.inputs.display()))?;
             run.steps(model, method.uses_reference().then(|| load(&plain)).transpose()?)
         }
-        other => bail!("{}: forward train-step does not support {} folders yet", model.display(), other.name()),
+        Family::Flux => {
+            let load = |d: &Device| FluxTransformer2DModel::from_dir(&dir, d, DType::F32).map(|m| m.0);
+            let model = load(&device)?;
+            let [_, c, h, w] = batch.chosen.dims();
+            let e = |what: String| anyhow::anyhow!("{}: {what}", args.inputs.display());
+            crate::models::flux::pack::check_latents("chosen", h, w).map_err(|x| e(x.to_string()))?;
+            if c != model.latent_channels() {
+                return Err(e(format!(
+                    "chosen: {c} latent channels, the transformer takes {}",
+                    model.latent_channels()
+                )));
+            }
+            match (&batch.guidance, model.guidance_embeds()) {
+                (None, true) => {
+                    return Err(e("guidance: missing; this transformer embeds a guidance scale [B]".into()));
+                }
+                (Some(g), _) if g.dims()[0] != b => {
+                    return Err(e(format!("guidance has {} rows, chosen has {b}", g.dims()[0])));
+                }
+                _ => {}
+            }
+            run.steps(model, method.uses_reference().then(|| load(&plain)).transpose()?)
+        }
     }
 }
 

@@ -17,10 +17,12 @@ use serde::{Deserialize, Serialize};
 use super::loader::{LoaderConfig, for_each_prepared};
 use super::parquet::{PairReader, ReadOptions, Skipped};
 use super::transform::{Prepared, TransformConfig};
+use crate::models::flux::FluxTransformerConfig;
 use crate::models::folder::component_dir;
 use crate::models::io::{write_atomic, write_tensors};
 use crate::models::sd3::SD3TransformerConfig;
 use crate::models::vae::{AutoencoderKL, VaeConfig};
+use crate::sample::flux::FluxPromptEncoder;
 use crate::sample::pipeline::PromptEncoder;
 use crate::sample::sd3::Sd3PromptEncoder;
 
@@ -96,6 +98,8 @@ pub struct CacheArgs {
     pub batch: usize,
     pub workers: usize,
     pub device: Option<String>,
+    /// SD3 / FLUX: T5 tokens per caption (None: the pipeline's default, 256 / 512).
+    pub max_sequence_length: Option<usize>,
 }
 
 struct Encoders {
@@ -110,19 +114,30 @@ enum Prompts {
     /// SD3: both CLIPs and T5; the per-token states are stored in bf16 (T5's 256 tokens ×
     /// 4096 would make each row 5.5 MB in f32).
     Sd3(Box<Sd3PromptEncoder>),
+    /// FLUX: CLIP L's pooled output and T5's states (bf16, 512 tokens by default: 4 MB a
+    /// row), so that T5 is never loaded while training.
+    Flux(Box<FluxPromptEncoder>),
 }
 
 impl Prompts {
-    fn load(model: &Path, device: &Device) -> Result<Self> {
-        let folder = crate::models::folder::model_folder(model)?;
-        // A `transformer/` denoiser is SD3's here (`mapo cache` refuses FLUX before this);
-        // T5 is optional, as in the pipeline (zeros without it).
-        Ok(if folder.join("transformer").join("config.json").is_file() {
-            let dir = component_dir(model, "transformer")?;
-            let (config, _) = crate::models::config::read_config::<SD3TransformerConfig>(&dir)?;
-            Self::Sd3(Box::new(Sd3PromptEncoder::load(model, config.joint_attention_dim, true, device, DType::F32)?))
-        } else {
-            Self::Sdxl(Box::new(PromptEncoder::load(model, device, DType::F32)?))
+    fn load(model: &Path, max_sequence_length: Option<usize>, device: &Device) -> Result<Self> {
+        let transformer = || component_dir(model, "transformer");
+        // SD3's T5 is optional, as in the pipeline (zeros without it).
+        Ok(match crate::family::Family::detect(model)? {
+            crate::family::Family::Sdxl => Self::Sdxl(Box::new(PromptEncoder::load(model, device, DType::F32)?)),
+            crate::family::Family::Sd3 => {
+                let (config, _) = crate::models::config::read_config::<SD3TransformerConfig>(&transformer()?)?;
+                let mut p = Sd3PromptEncoder::load(model, config.joint_attention_dim, true, device, DType::F32)?;
+                p.max_sequence_length = max_sequence_length.unwrap_or(p.max_sequence_length);
+                Self::Sd3(Box::new(p))
+            }
+            crate::family::Family::Flux => {
+                let (c, _) = crate::models::config::read_config::<FluxTransformerConfig>(&transformer()?)?;
+                let (joint, pooled) = (c.joint_attention_dim, c.pooled_projection_dim);
+                let mut p = FluxPromptEncoder::load(model, joint, pooled, device, DType::F32)?;
+                p.max_sequence_length = max_sequence_length.unwrap_or(p.max_sequence_length);
+                Self::Flux(Box::new(p))
+            }
         })
     }
 
@@ -130,13 +145,14 @@ impl Prompts {
         match self {
             Self::Sdxl(p) => Ok(p.encode(caption)),
             Self::Sd3(p) => p.encode(caption),
+            Self::Flux(p) => p.encode(caption),
         }
     }
 
     fn context_dtype(&self) -> DType {
         match self {
             Self::Sdxl(_) => DType::F32,
-            Self::Sd3(_) => DType::BF16,
+            Self::Sd3(_) | Self::Flux(_) => DType::BF16,
         }
     }
 }
@@ -211,7 +227,7 @@ pub fn build(args: &CacheArgs) -> Result<CacheIndex> {
     let device = selected.device;
     let enc = Encoders {
         vae: AutoencoderKL::from_dir(&vae_dir, &device, DType::F32)?.0,
-        prompts: Prompts::load(&args.model, &device)?,
+        prompts: Prompts::load(&args.model, args.max_sequence_length, &device)?,
         device,
     };
     // Rows include ties and bad rows, so the bar may finish short of its end.
@@ -421,6 +437,7 @@ pub fn ensure(
         batch: 4,
         workers: super::loader::LoaderConfig::default().workers,
         device: device.map(String::from),
+        max_sequence_length: None,
     };
     build(&args)?;
     Ok(out.to_path_buf())

@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use burn::tensor::{DType, Device, Tensor};
 
 use crate::data::stream::PairSource;
+use crate::models::flux::{FluxTransformer2DModel, FluxTransformerConfig};
 use crate::models::lora::LoraConfig;
 use crate::models::sd3::{SD3Transformer2DModel, SD3TransformerConfig};
 use crate::models::unet::{TextTime, UNet2DConditionModel};
@@ -106,20 +107,6 @@ impl Family {
         match self {
             Family::Sdxl => ObjectiveName::Epsilon,
             Family::Sd3 | Family::Flux => ObjectiveName::Flow,
-        }
-    }
-
-    /// An error naming what is missing when `what` (train, generate, cache, eval) cannot run
-    /// on this family yet.
-    pub fn require_supported(self, model: &Path, what: &str) -> Result<()> {
-        match self {
-            Family::Sdxl | Family::Sd3 => Ok(()),
-            Family::Flux => bail!(
-                "{}: a {} model folder; mapo cannot {what} it yet — its transformer (double/single-stream \
-                 blocks, RoPE) is not ported (the FLUX issue; docs/design.md §2b). SDXL and SD3/SD3.5 folders work.",
-                model.display(),
-                self.name()
-            ),
         }
     }
 }
@@ -274,5 +261,68 @@ impl TrainDenoiser for SD3Transformer2DModel {
         crate::models::inputs::check_sd3_inputs(&c, &shape).with_context(|| {
             format!("{}: the pairs do not fit the model's transformer (made for another model?)", source.display())
         })
+    }
+}
+
+impl TrainDenoiser for FluxTransformer2DModel {
+    const COMPONENT: &'static str = "transformer";
+    type Tape = crate::models::flux::checkpoint::FluxTape;
+
+    fn checkpointed_forward(
+        &self,
+        noisy: Tensor<4>,
+        timestep: Tensor<1>,
+        cond: &Conditioning,
+    ) -> (Tensor<4>, Self::Tape) {
+        let c = cond.clone();
+        self.forward_checkpointed(noisy, timestep, c.context, c.pooled, c.guidance)
+    }
+
+    fn checkpointed_backward(
+        &self,
+        tape: Self::Tape,
+        grad: Tensor<4>,
+        noisy: Tensor<4>,
+        timestep: Tensor<1>,
+        cond: &Conditioning,
+    ) -> BTreeMap<String, Tensor<1>> {
+        let c = cond.clone();
+        self.backward_checkpointed(tape, grad, noisy, timestep, c.context, c.pooled, c.guidance)
+    }
+
+    fn load_dir(
+        dir: &Path,
+        device: &Device,
+        dtype: DType,
+        lora: Option<LoraConfig>,
+        adapters: Option<&Path>,
+    ) -> Result<Self> {
+        Ok(Self::from_dir_with_lora(dir, device, dtype, lora, adapters)?.0)
+    }
+
+    fn check_data(data: &PairSource, source: &Path, config: &serde_json::Value) -> Result<()> {
+        let c: FluxTransformerConfig = serde_json::from_value(config.clone())?;
+        let s = data.shape;
+        let [ch, h, w] = s.latent;
+        let what =
+            || format!("{}: the pairs do not fit the model's transformer (made for another model?)", source.display());
+        anyhow::ensure!(
+            ch == c.latent_channels(),
+            "{}: latents have {ch} channels, the transformer packs {} (in_channels {} / 4)",
+            what(),
+            c.latent_channels(),
+            c.in_channels
+        );
+        crate::models::flux::pack::check_latents("latents", h, w).with_context(what)?;
+        anyhow::ensure!(
+            s.context[1] == c.joint_attention_dim && s.pooled == c.pooled_projection_dim,
+            "{}: text states [_, {}] and pooled text [{}], the transformer takes [_, {}] and [{}]",
+            what(),
+            s.context[1],
+            s.pooled,
+            c.joint_attention_dim,
+            c.pooled_projection_dim
+        );
+        Ok(())
     }
 }

@@ -84,6 +84,11 @@ pub struct TrainConfig {
     pub validation_steps: usize,
     #[serde(default = "five_f")]
     pub validation_guidance: f64,
+    /// FLUX.1 [dev]: the embedded guidance scale the transformer is called with in training
+    /// (and validation samples, instead of `validation_guidance`), as diffusers' FLUX LoRA script's `guidance_scale`; default 3.5.
+    /// [schnell] embeds none and ignores it; other families refuse it.
+    #[serde(default)]
+    pub guidance: Option<f64>,
     /// Block-level gradient checkpointing: the backward pass reruns each block (UNet
     /// resnets and transformer blocks, SD3's joint blocks) from its saved input instead of
     /// keeping every activation.

@@ -28,7 +28,15 @@ fn pair_rng(seed: u64, cursor: usize) -> ChaCha8Rng {
 /// `rows` (the pairs at `cursors`) as a batch on `device`: one timestep per pair and noise
 /// shared within a pair; with sampled latents, `mean + sd · ε` drawn after the noise, so
 /// that sampling leaves the noise and timesteps unchanged.
-pub fn to_batch(rows: &PairRows, cursors: &[usize], seed: u64, objective: &Objective, device: &Device) -> PairBatch {
+/// `guidance`: FLUX's embedded guidance scale, the same for every pair (None elsewhere).
+pub fn to_batch(
+    rows: &PairRows,
+    cursors: &[usize],
+    seed: u64,
+    objective: &Objective,
+    guidance: Option<f64>,
+    device: &Device,
+) -> PairBatch {
     let (b, [c, h, w]) = (rows.n, rows.shape.latent);
     let l = c * h * w;
     let mut t = Vec::with_capacity(b);
@@ -58,14 +66,14 @@ pub fn to_batch(rows: &PairRows, cursors: &[usize], seed: u64, objective: &Objec
         encoder_hidden_states: Tensor::from_data(TensorData::new(rows.context.clone(), [b, tokens, d]), device),
         text_embeds: Tensor::from_data(TensorData::new(rows.text_embeds.clone(), [b, rows.shape.pooled]), device),
         time_ids: Some(Tensor::from_data(TensorData::new(rows.time_ids.clone(), [b, 6]), device)),
-        guidance: None,
+        guidance: guidance.map(|g| Tensor::from_data(TensorData::new(vec![g as f32; b], [b]), device)),
     }
 }
 
 /// The first `n` pairs of the run's order (cursors 0..n) as one batch (evaluation).
 pub fn first_batch(source: &PairSource, n: usize, objective: &Objective, device: &Device) -> anyhow::Result<PairBatch> {
     let (rows, cursors) = source.stream(0, 1).next(n)?;
-    Ok(to_batch(&rows, &cursors, source.seed, objective, device))
+    Ok(to_batch(&rows, &cursors, source.seed, objective, None, device))
 }
 
 /// The conditioning of the first `k` pairs in storage order (validation prompts), and the

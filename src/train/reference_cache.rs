@@ -29,6 +29,8 @@ pub struct ReferencePass<'a, M> {
     pub dtype: DType,
     /// Pairs per reference call.
     pub chunk: usize,
+    /// FLUX's embedded guidance scale in training (the reference sees what the policy sees).
+    pub guidance: Option<f64>,
 }
 
 impl ReferenceErrors {
@@ -53,7 +55,7 @@ impl ReferenceErrors {
         while done < count {
             let n = pass.chunk.min(count - done);
             let (rows, cursors) = stream.next(n)?;
-            let batch = to_batch(&rows, &cursors, source.seed, objective, pass.device);
+            let batch = to_batch(&rows, &cursors, source.seed, objective, pass.guidance, pass.device);
             let e = pair_errors_in(pass.reference, &batch, objective, pass.dtype, true);
             chosen.extend(values(e.chosen));
             // Unpaired rows have no rejected image.

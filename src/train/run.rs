@@ -11,6 +11,7 @@ use super::outdir::{self, OutputLock};
 use super::trainer::Trainer;
 use crate::data::stream::PairSource;
 use crate::family::{Family, TrainDenoiser};
+use crate::models::flux::FluxTransformer2DModel;
 use crate::models::io::write_atomic;
 use crate::models::sd3::SD3Transformer2DModel;
 use crate::models::unet::UNet2DConditionModel;
@@ -36,18 +37,29 @@ impl Start {
 /// Runs (or resumes) a training run of the model folder's family; returns the final loss.
 pub fn train(config: &TrainConfig, start: &Start) -> Result<f64> {
     crate::models::folder::set_single_file_configs(config.model_config.as_deref());
-    match Family::detect(&config.model)? {
+    let family = Family::detect(&config.model)?;
+    if let Some(g) = config.guidance {
+        anyhow::ensure!(
+            family == Family::Flux,
+            "guidance = {g}: the embedded guidance scale applies to FLUX.1 models; {} is a {} folder",
+            config.model.display(),
+            family.name()
+        );
+    }
+    match family {
         Family::Sdxl => train_with::<UNet2DConditionModel>(config, start, &mut |_, _| Ok(())),
+        // A flow-matching model trains on its own objective (`[flow]` tunes it); the
+        // `objective` key chooses only for UNets (the built-in flow experiment).
         Family::Sd3 => {
-            // A flow-matching model trains on its own objective (`[flow]` tunes it); the
-            // `objective` key chooses only for UNets (the built-in flow experiment).
             let mut config = config.clone();
             config.objective = ObjectiveName::Flow;
             train_with::<SD3Transformer2DModel>(&config, start, &mut |_, _| Ok(()))
         }
-        other => {
-            other.require_supported(&config.model, "train")?;
-            unreachable!("refused above")
+        Family::Flux => {
+            let mut config = config.clone();
+            config.objective = ObjectiveName::Flow;
+            config.guidance = Some(config.guidance.unwrap_or(crate::sample::flux::DEFAULT_GUIDANCE));
+            train_with::<FluxTransformer2DModel>(&config, start, &mut |_, _| Ok(()))
         }
     }
 }
@@ -149,10 +161,17 @@ pub(super) fn validate(
 ) -> Result<()> {
     let sampler = objective.sampler(config.validation_steps)?;
     let device = unet.devices().first().cloned().map(|d| d.inner()).expect("the UNet has parameters");
-    let (plain, shape) = super::data::prompts(data, config.validation_prompts, &device)?;
+    let (mut plain, shape) = super::data::prompts(data, config.validation_prompts, &device)?;
     let noise = initial_noise(config.seed, plain.context.dims()[0], shape, &plain.context.device());
-    let latents =
-        sample_latents(&unet.valid(), sampler.as_ref(), &plain, noise, config.validation_guidance, &mut |_| {});
+    // FLUX embeds the training guidance scale instead of running classifier-free guidance.
+    let cfg = match config.guidance {
+        Some(g) => {
+            plain.embedded_guidance = Some(g as f32);
+            1.0
+        }
+        None => config.validation_guidance,
+    };
+    let latents = sample_latents(&unet.valid(), sampler.as_ref(), &plain, noise, cfg, &mut |_| {});
     save_samples(latents, vae.map(|(v, c)| (v, c)), dir)
 }
 

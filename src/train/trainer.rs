@@ -251,7 +251,8 @@ impl<'a, M: TrainDenoiser> Trainer<'a, M> {
             let reference_errors = self.reference_errors.as_ref();
             let micro = each_rank(&mut self.ranks, |i, rank| {
                 let mine = &cursors[i * b..(i + 1) * b];
-                let batch = to_batch(&rows.slice(i * b, b), mine, config.seed, objective, &rank.device);
+                let batch =
+                    to_batch(&rows.slice(i * b, b), mine, config.seed, objective, config.guidance, &rank.device);
                 let adapters_off =
                     (uses_reference && config.lora.is_some()).then(|| disable_adapters(rank.unet.valid()));
                 let reference = match (reference_errors, rank.reference.as_ref().or(adapters_off.as_ref())) {
@@ -424,7 +425,7 @@ fn cache_reference<M: TrainDenoiser>(
     let adapters_off = config.lora.is_some().then(|| disable_adapters(ranks[0].unet.valid()));
     let model = ranks[0].reference.as_ref().or(adapters_off.as_ref()).expect("a reference for this method");
     let chunk = config.batch_size * ranks.len();
-    let pass = ReferencePass { reference: model, device: &plain, dtype: compute, chunk };
+    let pass = ReferencePass { reference: model, device: &plain, dtype: compute, chunk, guidance: config.guidance };
     let t0 = Instant::now();
     let cached = ReferenceErrors::compute(&pass, data, objective, cursor, count)?;
     ranks.iter_mut().for_each(|r| r.reference = None);

@@ -207,3 +207,75 @@ pub fn forward_transformer(
     }
     mapo_quiet(&args)
 }
+
+pub fn values(f: &SafeTensorFiles, name: &str) -> Vec<f32> {
+    f.get(name).unwrap_or_else(|| panic!("no {name}")).to_data().unwrap().convert::<f32>().try_to_vec::<f32>().unwrap()
+}
+
+/// `mapo forward train-step` (2 steps, lr 1e-3) on the fixture `<case>.safetensors` of a flow
+/// family (docs/design.md §2b) with its input tensors `names`, against the PyTorch steps'
+/// losses and every parameter after them (weights within 1e-4 of each tensor's max |w|;
+/// updates within `update_tol` of the largest update). Measured values print with --nocapture.
+pub fn run_flow_train_case(
+    case: &str,
+    folder: &str,
+    names: &[&str],
+    method: &str,
+    args: &[&str],
+    loss_tol: f32,
+    update_tol: f32,
+) {
+    let fixture = open(&format!("{case}.safetensors"));
+    let dir = std::env::temp_dir().join(format!("mapo-flow-train-{case}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let inp = dir.join("in.safetensors");
+    let tensors = names.iter().map(|n| (n.to_string(), fixture.get(n).unwrap().to_data_any().unwrap())).collect();
+    mapo::models::io::write_tensors(&inp, tensors).unwrap();
+    let out = dir.join("out.safetensors");
+    let model = fixtures().join(folder);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_mapo"))
+        .args(["forward", "train-step", "--method", method, "--device", &device_name()])
+        .args(["--model", model.to_str().unwrap(), "--inputs", inp.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .args(["--lr", "1e-3", "--steps", "2"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let got = SafeTensorFiles::open_file(&out).unwrap();
+
+    let (loss, want_loss) = (values(&got, "loss"), values(&fixture, "expected.loss"));
+    assert_eq!(loss.len(), 2);
+    for (g, w) in loss.iter().zip(&want_loss) {
+        eprintln!("{case}: loss {g:e} vs {w:e}");
+        assert!((g - w).abs() <= loss_tol * w.abs(), "{case}: loss {g} vs {w}");
+    }
+    let base = SafeTensorFiles::open_component(&model.join("transformer"), &["diffusion_pytorch_model"]).unwrap();
+    let keys: Vec<String> =
+        fixture.names().filter_map(|n| n.strip_prefix("expected.after.")).map(String::from).collect();
+    // The largest update of any tensor: near-cancelling gradients of small tensors show f32
+    // noise relative to their own tiny update, the step as a whole must agree.
+    let mut largest = 0f32;
+    let mut deltas = Vec::new();
+    for key in &keys {
+        let (after, want, before) =
+            (values(&got, key), values(&fixture, &format!("expected.after.{key}")), values(&base, key));
+        let err = rel_err(&after, &want);
+        assert!(err <= 1e-4, "{case} {key}: weights differ by {err:.2e}");
+        let d: Vec<f32> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+        let wd: Vec<f32> = want.iter().zip(&before).map(|(a, b)| a - b).collect();
+        largest = wd.iter().fold(largest, |m, v| m.max(v.abs()));
+        deltas.push((key.clone(), d, wd));
+    }
+    assert!(largest > 0.0, "{case}: the reference step moved nothing");
+    let mut worst = 0f32;
+    for (key, d, wd) in deltas {
+        let e = d.iter().zip(&wd).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / largest;
+        worst = worst.max(e);
+        assert!(e <= update_tol, "{case} {key}: update differs by {e:.2e} of the largest update");
+    }
+    eprintln!("{case}: {} tensors, worst update error {worst:.2e} of the largest update", keys.len());
+    // Every trained parameter, nothing else (the position table is a buffer).
+    assert_eq!(got.names().count(), 1 + keys.len());
+    assert!(got.get("pos_embed.pos_embed").is_none());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
