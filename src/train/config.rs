@@ -365,6 +365,7 @@ const MATH_KEYS: &[&str] = &[
     "shuffle_shards",
     "objective",
     "flow",
+    "guidance",
 ];
 
 /// The math-changing keys that differ between the config a run started with and `now`,
@@ -402,7 +403,9 @@ pub fn known_keys() -> Result<(Vec<String>, Vec<String>)> {
     let table = defaults.as_table().context("a table")?;
     // Optional sections are absent from the defaults' serialisation.
     let mut top: Vec<String> = table.keys().cloned().collect();
-    top.extend(["device", "lora", "objective", "flow", "export", "export_dtype", "model_config"].map(String::from));
+    top.extend(
+        ["device", "lora", "objective", "flow", "export", "export_dtype", "model_config", "guidance"].map(String::from),
+    );
     let mut opt: Vec<String> =
         table.get("optimizer").and_then(|o| o.as_table()).map(|t| t.keys().cloned().collect()).unwrap_or_default();
     opt.push("weight_decay".into());
