@@ -247,3 +247,74 @@ fn flux_forward_transformer_and_peft_lora_match_diffusers() {
     assert!(!r.status.success() && err.contains("unpacked latents"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The kohya / BFL layout ComfyUI users share (fused q/k/v and linear1, alphas ≠ rank, one
+/// module without alpha, final-layer and modulation modules): `forward transformer --lora`
+/// equals diffusers' `load_lora_weights` of the same file; the adapters equal diffusers'
+/// conversion of it (tools/golden/make_flux_transformer.py); and `mapo lora convert` both
+/// ways keeps every layer's update: kohya → PEFT → kohya, and diffusers' own PEFT file →
+/// kohya (parts with separate downs fused block-diagonally) still gives diffusers' output.
+#[test]
+fn flux_kohya_lora_matches_diffusers_and_converts_both_ways() {
+    use mapo::models::lora::{BlockLayout, LoraFile};
+    let device = device();
+    let expected = open("lora/flux_expected.safetensors");
+    let dir = std::env::temp_dir().join(format!("mapo-flux-kohya-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (inp, out) = (dir.join("in.safetensors"), dir.join("out.safetensors"));
+    write_flux_case0(&inp);
+    let model = fixtures().join("tiny-flux-dev");
+    let sample = |lora: &std::path::Path| {
+        let r = forward_transformer(&model, &inp, &out, Some(lora));
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        SafeTensorFiles::open_file(&out).unwrap().float::<3>("sample", &device, DType::F32).unwrap()
+    };
+    let kohya = fixtures().join("lora/flux_kohya.safetensors");
+    let want = expected.float::<3>("kohya", &device, DType::F32).unwrap();
+    assert_close("flux + kohya lora", sample(&kohya), want.clone(), 1e-5);
+
+    let read = |p: &std::path::Path| LoraFile::read(p, &BlockLayout::uniform(0, 0), &device).unwrap();
+    let deltas_match = |what: &str, a: &LoraFile, b: &LoraFile| {
+        assert_eq!(a.adapters.keys().collect::<Vec<_>>(), b.adapters.keys().collect::<Vec<_>>(), "{what}: layers");
+        for (layer, x) in &a.adapters {
+            let err = rel_err(&to_vec(x.delta()), &to_vec(b.adapters[layer].delta()));
+            assert!(err < 1e-6, "{what} {layer}: updates differ by {err:e}");
+        }
+    };
+    let ours = read(&kohya);
+    deltas_match(
+        "kohya vs diffusers' conversion",
+        &ours,
+        &read(&fixtures().join("lora/flux_kohya_as_peft.safetensors")),
+    );
+
+    let convert = |input: &std::path::Path, to: &str, output: &std::path::Path| {
+        let r = run_mapo(&[
+            "lora",
+            "convert",
+            "--in",
+            input.to_str().unwrap(),
+            "--to",
+            to,
+            "--out",
+            output.to_str().unwrap(),
+        ]);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    };
+    let (peft, back) = (dir.join("peft.safetensors"), dir.join("back.safetensors"));
+    convert(&kohya, "peft", &peft);
+    convert(&peft, "kohya", &back);
+    deltas_match("kohya → peft → kohya", &ours, &read(&back));
+    // The shared downs come back shared: the same modules and ranks as the original file.
+    let (orig, again) = (SafeTensorFiles::open_file(&kohya).unwrap(), SafeTensorFiles::open_file(&back).unwrap());
+    for name in orig.names().filter(|n| n.ends_with(".lora_down.weight")) {
+        assert_eq!(orig.shape(name), again.shape(name), "{name}");
+    }
+
+    let diffusers_peft = fixtures().join("lora/flux_peft.safetensors");
+    let fused = dir.join("fused.safetensors");
+    convert(&diffusers_peft, "kohya", &fused);
+    let want = expected.float::<3>("peft", &device, DType::F32).unwrap();
+    assert_close("diffusers' peft file as kohya", sample(&fused), want, 1e-5);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

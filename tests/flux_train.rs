@@ -89,6 +89,10 @@ fn flux_lora_runs_write_peft_adapters_and_the_merged_transformer() {
     let with_file = forward(&model(), Some(&file), &dir.join("a.safetensors"));
     let merged = forward(&run.join("transformer"), None, &dir.join("b.safetensors"));
     let base = forward(&model(), None, &dir.join("c.safetensors"));
+    // The kohya file (BFL names, fused q/k/v) applies the same update.
+    let kohya = run.join("pytorch_lora_weights_kohya.safetensors");
+    let with_kohya = forward(&model(), Some(&kohya), &dir.join("d.safetensors"));
+    assert!(rel_err(&with_kohya, &with_file) < 1e-5, "kohya vs peft: {}", rel_err(&with_kohya, &with_file));
     let (err, moved) = (rel_err(&merged, &with_file), rel_err(&with_file, &base));
     eprintln!("merged vs base + file: {err:.2e}; the adapters moved the output by {moved:.2e}");
     assert!(err < 1e-5 && moved > 1e-4, "merged vs file {err}, moved {moved}");
@@ -118,8 +122,10 @@ fn flux_reference_runs_train_and_resume() {
     // `guidance` is FLUX's: an SD3 run refuses it by name.
     let config = dir.join("sd3.toml");
     let sd3 = fixtures().join("tiny-sd35");
-    let text =
-        format!("model = {sd3:?}\ndata = {pairs:?}\noutput_dir = {:?}\nsteps = 1\nmethod = \"sft\"\nguidance = 3.5\n", dir.join("x"));
+    let text = format!(
+        "model = {sd3:?}\ndata = {pairs:?}\noutput_dir = {:?}\nsteps = 1\nmethod = \"sft\"\nguidance = 3.5\n",
+        dir.join("x")
+    );
     std::fs::write(&config, text).unwrap();
     let out = mapo_quiet(&["train", "--config", config.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);

@@ -42,6 +42,13 @@ pub struct ConvertArgs {
 
 pub fn run(command: &LoraCommand) -> Result<()> {
     let LoraCommand::Convert(args) = command;
+    let device = burn::tensor::Device::default();
+    let peek = LoraFile::read(&args.input, &BlockLayout::uniform(0, 0), &device);
+    if let Ok(lora) = &peek
+        && lora.component == "transformer"
+    {
+        return convert_transformer(args, lora);
+    }
     let layout = match &args.model {
         Some(model) => {
             let dir = component_dir(model, "unet")?;
@@ -72,6 +79,60 @@ pub fn run(command: &LoraCommand) -> Result<()> {
         lora.format.name(),
         to.name(),
         if args.model.is_some() { "block layout from --model" } else { "block layout as implied" }
+    );
+    Ok(())
+}
+
+/// A transformer LoRA: PEFT ↔ kohya for FLUX (BFL's names, fused q/k/v and linear1). The
+/// kohya layout exists for FLUX only: a PEFT file is written as kohya when `--model` is a
+/// FLUX folder, or when its adapters reach the single-stream blocks that only FLUX has.
+fn convert_transformer(args: &ConvertArgs, lora: &LoraFile) -> Result<()> {
+    use crate::family::Family;
+    let flux = match &args.model {
+        Some(model) => {
+            let family = Family::detect(model)?;
+            let dir = component_dir(model, "transformer")?;
+            let w = Weights::shapes_only(&burn::tensor::Device::default());
+            match family {
+                Family::Flux => drop(crate::models::flux::FluxTransformer2DModel::load(
+                    &crate::models::config::read_config(&dir)?.0,
+                    &w,
+                )?),
+                _ => drop(crate::models::sd3::SD3Transformer2DModel::load(
+                    &crate::models::config::read_config(&dir)?.0,
+                    &w,
+                )?),
+            }
+            let shapes = w.requested().into_iter().collect();
+            lora.check_layers(&shapes)
+                .with_context(|| format!("{} against {}", args.input.display(), dir.display()))?;
+            family == Family::Flux
+        }
+        None => {
+            lora.format == LoraFormat::Kohya
+                || lora.adapters.keys().any(|k| k.starts_with("single_transformer_blocks."))
+        }
+    };
+    let to = match args.to {
+        Target::Kohya => {
+            anyhow::ensure!(
+                flux,
+                "{}: the kohya layout of a transformer LoRA is FLUX's (BFL layer names); give --model with the FLUX \
+                 folder it is for (SD3 LoRAs are shared as PEFT files)",
+                args.input.display()
+            );
+            LoraFormat::Kohya
+        }
+        Target::Peft => LoraFormat::Peft,
+    };
+    let none = BlockLayout::uniform(0, 0);
+    lora.write(&args.out, to, &none).with_context(|| format!("converting {}", args.input.display()))?;
+    eprintln!(
+        "{}: {} transformer adapters, {} → {}",
+        args.out.display(),
+        lora.adapters.len(),
+        lora.format.name(),
+        to.name()
     );
     Ok(())
 }

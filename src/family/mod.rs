@@ -121,6 +121,10 @@ pub trait TrainDenoiser: Denoiser + burn::module::Module + Clone + Send + Sized 
     /// What the checkpointed forward keeps for its backward.
     type Tape;
 
+    /// Whether a transformer LoRA of this model has a kohya layout (FLUX's BFL names);
+    /// SDXL's UNet has its own (sgm blocks, [`Self::as_unet`]).
+    const KOHYA_LAYOUT: bool = false;
+
     /// SDXL's UNet (kohya LoRA names, single-file export are its alone).
     fn as_unet(&self) -> Option<&UNet2DConditionModel> {
         None
@@ -266,6 +270,7 @@ impl TrainDenoiser for SD3Transformer2DModel {
 
 impl TrainDenoiser for FluxTransformer2DModel {
     const COMPONENT: &'static str = "transformer";
+    const KOHYA_LAYOUT: bool = true;
     type Tape = crate::models::flux::checkpoint::FluxTape;
 
     fn checkpointed_forward(

@@ -355,8 +355,8 @@ impl<'a, M: TrainDenoiser> Trainer<'a, M> {
         Ok(())
     }
 
-    /// The final model: LoRA adapters in diffusers' format (and, for a UNet, kohya's, as
-    /// ComfyUI and A1111 load them) and the denoiser with them merged in; or the fine-tuned
+    /// The final model: LoRA adapters in diffusers' format (and, for SDXL's UNet and FLUX's
+    /// transformer, kohya's, as ComfyUI and A1111 load them) and the denoiser with them merged in; or the fine-tuned
     /// denoiser, in a folder named as in the pipeline (`unet/`, `transformer/`).
     pub fn finish(self) -> Result<()> {
         self.bar.finish();
@@ -371,8 +371,14 @@ impl<'a, M: TrainDenoiser> Trainer<'a, M> {
                         peft.write(&out.join(LORA_FILE_PEFT), LoraFormat::Peft, &layout)?;
                         peft.write(&out.join(LORA_FILE_KOHYA), LoraFormat::Kohya, &layout)?;
                     }
-                    // kohya's names are the SDXL UNet's sgm blocks: transformers get PEFT only.
-                    None => peft.write(&out.join(LORA_FILE_PEFT), LoraFormat::Peft, &BlockLayout::uniform(0, 0))?,
+                    None => {
+                        let none = BlockLayout::uniform(0, 0);
+                        peft.write(&out.join(LORA_FILE_PEFT), LoraFormat::Peft, &none)?;
+                        // FLUX's kohya layout is BFL's layer names; SD3 has none in use.
+                        if M::KOHYA_LAYOUT {
+                            peft.write(&out.join(LORA_FILE_KOHYA), LoraFormat::Kohya, &none)?;
+                        }
+                    }
                 }
                 if self.base_dtype == DType::F32 {
                     save_merged(unet, &self.unet_config, &folder, lora.scale())?;

@@ -218,6 +218,37 @@ impl LoraFile {
                 });
                 metadata.insert(METADATA_KEY.to_string(), serde_json::to_string_pretty(&config)?);
             }
+            LoraFormat::Kohya if self.component == "transformer" => {
+                // FLUX's (BFL) layer names; the caller has made sure the LoRA is FLUX's.
+                let hidden = super::flux_kohya::hidden_size(&self.adapters)
+                    .context("no adapter inside FLUX's blocks: nothing places the fused layers")?;
+                let fused = super::flux_kohya::fuse(&self.adapters, hidden, 4 * hidden)?;
+                let outer: Vec<&str> = fused
+                    .iter()
+                    .map(|(m, ..)| m.as_str())
+                    .filter(|m| !m.contains("double_blocks_") && !m.contains("single_blocks_"))
+                    .collect();
+                if !outer.is_empty() {
+                    eprintln!(
+                        "warning: {}: diffusers' load_lora_weights drops kohya FLUX modules outside the blocks \
+                         (ComfyUI applies them): {}",
+                        path.display(),
+                        outer.join(", ")
+                    );
+                }
+                for (module, down, up, alpha) in fused {
+                    tensors.push(matrix(format!("{module}.lora_down.weight"), down));
+                    tensors.push(matrix(format!("{module}.lora_up.weight"), up));
+                    tensors.push(PendingTensor {
+                        name: format!("{module}.alpha"),
+                        shape: vec![],
+                        dtype: DType::F32,
+                        data: Box::new(move || TensorData::new(vec![alpha], Vec::<usize>::new())),
+                    });
+                }
+                metadata.insert("ss_network_module".into(), "networks.lora_flux".into());
+                metadata.insert("ss_base_model_version".into(), "flux1".into());
+            }
             LoraFormat::Kohya => {
                 for (layer, a) in &self.adapters {
                     let module = kohya_name(layer, layout)?;
@@ -375,7 +406,37 @@ fn read_peft(files: &SafeTensorFiles, device: &Device) -> Result<LoraFile> {
     Ok(LoraFile { format: LoraFormat::Peft, component, adapters })
 }
 
+/// A kohya / BFL-layout FLUX LoRA (`flux_kohya`): fused layers split into diffusers' parts.
+fn read_flux_kohya(files: &SafeTensorFiles, device: &Device) -> Result<LoraFile> {
+    let mut adapters = BTreeMap::new();
+    let mut unknown = Vec::new();
+    for key in files.names().filter(|n| n.ends_with(".lora_down.weight")) {
+        let module = key.strip_suffix(".lora_down.weight").expect("filtered");
+        if !super::flux_kohya::is_flux_module(module) {
+            unknown.push(module.to_string());
+            continue;
+        }
+        let down = matrix(files, key, device)?;
+        let up = matrix(files, &format!("{module}.lora_up.weight"), device)?;
+        let rank = down.dims()[0];
+        ensure!(up.dims()[1] == rank, "{module}: down {:?} and up {:?} disagree on the rank", down.dims(), up.dims());
+        let alpha_key = format!("{module}.alpha");
+        let alpha = if files.shape(&alpha_key).is_some() { files.scalar(&alpha_key)? } else { rank as f64 };
+        for (layer, adapter) in super::flux_kohya::split(module, down, up, alpha / rank as f64)? {
+            if adapters.insert(layer.clone(), adapter).is_some() {
+                bail!("two kohya modules map to the layer {layer} (the last: {module})");
+            }
+        }
+    }
+    ensure!(unknown.is_empty(), "modules FLUX's transformer does not have: {}", some(&unknown));
+    refuse_leftovers(files, &[".lora_down.weight", ".lora_up.weight", ".alpha"], ".lora_down.weight")?;
+    Ok(LoraFile { format: LoraFormat::Kohya, component: "transformer", adapters })
+}
+
 fn read_kohya(files: &SafeTensorFiles, layout: &BlockLayout, device: &Device) -> Result<LoraFile> {
+    if files.names().filter_map(|n| n.strip_suffix(".lora_down.weight")).any(super::flux_kohya::is_flux_module) {
+        return read_flux_kohya(files, device);
+    }
     let layout = match files.metadata("mapo_block_layout") {
         // A file mapo wrote records the layout its sgm indices were computed with.
         Some(raw) => {

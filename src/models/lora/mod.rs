@@ -10,6 +10,7 @@ use burn::tensor::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 pub mod file;
+pub mod flux_kohya;
 pub mod sgm;
 
 use anyhow::Context;
@@ -177,14 +178,15 @@ pub fn apply_lora_file<M: Module>(module: M, path: &Path, layout: &BlockLayout) 
     lora.apply(module).with_context(|| format!("{}", path.display()))
 }
 
-/// A transformer's LoRA file (SD3, FLUX: PEFT keys `transformer.<layer>.lora_A.weight`)
-/// folded into `module`; a UNet's file or a kohya one is refused by name.
+/// A transformer's LoRA file (SD3, FLUX: PEFT keys `transformer.<layer>.lora_A.weight`;
+/// FLUX: the kohya / BFL layout too) folded into `module`; a UNet's file is refused by name.
 pub fn apply_transformer_lora_file<M: Module>(module: M, path: &Path) -> Result<M> {
     let device = burn::tensor::Device::default();
     let lora = LoraFile::read(path, &BlockLayout::uniform(0, 0), &device)?;
     anyhow::ensure!(
-        lora.format == LoraFormat::Peft && lora.component == "transformer",
-        "{}: a {} LoRA of a UNet; this model's denoiser is a transformer (PEFT keys transformer.<layer>.lora_A.weight)",
+        lora.component == "transformer",
+        "{}: a {} LoRA of a UNet; this model's denoiser is a transformer (PEFT keys transformer.<layer>.lora_A.weight, \
+         or FLUX's kohya lora_unet_double_blocks_...)",
         path.display(),
         lora.format.name()
     );
