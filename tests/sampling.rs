@@ -38,6 +38,7 @@ fn fixture_prompts(f: &mapo::models::io::SafeTensorFiles, device: &burn::tensor:
         text_embeds: f.float::<2>("sample.text_embeds", device, DType::F32).unwrap(),
         time_ids: Some(f.float::<2>("sample.time_ids", device, DType::F32).unwrap()),
         negative: None,
+        embedded_guidance: None,
     }
 }
 
