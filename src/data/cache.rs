@@ -121,23 +121,28 @@ enum Prompts {
 
 impl Prompts {
     fn load(model: &Path, max_sequence_length: Option<usize>, device: &Device) -> Result<Self> {
-        let transformer = || component_dir(model, "transformer");
-        // SD3's T5 is optional, as in the pipeline (zeros without it).
-        Ok(match crate::family::Family::detect(model)? {
-            crate::family::Family::Sdxl => Self::Sdxl(Box::new(PromptEncoder::load(model, device, DType::F32)?)),
-            crate::family::Family::Sd3 => {
-                let (config, _) = crate::models::config::read_config::<SD3TransformerConfig>(&transformer()?)?;
-                let mut p = Sd3PromptEncoder::load(model, config.joint_attention_dim, true, device, DType::F32)?;
-                p.max_sequence_length = max_sequence_length.unwrap_or(p.max_sequence_length);
-                Self::Sd3(Box::new(p))
-            }
-            crate::family::Family::Flux => {
-                let (c, _) = crate::models::config::read_config::<FluxTransformerConfig>(&transformer()?)?;
-                let (joint, pooled) = (c.joint_attention_dim, c.pooled_projection_dim);
-                let mut p = FluxPromptEncoder::load(model, joint, pooled, device, DType::F32)?;
-                p.max_sequence_length = max_sequence_length.unwrap_or(p.max_sequence_length);
-                Self::Flux(Box::new(p))
-            }
+        // The denoiser folder says the family (the data layer sits below `family`): a
+        // `transformer/` is FLUX's when its config names FluxTransformer2DModel, else SD3's.
+        let folder = crate::models::folder::model_folder(model)?;
+        if !folder.join("transformer").join("config.json").is_file() {
+            return Ok(Self::Sdxl(Box::new(PromptEncoder::load(model, device, DType::F32)?)));
+        }
+        let dir = component_dir(model, "transformer")?;
+        let (raw, _) = crate::models::config::read_config::<serde_json::Value>(&dir)?;
+        Ok(if raw["_class_name"] == "FluxTransformer2DModel" {
+            let c: FluxTransformerConfig = serde_json::from_value(raw)
+                .with_context(|| format!("{}: not a FLUX transformer config", dir.display()))?;
+            let (joint, pooled) = (c.joint_attention_dim, c.pooled_projection_dim);
+            let mut p = FluxPromptEncoder::load(model, joint, pooled, device, DType::F32)?;
+            p.max_sequence_length = max_sequence_length.unwrap_or(p.max_sequence_length);
+            Self::Flux(Box::new(p))
+        } else {
+            // SD3's T5 is optional, as in the pipeline (zeros without it).
+            let c: SD3TransformerConfig = serde_json::from_value(raw)
+                .with_context(|| format!("{}: not an SD3 transformer config", dir.display()))?;
+            let mut p = Sd3PromptEncoder::load(model, c.joint_attention_dim, true, device, DType::F32)?;
+            p.max_sequence_length = max_sequence_length.unwrap_or(p.max_sequence_length);
+            Self::Sd3(Box::new(p))
         })
     }
 
