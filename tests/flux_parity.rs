@@ -69,3 +69,25 @@ fn flux_unpacked_path_matches_the_pipeline() {
     let want = cases.float::<4>("dev.case0.sample_unpacked", &device, DType::F32).unwrap();
     assert_close("unpacked", got, want, 1e-5);
 }
+
+/// The real FLUX.1 [dev] and [schnell] transformers (assets/flux/ configs) have exactly
+/// diffusers' parameters: counts and tensor names from a placeholder build (no weights
+/// allocated) against diffusers on the meta device (tools/golden/count_flux_params.py).
+#[test]
+fn real_flux_configs_have_diffusers_parameter_counts() {
+    use mapo::models::flux::FluxTransformerConfig;
+    use mapo::models::weights::Weights;
+    let want: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("flux_param_counts.json")).unwrap()).unwrap();
+    for name in ["flux1_dev", "flux1_schnell"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("assets/flux/{name}_transformer.json"));
+        let config: FluxTransformerConfig = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let w = Weights::shapes_only(&device());
+        drop(FluxTransformer2DModel::load(&config, &w).unwrap());
+        let requested = w.requested();
+        let params: usize = requested.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+        eprintln!("{name}: {params} parameters in {} tensors", requested.len());
+        assert_eq!(params as u64, want[name]["params"].as_u64().unwrap(), "{name}");
+        assert_eq!(requested.len() as u64, want[name]["tensors"].as_u64().unwrap(), "{name}");
+    }
+}
