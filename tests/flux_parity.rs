@@ -80,7 +80,8 @@ fn real_flux_configs_have_diffusers_parameter_counts() {
     let want: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixtures().join("flux_param_counts.json")).unwrap()).unwrap();
     for name in ["flux1_dev", "flux1_schnell"] {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("assets/flux/{name}_transformer.json"));
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("assets/flux/{name}_transformer.json"));
         let config: FluxTransformerConfig = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         let w = Weights::shapes_only(&device());
         drop(FluxTransformer2DModel::load(&config, &w).unwrap());

@@ -15,6 +15,7 @@ use crate::device::select;
 use crate::family::TrainDenoiser;
 use crate::losses::{Params, build};
 use crate::models::attention::{DEFAULT_BLOCK_ELEMENTS, set_block_elements, set_training_attention};
+use crate::models::flux::{FluxTransformer2DModel, FluxTransformerConfig};
 use crate::models::lora::LoraConfig;
 use crate::models::sd3::{SD3Transformer2DModel, SD3TransformerConfig};
 use crate::models::unet::{UNet2DConditionModel, UNetConfig};
@@ -51,7 +52,8 @@ pub struct TrainBench {
     pub method: String,
     /// tiny, sdxl, a UNet config.json file, or a diffusers folder (its unet/config.json);
     /// or an SD3 transformer: tiny-sd3, sd3m, sd35m, sd35l, or its config.json (flow objective,
-    /// 77 + 256 text tokens).
+    /// 77 + 256 text tokens); or a FLUX.1 transformer: tiny-flux, flux-dev, flux-schnell, or
+    /// its config.json (flow objective, 512 T5 tokens, embedded guidance 3.5).
     #[arg(long, default_value = "tiny")]
     pub model: String,
     /// Image resolution (latents are resolution/8).
@@ -112,6 +114,27 @@ fn sd3_config(model: &str) -> Result<Option<SD3TransformerConfig>> {
     Ok(Some(serde_json::from_str(&text)?))
 }
 
+/// The FLUX transformer configs `--model` names: `tiny-flux` (the test fixtures' [dev]),
+/// `flux-dev`, `flux-schnell` (the real ones, assets/flux/), or a config.json of
+/// FluxTransformer2DModel; None otherwise.
+fn flux_config(model: &str) -> Result<Option<FluxTransformerConfig>> {
+    let text = match model {
+        "tiny-flux" => include_str!("../models/presets/tiny_flux_transformer.json").to_string(),
+        "flux-dev" => include_str!("../../assets/flux/flux1_dev_transformer.json").to_string(),
+        "flux-schnell" => include_str!("../../assets/flux/flux1_schnell_transformer.json").to_string(),
+        file if file.ends_with(".json") => {
+            let text = std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?;
+            let raw: serde_json::Value = serde_json::from_str(&text)?;
+            if raw["_class_name"] != "FluxTransformer2DModel" {
+                return Ok(None);
+            }
+            text
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(serde_json::from_str(&text)?))
+}
+
 /// Random-init denoiser of the chosen shape (a UNet, or an SD3 transformer on the flow
 /// objective); a full-batch preference step, timed after `warmup` steps, with the device
 /// synchronised before each clock read.
@@ -147,33 +170,47 @@ pub fn train_step(b: &TrainBench) -> Result<serde_json::Value> {
         guidance: None,
     };
     let timed = Timed { b, plain: &plain, exec, phases: &mut phases };
-    let out = match sd3_config(&b.model)? {
-        Some(config) => {
-            let model = SD3Transformer2DModel::load(&config, &w)?;
-            model.check_latents(h, h)?;
-            // 77 CLIP tokens and the pipeline's 256 T5 tokens.
-            let text = [77 + 256, config.joint_attention_dim];
-            let batch = pairs(config.in_channels, text, config.pooled_projection_dim, None);
-            let objective = Objective::Flow(FlowMatching::new(FlowConfig::default())?);
-            let params = method_params(&b.method, objective.name(), Params::default());
-            let method = build(&b.method, params)?;
-            timed.run(model, &method, &batch, &objective)?
-        }
-        None => {
-            let (config, _) = unet_config(&b.model)?;
-            let model = UNet2DConditionModel::load(&config, &w)?;
-            let time_dim = config.addition_time_embed_dim.unwrap_or(0) * 6;
-            let text_dim = config.projection_class_embeddings_input_dim.unwrap_or(time_dim) - time_dim;
-            let size = b.resolution as f32;
-            let time_ids = Tensor::from_data(
-                TensorData::new(
-                    (0..b.batch).flat_map(|_| [size, size, 0.0, 0.0, size, size]).collect::<Vec<f32>>(),
-                    [b.batch, 6],
-                ),
-                &device,
-            );
-            let batch = pairs(config.in_channels, [77, config.cross_attention_dim], text_dim.max(1), Some(time_ids));
-            timed.run(model, &build(&b.method, Params::default())?, &batch, &Objective::sdxl())?
+    let out = if let Some(config) = flux_config(&b.model)? {
+        let model = FluxTransformer2DModel::load(&config, &w)?;
+        crate::models::flux::pack::check_latents("latents", h, h)?;
+        // The pipeline's 512 T5 tokens; [dev] trains at the embedded guidance 3.5.
+        let text = [crate::sample::flux::MAX_SEQUENCE_LENGTH, config.joint_attention_dim];
+        let mut batch = pairs(config.latent_channels(), text, config.pooled_projection_dim, None);
+        let guidance = crate::sample::flux::DEFAULT_GUIDANCE as f32;
+        batch.guidance = Some(Tensor::from_data(TensorData::new(vec![guidance; b.batch], [b.batch]), &device));
+        let objective = Objective::Flow(FlowMatching::new(FlowConfig::default())?);
+        let params = method_params(&b.method, objective.name(), Params::default());
+        timed.run(model, &build(&b.method, params)?, &batch, &objective)?
+    } else {
+        match sd3_config(&b.model)? {
+            Some(config) => {
+                let model = SD3Transformer2DModel::load(&config, &w)?;
+                model.check_latents(h, h)?;
+                // 77 CLIP tokens and the pipeline's 256 T5 tokens.
+                let text = [77 + 256, config.joint_attention_dim];
+                let batch = pairs(config.in_channels, text, config.pooled_projection_dim, None);
+                let objective = Objective::Flow(FlowMatching::new(FlowConfig::default())?);
+                let params = method_params(&b.method, objective.name(), Params::default());
+                let method = build(&b.method, params)?;
+                timed.run(model, &method, &batch, &objective)?
+            }
+            None => {
+                let (config, _) = unet_config(&b.model)?;
+                let model = UNet2DConditionModel::load(&config, &w)?;
+                let time_dim = config.addition_time_embed_dim.unwrap_or(0) * 6;
+                let text_dim = config.projection_class_embeddings_input_dim.unwrap_or(time_dim) - time_dim;
+                let size = b.resolution as f32;
+                let time_ids = Tensor::from_data(
+                    TensorData::new(
+                        (0..b.batch).flat_map(|_| [size, size, 0.0, 0.0, size, size]).collect::<Vec<f32>>(),
+                        [b.batch, 6],
+                    ),
+                    &device,
+                );
+                let batch =
+                    pairs(config.in_channels, [77, config.cross_attention_dim], text_dim.max(1), Some(time_ids));
+                timed.run(model, &build(&b.method, Params::default())?, &batch, &Objective::sdxl())?
+            }
         }
     };
     let (median, min, max, check) = out;
