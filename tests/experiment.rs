@@ -219,6 +219,9 @@ fn shipped_experiment_files_plan() {
     let sd3 = format!("model.path={root}/tests/fixtures/tiny-sd35");
     let sd35 = plan("sd35m-pickapic.toml", &["--set", &sd3, "--set", "data.parquet=/nonexistent"]);
     assert_eq!(sd35, ["sft-s0", "dpo-s0", "mapo-s0"]);
+    let flux = format!("model.path={root}/tests/fixtures/tiny-flux-dev");
+    let flux = plan("flux-dev-pickapic.toml", &["--set", &flux, "--set", "data.parquet=/nonexistent"]);
+    assert_eq!(flux, ["sft-s0", "dpo-s0", "mapo-s0"]);
 }
 
 /// The same experiment on two devices (flex, and MAPO_TEST_DEVICE when the wgpu tests

@@ -169,3 +169,57 @@ fn flux_cache_holds_the_pipelines_encodings_and_trains() {
     assert_eq!(losses(&run).len(), 4);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `mapo experiment` on a FLUX folder: the methods train on the parquet data (cached once
+/// with FLUX's encoders) and the report says the objective is flow matching.
+#[test]
+fn flux_experiments_train_and_report() {
+    let dir = std::env::temp_dir().join(format!("mapo-flux-exp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let body = format!(
+        "name = \"flux-tiny\"\nmethods = [\"sft\", \"mapo\"]\nseeds = [0]\nruns_dir = {:?}\n\
+         [model]\npath = {:?}\n[data]\nparquet = {:?}\n[data.transform]\nresolution = 32\n\
+         [train]\nsteps = 2\nbatch_size = 2\ndevice = \"{}\"\n[train.lora]\nrank = 2\n[train.optimizer]\nlr = 1e-3\n",
+        dir.join("runs"),
+        model(),
+        fixtures().join("parquet/pairs.parquet"),
+        device_name()
+    );
+    let file = dir.join("exp.toml");
+    std::fs::write(&file, body).unwrap();
+    run_mapo(&["experiment", file.to_str().unwrap()]);
+    let report = std::fs::read_to_string(dir.join("runs/flux-tiny/report.md")).unwrap();
+    assert!(report.contains("Objective: flow matching"), "{report}");
+    for method in ["sft", "mapo"] {
+        assert!(report.contains(&format!("| {method} |")), "{report}");
+    }
+    let kohya = dir.join("runs/flux-tiny/mapo-s0/pytorch_lora_weights_kohya.safetensors");
+    assert!(kohya.is_file(), "the FLUX run writes the kohya file");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Full fine-tuning of the real FLUX.1 [dev] (its config alone, nothing allocated) is said not
+/// to fit one GPU, with the estimate, before anything loads.
+#[test]
+fn full_fine_tuning_of_real_flux_is_said_not_to_fit() {
+    let dir = std::env::temp_dir().join(format!("mapo-flux-full-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("model/transformer")).unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::copy(root.join("assets/flux/flux1_dev_transformer.json"), dir.join("model/transformer/config.json"))
+        .unwrap();
+    let config = dir.join("run.toml");
+    let text = format!(
+        "model = {:?}\ndata = {:?}\noutput_dir = {:?}\nsteps = 1\nmethod = \"mapo\"\n",
+        dir.join("model"),
+        dir.join("missing.safetensors"),
+        dir.join("out")
+    );
+    std::fs::write(&config, text).unwrap();
+    let out = mapo_quiet(&["train", "--config", config.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "no data: the run fails");
+    assert!(err.contains("11.9 B parameters") && err.contains("190 GB"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -27,7 +27,10 @@ use crate::sample::schedule::NoiseSchedule;
 use crate::sample::validate::{Prompts, sample_latents};
 use crate::train::optim::{Optimizer, OptimizerConfig};
 use crate::train::setup::method_params;
-use crate::train::step::{Execution, PairBatch, Phase, apply_update, forward_backward_probed, updated_params_finite};
+use crate::train::step::{
+    Execution, PairBatch, Phase, Reference, apply_update, forward_backward_probed, pair_errors_in,
+    updated_params_finite,
+};
 use crate::util::peak_rss;
 
 /// Built-in configs: `tiny` (the test fixtures' UNet) and `sdxl` (the real one); a
@@ -75,6 +78,10 @@ pub struct TrainBench {
     /// Score elements one block of the efficient attention may hold (default 2²⁴).
     #[arg(long)]
     pub attention_block: Option<usize>,
+    /// DPO-type methods: the reference's errors computed once before the timed steps (the
+    /// config's `reference_cache`), so no step runs the reference model.
+    #[arg(long)]
+    pub reference_cache: bool,
     #[arg(long, default_value_t = 5)]
     pub steps: usize,
     #[arg(long, default_value_t = 2)]
@@ -217,6 +224,7 @@ pub fn train_step(b: &TrainBench) -> Result<serde_json::Value> {
     Ok(json!({
         "bench": "train-step", "framework": "mapo", "method": b.method, "model": b.model, "resolution": b.resolution,
         "batch": b.batch, "dtype": b.device.dtype, "lora": b.lora, "grad_ckpt": b.grad_ckpt, "attention": b.attention,
+        "reference_cache": b.reference_cache,
         "attention_block": b.attention_block.unwrap_or(DEFAULT_BLOCK_ELEMENTS),
         "device": selected.backend.name(), "steps": b.steps, "median_s": median, "min_s": min, "max_s": max,
         "samples_per_s": b.batch as f64 / median,
@@ -248,17 +256,29 @@ impl Timed<'_> {
         phases.end("build");
         // The frozen reference (DPO-type methods): the same weights without autodiff, with
         // LoRA the adapters off, as `mapo train` runs it.
-        let reference = method.uses_reference().then(|| {
+        let mut reference = method.uses_reference().then(|| {
             let plain = model.valid();
             if b.lora.is_some() { crate::models::lora::disable_adapters(plain) } else { plain }
         });
+        // Cached: the errors once, on the plain device, and the reference model dropped.
+        let cached = match (b.reference_cache, reference.take()) {
+            (true, Some(r)) => Some(pair_errors_in(&r, &plain_batch(batch), objective, exec.dtype, true)),
+            (_, r) => {
+                reference = r;
+                None
+            }
+        };
         let mut optimizer = Optimizer::new(OptimizerConfig::adamw(1e-5));
         let (mut times, mut checks) = (Vec::new(), Vec::new());
         for i in 0..b.warmup + b.steps {
             plain.sync()?;
             let t0 = Instant::now();
             let mut probe = |p: Phase| phases.end(if p == Phase::Forward { "forward" } else { "backward" });
-            let micro = forward_backward_probed(&model, reference.as_ref(), method, batch, objective, exec, &mut probe);
+            let against = match &cached {
+                Some(errors) => Reference::Errors(Box::new(errors.clone())),
+                None => reference.as_ref().into(),
+            };
+            let micro = forward_backward_probed(&model, against, method, batch, objective, exec, &mut probe);
             let (next, _) = apply_update(model, &micro.grads, &mut optimizer, 1e-5, 1.0, micro.loss);
             model = next;
             phases.end("update");
@@ -277,6 +297,21 @@ impl Timed<'_> {
         let (check, _, _) = stats(&mut checks);
         let (median, min, max) = stats(&mut times);
         Ok((median, min, max, check))
+    }
+}
+
+/// A batch on the autodiff device as plain tensors (for a reference pass without a graph).
+fn plain_batch(batch: &PairBatch) -> PairBatch {
+    PairBatch {
+        chosen: batch.chosen.clone().inner(),
+        rejected: batch.rejected.clone().map(|t| t.inner()),
+        labels: batch.labels.clone(),
+        noise: batch.noise.clone().inner(),
+        timesteps: batch.timesteps.clone(),
+        encoder_hidden_states: batch.encoder_hidden_states.clone().inner(),
+        text_embeds: batch.text_embeds.clone().inner(),
+        time_ids: batch.time_ids.clone().map(|t| t.inner()),
+        guidance: batch.guidance.clone().map(|t| t.inner()),
     }
 }
 

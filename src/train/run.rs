@@ -59,9 +59,44 @@ pub fn train(config: &TrainConfig, start: &Start) -> Result<f64> {
             let mut config = config.clone();
             config.objective = ObjectiveName::Flow;
             config.guidance = Some(config.guidance.unwrap_or(crate::sample::flux::DEFAULT_GUIDANCE));
+            // diffusers' FLUX scripts draw σ from the scheduler's training grid, which is
+            // unshifted when the pipeline shifts dynamically ([dev]) and shifted by `shift`
+            // otherwise ([schnell]: 1.0); SD3's default 3.0 would be another distribution.
+            if config.lora.is_none() {
+                warn_full_fine_tuning(&config.model)?;
+            }
+            if config.flow.is_none() {
+                let scheduler = crate::sample::sd3::FlowSchedulerConfig::read_for(&config.model, true).ok();
+                let shift = scheduler.map_or(1.0, |s| if s.use_dynamic_shifting { 1.0 } else { s.shift });
+                config.flow = Some(crate::objective::FlowConfig { shift, ..Default::default() });
+            }
             train_with::<FluxTransformer2DModel>(&config, start, &mut |_, _| Ok(()))
         }
     }
+}
+
+/// Full fine-tuning holds f32 weights, their gradients and AdamW's two moments: 16 bytes a
+/// parameter before any activation. FLUX.1's 11.9 B parameters need 190 GB, more than any
+/// one GPU: said before the weights load (counted from the config, nothing allocated).
+fn warn_full_fine_tuning(model: &Path) -> Result<()> {
+    const ONE_GPU: f64 = 80e9;
+    let dir = crate::models::folder::component_dir(model, "transformer")?;
+    let (config, _) = crate::models::config::read_config(&dir)?;
+    let w = crate::models::weights::Weights::shapes_only(&burn::tensor::Device::default());
+    drop(FluxTransformer2DModel::load(&config, &w)?);
+    let params: usize = w.requested().iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+    let bytes = params as f64 * 16.0;
+    if bytes > ONE_GPU {
+        eprintln!(
+            "warning: full fine-tuning of this FLUX transformer ({:.1} B parameters) needs ≈ {:.0} GB for f32 \
+             weights, gradients and AdamW's moments before any activation — more than one 80 GB GPU holds. \
+             Train LoRA adapters instead ([lora] rank = 16): the base stays frozen in bf16 ({:.0} GB).",
+            params as f64 / 1e9,
+            bytes / 1e9,
+            params as f64 * 2.0 / 1e9
+        );
+    }
+    Ok(())
 }
 
 /// Called after every optimizer step (1-based) with the current weights; the experiment

@@ -6,7 +6,9 @@
 #      side by side, plus mapo with `--attention naive` for the attention's before/after;
 #   3. 30-step generation, mapo vs diffusers;
 #   4. max batch of MaPO and DPO (LoRA), mapo, while time is left;
-#   2d. SD3.5 Medium (real config, random weights) train steps, 1024², bf16, mapo only.
+#   2d. SD3.5 Medium (real config, random weights) train steps, 1024², bf16, mapo only;
+#   2e. FLUX.1 [dev] (real config, random weights) LoRA train steps, 1024², bf16: MaPO, Flow-DPO
+#       with and without cached reference errors, SFT; mapo and PyTorch + diffusers.
 # then prints one summary table (also $OUT/summary.md).
 #
 # On the GPU machine (no Rust, no diffusers): `bash tools/gpu/pack.sh` here first, which
@@ -34,11 +36,11 @@ export PYTHONUNBUFFERED=1 MAPO_QUIET_DEVICE=1
 
 if [ "${MAPO_GPU_REHEARSAL:-0}" = 1 ]; then
   DEV=flex TORCH_DEV=cpu MODEL=tiny RES=64 RES_MID=64 GEN_RES=64 GEN_STEPS=3 DTYPE=bf16 STEPS=1 WARMUP=1 MAXB=4 TMO=300
-  SD3_MODEL=tiny-sd3 SD3_RES=64
+  SD3_MODEL=tiny-sd3 SD3_RES=64 FLUX_MODEL=tiny-flux FLUX_RES=64
   BIN="${MAPO_BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/mapo-target}/release/mapo}"
 else
   DEV=cuda TORCH_DEV=cuda MODEL=sdxl RES=1024 RES_MID=512 GEN_RES=1024 GEN_STEPS=30 DTYPE=bf16 STEPS=3 WARMUP=1 MAXB=32 TMO=150
-  SD3_MODEL=sd35m SD3_RES=1024
+  SD3_MODEL=sd35m SD3_RES=1024 FLUX_MODEL=flux-dev FLUX_RES=1024
   BIN="${MAPO_BIN:-$ROOT/.gpu/mapo}"
 fi
 
@@ -125,6 +127,19 @@ for mode in lora full; do
   for method in mapo dpo sft; do
     measure "train-sd3 $method $mode mapo" "$BIN" bench train-step --method "$method" "${sd3[@]}" "${extra[@]}" --device "$DEV"
   done
+done
+
+say "== 2e. FLUX.1 [dev] LoRA train step ($FLUX_MODEL, ${FLUX_RES}², $DTYPE, gradient checkpointing, 512 T5 tokens)"
+# The real FLUX.1 [dev] config (random weights, 11.9 B parameters: 23.8 GB in bf16), LoRA 8
+# on the attention projections, embedded guidance 3.5, flow objective (MaPO T = 100); the same
+# step in PyTorch + diffusers (benches/torch/bench.py's flow path). One timed step each.
+flux=(--model "$FLUX_MODEL" --resolution "$FLUX_RES" --batch 1 --dtype "$DTYPE" --grad-ckpt --lora 8 --steps 1 --warmup 1)
+for method in mapo dpo sft; do
+  measure "train-flux $method lora mapo" "$BIN" bench train-step --method "$method" "${flux[@]}" --device "$DEV"
+  [ "$method" = dpo ] && measure "train-flux dpo-cached-ref lora mapo" "$BIN" bench train-step --method dpo \
+    --reference-cache "${flux[@]}" --device "$DEV"
+  measure "train-flux $method lora torch" "$PYTHON" benches/torch/bench.py train-step --method "$method" "${flux[@]}" \
+    --device "$TORCH_DEV"
 done
 
 say "== 2b. Burn's all-reduce (NCCL) at world size 1: same weights as without it"
