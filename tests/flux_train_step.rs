@@ -5,6 +5,10 @@
 //! MaPO on [dev] with AdamW / SGD, 2 steps each. Tolerances as for SD3
 //! (tests/sd3_train_step.rs): losses 1e-5 relative (1e-4 for Flow-DPO's β = 100), weights
 //! 1e-4 of each tensor's max |w|, updates 1e-3 (SGD) / 1e-2 (AdamW) of the largest update.
+//! One exception, AdamW on [dev]: the timestep embedder's first layer, whose inputs are
+//! sin/cos of σ·1000, has near-cancelling gradient elements that AdamW's normalisation turns
+//! into steps of up to lr with f32 noise in their sign; its weights agree to 8.6e-5 on flex
+//! and 1.2e-4 on wgpu (lavapipe), every other tensor to ~1e-7: those cases allow 3e-4.
 
 mod common;
 
@@ -30,7 +34,7 @@ fn flux_schnell_sft_sgd_two_steps_match_pytorch() {
 #[test]
 fn flux_dev_sft_adamw_two_steps_match_pytorch() {
     let args = ["--optimizer", "adamw", "--weight-decay", "1e-2"];
-    run_flow_train_case("flux_dev_train_sft_adamw", "tiny-flux-dev", &DEV, "sft", &args, 1e-5, 1e-2);
+    run_flow_train_case_with("flux_dev_train_sft_adamw", "tiny-flux-dev", &DEV, "sft", &args, [1e-5, 3e-4, 1e-2]);
 }
 
 #[test]
@@ -43,7 +47,7 @@ fn flux_dev_flow_dpo_sgd_two_steps_match_pytorch() {
 fn flux_dev_mapo_adamw_two_steps_match_pytorch() {
     let args = ["--optimizer", "adamw", "--weight-decay", "1e-2", "--param", "beta=0.1", "--param", "snr_value=0.5"];
     let args = [&args[..], &["--param", "num_train_timesteps=1000"]].concat();
-    run_flow_train_case("flux_dev_train_mapo_adamw", "tiny-flux-dev", &DEV, "mapo", &args, 1e-5, 1e-2);
+    run_flow_train_case_with("flux_dev_train_mapo_adamw", "tiny-flux-dev", &DEV, "mapo", &args, [1e-5, 3e-4, 1e-2]);
 }
 
 /// A [dev] step without its guidance input is refused by name.
