@@ -66,6 +66,24 @@ out.append("- Burn all-reduce at world size 1: " + (
     f"max |Δw| {r['max_abs_diff']:.2e} vs no reduction, all-reduce used: {r['all_reduce_used']}" if r
     else status("all-reduce world-size-1")))
 
+out += ["", "## SD3.5 Medium training step (mapo only)", "",
+        "| method | weights | mapo s | mapo GB |", "|---|---|---:|---:|"]
+for mode in ["lora", "full"]:
+    for method in ["sft", "dpo", "mapo"]:
+        label = f"train-sd3 {method} {mode} mapo"
+        m = res(label)
+        out.append(f"| {method} | {mode} | {cell_time(label)} | {gb(m) if m else '—'} |")
+
+out += ["", "## FLUX.1 [dev] LoRA training step", "",
+        "| method | mapo s | torch s | mapo / torch | mapo GB | torch GB |", "|---|---:|---:|---:|---:|---:|"]
+for name, label, baseline in [("mapo", "mapo", "mapo"), ("dpo", "dpo", "dpo"),
+                              ("dpo, cached reference", "dpo-cached-ref", "dpo"), ("sft", "sft", "sft")]:
+    mine, theirs = f"train-flux {label} lora mapo", f"train-flux {baseline} lora torch"
+    m, t = res(mine), res(theirs)
+    ratio = f"{m['median_s'] / t['median_s']:.2f}" if m and t else "—"
+    out.append(f"| {name} | {cell_time(mine)} | {cell_time(theirs)} | {ratio} | "
+               f"{gb(m) if m else '—'} | {gb(t) if t else '—'} |")
+
 out += ["", "## Generation (whole run, s)", ""]
 for impl in ["mapo", "torch"]:
     r = res(f"generate {impl}")
