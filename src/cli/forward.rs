@@ -22,6 +22,8 @@ pub fn run(args: &ForwardArgs) -> Result<()> {
     match args.component {
         Component::Loss => return loss(args),
         Component::TrainStep => return super::train_step::run(args),
+        Component::SdeStep => return super::online::sde_step(args),
+        Component::Advantages => return super::online::advantages(args),
         _ => {}
     }
     let Some(model) = args.model.as_deref() else { bail!("forward {:?} needs --model DIR", args.component) };
@@ -91,7 +93,13 @@ pub fn run(args: &ForwardArgs) -> Result<()> {
             }
             return write_tensors(&args.out, data);
         }
-        Component::Loss | Component::TrainStep | Component::Transformer => unreachable!("handled above"),
+        Component::Loss
+        | Component::TrainStep
+        | Component::Transformer
+        | Component::SdeStep
+        | Component::Advantages => {
+            unreachable!("handled above")
+        }
     };
     let data = outputs.into_iter().map(|(n, t)| (n.to_string(), t.cast(DType::F32).into_data())).collect();
     write_tensors(&args.out, data)
@@ -169,7 +177,7 @@ fn check_inputs(model: &Path, component: Component, inputs: &SafeTensorFiles) ->
                 check_finite(n, &floats(n)?)?;
             }
         }
-        Component::Loss | Component::TrainStep => {}
+        Component::Loss | Component::TrainStep | Component::SdeStep | Component::Advantages => {}
     }
     Ok(())
 }
@@ -396,6 +404,9 @@ pub fn random_model(component: &str, config: &Path, out: &Path, dtype: &str) -> 
 /// `timestep` [2B] (i64) per row.
 fn loss(args: &ForwardArgs) -> Result<()> {
     let Some(name) = args.method.as_deref() else { bail!("forward loss needs --method ({})", names().join(", ")) };
+    if super::online::LOSSES.contains(&name) {
+        return super::online::loss(name, args);
+    }
     let method = build(name, Params::parse(&args.params)?)?;
     let device = select(args.device.device.as_deref())?.device;
     let inputs = SafeTensorFiles::open_file(&args.inputs)?;

@@ -5,6 +5,7 @@ pub mod eval;
 pub mod forward;
 pub mod generate;
 pub mod lora;
+pub mod online;
 pub mod pairs;
 pub mod score;
 pub mod train_step;
@@ -235,6 +236,10 @@ pub enum Component {
     Loss,
     /// N full fine-tuning steps of the denoiser (UNet, SD3 transformer) on one fixed batch.
     TrainStep,
+    /// Flow-GRPO's SDE sampler step with its log-probability (`--param noise_level=A`, no `--model`).
+    SdeStep,
+    /// GRPO's per-group advantages from `rewards` and `group` (no `--model`).
+    Advantages,
 }
 
 #[derive(Args, Debug)]

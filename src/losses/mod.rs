@@ -15,6 +15,7 @@ mod ipo;
 mod kto;
 mod mapo;
 pub mod odds;
+pub mod online;
 mod sft;
 
 use std::collections::BTreeMap;
@@ -136,7 +137,7 @@ impl Params {
         self.values.remove(key).unwrap_or(default)
     }
 
-    fn finish(self, method: &str, known: &[&str]) -> Result<()> {
+    pub fn finish(self, method: &str, known: &[&str]) -> Result<()> {
         if let Some(k) = self.values.keys().next() {
             bail!("method {method} has no parameter {k:?} (it takes: {})", known.join(", "));
         }

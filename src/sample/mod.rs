@@ -9,4 +9,5 @@ pub mod pipeline;
 pub mod sampler;
 pub mod schedule;
 pub mod sd3;
+pub mod sde;
 pub mod validate;
