@@ -22,6 +22,8 @@ pub struct TensorView<'a> {
     pub file: &'a Path,
     /// A 2-D tensor stored as its transpose (`shape` is the transposed one's).
     pub transposed: bool,
+    /// Seen with the halves of its rows exchanged ([`Remapped::swap_halves`]).
+    pub swapped: bool,
 }
 
 /// The suffix of a remap file: a component whose weights are tensors of another file
@@ -42,6 +44,17 @@ pub struct Remapped {
     /// Seen transposed (a 2-D tensor stored as `x @ P` where diffusers keeps `P^T`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub transpose: bool,
+    /// Seen with the two halves of its rows exchanged (BFL's final modulation is (shift,
+    /// scale), diffusers' `norm_out` (scale, shift)).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub swap_halves: bool,
+}
+
+impl Remapped {
+    /// `from` as it is.
+    pub fn plain(from: String) -> Self {
+        Self { from, rows: None, shape: None, transpose: false, swap_halves: false }
+    }
 }
 
 /// A remap file's contents: the source and every tensor of the view.
@@ -66,6 +79,7 @@ struct Entry {
     shape: Vec<usize>,
     range: (usize, usize),
     transposed: bool,
+    swapped: bool,
 }
 
 /// A set of safetensors files seen as one name → tensor map. Files are memory-mapped, so
@@ -94,6 +108,7 @@ impl SafeTensorFiles {
                     shape: info.shape.clone(),
                     range: info.data_offsets,
                     transposed: false,
+                    swapped: false,
                 };
                 if entries.insert(name.clone(), entry).is_some() {
                     bail!("tensor {name} appears in more than one file (last: {})", path.display());
@@ -150,8 +165,14 @@ impl SafeTensorFiles {
                 anyhow::ensure!(shape.len() == 2, "{} {shape:?}: only a matrix transposes (for {name})", r.from);
                 shape.reverse();
             }
-            entries
-                .insert(name.clone(), Entry { shard: e.shard, dtype: e.dtype, shape, range, transposed: r.transpose });
+            anyhow::ensure!(
+                !r.swap_halves || shape.first().is_some_and(|n| n % 2 == 0),
+                "{} {shape:?}: only an even number of rows swaps halves (for {name})",
+                r.from
+            );
+            let entry =
+                Entry { shard: e.shard, dtype: e.dtype, shape, range, transposed: r.transpose, swapped: r.swap_halves };
+            entries.insert(name.clone(), entry);
         }
         Ok(Self { shards: source.shards, entries })
     }
@@ -204,7 +225,14 @@ impl SafeTensorFiles {
         let e = self.entries.get(name)?;
         let shard = &self.shards[e.shard];
         let bytes = &shard.mmap[shard.data_start + e.range.0..shard.data_start + e.range.1];
-        Some(TensorView { dtype: e.dtype, shape: e.shape.clone(), bytes, file: &shard.path, transposed: e.transposed })
+        Some(TensorView {
+            dtype: e.dtype,
+            shape: e.shape.clone(),
+            bytes,
+            file: &shard.path,
+            transposed: e.transposed,
+            swapped: e.swapped,
+        })
     }
 
     /// Drops the pages of tensor `name` from this process's resident memory once it has
@@ -284,17 +312,29 @@ impl TensorView<'_> {
         let shape = self.shape.clone();
         // A transposed view is stored [cols, rows]: read in that order, then swapped.
         let t = self.transposed.then(|| (shape[1], shape[0]));
+        let swap = self.swapped;
         Ok(match self.dtype {
-            Dtype::F32 => TensorData::new(transpose(cast_bytes::<f32>(self.bytes), t), shape),
-            Dtype::F16 => TensorData::new(transpose(cast_bytes::<f16>(self.bytes), t), shape),
-            Dtype::BF16 => TensorData::new(transpose(cast_bytes::<bf16>(self.bytes), t), shape),
+            Dtype::F32 => TensorData::new(arrange(cast_bytes::<f32>(self.bytes), t, swap), shape),
+            Dtype::F16 => TensorData::new(arrange(cast_bytes::<f16>(self.bytes), t, swap), shape),
+            Dtype::BF16 => TensorData::new(arrange(cast_bytes::<bf16>(self.bytes), t, swap), shape),
             Dtype::F64 => {
                 let v: Vec<f32> = cast_bytes::<f64>(self.bytes).into_iter().map(|v| v as f32).collect();
-                TensorData::new(transpose(v, t), shape)
+                TensorData::new(arrange(v, t, swap), shape)
             }
             other => bail!("{}: dtype {other:?} is not a float type", self.file.display()),
         })
     }
+}
+
+/// Values as a remapped view sees them: transposed (`rows_cols`), then with the halves of
+/// the rows exchanged (`swap`).
+fn arrange<T: Copy>(v: Vec<T>, rows_cols: Option<(usize, usize)>, swap: bool) -> Vec<T> {
+    let mut v = transpose(v, rows_cols);
+    if swap {
+        let half = v.len() / 2;
+        v.rotate_left(half);
+    }
+    v
 }
 
 /// A `rows × cols` row-major matrix transposed (unchanged without `rows_cols`).

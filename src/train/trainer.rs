@@ -393,23 +393,21 @@ impl<'a, M: TrainDenoiser> Trainer<'a, M> {
             }
             None => save_component(unet, &self.unet_config, &folder, DType::F32)?,
         }
-        if self.config.export.contains(&super::config::ExportFormat::SingleFile) && unet.as_unet().is_none() {
+        let single = self.config.export.contains(&super::config::ExportFormat::SingleFile);
+        if single && unet.as_unet().is_none() && !M::KOHYA_LAYOUT {
             eprintln!(
-                "note: export = [\"single-file\"] is SDXL's for now; the {} is in {}",
+                "note: export = [\"single-file\"] is SDXL's and FLUX's for now; the {} is in {}",
                 M::COMPONENT,
                 folder.display()
             );
-        } else if self.config.export.contains(&super::config::ExportFormat::SingleFile) {
-            // The base model's other components beside the trained UNet, in one file.
+        } else if single {
+            // SDXL: the base model's other components beside the trained UNet, in one file;
+            // FLUX: the trained transformer alone, in BFL's layout (as flux1-dev.safetensors).
             let dtype =
                 self.config.export_dtype.as_deref().unwrap_or("f16").parse::<crate::device::Precision>()?.dtype();
             let file = out.join("model.safetensors");
-            crate::models::single_file::convert::to_single_file_with(
-                &self.config.model,
-                Some(&out.join("unet")),
-                &file,
-                dtype,
-            )?;
+            let model = crate::models::folder::model_folder(&self.config.model)?;
+            crate::models::single_file::convert::to_single_file_with(&model, Some(&folder), &file, dtype)?;
             eprintln!("wrote {} (single file, {dtype:?})", file.display());
         }
         Ok(())

@@ -76,12 +76,16 @@ fn cache_root() -> PathBuf {
 
 fn build(file: &Path, configs: Option<&Path>) -> Result<PathBuf> {
     let source = SafeTensorFiles::open_file(file)?;
-    not_sdxl(file, &source)?;
     let meta = std::fs::metadata(file)?;
     let mut h = std::collections::hash_map::DefaultHasher::new();
     (file, meta.len(), meta.modified().ok(), configs).hash(&mut h);
     let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let dir = cache_root().join(format!("{stem}-{:016x}", h.finish()));
+    if let Some(prefix) = super::flux::prefix(source.names()) {
+        super::flux::build_folder(file, &prefix, configs, &dir)?;
+        return Ok(dir);
+    }
+    not_sdxl(file, &source)?;
     let convert = format!(
         "for another architecture, convert it with `mapo dev convert --to diffusers --model {} --config DIR --out \
          FOLDER` (DIR: a diffusers folder of its architecture)",

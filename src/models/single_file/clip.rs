@@ -17,7 +17,7 @@ pub fn open_clip_mapping(config: &ClipTextConfig) -> Result<BTreeMap<String, Rem
     for name in clip_names(config, true)? {
         let (from, rows, transpose) =
             open_clip_name(&name, width).with_context(|| format!("text_encoder_2 tensor {name}"))?;
-        out.insert(name, Remapped { from: format!("{prefix}{from}"), rows, shape: None, transpose });
+        out.insert(name, Remapped { rows, transpose, ..Remapped::plain(format!("{prefix}{from}")) });
     }
     Ok(out)
 }

@@ -70,6 +70,9 @@ pub(super) fn not_sdxl(file: &Path, source: &SafeTensorFiles) -> Result<()> {
 /// file lacks (a UNet-only file) copied from `config_dir`. Returns what came from where.
 pub fn to_diffusers(file: &Path, config_dir: &Path, out: &Path, dtype: Option<DType>) -> Result<Vec<String>> {
     let source = SafeTensorFiles::open_file(file)?;
+    if let Some(prefix) = super::flux::prefix(source.names()) {
+        return super::flux::to_diffusers(file, &prefix, config_dir, out, dtype);
+    }
     not_sdxl(file, &source)?;
     let mut report = Vec::new();
     if source.names().any(|n| n.starts_with("model_ema.")) {
@@ -92,27 +95,7 @@ pub fn to_diffusers(file: &Path, config_dir: &Path, out: &Path, dtype: Option<DT
         precheck(component, &config, &view)
             .with_context(|| format!("{}: the {component} does not fit {}", file.display(), config_sub.display()))?;
         std::fs::create_dir_all(&target).with_context(|| format!("creating {}", target.display()))?;
-        let tensors = view
-            .names()
-            .map(|name| {
-                let v = view.get(name).expect("listed");
-                let (shape, dtype) = (v.shape.clone(), dtype.unwrap_or(stored(v.dtype)));
-                let name = name.to_string();
-                let view = &view;
-                PendingTensor {
-                    name: name.clone(),
-                    shape,
-                    dtype,
-                    data: Box::new(move || {
-                        let data = view.get(&name).expect("listed").to_data().expect("a float tensor");
-                        // Its mapped pages leave this process's resident memory once read.
-                        view.release(&name);
-                        data
-                    }),
-                }
-            })
-            .collect();
-        write_safetensors(&target.join(weights_file(component)), tensors)?;
+        write_view(&view, &target.join(weights_file(component)), dtype)?;
         std::fs::copy(config_sub.join("config.json"), target.join("config.json"))
             .with_context(|| format!("copying {}", config_sub.join("config.json").display()))?;
         report.push(format!("{component}: {} tensors from {prefix}*", map.len()));
@@ -123,6 +106,30 @@ pub fn to_diffusers(file: &Path, config_dir: &Path, out: &Path, dtype: Option<DT
     std::fs::copy(config_dir.join("model_index.json"), out.join("model_index.json"))
         .with_context(|| format!("copying {}/model_index.json", config_dir.display()))?;
     Ok(report)
+}
+
+/// Every tensor of a (remapped) view written to `path`, one at a time, in `dtype` (None: as
+/// stored); each tensor's mapped pages leave the process's resident memory once read.
+pub(super) fn write_view(view: &SafeTensorFiles, path: &Path, dtype: Option<DType>) -> Result<()> {
+    let tensors = view
+        .names()
+        .map(|name| {
+            let v = view.get(name).expect("listed");
+            let (shape, dtype) = (v.shape.clone(), dtype.unwrap_or(stored(v.dtype)));
+            let name = name.to_string();
+            PendingTensor {
+                name: name.clone(),
+                shape,
+                dtype,
+                data: Box::new(move || {
+                    let data = view.get(&name).expect("listed").to_data().expect("a float tensor");
+                    view.release(&name);
+                    data
+                }),
+            }
+        })
+        .collect();
+    write_safetensors(path, tensors)
 }
 
 pub(super) fn copy_dir(from: &Path, to: &Path) -> Result<()> {
@@ -148,7 +155,13 @@ fn assemble(files: &SafeTensorFiles, parts: &[(String, Remapped)]) -> Result<Ten
         let data = view.to_data()?.convert::<f32>();
         files.release(name);
         let v = data.try_to_vec::<f32>().map_err(|e| anyhow::anyhow!("{name}: {e:?}"))?;
-        values.extend(transpose(v, r.transpose.then(|| (view.shape[0], view.shape[1]))));
+        let mut v = transpose(v, r.transpose.then(|| (view.shape[0], view.shape[1])));
+        if r.swap_halves {
+            // Its own inverse: the file's order back.
+            let half = v.len() / 2;
+            v.rotate_left(half);
+        }
+        values.extend(v);
     }
     Ok(TensorData::new(values, single_shape(files, parts)?))
 }
@@ -161,6 +174,9 @@ pub fn to_single_file(model: &Path, out: &Path, dtype: DType) -> Result<Vec<Stri
 /// [`to_single_file`] with the UNet from `unet` (a fine-tuned `unet/` folder) instead of the
 /// model's own.
 pub fn to_single_file_with(model: &Path, unet: Option<&Path>, out: &Path, dtype: DType) -> Result<Vec<String>> {
+    if super::flux::is_flux_folder(model) {
+        return super::flux::to_single_file(model, unet, out, dtype);
+    }
     let mut opened = Vec::new();
     for (component, prefix) in COMPONENTS {
         let dir = match unet {
@@ -170,19 +186,35 @@ pub fn to_single_file_with(model: &Path, unet: Option<&Path>, out: &Path, dtype:
         let (config, _) = crate::models::config::read_config::<serde_json::Value>(&dir)?;
         let stem = if component.starts_with("text_encoder") { "model" } else { "diffusion_pytorch_model" };
         let files = with_text_model_prefix(SafeTensorFiles::open_component(&dir, &[stem])?)?;
-        // Grouped by the single file's tensor; pieces in row order.
-        let mut by_target: BTreeMap<String, Vec<(String, Remapped)>> = BTreeMap::new();
-        for (name, r) in mapping(component, &config)? {
-            by_target.entry(r.from.clone()).or_default().push((name, r));
-        }
-        for parts in by_target.values_mut() {
-            parts.sort_by_key(|(_, r)| r.rows.map_or(0, |[start, _]| start));
-        }
-        opened.push((component, prefix, files, by_target));
+        opened.push((component, prefix, files, by_target(mapping(component, &config)?)));
     }
+    write_single(&opened, out, dtype)
+}
+
+/// A mapping grouped by the single file's tensor, each tensor's pieces in row order.
+pub(super) type ByTarget = BTreeMap<String, Vec<(String, Remapped)>>;
+
+pub(super) fn by_target(mapping: BTreeMap<String, Remapped>) -> ByTarget {
+    let mut out: ByTarget = BTreeMap::new();
+    for (name, r) in mapping {
+        out.entry(r.from.clone()).or_default().push((name, r));
+    }
+    for parts in out.values_mut() {
+        parts.sort_by_key(|(_, r)| r.rows.map_or(0, |[start, _]| start));
+    }
+    out
+}
+
+/// Writes the single file of `opened` components (label, file prefix, the component's
+/// diffusers weights, its grouped mapping), streamed one tensor at a time.
+pub(super) fn write_single(
+    opened: &[(&str, &str, SafeTensorFiles, ByTarget)],
+    out: &Path,
+    dtype: DType,
+) -> Result<Vec<String>> {
     let mut tensors = Vec::new();
     let mut report = Vec::new();
-    for (component, prefix, files, by_target) in &opened {
+    for (component, prefix, files, by_target) in opened {
         report.push(format!("{component}: {} tensors under {prefix}*", by_target.len()));
         for (target, parts) in by_target {
             let shape = single_shape(files, parts)?;
@@ -208,7 +240,7 @@ fn with_text_model_prefix(files: SafeTensorFiles) -> Result<SafeTensorFiles> {
         .names()
         .map(|n| {
             let name = if n.starts_with("text_projection") { n.to_string() } else { format!("text_model.{n}") };
-            (name, Remapped { from: n.to_string(), rows: None, shape: None, transpose: false })
+            (name, Remapped::plain(n.to_string()))
         })
         .collect();
     SafeTensorFiles::remap(files, &map)

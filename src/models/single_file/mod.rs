@@ -15,6 +15,7 @@
 pub mod builtin;
 pub mod clip;
 pub mod convert;
+pub mod flux;
 pub mod unet;
 pub mod vae;
 
@@ -55,7 +56,7 @@ fn clip_names(config: &crate::models::clip::ClipTextConfig, with_projection: boo
 
 /// `diffusers name → where it is in the file` for one component, from its config.
 pub fn mapping(component: &str, config: &serde_json::Value) -> Result<BTreeMap<String, Remapped>> {
-    let plain = |from: String| Remapped { from, rows: None, shape: None, transpose: false };
+    let plain = Remapped::plain;
     match component {
         "unet" => unet::mapping(&serde_json::from_value(config.clone())?),
         "vae" => vae::mapping(&serde_json::from_value(config.clone())?),

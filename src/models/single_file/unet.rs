@@ -23,10 +23,7 @@ pub fn mapping(config: &UNetConfig) -> Result<BTreeMap<String, Remapped>> {
             Some(s) => s,
             None => to_sgm(layer, &layout)?,
         };
-        out.insert(
-            name.clone(),
-            Remapped { from: format!("{PREFIX}{sgm}.{param}"), rows: None, shape: None, transpose: false },
-        );
+        out.insert(name.clone(), Remapped::plain(format!("{PREFIX}{sgm}.{param}")));
     }
     Ok(out)
 }

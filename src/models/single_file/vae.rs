@@ -19,7 +19,7 @@ pub fn mapping(config: &VaeConfig) -> Result<BTreeMap<String, Remapped>> {
         let (ldm, conv) = to_ldm(&name, ups).with_context(|| format!("VAE tensor {name}"))?;
         // ldm keeps the attention projections as 1×1 convolutions: [C, C, 1, 1].
         let shape = (conv && shape.len() == 2).then(|| shape.clone());
-        out.insert(name, Remapped { from: format!("{PREFIX}{ldm}"), rows: None, shape, transpose: false });
+        out.insert(name, Remapped { shape, ..Remapped::plain(format!("{PREFIX}{ldm}")) });
     }
     Ok(out)
 }
