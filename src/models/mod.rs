@@ -18,6 +18,7 @@ pub mod sampling;
 pub mod sd3;
 pub mod single_file;
 pub mod t5;
+pub mod tape;
 pub mod unet;
 pub mod vae;
 pub mod weights;

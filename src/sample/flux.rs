@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use anyhow::{Result, bail};
-use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor};
 
 use super::sd3::FlowSchedulerConfig;
 use super::validate::{Prompts, sample_latents};
@@ -66,10 +66,7 @@ impl FluxPromptEncoder {
     /// norm at the end-of-text token), 77 CLIP tokens.
     pub fn encode(&self, prompt: &str) -> Result<(Tensor<3>, Tensor<2>)> {
         self.tokenizer.warn_if_truncated(prompt);
-        let ids = |ids: Vec<i64>| {
-            let n = ids.len();
-            Tensor::<2, Int>::from_data(TensorData::new(ids, [1, n]), &self.device)
-        };
+        let ids = |ids: Vec<i64>| super::id_row(ids, &self.device);
         let pooled = self.text_encoder.forward(ids(self.tokenizer.encode(prompt))).pooled;
         let n = self.max_sequence_length;
         self.tokenizer_2.warn_if_truncated(prompt, n);

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::{Result, bail};
-use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor, TensorData};
 use serde::Deserialize;
 
 use super::ddim::DdimSchedule;
@@ -136,11 +136,7 @@ impl PromptEncoder {
     /// encoders' penultimate states side by side, and encoder 2's projected pooled output.
     pub fn encode(&self, prompt: &str) -> (Tensor<3>, Tensor<2>) {
         self.tokenizer.warn_if_truncated(prompt);
-        let ids = |t: &ClipTokenizer| {
-            let ids = t.encode(prompt);
-            let n = ids.len();
-            Tensor::<2, Int>::from_data(TensorData::new(ids, [1, n]), &self.device)
-        };
+        let ids = |t: &ClipTokenizer| super::id_row(t.encode(prompt), &self.device);
         let one = self.text_encoder.forward(ids(&self.tokenizer));
         let two = self.text_encoder_2.forward(ids(&self.tokenizer_2));
         let context = Tensor::cat(vec![one.penultimate, two.penultimate], 2);

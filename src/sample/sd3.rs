@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor};
 use serde::Deserialize;
 
 use super::flow_euler::FlowMatchEuler;
@@ -160,10 +160,7 @@ impl Sd3PromptEncoder {
     /// states (no attention mask, padding included); pooled = both projected pooled outputs.
     pub fn encode(&self, prompt: &str) -> Result<(Tensor<3>, Tensor<2>)> {
         self.tokenizer.warn_if_truncated(prompt);
-        let ids = |ids: Vec<i64>| {
-            let n = ids.len();
-            Tensor::<2, Int>::from_data(TensorData::new(ids, [1, n]), &self.device)
-        };
+        let ids = |ids: Vec<i64>| super::id_row(ids, &self.device);
         let one = self.text_encoder.forward(ids(self.tokenizer.encode(prompt)));
         let two = self.text_encoder_2.forward(ids(self.tokenizer_2.encode(prompt)));
         let projected = "loaded with text_projection";

@@ -14,8 +14,8 @@ use burn::module::Module;
 use burn::tensor::{Gradients, Tensor};
 
 use super::{FluxTransformer2DModel, Shared, pack};
-use crate::models::named::param_grads;
 use crate::models::rope::{Rope, THETA};
+use crate::models::tape::{accumulate, add, dot, leaf};
 use crate::models::unet::checkpoint::trains;
 
 /// The saved forward pass (plain tensors).
@@ -25,16 +25,6 @@ pub struct FluxTape {
     joint: Vec<Tensor<3>>,
     temb: Tensor<2>,
     last: Tensor<3>,
-}
-
-/// An autodiff leaf holding a plain tensor, tracked so its gradient can be read.
-fn leaf<const D: usize>(t: &Tensor<D>) -> Tensor<D> {
-    Tensor::from_inner(t.clone()).require_grad()
-}
-
-/// Σ y·g with a plain upstream gradient `g`: its backward sends `g` into `y`.
-fn dot<const D: usize>(y: Tensor<D>, g: Tensor<D>) -> Tensor<1> {
-    (y * Tensor::from_inner(g)).sum()
 }
 
 /// The model's time t = σ·1000 as the pipeline passes it (t/1000; the model multiplies back).
@@ -52,16 +42,13 @@ impl FluxTransformer2DModel {
         guidance: Option<Tensor<1>>,
     ) -> (Tensor<3>, Tensor<3>, Shared) {
         let [_, _, h, w] = x.dims();
-        let l = context.dims()[1];
-        let (img, txt) = (pack::image_ids(h / 2, w / 2), pack::text_ids(l));
+        let (img, txt) = pack::ids(h, w, context.dims()[1]);
         self.embed(pack::pack(x), sigma(t), context, pooled, &img, &txt, guidance)
     }
 
     fn rope_on(&self, h: usize, w: usize, l: usize, device: &burn::tensor::Device) -> Rope {
-        Rope::cat(
-            &Rope::new(&pack::image_ids(h / 2, w / 2), &self.axes, THETA, device),
-            &Rope::new(&pack::text_ids(l), &self.axes, THETA, device),
-        )
+        let (img, txt) = pack::ids(h, w, l);
+        Rope::cat(&Rope::new(&img, &self.axes, THETA, device), &Rope::new(&txt, &self.axes, THETA, device))
     }
 
     /// The prediction (plain, unpacked) of this autodiff model for unpacked latents at the
@@ -116,17 +103,7 @@ impl FluxTransformer2DModel {
         guidance: Option<Tensor<1>>,
     ) -> BTreeMap<String, Tensor<1>> {
         let mut out: BTreeMap<String, Tensor<1>> = BTreeMap::new();
-        let mut collect = |backward: &Gradients| {
-            for (name, g, _) in param_grads(self, backward) {
-                if let Some(g) = g {
-                    let total = match out.remove(&name) {
-                        Some(acc) => acc + g,
-                        None => g,
-                    };
-                    out.insert(name, total);
-                }
-            }
-        };
+        let mut collect = |backward: &Gradients| accumulate(&mut out, self, backward);
         let [_, _, h, w] = x.dims();
         let l = context.dims()[1];
         let rope = self.rope_on(h, w, l, &x.device());
@@ -140,10 +117,6 @@ impl FluxTransformer2DModel {
         collect(&backward);
         let g_tokens = tokens.grad(&backward).expect("the image stream's gradient");
         let mut g_temb = temb.grad(&backward);
-        let add = |acc: Option<Tensor<2>>, g: Option<Tensor<2>>| match (acc, g) {
-            (Some(a), Some(g)) => Some(a + g),
-            (a, g) => a.or(g),
-        };
 
         // The single-stream blocks, last first; the text part of the last output is unused.
         let [b, n, d] = g_tokens.dims();

@@ -192,16 +192,8 @@ impl FluxTransformer2DModel {
         guidance: Option<Tensor<1>>,
     ) -> Tensor<4> {
         let [_, _, h, w] = x.dims();
-        let l = context.dims()[1];
-        let out = self.forward(
-            pack::pack(x),
-            t.div_scalar(1000.0),
-            context,
-            pooled,
-            &pack::image_ids(h / 2, w / 2),
-            &pack::text_ids(l),
-            guidance,
-        );
+        let (img, txt) = pack::ids(h, w, context.dims()[1]);
+        let out = self.forward(pack::pack(x), t.div_scalar(1000.0), context, pooled, &img, &txt, guidance);
         pack::unpack(out, h, w)
     }
 }

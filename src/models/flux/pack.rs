@@ -36,3 +36,8 @@ pub fn image_ids(rows: usize, cols: usize) -> Vec<f32> {
 pub fn text_ids(len: usize) -> Vec<f32> {
     vec![0.0; len * 3]
 }
+
+/// The ids of unpacked [_, _, `h`, `w`] latents' tokens and of `text_len` text tokens.
+pub fn ids(h: usize, w: usize, text_len: usize) -> (Vec<f32>, Vec<f32>) {
+    (image_ids(h / 2, w / 2), text_ids(text_len))
+}

@@ -15,7 +15,7 @@ use burn::module::Module;
 use burn::tensor::{Gradients, Tensor};
 
 use super::SD3Transformer2DModel;
-use crate::models::named::param_grads;
+use crate::models::tape::{accumulate, add, dot, leaf};
 use crate::models::unet::checkpoint::trains;
 
 /// The saved forward pass (plain tensors): each block's inputs, the timestep vector and
@@ -25,23 +25,6 @@ pub struct Sd3Tape {
     context: Vec<Tensor<3>>,
     temb: Tensor<2>,
     last: Tensor<3>,
-}
-
-/// An autodiff leaf holding a plain tensor, tracked so its gradient can be read.
-fn leaf<const D: usize>(t: &Tensor<D>) -> Tensor<D> {
-    Tensor::from_inner(t.clone()).require_grad()
-}
-
-/// Σ y·g with a plain upstream gradient `g`: its backward sends `g` into `y`.
-fn dot<const D: usize>(y: Tensor<D>, g: Tensor<D>) -> Tensor<1> {
-    (y * Tensor::from_inner(g)).sum()
-}
-
-fn add<const D: usize>(acc: Option<Tensor<D>>, g: Option<Tensor<D>>) -> Option<Tensor<D>> {
-    match (acc, g) {
-        (Some(a), Some(g)) => Some(a + g),
-        (a, g) => a.or(g),
-    }
 }
 
 impl SD3Transformer2DModel {
@@ -86,17 +69,7 @@ impl SD3Transformer2DModel {
         pooled: Tensor<2>,
     ) -> BTreeMap<String, Tensor<1>> {
         let mut out: BTreeMap<String, Tensor<1>> = BTreeMap::new();
-        let mut collect = |backward: &Gradients| {
-            for (name, g, _) in param_grads(self, backward) {
-                if let Some(g) = g {
-                    let total = match out.remove(&name) {
-                        Some(acc) => acc + g,
-                        None => g,
-                    };
-                    out.insert(name, total);
-                }
-            }
-        };
+        let mut collect = |backward: &Gradients| accumulate(&mut out, self, backward);
         let [b, _, h, w] = x.dims();
         // The output layer.
         let (tokens, temb) = (leaf(&tape.last), leaf(&tape.temb));
