@@ -48,13 +48,28 @@ pub struct Remapped {
     /// scale), diffusers' `norm_out` (scale, shift)).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub swap_halves: bool,
+    /// Not in the file: the n×n identity (f32) instead, as diffusers takes SD3's CLIP L
+    /// projection, which SD3 single files leave out. `from` is ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<usize>,
 }
 
 impl Remapped {
     /// `from` as it is.
     pub fn plain(from: String) -> Self {
-        Self { from, rows: None, shape: None, transpose: false, swap_halves: false }
+        Self { from, rows: None, shape: None, transpose: false, swap_halves: false, identity: None }
     }
+}
+
+/// An anonymous read-only mapping holding an n×n f32 identity matrix.
+fn identity_shard(n: usize) -> Result<Shard> {
+    let mut map = memmap2::MmapMut::map_anon(n * n * 4).context("allocating an identity matrix")?;
+    for i in 0..n {
+        map[(i * n + i) * 4..(i * n + i + 1) * 4].copy_from_slice(&1f32.to_le_bytes());
+    }
+    let mmap = map.make_read_only().context("sealing an identity matrix")?;
+    let path = PathBuf::from(format!("<identity {n}×{n}>"));
+    Ok(Shard { path, mmap, data_start: 0, metadata: BTreeMap::new(), anonymous: true })
 }
 
 /// A remap file's contents: the source and every tensor of the view.
@@ -71,6 +86,8 @@ struct Shard {
     data_start: usize,
     /// The header's `__metadata__` strings.
     metadata: BTreeMap<String, String>,
+    /// Made in memory (an identity): its pages are the only copy, never released.
+    anonymous: bool,
 }
 
 struct Entry {
@@ -115,7 +132,7 @@ impl SafeTensorFiles {
                 }
             }
             let metadata = meta.metadata().clone().unwrap_or_default().into_iter().collect();
-            shards.push(Shard { path: path.clone(), mmap, data_start: 8 + header_len, metadata });
+            shards.push(Shard { path: path.clone(), mmap, data_start: 8 + header_len, metadata, anonymous: false });
         }
         Ok(Self { shards, entries })
     }
@@ -138,7 +155,22 @@ impl SafeTensorFiles {
     /// `source`'s tensors as `tensors` says (see [`Remapped`]).
     pub fn remap(source: Self, tensors: &BTreeMap<String, Remapped>) -> Result<Self> {
         let mut entries = BTreeMap::new();
+        let mut shards = source.shards;
         for (name, r) in tensors {
+            if let Some(n) = r.identity {
+                let shard = shards.len();
+                shards.push(identity_shard(n)?);
+                let entry = Entry {
+                    shard,
+                    dtype: Dtype::F32,
+                    shape: vec![n, n],
+                    range: (0, n * n * 4),
+                    transposed: false,
+                    swapped: false,
+                };
+                entries.insert(name.clone(), entry);
+                continue;
+            }
             let e = source.entries.get(&r.from).with_context(|| format!("no tensor {} (for {name})", r.from))?;
             let (mut shape, mut range) = (e.shape.clone(), e.range);
             if let Some([start, len]) = r.rows {
@@ -174,7 +206,7 @@ impl SafeTensorFiles {
                 Entry { shard: e.shard, dtype: e.dtype, shape, range, transposed: r.transpose, swapped: r.swap_halves };
             entries.insert(name.clone(), entry);
         }
-        Ok(Self { shards: source.shards, entries })
+        Ok(Self { shards, entries })
     }
 
     /// The weights of one diffusers component folder: `<stem>.safetensors`, or the shards
@@ -241,6 +273,9 @@ impl SafeTensorFiles {
     pub fn release(&self, name: &str) {
         let Some(e) = self.entries.get(name) else { return };
         let shard = &self.shards[e.shard];
+        if shard.anonymous {
+            return;
+        }
         #[cfg(unix)]
         // SAFETY: the mapping is a read-only file mapping: DONTNEED only discards cached
         // pages, which are faulted back in from the file if read again.

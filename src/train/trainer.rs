@@ -393,16 +393,10 @@ impl<'a, M: TrainDenoiser> Trainer<'a, M> {
             }
             None => save_component(unet, &self.unet_config, &folder, DType::F32)?,
         }
-        let single = self.config.export.contains(&super::config::ExportFormat::SingleFile);
-        if single && unet.as_unet().is_none() && !M::KOHYA_LAYOUT {
-            eprintln!(
-                "note: export = [\"single-file\"] is SDXL's and FLUX's for now; the {} is in {}",
-                M::COMPONENT,
-                folder.display()
-            );
-        } else if single {
-            // SDXL: the base model's other components beside the trained UNet, in one file;
-            // FLUX: the trained transformer alone, in BFL's layout (as flux1-dev.safetensors).
+        if self.config.export.contains(&super::config::ExportFormat::SingleFile) {
+            // SDXL and SD3: the base model's other components beside the trained denoiser, in
+            // one file; FLUX: the trained transformer alone, in BFL's layout (as
+            // flux1-dev.safetensors).
             let dtype =
                 self.config.export_dtype.as_deref().unwrap_or("f16").parse::<crate::device::Precision>()?.dtype();
             let file = out.join("model.safetensors");

@@ -85,6 +85,10 @@ fn build(file: &Path, configs: Option<&Path>) -> Result<PathBuf> {
         super::flux::build_folder(file, &prefix, configs, &dir)?;
         return Ok(dir);
     }
+    if let Some(prefix) = super::sd3::prefix(source.names()) {
+        super::sd3::build_folder(file, &prefix, configs, &dir)?;
+        return Ok(dir);
+    }
     not_sdxl(file, &source)?;
     let convert = format!(
         "for another architecture, convert it with `mapo dev convert --to diffusers --model {} --config DIR --out \

@@ -73,6 +73,9 @@ pub fn to_diffusers(file: &Path, config_dir: &Path, out: &Path, dtype: Option<DT
     if let Some(prefix) = super::flux::prefix(source.names()) {
         return super::flux::to_diffusers(file, &prefix, config_dir, out, dtype);
     }
+    if let Some(prefix) = super::sd3::prefix(source.names()) {
+        return super::sd3::to_diffusers(file, &prefix, config_dir, out, dtype);
+    }
     not_sdxl(file, &source)?;
     let mut report = Vec::new();
     if source.names().any(|n| n.starts_with("model_ema.")) {
@@ -177,6 +180,9 @@ pub fn to_single_file_with(model: &Path, unet: Option<&Path>, out: &Path, dtype:
     if super::flux::is_flux_folder(model) {
         return super::flux::to_single_file(model, unet, out, dtype);
     }
+    if super::sd3::is_sd3_folder(model) {
+        return super::sd3::to_single_file(model, unet, out, dtype);
+    }
     let mut opened = Vec::new();
     for (component, prefix) in COMPONENTS {
         let dir = match unet {
@@ -232,7 +238,7 @@ pub(super) fn write_single(
 
 /// transformers 5 may save a CLIP text model without the `text_model.` prefix; the
 /// mapping names tensors with it.
-fn with_text_model_prefix(files: SafeTensorFiles) -> Result<SafeTensorFiles> {
+pub(super) fn with_text_model_prefix(files: SafeTensorFiles) -> Result<SafeTensorFiles> {
     if !files.names().any(|n| n.starts_with("embeddings.")) {
         return Ok(files);
     }

@@ -13,9 +13,9 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::DType;
 
 use super::names_of;
+use super::parts::Part;
 use crate::models::flux::{FluxTransformer2DModel, FluxTransformerConfig};
-use crate::models::io::{REMAP_SUFFIX, RemapFile, Remapped, SafeTensorFiles};
-use crate::util::write_atomic;
+use crate::models::io::{Remapped, SafeTensorFiles};
 
 /// The key that marks a BFL FLUX transformer (under a prefix or none).
 const MARK: &str = "double_blocks.0.img_attn.qkv.weight";
@@ -119,8 +119,16 @@ pub fn locate(layer: &str) -> Option<(String, Option<usize>, bool)> {
         .or_else(|| block("single_transformer_blocks.", "single_blocks", &SINGLE))
 }
 
-/// The diffusers view of a BFL FLUX file in `dir`: its transformer as a remap of the file
-/// (nothing copied), every other component and file linked from `configs`.
+/// The file's transformer as a checked part, its config from `configs`.
+fn part(file: &Path, prefix: &str, configs: &Path) -> Result<(Part, SafeTensorFiles, FluxTransformerConfig)> {
+    let config = transformer_config(file, prefix, configs)?;
+    let part = Part { component: "transformer", map: mapping(&config, prefix)? };
+    let view = part.view(file, configs, |w| FluxTransformer2DModel::load(&config, w))?;
+    Ok((part, view, config))
+}
+
+/// The diffusers view of a BFL FLUX file in `dir`: its transformer a remap of the file,
+/// everything else `configs`' (see [`super::parts::build_view`]).
 pub(super) fn build_folder(file: &Path, prefix: &str, configs: Option<&Path>, dir: &Path) -> Result<()> {
     let Some(configs) = configs else {
         bail!(
@@ -130,30 +138,8 @@ pub(super) fn build_folder(file: &Path, prefix: &str, configs: Option<&Path>, di
             file.display()
         )
     };
-    let (config, raw) = transformer_config(file, prefix, configs)?;
-    let map = mapping(&config, prefix)?;
-    precheck(file, &config, &map, configs)?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    for entry in std::fs::read_dir(configs).with_context(|| format!("reading {}", configs.display()))? {
-        let entry = entry?;
-        let name = entry.file_name();
-        if name == "transformer" {
-            continue;
-        }
-        let (from, to) = (std::fs::canonicalize(entry.path())?, dir.join(&name));
-        if to.symlink_metadata().is_ok() {
-            continue;
-        }
-        link(&from, &to)?;
-    }
-    let sub = dir.join("transformer");
-    std::fs::create_dir_all(&sub).with_context(|| format!("creating {}", sub.display()))?;
-    write_atomic(&sub.join("config.json"), serde_json::to_string_pretty(&raw)?.as_bytes())?;
-    let remap = RemapFile { source: file.to_path_buf(), tensors: map };
-    write_atomic(
-        &sub.join(format!("diffusion_pytorch_model{REMAP_SUFFIX}")),
-        serde_json::to_string(&remap)?.as_bytes(),
-    )?;
+    let (part, _, config) = part(file, prefix, configs)?;
+    super::parts::build_view(file, configs, dir, vec![part])?;
     eprintln!(
         "{}: a FLUX.1 {} transformer in BFL's layout; text encoders, VAE and tokenizers from {}; read through {}",
         file.display(),
@@ -164,27 +150,13 @@ pub(super) fn build_folder(file: &Path, prefix: &str, configs: Option<&Path>, di
     Ok(())
 }
 
-/// A component of `configs` seen inside the view folder (linked: T5 alone is 9.5 GB).
-fn link(from: &Path, to: &Path) -> Result<()> {
-    #[cfg(unix)]
-    return std::os::unix::fs::symlink(from, to).with_context(|| format!("linking {}", to.display()));
-    #[cfg(not(unix))]
-    {
-        if from.is_dir() {
-            super::convert::copy_dir(from, to)
-        } else {
-            std::fs::copy(from, to).map(drop).with_context(|| format!("copying {}", from.display()))
-        }
-    }
-}
-
 /// The transformer config `configs` gives, checked against the file: [dev] and [schnell]
 /// differ by the guidance embedder.
-fn transformer_config(file: &Path, prefix: &str, configs: &Path) -> Result<(FluxTransformerConfig, serde_json::Value)> {
+fn transformer_config(file: &Path, prefix: &str, configs: &Path) -> Result<FluxTransformerConfig> {
     let dir = crate::models::folder::component_dir(configs, "transformer")?;
     let (_, raw) = crate::models::config::read_config::<serde_json::Value>(&dir)?;
-    let config: FluxTransformerConfig = serde_json::from_value(raw.clone())
-        .with_context(|| format!("{}: not a FLUX transformer config", dir.display()))?;
+    let config: FluxTransformerConfig =
+        serde_json::from_value(raw).with_context(|| format!("{}: not a FLUX transformer config", dir.display()))?;
     let source = SafeTensorFiles::open_file(file)?;
     let guided = has_guidance(source.names(), prefix);
     if guided != config.guidance_embeds {
@@ -197,20 +169,7 @@ fn transformer_config(file: &Path, prefix: &str, configs: &Path) -> Result<(Flux
             config.guidance_embeds
         );
     }
-    Ok((config, raw))
-}
-
-/// Every tensor of the transformer at its shape in the file, none left over.
-fn precheck(
-    file: &Path,
-    config: &FluxTransformerConfig,
-    map: &BTreeMap<String, Remapped>,
-    configs: &Path,
-) -> Result<()> {
-    let view = SafeTensorFiles::remap(SafeTensorFiles::open_file(file)?, map)
-        .with_context(|| format!("{}: the transformer does not fit {}", file.display(), configs.display()))?;
-    crate::models::weights::Weights::precheck(&view, None, |w| FluxTransformer2DModel::load(config, w))
-        .with_context(|| format!("{}: the transformer does not fit {}", file.display(), configs.display()))
+    Ok(config)
 }
 
 /// Writes the BFL FLUX `file` as a diffusers folder `out`: its transformer from the file
@@ -222,32 +181,8 @@ pub fn to_diffusers(
     out: &Path,
     dtype: Option<DType>,
 ) -> Result<Vec<String>> {
-    let (config, raw) = transformer_config(file, prefix, config_dir)?;
-    let map = mapping(&config, prefix)?;
-    precheck(file, &config, &map, config_dir)?;
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let mut report = Vec::new();
-    for entry in std::fs::read_dir(config_dir).with_context(|| format!("reading {}", config_dir.display()))? {
-        let entry = entry?;
-        let name = entry.file_name();
-        if name == "transformer" {
-            continue;
-        }
-        if entry.file_type()?.is_dir() {
-            super::convert::copy_dir(&entry.path(), &out.join(&name))?;
-            report.push(format!("{}: copied from {}", name.to_string_lossy(), config_dir.display()));
-        } else {
-            std::fs::copy(entry.path(), out.join(&name))
-                .with_context(|| format!("copying {}", entry.path().display()))?;
-        }
-    }
-    let target = out.join("transformer");
-    std::fs::create_dir_all(&target).with_context(|| format!("creating {}", target.display()))?;
-    let view = SafeTensorFiles::remap(SafeTensorFiles::open_file(file)?, &map)?;
-    super::convert::write_view(&view, &target.join("diffusion_pytorch_model.safetensors"), dtype)?;
-    write_atomic(&target.join("config.json"), serde_json::to_string_pretty(&raw)?.as_bytes())?;
-    report.push(format!("transformer: {} tensors from the file's BFL layout", map.len()));
-    Ok(report)
+    let (part, view, _) = part(file, prefix, config_dir)?;
+    super::parts::to_diffusers(config_dir, out, vec![(part, view)], dtype)
 }
 
 /// Writes a diffusers FLUX transformer (`model`'s, or `transformer` instead) as one file in
@@ -265,10 +200,13 @@ pub fn to_single_file(model: &Path, transformer: Option<&Path>, out: &Path, dtyp
 
 /// Whether a diffusers folder (or its `transformer/`) holds a FLUX transformer.
 pub fn is_flux_folder(model: &Path) -> bool {
+    denoiser_class(model).as_deref() == Some("FluxTransformer2DModel")
+}
+
+/// The `_class_name` of a folder's `transformer/config.json` (or its own `config.json`).
+pub fn denoiser_class(model: &Path) -> Option<String> {
     let config = model.join("transformer").join("config.json");
     let config = if config.is_file() { config } else { model.join("config.json") };
-    std::fs::read_to_string(config)
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .is_some_and(|v| v["_class_name"] == "FluxTransformer2DModel")
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(config).ok()?).ok()?;
+    v["_class_name"].as_str().map(str::to_string)
 }

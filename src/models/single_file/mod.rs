@@ -16,6 +16,8 @@ pub mod builtin;
 pub mod clip;
 pub mod convert;
 pub mod flux;
+pub mod parts;
+pub mod sd3;
 pub mod unet;
 pub mod vae;
 
@@ -49,7 +51,7 @@ fn transformers_name(name: &str) -> String {
 }
 
 /// Every CLIP text tensor name of `config` (transformers' file names).
-fn clip_names(config: &crate::models::clip::ClipTextConfig, with_projection: bool) -> Result<Vec<String>> {
+pub(super) fn clip_names(config: &crate::models::clip::ClipTextConfig, with_projection: bool) -> Result<Vec<String>> {
     let names = names_of(|w| crate::models::clip::ClipTextModel::load(config, w, with_projection))?;
     Ok(names.into_iter().map(|(n, _)| transformers_name(&n)).collect())
 }
