@@ -174,3 +174,25 @@ fn a_run_trains_from_and_exports_a_bfl_file() {
     assert!(rel_err(&got, &want) < 1e-6 && rel_err(&want, &base) > 1e-5);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// An experiment on a BFL file: `[model] path` the file, `[model] config` its folder.
+#[test]
+fn an_experiment_runs_on_a_bfl_file() {
+    let dir = tmp("exp");
+    let body = format!(
+        "name = \"flux-file\"\nmethods = [\"mapo\"]\nseeds = [0]\nruns_dir = {:?}\n\
+         [model]\npath = {:?}\nconfig = {:?}\n[data]\nparquet = {:?}\n[data.transform]\nresolution = 32\n\
+         [train]\nsteps = 2\nbatch_size = 2\ndevice = \"{}\"\n[train.lora]\nrank = 2\n",
+        dir.join("runs"),
+        bfl(),
+        fixtures().join("tiny-flux-dev"),
+        fixtures().join("parquet/pairs.parquet"),
+        device_name()
+    );
+    let file = dir.join("exp.toml");
+    std::fs::write(&file, body).unwrap();
+    run_mapo(&["experiment", file.to_str().unwrap()]);
+    let report = std::fs::read_to_string(dir.join("runs/flux-file/report.md")).unwrap();
+    assert!(report.contains("| mapo |") && report.contains("Objective: flow matching"), "{report}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -47,8 +47,13 @@ pub struct ExperimentConfig {
 pub struct ModelSection {
     /// `"toy"`: the built-in tiny model, pretrained by mapo and cached.
     pub builtin: Option<String>,
-    /// A diffusers pipeline folder.
+    /// A diffusers pipeline folder, or a single `.safetensors` checkpoint.
     pub path: Option<PathBuf>,
+    /// With a single-file `path` that is not SDXL base (an SD3.5 or FLUX.1 file, another
+    /// SDXL architecture): a diffusers folder of its model (configs, tokenizers, and what the
+    /// file lacks), as `--config` on the command line.
+    #[serde(default)]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -217,12 +222,15 @@ impl ExperimentConfig {
         let (known, _) = crate::train::config::known_keys()?;
         let sections = crate::train::config::sections()?;
         crate::train::config_names::check_known(&table, &known, &sections, &|_| "[train]".to_string())?;
-        for key in ["model", "data", "output_dir", "method", "seed", "method_params"] {
+        for key in ["model", "model_config", "data", "output_dir", "method", "seed", "method_params"] {
             if table.contains_key(key) {
                 bail!("[train] must not set {key:?}: the experiment sets it for each run");
             }
         }
         table.insert("model".into(), toml::Value::String(model.display().to_string()));
+        if let Some(config) = &self.model.config {
+            table.insert("model_config".into(), toml::Value::String(config.display().to_string()));
+        }
         table.insert("data".into(), toml::Value::String(data.display().to_string()));
         table.insert("output_dir".into(), toml::Value::String(out.display().to_string()));
         table.insert("method".into(), toml::Value::String(method.into()));
@@ -291,6 +299,10 @@ fn plan(base: &ExperimentConfig, raw: &toml::Value) -> Result<Vec<PlannedRun>> {
     check_name(&base.name)?;
     ensure!(!base.methods.is_empty(), "methods is empty");
     ensure!(!base.seeds.is_empty(), "seeds is empty");
+    ensure!(
+        base.model.config.is_none() || base.model.path.is_some(),
+        "[model] config goes with a single-file [model] path (a diffusers folder of its model)"
+    );
     ensure!(
         base.model.builtin.is_some() != base.model.path.is_some(),
         "[model]: give exactly one of builtin = \"toy\" or path = \"DIR\""

@@ -190,6 +190,7 @@ fn reference_summary_dir(exp: &Path, run: &PlannedRun) -> Option<PathBuf> {
 /// The model folder and the pairs file of a run (building the toy reference and the
 /// generated pairs on first use).
 fn inputs(exp: &Path, c: &ExperimentConfig, device: Option<&str>) -> Result<(PathBuf, PathBuf)> {
+    crate::models::folder::set_single_file_configs(c.model.config.as_deref());
     let model = match &c.model.path {
         Some(p) => p.clone(),
         None => toy::reference(&c.runs_dir.join("_cache"), &c.pretrain, device)?.0,
