@@ -196,3 +196,39 @@ fn an_experiment_runs_on_a_bfl_file() {
     assert!(report.contains("| mapo |") && report.contains("Objective: flow matching"), "{report}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// FLUX's `ae.safetensors` (the VAE alone, ldm names without a prefix; proven with
+/// diffusers' `AutoencoderKL.from_single_file`): read in place with its folder it decodes as
+/// the folder's VAE; converted, it gives the folder's VAE tensors bit for bit.
+#[test]
+fn a_bare_vae_file_is_read_and_converted() {
+    let dir = tmp("ae");
+    let ae = fixtures().join("tiny-flux-ae.safetensors");
+    let folder = fixtures().join("tiny-flux-dev");
+    let latents = dir.join("latents.safetensors");
+    let z = burn::tensor::TensorData::new(mapo::sample::noise::gaussian(4, 16 * 4 * 4), [1, 16, 4, 4]);
+    write_tensors(&latents, vec![("latents".into(), z)]).unwrap();
+    let dev = device_name();
+    let decode = |model: &Path, config: Option<&Path>, out: &Path| {
+        let mut args = vec!["forward", "vae-decode", "--model", model.to_str().unwrap(), "--device", &dev];
+        if let Some(c) = config {
+            args.extend(["--config", c.to_str().unwrap()]);
+        }
+        args.extend(["--inputs", latents.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        let r = mapo_quiet(&args);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        values(&SafeTensorFiles::open_file(out).unwrap(), "sample")
+    };
+    let (a, b) = (dir.join("a.safetensors"), dir.join("b.safetensors"));
+    assert_eq!(decode(&ae, Some(&folder), &a), decode(&folder, None, &b));
+
+    let out = dir.join("folder");
+    let args = ["dev", "convert", "--model", ae.to_str().unwrap(), "--config", folder.to_str().unwrap()];
+    run_mapo(&[&args[..], &["--to", "diffusers", "--out", out.to_str().unwrap()]].concat());
+    let original = SafeTensorFiles::open_component(&folder.join("vae"), &["diffusion_pytorch_model"]).unwrap();
+    let converted = SafeTensorFiles::open_component(&out.join("vae"), &["diffusion_pytorch_model"]).unwrap();
+    for n in original.names() {
+        assert_eq!(values(&original, n), values(&converted, n), "{n}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

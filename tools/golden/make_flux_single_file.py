@@ -15,6 +15,10 @@ must give back every tensor exactly and the same output on flux_transformer_case
 diffusers 0.42.1 hard-codes FLUX.1's width (inner_dim = 3072) in that converter; the tiny
 model's 16 is patched in for the check, as make_flux_transformer.py does for the LoRA one.
 
+Also tests/fixtures/tiny-flux-ae.safetensors: the folder's VAE as BFL ships FLUX's
+`ae.safetensors`, ldm names without a prefix (make_single_file.py's config-aware converter,
+`first_stage_model.` dropped), proven with AutoencoderKL.from_single_file (every tensor equal).
+
 Run from the repo root: OMP_NUM_THREADS=1 python3 tools/golden/make_flux_single_file.py
 """
 import inspect
@@ -96,3 +100,23 @@ with torch.no_grad():
 assert torch.equal(got, model(**x).sample)
 print("from_single_file: every tensor equal; output vs the cases' sample:",
       ((got - want).abs().max() / want.abs().max()).item())
+
+# ---- ae.safetensors: the VAE alone, ldm names, no prefix ----
+import json  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+
+from diffusers import AutoencoderKL  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_single_file import convert_vae, load_component  # noqa: E402
+
+AE = "tests/fixtures/tiny-flux-ae.safetensors"
+vcfg = json.load(open(f"{FOLDER}/vae/config.json"))
+ldm = convert_vae(load_component(FOLDER, "vae", "diffusion_pytorch_model"), vcfg)
+ae = {k.removeprefix("first_stage_model."): v.contiguous() for k, v in ldm.items()}
+save_file(dict(sorted(ae.items())), AE)
+got = AutoencoderKL.from_single_file(AE, config=FOLDER, subfolder="vae", torch_dtype=torch.float32).state_dict()
+want = AutoencoderKL.from_pretrained(f"{FOLDER}/vae", torch_dtype=torch.float32).state_dict()
+assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+print(len(ae), "VAE tensors written to", AE, "; from_single_file: every tensor equal")

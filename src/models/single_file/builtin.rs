@@ -89,6 +89,10 @@ fn build(file: &Path, configs: Option<&Path>) -> Result<PathBuf> {
         super::sd3::build_folder(file, &prefix, configs, &dir)?;
         return Ok(dir);
     }
+    if super::vae::is_bare_vae(source.names()) {
+        super::vae::build_folder(file, configs, &dir)?;
+        return Ok(dir);
+    }
     not_sdxl(file, &source)?;
     let convert = format!(
         "for another architecture, convert it with `mapo dev convert --to diffusers --model {} --config DIR --out \

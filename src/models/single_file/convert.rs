@@ -76,6 +76,9 @@ pub fn to_diffusers(file: &Path, config_dir: &Path, out: &Path, dtype: Option<DT
     if let Some(prefix) = super::sd3::prefix(source.names()) {
         return super::sd3::to_diffusers(file, &prefix, config_dir, out, dtype);
     }
+    if super::vae::is_bare_vae(source.names()) {
+        return super::vae::to_diffusers(file, config_dir, out, dtype);
+    }
     not_sdxl(file, &source)?;
     let mut report = Vec::new();
     if source.names().any(|n| n.starts_with("model_ema.")) {

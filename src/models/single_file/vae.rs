@@ -10,16 +10,23 @@ use super::names_of;
 use crate::models::io::Remapped;
 use crate::models::vae::{AutoencoderKL, VaeConfig};
 
-const PREFIX: &str = "first_stage_model.";
+/// The VAE's prefix in SDXL and SD3 single files.
+pub const PREFIX: &str = "first_stage_model.";
 
 pub fn mapping(config: &VaeConfig) -> Result<BTreeMap<String, Remapped>> {
+    mapping_under(config, PREFIX)
+}
+
+/// [`mapping`] with the ldm names under `prefix` (`""`: a VAE file of its own, as FLUX's
+/// `ae.safetensors`).
+pub fn mapping_under(config: &VaeConfig, prefix: &str) -> Result<BTreeMap<String, Remapped>> {
     let ups = config.block_out_channels.len();
     let mut out = BTreeMap::new();
     for (name, shape) in names_of(|w| AutoencoderKL::load(config, w))? {
         let (ldm, conv) = to_ldm(&name, ups).with_context(|| format!("VAE tensor {name}"))?;
         // ldm keeps the attention projections as 1×1 convolutions: [C, C, 1, 1].
         let shape = (conv && shape.len() == 2).then(|| shape.clone());
-        out.insert(name, Remapped { shape, ..Remapped::plain(format!("{PREFIX}{ldm}")) });
+        out.insert(name, Remapped { shape, ..Remapped::plain(format!("{prefix}{ldm}")) });
     }
     Ok(out)
 }
@@ -76,4 +83,61 @@ fn to_ldm(name: &str, ups: usize) -> Result<(String, bool)> {
         _ => bail!("not a VAE tensor of the SDXL layout"),
     };
     Ok((format!("{part}.{}", tail(&ldm)), conv))
+}
+
+/// Whether a file is a VAE of its own in ldm names (bare keys, as FLUX's `ae.safetensors`).
+pub fn is_bare_vae<'a>(mut names: impl Iterator<Item = &'a str>) -> bool {
+    let mut decoder = false;
+    let mut encoder = false;
+    for n in names.by_ref() {
+        decoder |= n == "decoder.conv_in.weight";
+        encoder |= n == "encoder.conv_in.weight";
+    }
+    encoder && decoder
+}
+
+/// The diffusers view of a bare VAE file in `dir`: its VAE from the file, everything else
+/// from `configs` (a diffusers folder of the model it belongs to).
+pub(super) fn build_folder(
+    file: &std::path::Path,
+    configs: Option<&std::path::Path>,
+    dir: &std::path::Path,
+) -> Result<()> {
+    let Some(configs) = configs else {
+        bail!(
+            "{}: a VAE of its own (ldm names, as FLUX's ae.safetensors): give --config DIR, a diffusers folder of \
+             the model it belongs to (its other components are used, its vae/config.json describes the file)",
+            file.display()
+        )
+    };
+    let part = part(file, configs)?.0;
+    super::parts::build_view(file, configs, dir, vec![part])?;
+    eprintln!(
+        "{}: a VAE in ldm names; the rest from {}; read through {}",
+        file.display(),
+        configs.display(),
+        dir.display()
+    );
+    Ok(())
+}
+
+fn part(
+    file: &std::path::Path,
+    configs: &std::path::Path,
+) -> Result<(super::parts::Part, crate::models::io::SafeTensorFiles)> {
+    let dir = crate::models::folder::component_dir(configs, "vae")?;
+    let (config, _) = crate::models::config::read_config::<VaeConfig>(&dir)?;
+    let part = super::parts::Part { component: "vae", map: mapping_under(&config, "")? };
+    let view = part.view(file, configs, |w| AutoencoderKL::load(&config, w))?;
+    Ok((part, view))
+}
+
+/// A bare VAE `file` as the diffusers folder of `configs` with that VAE.
+pub fn to_diffusers(
+    file: &std::path::Path,
+    configs: &std::path::Path,
+    out: &std::path::Path,
+    dtype: Option<burn::tensor::DType>,
+) -> Result<Vec<String>> {
+    super::parts::to_diffusers(configs, out, vec![part(file, configs)?], dtype)
 }
