@@ -6,6 +6,7 @@ pub mod flow_euler;
 pub mod flux;
 pub mod noise;
 pub mod pipeline;
+pub mod rollout;
 pub mod sampler;
 pub mod schedule;
 pub mod sd3;

@@ -31,10 +31,63 @@ pub fn initial_noise(seed: u64, k: usize, latent_shape: [usize; 3], device: &bur
     Tensor::from_data(TensorData::new(gaussian(seed, k * c * h * w), [k, c, h, w]), device)
 }
 
+/// The denoiser's call with classifier-free guidance (when `guidance` > 1, as in diffusers'
+/// pipelines: the batch is `[uncond; cond]`, SDXL's uncond all zeros without a negative
+/// prompt) or the prompt alone, FLUX's embedded guidance on every row.
+pub struct Guided {
+    cond: Conditioning,
+    /// Classifier-free guidance's scale; none at ≤ 1.
+    cfg: Option<f64>,
+    rows: usize,
+}
+
+impl Guided {
+    pub fn new(prompts: &Prompts, guidance: f64) -> Self {
+        let device = prompts.context.device();
+        let k = prompts.context.dims()[0];
+        let cfg = guidance > 1.0;
+        let cond = if cfg {
+            let (neg_context, neg_text) = match &prompts.negative {
+                Some((c, t)) => (c.clone(), t.clone()),
+                None => (prompts.context.zeros_like(), prompts.text_embeds.zeros_like()),
+            };
+            Conditioning {
+                context: Tensor::cat(vec![neg_context, prompts.context.clone()], 0),
+                pooled: Tensor::cat(vec![neg_text, prompts.text_embeds.clone()], 0),
+                time_ids: prompts.time_ids.clone().map(|t| Tensor::cat(vec![t; 2], 0)),
+                guidance: None,
+            }
+        } else {
+            Conditioning {
+                context: prompts.context.clone(),
+                pooled: prompts.text_embeds.clone(),
+                time_ids: prompts.time_ids.clone(),
+                guidance: None,
+            }
+        };
+        let rows = if cfg { 2 * k } else { k };
+        let embedded = prompts
+            .embedded_guidance
+            .map(|g| Tensor::<1>::from_data(TensorData::new(vec![g; rows], [rows]), (&device, DType::F32)));
+        Self { cond: Conditioning { guidance: embedded, ..cond }, cfg: cfg.then_some(guidance), rows }
+    }
+
+    /// The (guided) prediction for the model input `input` [K, C, h, w] at model time `t`.
+    pub fn predict(&self, model: &impl Denoiser, input: Tensor<4>, t: f32) -> Tensor<4> {
+        let device = input.device();
+        let input = if self.cfg.is_some() { Tensor::cat(vec![input; 2], 0) } else { input };
+        let timesteps = Tensor::<1>::from_data(TensorData::new(vec![t; self.rows], [self.rows]), (&device, DType::F32));
+        let pred = model.predict(input, timesteps, &self.cond);
+        let Some(scale) = self.cfg else { return pred };
+        let mut halves = pred.chunk(2, 0);
+        let (pred_c, pred_u) = (halves.pop().expect("cond"), halves.pop().expect("uncond"));
+        pred_u.clone() + (pred_c - pred_u).mul_scalar(scale)
+    }
+}
+
 /// Final latents (scaled, as the denoiser sees them) for each prompt, from unit-variance
 /// `noise` (diffusers' `latents` argument, before the scheduler's init sigma), after one
-/// step per sampler timestep. Classifier-free guidance runs when `guidance` > 1, as in
-/// diffusers' pipelines (the batch is `[uncond; cond]`); at ≤ 1 the prompt alone.
+/// step per sampler timestep, with [`Guided`]'s guidance.
 pub fn sample_latents(
     model: &impl Denoiser,
     sampler: &dyn Sampler,
@@ -43,50 +96,12 @@ pub fn sample_latents(
     guidance: f64,
     on_step: &mut dyn FnMut(usize),
 ) -> Tensor<4> {
-    let device = prompts.context.device();
-    let k = prompts.context.dims()[0];
-    let cfg = guidance > 1.0;
+    let guided = Guided::new(prompts, guidance);
     let mut x = noise.mul_scalar(sampler.init_noise_sigma());
-    let cond = if cfg {
-        let (neg_context, neg_text) = match &prompts.negative {
-            Some((c, t)) => (c.clone(), t.clone()),
-            None => (prompts.context.zeros_like(), prompts.text_embeds.zeros_like()),
-        };
-        Conditioning {
-            context: Tensor::cat(vec![neg_context, prompts.context.clone()], 0),
-            pooled: Tensor::cat(vec![neg_text, prompts.text_embeds.clone()], 0),
-            time_ids: prompts.time_ids.clone().map(|t| Tensor::cat(vec![t; 2], 0)),
-            guidance: None,
-        }
-    } else {
-        Conditioning {
-            context: prompts.context.clone(),
-            pooled: prompts.text_embeds.clone(),
-            time_ids: prompts.time_ids.clone(),
-            guidance: None,
-        }
-    };
-    let rows = if cfg { 2 * k } else { k };
-    let cond = Conditioning {
-        guidance: prompts
-            .embedded_guidance
-            .map(|g| Tensor::<1>::from_data(TensorData::new(vec![g; rows], [rows]), (&device, DType::F32))),
-        ..cond
-    };
     for (i, &t) in sampler.timesteps().iter().enumerate() {
         on_step(i);
-        let input = if cfg { Tensor::cat(vec![x.clone(); 2], 0) } else { x.clone() };
-        let input = input.mul_scalar(sampler.input_scale(i));
-        let timesteps = Tensor::<1>::from_data(TensorData::new(vec![t; rows], [rows]), (&device, DType::F32));
-        let pred = model.predict(input, timesteps, &cond);
-        let guided = if cfg {
-            let mut halves = pred.chunk(2, 0);
-            let (pred_c, pred_u) = (halves.pop().expect("cond"), halves.pop().expect("uncond"));
-            pred_u.clone() + (pred_c - pred_u).mul_scalar(guidance)
-        } else {
-            pred
-        };
-        x = sampler.step(i, x, guided);
+        let pred = guided.predict(model, x.clone().mul_scalar(sampler.input_scale(i)), t);
+        x = sampler.step(i, x, pred);
     }
     x
 }
