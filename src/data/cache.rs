@@ -199,6 +199,14 @@ pub fn build(args: &CacheArgs) -> Result<CacheIndex> {
         seed: args.seed,
         files: reader.files().iter().map(|f| std::fs::canonicalize(f).unwrap_or_else(|_| f.clone())).collect(),
     };
+    // A finished cache is only read: concurrent runs of an experiment all find it so
+    // (index.json is written atomically, `complete` last), without waiting on the lock.
+    if let Ok(existing) = CacheIndex::read(&args.out)
+        && existing.complete
+        && existing.meta == meta
+    {
+        return Ok(existing);
+    }
     // One writer per cache folder: two runs on one --out would interleave their shards.
     let _lock = crate::util::lock::lock(&args.out)?;
     let mut index = match CacheIndex::read(&args.out) {
