@@ -227,8 +227,7 @@ fn text_folder(component: Component) -> (&'static str, bool) {
 /// config's `model_type` or `architectures` say so.
 fn is_t5(dir: &Path) -> Result<bool> {
     let (raw, _) = crate::models::config::read_config::<serde_json::Value>(dir)?;
-    let arch = raw["architectures"].as_array().into_iter().flatten().filter_map(|a| a.as_str());
-    Ok(raw["model_type"].as_str() == Some("t5") || arch.into_iter().any(|a| a.starts_with("T5")))
+    Ok(crate::models::t5::config::is_t5(&raw))
 }
 
 /// Whether a denoiser config is FLUX's (`_class_name`).

@@ -70,3 +70,12 @@ pub fn component_dir(model: &Path, name: &str) -> Result<PathBuf> {
     }
     bail!("{} has no {name}/config.json (expected a diffusers pipeline folder)", model.display())
 }
+
+/// The `_class_name` of a folder's `transformer/config.json` (or of its own `config.json`,
+/// for a denoiser folder); None when there is none.
+pub fn denoiser_class(model: &Path) -> Option<String> {
+    let config = model.join("transformer").join("config.json");
+    let config = if config.is_file() { config } else { model.join("config.json") };
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(config).ok()?).ok()?;
+    v["_class_name"].as_str().map(str::to_string)
+}

@@ -66,7 +66,11 @@ pub fn train(config: &TrainConfig, start: &Start) -> Result<f64> {
                 warn_full_fine_tuning(&config.model)?;
             }
             if config.flow.is_none() {
-                let scheduler = crate::sample::sd3::FlowSchedulerConfig::read_for(&config.model, true).ok();
+                let folder = crate::models::folder::model_folder(&config.model)?;
+                let scheduler = match folder.join("scheduler").join("scheduler_config.json").is_file() {
+                    true => Some(crate::sample::sd3::FlowSchedulerConfig::read_for(&folder, true)?),
+                    false => None,
+                };
                 let shift = scheduler.map_or(1.0, |s| if s.use_dynamic_shifting { 1.0 } else { s.shift });
                 config.flow = Some(crate::objective::FlowConfig { shift, ..Default::default() });
             }

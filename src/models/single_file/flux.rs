@@ -200,13 +200,5 @@ pub fn to_single_file(model: &Path, transformer: Option<&Path>, out: &Path, dtyp
 
 /// Whether a diffusers folder (or its `transformer/`) holds a FLUX transformer.
 pub fn is_flux_folder(model: &Path) -> bool {
-    denoiser_class(model).as_deref() == Some("FluxTransformer2DModel")
-}
-
-/// The `_class_name` of a folder's `transformer/config.json` (or its own `config.json`).
-pub fn denoiser_class(model: &Path) -> Option<String> {
-    let config = model.join("transformer").join("config.json");
-    let config = if config.is_file() { config } else { model.join("config.json") };
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(config).ok()?).ok()?;
-    v["_class_name"].as_str().map(str::to_string)
+    crate::models::folder::denoiser_class(model).as_deref() == Some("FluxTransformer2DModel")
 }

@@ -127,7 +127,7 @@ use crate::models::vae::{AutoencoderKL, VaeConfig};
 /// The diffusers names of a text encoder folder's weights (CLIP in transformers' names).
 fn text_encoder_names(dir: &Path) -> Result<(Vec<String>, TextEncoder)> {
     let (raw, _) = read_config::<serde_json::Value>(dir)?;
-    if raw["model_type"] == "t5" {
+    if crate::models::t5::config::is_t5(&raw) {
         let c: T5Config = serde_json::from_value(raw)?;
         let names = names_of(|w| T5EncoderModel::load(&c, w))?.into_iter().map(|(n, _)| n).collect();
         return Ok((names, TextEncoder::T5(c)));
@@ -246,5 +246,5 @@ pub fn to_single_file(model: &Path, transformer: Option<&Path>, out: &Path, dtyp
 
 /// Whether a diffusers folder (or its `transformer/`) holds an SD3 transformer.
 pub fn is_sd3_folder(model: &Path) -> bool {
-    super::flux::denoiser_class(model).as_deref() == Some("SD3Transformer2DModel")
+    crate::models::folder::denoiser_class(model).as_deref() == Some("SD3Transformer2DModel")
 }

@@ -40,3 +40,10 @@ impl T5Config {
         Ok(())
     }
 }
+
+/// Whether a text encoder's `config.json` is T5's (`model_type`, or an `architectures` entry):
+/// SD3's third encoder and FLUX's second are T5, the others CLIP.
+pub fn is_t5(raw: &serde_json::Value) -> bool {
+    let arch = raw["architectures"].as_array().into_iter().flatten().filter_map(|a| a.as_str());
+    raw["model_type"].as_str() == Some("t5") || arch.into_iter().any(|a| a.starts_with("T5"))
+}
