@@ -11,6 +11,7 @@ pub mod family;
 pub mod losses;
 pub mod models;
 pub mod objective;
+pub mod online;
 pub mod sample;
 pub mod toy;
 pub mod train;

@@ -20,9 +20,10 @@ const ALLOWED: &[(&str, &str)] = &[
     ("family", "models sample objective data toy util device"),
     ("train", "family models losses sample objective data util device"),
     ("eval", "family models sample objective data toy util device"),
-    ("experiment", "train eval family models losses sample objective data toy util device"),
+    ("online", "train eval family models losses sample objective data toy util device"),
+    ("experiment", "online train eval family models losses sample objective data toy util device"),
     ("bench", "train eval family models losses sample objective data util device"),
-    ("cli", "experiment bench train eval family models losses sample objective data toy util device"),
+    ("cli", "experiment bench online train eval family models losses sample objective data toy util device"),
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {

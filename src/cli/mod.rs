@@ -315,7 +315,10 @@ pub fn run(cli: Cli) -> Result<()> {
             overrides.extend(keep.map(|k| format!("keep_checkpoints={k}")));
             let config = crate::train::config::TrainConfig::load(&config, &overrides)?;
             let start = crate::train::run::Start { resume, overwrite };
-            let loss = crate::train::run::train(&config, &start)?;
+            let loss = match config.online {
+                Some(_) => crate::online::run::train(&config, &start)?,
+                None => crate::train::run::train(&config, &start)?,
+            };
             println!("done: final loss {loss:.6}; outputs in {}", config.output_dir.display());
             Ok(())
         }

@@ -40,6 +40,18 @@ pub struct ExperimentConfig {
     /// Dotted key → values, e.g. `"method_params.mapo.beta" = [0.05, 0.1]`.
     #[serde(default)]
     pub sweep: BTreeMap<String, Vec<toml::Value>>,
+    /// The online runs' `[online]` (methods `grpo`, `nft`, and `online-<pair method>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub online: Option<crate::train::online_config::OnlineConfig>,
+}
+
+/// An experiment's method name: `grpo` and `nft` train online, `online-mapo` (any pair
+/// method after `online-`) is that method on online pairs; the rest train on the data.
+pub fn split_method(listed: &str) -> (&str, bool) {
+    match listed.strip_prefix("online-") {
+        Some(base) => (base, true),
+        None => (listed, crate::losses::online::OnlineMethod::is_online(listed)),
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -233,9 +245,19 @@ impl ExperimentConfig {
         }
         table.insert("data".into(), toml::Value::String(data.display().to_string()));
         table.insert("output_dir".into(), toml::Value::String(out.display().to_string()));
-        table.insert("method".into(), toml::Value::String(method.into()));
+        let (base, online) = split_method(method);
+        table.insert("method".into(), toml::Value::String(base.into()));
         table.insert("seed".into(), toml::Value::Integer(seed as i64));
-        let params = self.method_params.get(method).cloned().unwrap_or_default();
+        if online {
+            let section = self.online.as_ref().with_context(|| {
+                format!(
+                    "method {method:?} trains online: add an [online] section (iterations, group_size, rewards, ...)"
+                )
+            })?;
+            table.insert("online".into(), toml::Value::try_from(section)?);
+        }
+        // `online-mapo` takes `[method_params.online-mapo]`, else MaPO's.
+        let params = self.method_params.get(method).or(self.method_params.get(base)).cloned().unwrap_or_default();
         let params: toml::Table = params.into_iter().map(|(k, v)| (k, toml::Value::Float(v))).collect();
         table.insert("method_params".into(), toml::Value::Table(params));
         let config: TrainConfig = toml::Value::Table(table).try_into().context("[train]: invalid setting")?;
@@ -324,10 +346,13 @@ fn plan(base: &ExperimentConfig, raw: &toml::Value) -> Result<Vec<PlannedRun>> {
         "[data] generated pairs need the built-in model (model.builtin = \"toy\")"
     );
     for m in &base.methods {
-        crate::losses::build(
-            m,
-            crate::losses::Params::from_map(base.method_params.get(m).cloned().unwrap_or_default()),
-        )
+        let (name, _) = split_method(m);
+        let params = base.method_params.get(m).or(base.method_params.get(name)).cloned().unwrap_or_default();
+        let params = crate::losses::Params::from_map(params);
+        match crate::losses::online::OnlineMethod::is_online(name) {
+            true => crate::losses::online::OnlineMethod::build(name, params).map(|_| ()),
+            false => crate::losses::build(name, params).map(|_| ()),
+        }
         .with_context(|| format!("method {m:?}"))?;
     }
     base.eval.check(base.is_toy())?;

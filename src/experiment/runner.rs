@@ -121,6 +121,7 @@ fn identity(run: &PlannedRun) -> serde_json::Value {
     serde_json::json!({
         "method": run.method, "seed": run.seed, "model": c.model, "data": c.data, "pretrain": c.pretrain,
         "train": c.train, "method_params": c.method_params.get(&run.method), "eval": c.eval,
+        "online": super::config::split_method(&run.method).1.then_some(&c.online),
     })
 }
 
@@ -335,7 +336,30 @@ fn execute(exp: &Path, run: &PlannedRun, dir: &Path, device: Option<&str>) -> Re
     let every = c.eval.every.max(1);
     let steps = train.steps;
     let mut last_eval: Option<Metrics> = None;
-    let final_loss = if family == crate::family::Family::Sdxl {
+    let online_every = train.online.as_ref().map(|o| (o.eval_every, o.iterations));
+    let final_loss = if let Some((every, iterations)) = online_every {
+        // Online runs count iterations; their evaluation is every `[online] eval_every`.
+        anyhow::ensure!(
+            family == crate::family::Family::Sdxl || evaluator.is_none(),
+            "online runs of a {} model are not evaluated in experiments yet",
+            family.name()
+        );
+        let mut hook = |it: usize, unet: &UNet2DConditionModel| -> Result<()> {
+            write_wall(&wall_path, earlier + t0.elapsed().as_secs_f64())?;
+            let Some(ev) = &evaluator else { return Ok(()) };
+            if it != iterations && (every == 0 || !it.is_multiple_of(every)) {
+                return Ok(());
+            }
+            last_eval = Some(score(ev, &unet.valid(), it, it == iterations, dir)?);
+            Ok(())
+        };
+        match family {
+            crate::family::Family::Sdxl => {
+                crate::online::run::train_with(&train, &Start::resume(resume.then_some("latest")), &mut hook)?
+            }
+            _ => crate::online::run::train(&train, &Start::resume(resume.then_some("latest")))?,
+        }
+    } else if family == crate::family::Family::Sdxl {
         let mut hook = |step: usize, unet: &UNet2DConditionModel| -> Result<()> {
             write_wall(&wall_path, earlier + t0.elapsed().as_secs_f64())?;
             let Some(ev) = &evaluator else { return Ok(()) };
@@ -358,6 +382,7 @@ fn execute(exp: &Path, run: &PlannedRun, dir: &Path, device: Option<&str>) -> Re
 
     let wall_s = earlier + t0.elapsed().as_secs_f64();
     write_wall(&wall_path, wall_s)?;
+    let steps = online_every.map_or(steps, |(_, iterations)| iterations);
     let metrics = read_jsonl(&dir.join("metrics.jsonl"));
     let (median_step, device_peak) = step_stats(&metrics);
     let (peak, kind) = match device_peak {

@@ -62,3 +62,34 @@ pub fn param_grads<M: Module>(
     module.visit(&mut Walk { path: Vec::new(), grads: Some(grads), f: &mut f });
     out
 }
+
+/// `module` with each float parameter named in `values` (flattened, under the names
+/// [`for_each_param`] gives) replaced by that value reshaped to the parameter's shape;
+/// the others are kept. Tensors are taken as given: the caller puts them on the module's
+/// device (an old policy or a snapshot shares the untouched tensors with its source).
+pub fn set_params<M: Module>(module: M, values: &std::collections::BTreeMap<String, Tensor<1>>) -> M {
+    module.map(&mut SetParams { path: Vec::new(), values })
+}
+
+struct SetParams<'a> {
+    path: Vec<String>,
+    values: &'a std::collections::BTreeMap<String, Tensor<1>>,
+}
+
+impl burn::module::ModuleMapper for SetParams<'_> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(segment(name).to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let (id, tensor, mapper) = param.consume();
+        let Some(value) = self.values.get(&self.path.join(".")) else {
+            return Param::from_mapped_value(id, tensor, mapper);
+        };
+        Param::from_mapped_value(id, value.clone().reshape(tensor.dims()), mapper)
+    }
+}

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use burn::tensor::{DType, Device, Tensor};
+use burn::tensor::{DType, Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::models::folder::save_component;
@@ -56,10 +56,12 @@ fn step_of(path: &Path) -> Option<usize> {
     path.file_name()?.to_str()?.strip_prefix(PREFIX)?.parse().ok()
 }
 
-pub fn save(
+#[allow(clippy::too_many_arguments)]
+pub fn save<M: burn::module::Module>(
     output_dir: &Path,
     state: &CheckpointState,
-    unet: &impl burn::module::Module,
+    unet: &M,
+    extras: &[(&str, &M)],
     unet_config: &serde_json::Value,
     optimizer: &Optimizer,
     keep: usize,
@@ -80,6 +82,9 @@ pub fn save(
         write_safetensors(&tmp.join(ADAPTERS), adapters)?;
     } else {
         save_component(unet, unet_config, &tmp.join("unet"), DType::F32)?;
+    }
+    for (name, module) in extras {
+        write_safetensors(&tmp.join(format!("{name}.safetensors")), trained_params(*module, lora))?;
     }
     let moments = optimizer
         .moments
@@ -104,6 +109,44 @@ pub fn save(
     std::fs::rename(&tmp, &final_dir).with_context(|| format!("renaming {} into place", tmp.display()))?;
     prune(output_dir, keep)?;
     Ok(final_dir)
+}
+
+/// A module's trained parameters (LoRA: the adapters; else all), to be written as they are.
+fn trained_params(module: &impl burn::module::Module, lora: bool) -> Vec<PendingTensor<'_>> {
+    let mut out = Vec::new();
+    for_each_param(module, |name, t, shape| {
+        if !lora || name.contains(".lora.lora_") {
+            out.push(PendingTensor { name, shape, dtype: DType::F32, data: Box::new(move || t.into_data()) });
+        }
+    });
+    out
+}
+
+/// A checkpoint's extra module `name` (an online run's old policy or refreshed reference):
+/// `like` (the policy, plain) with the saved trained parameters in place.
+pub fn load_extra<M: burn::module::Module>(dir: &Path, name: &str, like: M, device: &Device) -> Result<M> {
+    let path = dir.join(format!("{name}.safetensors"));
+    let files = SafeTensorFiles::open_file(&path)?;
+    let mut values = std::collections::BTreeMap::new();
+    let shapes: std::collections::BTreeMap<String, Vec<usize>> =
+        crate::models::named::param_shapes(&like).into_iter().collect();
+    for key in files.names() {
+        let Some(shape) = shapes.get(key) else {
+            bail!("{}: {key} is not a parameter of this model", path.display());
+        };
+        let view = files.get(key).expect("listed");
+        anyhow::ensure!(
+            view.shape == *shape,
+            "{}: {key} has shape {:?}, the model's parameter {shape:?}",
+            path.display(),
+            view.shape
+        );
+        let flat: Vec<f32> =
+            view.to_data()?.convert::<f32>().try_into_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let n = flat.len();
+        values.insert(key.to_string(), Tensor::<1>::from_data(TensorData::new(flat, [n]), (device, DType::F32)));
+    }
+    Ok(crate::models::named::set_params(like, &values))
 }
 
 /// Completed checkpoints, oldest first (a folder counts once its rename has happened).

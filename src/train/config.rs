@@ -18,7 +18,9 @@ use crate::objective::{FlowConfig, Objective, ObjectiveName};
 pub struct TrainConfig {
     /// A diffusers pipeline folder (its `unet/` is trained).
     pub model: PathBuf,
-    /// A pairs file (safetensors; see `train::data`).
+    /// A pairs file (safetensors; see `train::data`), a cache folder or parquet; online
+    /// runs (`[online]`) need none.
+    #[serde(default)]
     pub data: PathBuf,
     /// Where the run writes its config, metrics, checkpoints and final model.
     pub output_dir: PathBuf,
@@ -128,6 +130,10 @@ pub struct TrainConfig {
     /// folder of it (configs, tokenizers, scheduler).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_config: Option<PathBuf>,
+    /// `[online]`: the run samples, scores and trains on its own images (`grpo`, `nft`, or
+    /// online pairs for a pair method); `data` then only feeds validation prompts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub online: Option<super::online_config::OnlineConfig>,
 }
 
 /// A format the finished run is written in.
@@ -339,6 +345,20 @@ impl TrainConfig {
             ensure!((1..=4096).contains(&l.rank), "lora.rank {} must be in 1..=4096", l.rank);
             ensure!(!l.targets.is_empty(), "lora.targets is empty");
         }
+        match &self.online {
+            Some(online) => online.validate(&self.method)?,
+            None => ensure!(
+                !crate::losses::online::OnlineMethod::is_online(&self.method),
+                "method {} samples its own training data: add an [online] section (iterations, group_size, rewards, \
+                 ...; see docs/training.md)",
+                self.method
+            ),
+        }
+        ensure!(
+            self.online.is_some() || !self.data.as_os_str().is_empty(),
+            "data is missing: a pairs file, a `mapo cache` folder or parquet files (only [online] runs need none)"
+        );
+
         Ok(())
     }
 }
@@ -366,6 +386,7 @@ const MATH_KEYS: &[&str] = &[
     "objective",
     "flow",
     "guidance",
+    "online",
 ];
 
 /// The math-changing keys that differ between the config a run started with and `now`,
@@ -404,7 +425,8 @@ pub fn known_keys() -> Result<(Vec<String>, Vec<String>)> {
     // Optional sections are absent from the defaults' serialisation.
     let mut top: Vec<String> = table.keys().cloned().collect();
     top.extend(
-        ["device", "lora", "objective", "flow", "export", "export_dtype", "model_config", "guidance"].map(String::from),
+        ["device", "lora", "objective", "flow", "export", "export_dtype", "model_config", "guidance", "online"]
+            .map(String::from),
     );
     let mut opt: Vec<String> =
         table.get("optimizer").and_then(|o| o.as_table()).map(|t| t.keys().cloned().collect()).unwrap_or_default();

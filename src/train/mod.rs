@@ -7,6 +7,7 @@ pub mod data;
 pub mod drift;
 pub mod grad_clip;
 pub mod lr;
+pub mod online_config;
 pub mod optim;
 pub mod outdir;
 pub mod ranks;

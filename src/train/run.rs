@@ -110,7 +110,7 @@ pub type StepHook<'a, M = UNet2DConditionModel> = dyn FnMut(usize, &M) -> Result
 /// Takes the output folder for this run: locked, cleaned of dead writers' leftovers, and
 /// refused when it holds another run (unless `overwrite`) or, on resume, a run whose
 /// math-changing settings differ from `config`'s.
-pub(super) fn claim_output(config: &TrainConfig, start: &Start) -> Result<OutputLock> {
+pub(crate) fn claim_output(config: &TrainConfig, start: &Start) -> Result<OutputLock> {
     let out = &config.output_dir;
     let lock = outdir::lock(out)?;
     outdir::refuse_symlinks(out)?;
@@ -216,6 +216,6 @@ pub(super) fn validate(
 
 /// A message above the progress bar, or on stderr when the bar is not drawn (no terminal):
 /// indicatif drops `println` of a hidden bar.
-pub(super) fn warn(bar: &ProgressBar, msg: &str) {
+pub(crate) fn warn(bar: &ProgressBar, msg: &str) {
     if bar.is_hidden() { eprintln!("{msg}") } else { bar.println(msg) }
 }

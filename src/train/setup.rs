@@ -23,6 +23,8 @@ use crate::objective::Objective;
 /// Where the run starts: 0 for a fresh run, else the checkpoint's step and data cursor.
 pub struct StartState {
     pub step: usize,
+    /// The checkpoint resumed from (None for a fresh run).
+    pub dir: Option<PathBuf>,
     pub bad_in_a_row: usize,
     pub cursor: usize,
 }
@@ -47,7 +49,6 @@ pub struct Loaded<M> {
 /// Loads what [`Loaded`] holds for `config`, resuming from `how.resume` when given.
 pub fn load<M: TrainDenoiser>(config: &TrainConfig, how: &Start) -> Result<Loaded<M>> {
     crate::models::folder::set_single_file_configs(config.model_config.as_deref());
-    let family = crate::family::Family::detect(&config.model)?;
     let objective = config.objective()?;
     for (k, v) in objective.name().method_defaults(&config.method) {
         if !config.method_params.contains_key(*k) {
@@ -60,6 +61,44 @@ pub fn load<M: TrainDenoiser>(config: &TrainConfig, how: &Start) -> Result<Loade
     }
     let params = method_params(&config.method, objective.name(), Params::from_map(config.method_params.clone()));
     let method = build(&config.method, params)?;
+    // Reference-free methods never build the reference. With LoRA the base weights are
+    // frozen, so the reference is the policy with its adapters zeroed (no second copy).
+    let with_reference = method.uses_reference() && config.lora.is_none();
+    let m = load_models::<M>(config, how, with_reference)?;
+    check_method(config, &method, m.ranks.len())?;
+    Ok(Loaded {
+        method,
+        base_dtype: m.base_dtype,
+        objective: m.objective,
+        ranks: m.ranks,
+        reduction: m.reduction,
+        compute: m.compute,
+        unet_config: m.unet_config,
+        unet_dir: m.unet_dir,
+        vae_dir: m.vae_dir,
+        start: m.start,
+    })
+}
+
+/// [`Loaded`] without the method: what an online run (`online`) starts from too.
+pub struct Models<M> {
+    pub base_dtype: DType,
+    pub objective: Objective,
+    pub ranks: Vec<Rank<M>>,
+    pub reduction: Reduction,
+    pub compute: DType,
+    pub unet_config: serde_json::Value,
+    pub unet_dir: PathBuf,
+    pub vae_dir: Option<PathBuf>,
+    pub start: StartState,
+}
+
+/// The devices, the policy on each rank (fresh or resumed) and, when `with_reference`, the
+/// frozen reference loaded from the model folder.
+pub fn load_models<M: TrainDenoiser>(config: &TrainConfig, how: &Start, with_reference: bool) -> Result<Models<M>> {
+    crate::models::folder::set_single_file_configs(config.model_config.as_deref());
+    let family = crate::family::Family::detect(&config.model)?;
+    let objective = config.objective()?;
     let selected = select_devices(config.device.as_deref(), &config.devices)?;
     let backends: Vec<_> = selected.iter().map(|s| s.backend).collect();
     let reduction = reduction_for(&backends);
@@ -74,14 +113,7 @@ pub fn load<M: TrainDenoiser>(config: &TrainConfig, how: &Start) -> Result<Loade
     let base_dtype = if config.lora.is_some() { compute } else { DType::F32 };
     let place = Placement { unet_dir: &unet_dir, plain: &plain, device: &device, dtype: base_dtype };
     let (unet, start) = policy(config, how, &place, &mut optimizer, selected.len())?;
-    check_method(config, &method, selected.len())?;
-    // Reference-free methods never build the reference. With LoRA the base weights are
-    // frozen, so the reference is the policy with its adapters zeroed (no second copy).
-    let reference = if method.uses_reference() && config.lora.is_none() {
-        Some(M::load_dir(&unet_dir, &plain, DType::F32, None, None)?)
-    } else {
-        None
-    };
+    let reference = if with_reference { Some(M::load_dir(&unet_dir, &plain, DType::F32, None, None)?) } else { None };
     let mut ranks = vec![Rank { backend: backends[0], plain, device, unet, reference, optimizer }];
     for s in &selected[1..] {
         let first = &ranks[0];
@@ -96,7 +128,7 @@ pub fn load<M: TrainDenoiser>(config: &TrainConfig, how: &Start) -> Result<Loade
         });
     }
     let vae_dir = component_dir(&config.model, "vae").ok();
-    Ok(Loaded { method, base_dtype, objective, ranks, reduction, compute, unet_config, unet_dir, vae_dir, start })
+    Ok(Models { base_dtype, objective, ranks, reduction, compute, unet_config, unet_dir, vae_dir, start })
 }
 
 /// `params` with the objective's defaults for `method` where the caller set none
@@ -135,7 +167,7 @@ fn policy<M: TrainDenoiser>(
         plain.seed(config.seed);
         device.seed(config.seed);
         let unet = M::load_dir(unet_dir, device, dtype, config.lora.clone(), None)?;
-        return Ok((unet, StartState { step: 0, bad_in_a_row: 0, cursor: 0 }));
+        return Ok((unet, StartState { step: 0, dir: None, bad_in_a_row: 0, cursor: 0 }));
     };
     let dir = checkpoint::resolve(&config.output_dir, which)?;
     let (state, unet_ckpt) = checkpoint::load(&dir, optimizer, plain)?;
@@ -166,7 +198,7 @@ fn policy<M: TrainDenoiser>(
         }
         None => M::load_dir(&unet_ckpt, device, DType::F32, None, None)?,
     };
-    Ok((unet, StartState { step: state.step, bad_in_a_row: state.bad_in_a_row, cursor }))
+    Ok((unet, StartState { step: state.step, dir: Some(dir), bad_in_a_row: state.bad_in_a_row, cursor }))
 }
 
 /// Settings the method cannot train with.

@@ -346,6 +346,7 @@ impl<'a, M: TrainDenoiser> Trainer<'a, M> {
                 &config.output_dir,
                 &state,
                 unet,
+                &[],
                 &self.unet_config,
                 optimizer,
                 config.keep_checkpoints,
@@ -355,57 +356,64 @@ impl<'a, M: TrainDenoiser> Trainer<'a, M> {
         Ok(())
     }
 
-    /// The final model: LoRA adapters in diffusers' format (and, for SDXL's UNet and FLUX's
-    /// transformer, kohya's, as ComfyUI and A1111 load them) and the denoiser with them merged in; or the fine-tuned
-    /// denoiser, in a folder named as in the pipeline (`unet/`, `transformer/`).
+    /// The final model, in the formats users load ([`save_final`]).
     pub fn finish(self) -> Result<()> {
         self.bar.finish();
-        let (out, unet) = (&self.config.output_dir, &self.ranks[0].unet);
-        let folder = out.join(M::COMPONENT);
-        match &self.config.lora {
-            Some(lora) => {
-                let peft = LoraFile::from_module(unet, lora.scale()).for_component(M::COMPONENT);
-                match unet.as_unet() {
-                    Some(_) => {
-                        let layout = BlockLayout::of(&serde_json::from_value(self.unet_config.clone())?)?;
-                        peft.write(&out.join(LORA_FILE_PEFT), LoraFormat::Peft, &layout)?;
-                        peft.write(&out.join(LORA_FILE_KOHYA), LoraFormat::Kohya, &layout)?;
-                    }
-                    None => {
-                        let none = BlockLayout::uniform(0, 0);
-                        peft.write(&out.join(LORA_FILE_PEFT), LoraFormat::Peft, &none)?;
-                        // FLUX's kohya layout is BFL's layer names; SD3 has none in use.
-                        if M::KOHYA_LAYOUT {
-                            peft.write(&out.join(LORA_FILE_KOHYA), LoraFormat::Kohya, &none)?;
-                        }
-                    }
+        save_final(self.config, &self.ranks[0].unet, &self.unet_config, self.base_dtype, &self.unet_dir)
+    }
+}
+
+/// The final model: LoRA adapters in diffusers' format (and, for SDXL's UNet and FLUX's
+/// transformer, kohya's, as ComfyUI and A1111 load them) and the denoiser with them merged in; or the fine-tuned
+/// denoiser, in a folder named as in the pipeline (`unet/`, `transformer/`).
+pub fn save_final<M: TrainDenoiser>(
+    config: &TrainConfig,
+    unet: &M,
+    unet_config: &serde_json::Value,
+    base_dtype: DType,
+    unet_dir: &std::path::Path,
+) -> Result<()> {
+    let out = &config.output_dir;
+    let folder = out.join(M::COMPONENT);
+    match &config.lora {
+        Some(lora) => {
+            let peft = LoraFile::from_module(unet, lora.scale()).for_component(M::COMPONENT);
+            match unet.as_unet() {
+                Some(_) => {
+                    let layout = BlockLayout::of(&serde_json::from_value(unet_config.clone())?)?;
+                    peft.write(&out.join(LORA_FILE_PEFT), LoraFormat::Peft, &layout)?;
+                    peft.write(&out.join(LORA_FILE_KOHYA), LoraFormat::Kohya, &layout)?;
                 }
-                if self.base_dtype == DType::F32 {
-                    save_merged(unet, &self.unet_config, &folder, lora.scale())?;
-                } else {
-                    // The base was held in the compute dtype: merge into the folder's own weights.
-                    let base = crate::models::io::SafeTensorFiles::open_component(
-                        &self.unet_dir,
-                        &["diffusion_pytorch_model"],
-                    )?;
-                    save_merged_from(unet, &base, &self.unet_config, &folder, lora.scale())?;
+                None => {
+                    let none = BlockLayout::uniform(0, 0);
+                    peft.write(&out.join(LORA_FILE_PEFT), LoraFormat::Peft, &none)?;
+                    // FLUX's kohya layout is BFL's layer names; SD3 has none in use.
+                    if M::KOHYA_LAYOUT {
+                        peft.write(&out.join(LORA_FILE_KOHYA), LoraFormat::Kohya, &none)?;
+                    }
                 }
             }
-            None => save_component(unet, &self.unet_config, &folder, DType::F32)?,
+            if base_dtype == DType::F32 {
+                save_merged(unet, &unet_config, &folder, lora.scale())?;
+            } else {
+                // The base was held in the compute dtype: merge into the folder's own weights.
+                let base = crate::models::io::SafeTensorFiles::open_component(unet_dir, &["diffusion_pytorch_model"])?;
+                save_merged_from(unet, &base, &unet_config, &folder, lora.scale())?;
+            }
         }
-        if self.config.export.contains(&super::config::ExportFormat::SingleFile) {
-            // SDXL and SD3: the base model's other components beside the trained denoiser, in
-            // one file; FLUX: the trained transformer alone, in BFL's layout (as
-            // flux1-dev.safetensors).
-            let dtype =
-                self.config.export_dtype.as_deref().unwrap_or("f16").parse::<crate::device::Precision>()?.dtype();
-            let file = out.join("model.safetensors");
-            let model = crate::models::folder::model_folder(&self.config.model)?;
-            crate::models::single_file::convert::to_single_file_with(&model, Some(&folder), &file, dtype)?;
-            eprintln!("wrote {} (single file, {dtype:?})", file.display());
-        }
-        Ok(())
+        None => save_component(unet, &unet_config, &folder, DType::F32)?,
     }
+    if config.export.contains(&super::config::ExportFormat::SingleFile) {
+        // SDXL and SD3: the base model's other components beside the trained denoiser, in
+        // one file; FLUX: the trained transformer alone, in BFL's layout (as
+        // flux1-dev.safetensors).
+        let dtype = config.export_dtype.as_deref().unwrap_or("f16").parse::<crate::device::Precision>()?.dtype();
+        let file = out.join("model.safetensors");
+        let model = crate::models::folder::model_folder(&config.model)?;
+        crate::models::single_file::convert::to_single_file_with(&model, Some(&folder), &file, dtype)?;
+        eprintln!("wrote {} (single file, {dtype:?})", file.display());
+    }
+    Ok(())
 }
 
 /// The frozen reference's errors for the `count` pairs from `cursor` on; the reference model

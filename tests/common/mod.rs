@@ -164,8 +164,16 @@ pub fn rewrite_tensor(
 /// A run's metrics.jsonl lines without the fields that differ between any two runs of the
 /// same math (timings and memory).
 pub fn metric_lines(run: &std::path::Path) -> Vec<serde_json::Value> {
-    const TIMING: [&str; 5] =
-        ["step_time_s", "samples_per_s", "memory_reserved_bytes", "peak_memory_reserved_bytes", "peak_rss_bytes"];
+    const TIMING: [&str; 8] = [
+        "step_time_s",
+        "samples_per_s",
+        "memory_reserved_bytes",
+        "peak_memory_reserved_bytes",
+        "peak_rss_bytes",
+        "sample_s",
+        "train_s",
+        "wall_s",
+    ];
     std::fs::read_to_string(run.join("metrics.jsonl"))
         .unwrap_or_else(|e| panic!("{}: {e}", run.join("metrics.jsonl").display()))
         .lines()

@@ -10,10 +10,14 @@ use burn::tensor::Tensor;
 /// DiffusionNFT's defaults: β 1.0, ref_beta 1e-4.
 pub const BETA: f64 = 1.0;
 pub const REF_BETA: f64 = 1e-4;
+/// The old policy's decay schedule, d = min(0.001·iteration, 0.5) (DiffusionNFT's type 1).
+pub const DECAY_RATE: f64 = 0.001;
+pub const MAX_DECAY: f64 = 0.5;
 
-/// The reward weight r = clamp(A/10 + 0.5, 0, 1) of an advantage A.
-pub fn reward_weight(advantage: f64) -> f64 {
-    (advantage / 10.0 + 0.5).clamp(0.0, 1.0)
+/// The reward weight r = clamp(A/adv_clip_max/2 + 0.5, 0, 1) of an advantage A (A/10 + 0.5
+/// at the default ±5).
+pub fn reward_weight(advantage: f64, adv_clip_max: f64) -> f64 {
+    (advantage / adv_clip_max / 2.0 + 0.5).clamp(0.0, 1.0)
 }
 
 /// Inputs [B,C,h,w]: the policy's, old policy's and reference's velocities at `noisy`

@@ -1,0 +1,88 @@
+//! Flow-GRPO's pass (docs/design.md §4c, flow_grpo's `train_sd3.py`): for each batch of
+//! samples with a non-zero advantage, the policy re-scores the trajectory's transitions at
+//! the first ⌊f·N⌋ sampling steps (with the sampling's guidance), each step's clipped-ratio
+//! loss plus the KL of its step mean to the reference's, summed over the steps (each 1/⌊f·N⌋)
+//! into one update.
+
+use burn::tensor::{Tensor, TensorData};
+
+use super::learner::{Accumulator, Cast, Learner, PassContext, PassLog, batches};
+use super::rollouts::{Rollouts, lift_prompts, rows, select_prompts};
+use crate::family::TrainDenoiser;
+use crate::losses::online::grpo::grpo_loss;
+use crate::sample::sde::sde_step;
+use crate::sample::validate::Guided;
+
+/// `samples`: the rows to train on, `advantages` theirs (A ≠ 0: a zero advantage contributes
+/// only to the KL term, and flow_grpo filters those samples out).
+#[allow(clippy::too_many_arguments)]
+pub fn pass<M: TrainDenoiser>(
+    learner: &mut Learner<M>,
+    reference: Option<&M>,
+    ro: &Rollouts,
+    samples: &[usize],
+    advantages: &[f64],
+    clip_range: f64,
+    kl_beta: f64,
+    cx: &PassContext,
+) -> PassLog {
+    let config = cx.config;
+    let steps = config.train_steps().min(ro.trajectory.sigmas.len() - 1);
+    let a = config.noise_level;
+    let mut log = PassLog::default();
+    let advantage_of: std::collections::HashMap<usize, f64> =
+        samples.iter().copied().zip(advantages.iter().copied()).collect();
+    let trained: Vec<usize> = samples.iter().copied().filter(|r| advantage_of[r] != 0.0).collect();
+    for epoch in 0..config.inner_epochs {
+        for batch in batches(&trained, cx.batch_size, cx.seed, cx.it, epoch) {
+            let b = batch.len();
+            let plain = select_prompts(&ro.prompts, &batch);
+            let lifted = lift_prompts(&plain);
+            let (guided, guided_ref) = (Guided::new(&lifted, config.guidance), Guided::new(&plain, config.guidance));
+            let device = lifted.context.device();
+            let adv: Vec<f32> = batch.iter().map(|r| advantage_of[r] as f32).collect();
+            let adv = Tensor::<1>::from_data(TensorData::new(adv, [b]), &device);
+            let mut acc = Accumulator::default();
+            for j in 0..steps {
+                let (sigma, next) = (ro.trajectory.sigmas[j], ro.trajectory.sigmas[j + 1]);
+                let x = rows(&ro.trajectory.states[j], &batch);
+                let prev = rows(&ro.trajectory.states[j + 1], &batch);
+                let old = Tensor::from_inner(rows(&ro.trajectory.log_probs[j], &batch));
+                let policy = Cast { model: &learner.policy, dtype: cx.compute };
+                let v = guided.predict(&policy, Tensor::from_inner(x.clone()), sigma * 1000.0);
+                let (sig, nxt) = (vec![sigma; b], vec![next; b]);
+                let step = sde_step(
+                    Tensor::from_inner(x.clone()),
+                    v,
+                    None,
+                    &sig,
+                    &nxt,
+                    a,
+                    Some(Tensor::from_inner(prev.clone())),
+                );
+                let means = reference.filter(|_| kl_beta > 0.0).map(|r| {
+                    let v_ref = guided_ref.predict(&Cast { model: r, dtype: cx.compute }, x.clone(), sigma * 1000.0);
+                    let ref_step = sde_step(x, v_ref, None, &sig, &nxt, a, Some(prev));
+                    (step.mean.clone(), Tensor::from_inner(ref_step.mean), step.s.clone())
+                });
+                let ratio = (step.log_prob.clone() - old.clone()).exp().mean();
+                let out = grpo_loss(step.log_prob, old, adv.clone(), clip_range, kl_beta, means);
+                let share = 1.0 / steps as f64;
+                learner.backward(
+                    out.loss.mul_scalar(share),
+                    vec![
+                        ("policy_loss", out.policy_loss),
+                        ("kl", out.kl),
+                        ("clip_fraction", out.clip_fraction),
+                        ("ratio", ratio),
+                    ],
+                    &mut acc,
+                );
+            }
+            let (loss, metrics) = (acc.loss, acc.metrics.clone());
+            let update = learner.update(acc, &cx.lr);
+            log.record(loss, &metrics, update);
+        }
+    }
+    log
+}

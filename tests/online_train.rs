@@ -1,0 +1,142 @@
+//! Online training end to end on the built-in model (a briefly pretrained flow reference,
+//! 16×16 images, its grammar's prompts, the stripe reward): GRPO, DiffusionNFT and online
+//! pairs runs killed with SIGKILL after their first checkpoint resume to exactly the
+//! uninterrupted runs' metrics and weights (the old policy and the refreshed reference are
+//! in the checkpoints, every draw is keyed by seed and iteration); and the `[online]`
+//! settings that cannot work are refused when the config is read, naming the option.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::*;
+use mapo::experiment::toy::pretrain::{PretrainConfig, reference};
+use mapo::objective::{FlowConfig, ObjectiveName};
+
+fn mapo(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mapo")).args(args).env("MAPO_QUIET_DEVICE", "1").output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The toy reference, pretrained for a few steps with the flow objective (shared by the
+/// tests of this file through the cache folder).
+fn toy_model() -> PathBuf {
+    static ONCE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = ONCE.lock().unwrap_or_else(|e| e.into_inner());
+    let cache = std::env::temp_dir().join("mapo-online-toy-cache");
+    let p = PretrainConfig {
+        steps: 6,
+        objective: ObjectiveName::Flow,
+        flow: Some(FlowConfig { shift: 1.0, ..Default::default() }),
+        ..Default::default()
+    };
+    reference(&cache, &p, Some("flex")).unwrap().0
+}
+
+/// A run folder `<dir>/run` and its config: `method` online on the toy model, 4 iterations
+/// of 2 prompts × 4 samples, 4 sampling steps, a checkpoint after every iteration.
+fn setup(name: &str, method: &str, extra: &str) -> (PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("mapo-online-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("run.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "model = {:?}\noutput_dir = {:?}\nmethod = \"{method}\"\nsteps = 1\nbatch_size = 4\nobjective = \"flow\"\n\
+             checkpoint_every = 1\nkeep_checkpoints = 5\ndevice = \"flex\"\nseed = 3\n{extra}\n\
+             [flow]\nshift = 1.0\n[optimizer]\nlr = 1e-3\n\
+             [online]\niterations = 4\nprompts_per_iteration = 2\ngroup_size = 4\nsampling_steps = 4\nguidance = 2.0\n\
+             ref_update_steps = 1\n[online.rewards]\nstripes = 1.0\nfidelity = 0.5\n",
+            toy_model(),
+            dir.join("run")
+        ),
+    )
+    .unwrap();
+    (dir, config)
+}
+
+fn train(config: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["train", "--config", config.to_str().unwrap()];
+    args.extend(extra);
+    mapo(&args)
+}
+
+/// Runs `method` uninterrupted into `<dir>/full`, then again killed once its first
+/// checkpoint exists and resumed; both must agree exactly.
+fn kill_and_resume(name: &str, method: &str, extra: &str) {
+    let (dir, config) = setup(name, method, extra);
+    let full = train(&config, &["--set", &format!("output_dir={:?}", dir.join("full"))]);
+    assert!(full.status.success(), "{}", stderr(&full));
+    let run = dir.join("run");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mapo"))
+        .args(["train", "--config", config.to_str().unwrap()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while !run.join("checkpoint-1/state.json").exists() {
+        assert!(t0.elapsed().as_secs() < 120, "no checkpoint after 120 s");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(!run.join("checkpoint-4").exists(), "the run finished before it was killed: nothing was resumed");
+    let out = train(&config, &["--resume", "latest"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (got, want) = (metric_lines(&run), metric_lines(&dir.join("full")));
+    assert_eq!(got.len(), 4, "{got:?}");
+    assert_eq!(got, want);
+    // The run trained: rewards were scored and updates applied.
+    assert!(want.iter().all(|l| l["reward"].as_f64().is_some_and(f64::is_finite)), "{want:?}");
+    assert!(want.iter().map(|l| l["updates"].as_u64().unwrap()).sum::<u64>() > 0, "{want:?}");
+    let weights = |d: &Path| std::fs::read(d.join("unet/diffusion_pytorch_model.safetensors")).unwrap();
+    assert!(weights(&run) == weights(&dir.join("full")), "final weights differ");
+    assert!(weights(&run) != std::fs::read(toy_model().join("unet/diffusion_pytorch_model.safetensors")).unwrap());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn grpo_resumes_exactly_after_kill_9() {
+    kill_and_resume("grpo", "grpo", "");
+}
+
+#[test]
+fn nft_resumes_exactly_after_kill_9_with_its_old_policy() {
+    // The old policy follows θ by a decay that is not 0 from the second iteration on.
+    kill_and_resume("nft", "nft", "[method_params]\ndecay_rate = 0.2");
+}
+
+#[test]
+fn online_pairs_resume_exactly_after_kill_9_with_their_refreshed_reference() {
+    kill_and_resume("pairs", "mapo", "");
+}
+
+#[test]
+fn impossible_online_settings_are_refused_when_read() {
+    let (dir, config) = setup("refuse", "grpo", "");
+    let cases: [(&[&str], &str); 5] = [
+        (&["--set", "online.group_size=1"], "[online] group_size 1: a group needs at least 2 samples"),
+        (&["--set", "online.noise_level=0.0"], "[online] noise_level = 0"),
+        (&["--set", "online.rewards={}"], "[online] rewards is empty"),
+        (&["--set", "online.rewards={aesthetic = 1.0}"], "[online.rewards] \"aesthetic\""),
+        (&["--set", "method=\"kto\""], "online pairs need a pair method"),
+    ];
+    for (args, want) in cases {
+        let out = train(&config, args);
+        assert!(!out.status.success() && stderr(&out).contains(want), "{args:?}: {}", stderr(&out));
+    }
+    // An online method without [online] says what to add.
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(&config).unwrap().split("[online]").next().unwrap().to_string() + "\n",
+    )
+    .unwrap();
+    let out = train(&config, &[]);
+    assert!(stderr(&out).contains("add an [online] section"), "{}", stderr(&out));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
