@@ -22,7 +22,7 @@ const ALLOWED: &[(&str, &str)] = &[
     ("eval", "family models sample objective data toy util device"),
     ("online", "train eval family models losses sample objective data toy util device"),
     ("experiment", "online train eval family models losses sample objective data toy util device"),
-    ("bench", "train eval family models losses sample objective data util device"),
+    ("bench", "online train eval family models losses sample objective data util device"),
     ("cli", "experiment bench online train eval family models losses sample objective data toy util device"),
 ];
 

@@ -3,6 +3,7 @@
 
 pub mod data;
 pub mod max_batch;
+pub mod online;
 pub mod score;
 
 use std::time::Instant;

@@ -197,6 +197,8 @@ pub enum DevCommand {
 pub enum BenchCommand {
     /// Preference training steps of a random-init UNet on a fixed batch.
     TrainStep(crate::bench::TrainBench),
+    /// One online iteration (GRPO or NFT: sampling, then training) of a random-init SD3 transformer.
+    Online(crate::bench::online::OnlineBench),
     /// The largest batch whose training step fits (a child process per trial).
     MaxBatch(crate::bench::max_batch::MaxBatchBench),
     /// A reward model's towers at the real size (random weights): scoring time, memory.
@@ -292,6 +294,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Generate(args) => generate::run(&args),
         Command::Bench(BenchCommand::TrainStep(b)) => {
             println!("{}", crate::bench::train_step(&b)?);
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Online(b)) => {
+            println!("{}", crate::bench::online::run(&b)?);
             Ok(())
         }
         Command::Bench(BenchCommand::MaxBatch(b)) => {

@@ -1,4 +1,6 @@
-//! `curves.png`: training loss and the scorer's metrics against steps, one line per run.
+//! `curves.png`: training loss and the scorer's metrics against steps, one line per run; for
+//! online runs the training reward too, and the first metric against training seconds (runs
+//! whose steps cost differently compare on the clock).
 
 use std::path::Path;
 
@@ -25,7 +27,15 @@ fn smooth(points: &[(f64, f64)], alpha: f64) -> Vec<(f64, f64)> {
         .collect()
 }
 
-fn panel(area: &DrawingArea<BitMapBackend, plotters::coord::Shift>, title: &str, series: &[Series]) -> Result<()> {
+/// One panel's title, x axis and lines.
+struct Panel {
+    title: String,
+    x: &'static str,
+    series: Vec<Series>,
+}
+
+fn panel(area: &DrawingArea<BitMapBackend, plotters::coord::Shift>, p: &Panel) -> Result<()> {
+    let (title, series) = (p.title.as_str(), &p.series);
     let pts = series.iter().flat_map(|s| s.2.iter());
     let (mut x1, mut y0, mut y1) = (1.0f64, f64::INFINITY, f64::NEG_INFINITY);
     for &(x, y) in pts {
@@ -46,11 +56,11 @@ fn panel(area: &DrawingArea<BitMapBackend, plotters::coord::Shift>, title: &str,
         .y_label_area_size(56)
         .build_cartesian_2d(0f64..x1, (y0 - pad)..(y1 + pad))
         .map_err(err)?;
-    // Steps are whole numbers.
+    // Steps and seconds as whole numbers.
     let step_label = |x: &f64| format!("{}", x.round() as i64);
     chart
         .configure_mesh()
-        .x_desc("step")
+        .x_desc(p.x)
         .x_labels(6)
         .x_label_formatter(&step_label)
         .label_style(("sans-serif", 12))
@@ -118,14 +128,42 @@ pub fn curves(path: &Path, runs: &[RunData]) -> Result<bool> {
             })
             .collect()
     };
-    let mut panels: Vec<(String, Vec<Series>)> = vec![("training loss (EMA 0.1)".into(), loss)];
+    let mut panels = vec![Panel { title: "training loss (EMA 0.1)".into(), x: "step", series: loss }];
+    // Online runs: the reward of their own samples, per iteration.
+    let reward: Vec<Series> = trained
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (label(r), colour(i), r.metrics.iter().filter_map(|m| Some((m["step"].as_f64()?, m["reward"].as_f64()?))).collect::<Vec<_>>()))
+        .filter(|s| !s.2.is_empty())
+        .collect();
+    if !reward.is_empty() {
+        panels.push(Panel { title: "online: reward of the iteration's samples".into(), x: "iteration", series: reward });
+    }
     // One panel per metric with a direction (the held pairs' rejected error goes with the
     // chosen one in the table only), at most four.
     let names = metrics::present(trained.iter().flat_map(|r| r.evals.iter()));
-    for key in names.iter().filter(|k| metrics::info(k).better != metrics::Better::Neither).take(4) {
+    let directed: Vec<&String> = names.iter().filter(|k| metrics::info(k).better != metrics::Better::Neither).collect();
+    for key in directed.iter().take(4) {
         let info = metrics::info(key);
-        let title = if info.panel.is_empty() { key.clone() } else { info.panel.to_string() };
-        panels.push((title, eval(key)));
+        let title = if info.panel.is_empty() { key.to_string() } else { info.panel.to_string() };
+        panels.push(Panel { title, x: "step", series: eval(key) });
+    }
+    // The first metric against the training time of each evaluated step, when an online run
+    // is among the runs.
+    if let (Some(key), true) = (directed.first(), panels.iter().any(|p| p.x == "iteration")) {
+        let clock: Vec<Series> = trained
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| !r.evals.is_empty())
+            .map(|(i, r)| {
+                let at = training_seconds(&r.metrics);
+                let pts = r.evals.iter().filter_map(|e| Some((at(e.step)?, e.get(key)?))).collect();
+                (label(r), colour(i), pts)
+            })
+            .collect();
+        let info = metrics::info(key);
+        let name = if info.panel.is_empty() { key.to_string() } else { info.panel.to_string() };
+        panels.push(Panel { title: format!("{name} against training time"), x: "training s", series: clock });
     }
     let entries: Vec<(String, RGBColor)> = trained.iter().enumerate().map(|(i, r)| (label(r), colour(i))).collect();
     let per_row = (panels.len() * 2).max(2);
@@ -136,8 +174,8 @@ pub fn curves(path: &Path, runs: &[RunData]) -> Result<bool> {
         let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| anyhow!("{e:?}"))?;
         let (plots, below) = root.split_vertically(420);
-        for (area, (title, series)) in plots.split_evenly((1, panels.len())).iter().zip(&panels) {
-            panel(area, title, series)?;
+        for (area, p) in plots.split_evenly((1, panels.len())).iter().zip(&panels) {
+            panel(area, p)?;
         }
         legend(&below, &entries, per_row)?;
         root.present().map_err(|e| anyhow!("{e:?}"))?;
@@ -145,4 +183,17 @@ pub fn curves(path: &Path, runs: &[RunData]) -> Result<bool> {
     let img = image::RgbImage::from_raw(w, h, buf).expect("buffer size");
     crate::util::save_image(path, &img)?;
     Ok(true)
+}
+
+/// Seconds of training up to the end of each step (0 before the first): the logged step
+/// times summed (an online iteration's sampling, scoring and training; no evaluation).
+fn training_seconds(metrics: &[serde_json::Value]) -> impl Fn(usize) -> Option<f64> {
+    let mut at = vec![(0usize, 0.0f64)];
+    let mut sum = 0.0;
+    for m in metrics {
+        let (Some(step), Some(dt)) = (m["step"].as_u64(), m["step_time_s"].as_f64()) else { continue };
+        sum += dt;
+        at.push((step as usize, sum));
+    }
+    move |step| at.iter().rev().find(|(s, _)| *s <= step).map(|(_, t)| *t)
 }

@@ -7,7 +7,7 @@
 use burn::tensor::{Tensor, TensorData};
 
 use super::learner::{Accumulator, Cast, Learner, PassContext, PassLog, batches};
-use super::rollouts::{Rollouts, lift_prompts, rows, select_prompts};
+use super::rollouts::{Rollouts, rows, select_prompts};
 use crate::family::TrainDenoiser;
 use crate::losses::online::grpo::grpo_loss;
 use crate::sample::sde::sde_step;
@@ -37,9 +37,8 @@ pub fn pass<M: TrainDenoiser>(
         for batch in batches(&trained, cx.batch_size, cx.seed, cx.it, epoch) {
             let b = batch.len();
             let plain = select_prompts(&ro.prompts, &batch);
-            let lifted = lift_prompts(&plain);
-            let (guided, guided_ref) = (Guided::new(&lifted, config.guidance), Guided::new(&plain, config.guidance));
-            let device = lifted.context.device();
+            let guided = Guided::new(&plain, config.guidance);
+            let device = learner.device.clone();
             let adv: Vec<f32> = batch.iter().map(|r| advantage_of[r] as f32).collect();
             let adv = Tensor::<1>::from_data(TensorData::new(adv, [b]), &device);
             let mut acc = Accumulator::default();
@@ -48,20 +47,14 @@ pub fn pass<M: TrainDenoiser>(
                 let x = rows(&ro.trajectory.states[j], &batch);
                 let prev = rows(&ro.trajectory.states[j + 1], &batch);
                 let old = Tensor::from_inner(rows(&ro.trajectory.log_probs[j], &batch));
-                let policy = Cast { model: &learner.policy, dtype: cx.compute };
-                let v = guided.predict(&policy, Tensor::from_inner(x.clone()), sigma * 1000.0);
+                let (input, t) = guided.model_inputs(x.clone(), sigma * 1000.0);
+                let pred = learner.predict(input, t, guided.conditioning(), cx.exec);
+                let v = guided.combine(pred.value.clone());
                 let (sig, nxt) = (vec![sigma; b], vec![next; b]);
-                let step = sde_step(
-                    Tensor::from_inner(x.clone()),
-                    v,
-                    None,
-                    &sig,
-                    &nxt,
-                    a,
-                    Some(Tensor::from_inner(prev.clone())),
-                );
+                let lifted = |t: &Tensor<4>| Tensor::from_inner(t.clone());
+                let step = sde_step(lifted(&x), v, None, &sig, &nxt, a, Some(lifted(&prev)));
                 let means = reference.filter(|_| kl_beta > 0.0).map(|r| {
-                    let v_ref = guided_ref.predict(&Cast { model: r, dtype: cx.compute }, x.clone(), sigma * 1000.0);
+                    let v_ref = guided.predict(&Cast { model: r, dtype: cx.exec.dtype }, x.clone(), sigma * 1000.0);
                     let ref_step = sde_step(x, v_ref, None, &sig, &nxt, a, Some(prev));
                     (step.mean.clone(), Tensor::from_inner(ref_step.mean), step.s.clone())
                 });
@@ -70,6 +63,7 @@ pub fn pass<M: TrainDenoiser>(
                 let share = 1.0 / steps as f64;
                 learner.backward(
                     out.loss.mul_scalar(share),
+                    pred,
                     vec![
                         ("policy_loss", out.policy_loss),
                         ("kl", out.kl),

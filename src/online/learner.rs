@@ -7,11 +7,14 @@ use burn::tensor::{DType, Tensor};
 use crate::family::TrainDenoiser;
 use crate::models::named::param_grads;
 use crate::train::optim::{GradMap, Optimizer};
-use crate::train::step::{Update, apply_update};
+use crate::models::denoiser::Conditioning;
+use crate::train::step::{Execution, Update, apply_update};
 
 pub struct Learner<M> {
     /// The policy, on the autodiff device.
     pub policy: M,
+    /// The policy's (autodiff) device.
+    pub device: burn::tensor::Device,
     pub optimizer: Optimizer,
     pub max_grad_norm: f64,
 }
@@ -24,26 +27,72 @@ pub struct Accumulator {
     pub metrics: Tally,
 }
 
+/// The policy's prediction in a pass: through the autodiff graph, or with gradient
+/// checkpointing a leaf whose gradient is afterwards run back through the blocks
+/// (`TrainDenoiser::checkpointed_backward`), as the offline step does.
+pub struct Prediction<M: TrainDenoiser> {
+    /// [R, C, h, w] in f32 on the autodiff device.
+    pub value: Tensor<4>,
+    replay: Option<Replay<M>>,
+}
+
+struct Replay<M: TrainDenoiser> {
+    tape: M::Tape,
+    noisy: Tensor<4>,
+    t: Tensor<1>,
+    cond: Conditioning,
+    dtype: DType,
+}
+
+/// `cond` (plain) on the autodiff device, text in `dtype`.
+fn lift_conditioning(cond: &Conditioning, dtype: DType) -> Conditioning {
+    Conditioning {
+        context: Tensor::from_inner(cond.context.clone()).cast(dtype),
+        pooled: Tensor::from_inner(cond.pooled.clone()).cast(dtype),
+        time_ids: cond.time_ids.clone().map(Tensor::from_inner),
+        guidance: cond.guidance.clone().map(Tensor::from_inner),
+    }
+}
+
 impl<M: TrainDenoiser> Learner<M> {
-    /// Backward of `loss` (a scalar on the autodiff device) into `acc`; the loss's value is
-    /// read with `extra`'s metric scalars in one device read.
-    pub fn backward(&self, loss: Tensor<1>, extra: Vec<(&'static str, Tensor<1>)>, acc: &mut Accumulator) {
+    /// The policy's prediction for `noisy` [R, C, h, w] at model times `t` [R] with `cond`
+    /// (all on the plain device), activations in `exec.dtype`.
+    pub fn predict(&self, noisy: Tensor<4>, t: Tensor<1>, cond: &Conditioning, exec: Execution) -> Prediction<M> {
+        let dtype = exec.dtype;
+        let cond = lift_conditioning(cond, dtype);
+        let (noisy, t) = (Tensor::from_inner(noisy).cast(dtype), Tensor::from_inner(t));
+        if !exec.checkpointing {
+            let value = self.policy.predict(noisy, t, &cond).cast(DType::F32);
+            return Prediction { value, replay: None };
+        }
+        let (pred, tape) = self.policy.checkpointed_forward(noisy.clone(), t.clone(), &cond);
+        let value = Tensor::from_inner(pred.cast(DType::F32)).require_grad();
+        Prediction { value, replay: Some(Replay { tape, noisy, t, cond, dtype }) }
+    }
+
+    /// Backward of `loss` (a scalar on the autodiff device, computed from `pred`) into `acc`;
+    /// the loss's value is read with `extra`'s metric scalars in one device read.
+    pub fn backward(
+        &self,
+        loss: Tensor<1>,
+        pred: Prediction<M>,
+        extra: Vec<(&'static str, Tensor<1>)>,
+        acc: &mut Accumulator,
+    ) {
         let mut scalars = vec![loss.clone().inner().cast(DType::F32)];
         scalars.extend(extra.iter().map(|(_, t)| t.clone().inner().cast(DType::F32)));
+        let values: Vec<f32> =
+            Tensor::cat(scalars, 0).into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 scalars after the cast");
         let grads = loss.backward();
-        for (name, g, _) in param_grads(&self.policy, &grads) {
-            let Some(g) = g else { continue };
-            let total = match acc.grads.remove(&name) {
-                Some(sum) => sum + g,
-                None => g,
-            };
-            acc.grads.insert(name, total);
-        }
-        let values: Vec<f32> = Tensor::cat(scalars, 0)
-            .into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .expect("f32 scalars after the cast");
+        let named: Vec<(String, Tensor<1>)> = match pred.replay {
+            Some(r) => {
+                let g = pred.value.grad(&grads).expect("the prediction is a tracked leaf").cast(r.dtype);
+                drop(grads);
+                self.policy.checkpointed_backward(r.tape, g, r.noisy, r.t, &r.cond).into_iter().collect()
+            }
+            None => param_grads(&self.policy, &grads).into_iter().filter_map(|(n, g, _)| g.map(|g| (n, g))).collect(),
+        };
+        add_grads(acc, named);
         acc.loss += values[0] as f64;
         for ((k, _), v) in extra.iter().zip(&values[1..]) {
             acc.metrics.add(k, *v as f64);
@@ -57,6 +106,17 @@ impl<M: TrainDenoiser> Learner<M> {
         let (policy, update) = apply_update(policy, &acc.grads, &mut self.optimizer, lr, self.max_grad_norm, acc.loss);
         self.policy = policy;
         update
+    }
+}
+
+/// Adds named gradients to the accumulated sums.
+pub fn add_grads(acc: &mut Accumulator, grads: impl IntoIterator<Item = (String, Tensor<1>)>) {
+    for (name, g) in grads {
+        let total = match acc.grads.remove(&name) {
+            Some(sum) => sum + g,
+            None => g,
+        };
+        acc.grads.insert(name, total);
     }
 }
 
@@ -150,7 +210,8 @@ pub struct PassContext<'a> {
     pub it: usize,
     pub batch_size: usize,
     pub lr: LrPlan,
-    pub compute: DType,
+    /// The activations' dtype and gradient checkpointing.
+    pub exec: Execution,
 }
 
 /// The learning rate of each update: the run's schedule over its optimizer updates

@@ -9,7 +9,7 @@ use burn::tensor::{DType, Tensor, TensorData};
 use rand::seq::SliceRandom;
 
 use super::learner::{Accumulator, Cast, Learner, PassContext, PassLog, batches};
-use super::rollouts::{Rollouts, lift_prompts, rows, select_prompts};
+use super::rollouts::{Rollouts, rows, select_prompts};
 use super::{mix, purpose};
 use crate::family::TrainDenoiser;
 use crate::losses::online::nft::{nft_loss, reward_weight};
@@ -68,8 +68,7 @@ pub fn pass<M: TrainDenoiser>(
         for batch in batches(samples, cx.batch_size, cx.seed, cx.it, epoch) {
             let b = batch.len();
             let plain = conditioning(&select_prompts(&ro.prompts, &batch));
-            let lifted = conditioning(&lift_prompts(&select_prompts(&ro.prompts, &batch)));
-            let device = lifted.context.device();
+            let device = learner.device.clone();
             let x0 = rows(x0_all, &batch);
             let r: Vec<f32> = batch.iter().map(|i| weight[i] as f32).collect();
             let r = Tensor::<1>::from_data(TensorData::new(r, [b]), &device);
@@ -84,14 +83,14 @@ pub fn pass<M: TrainDenoiser>(
                 let s4 = s.clone().reshape([b, 1, 1, 1]);
                 let noisy = x0.clone() * s4.clone().neg().add_scalar(1.0) + noise * s4;
                 let t = s.clone().mul_scalar(1000.0);
-                let policy = Cast { model: &learner.policy, dtype: cx.compute };
-                let v = policy.predict(Tensor::from_inner(noisy.clone()), Tensor::from_inner(t.clone()), &lifted);
-                let v_old = Cast { model: old, dtype: cx.compute }.predict(noisy.clone(), t.clone(), &plain);
+                let pred = learner.predict(noisy.clone(), t.clone(), &plain, cx.exec);
+                let dtype = cx.exec.dtype;
+                let v_old = Cast { model: old, dtype }.predict(noisy.clone(), t.clone(), &plain);
                 let v_ref = reference.filter(|_| p.ref_beta > 0.0).map(|m| {
-                    Tensor::from_inner(Cast { model: m, dtype: cx.compute }.predict(noisy.clone(), t.clone(), &plain))
+                    Tensor::from_inner(Cast { model: m, dtype }.predict(noisy.clone(), t.clone(), &plain))
                 });
                 let loss = nft_loss(
-                    v,
+                    pred.value.clone(),
                     Tensor::from_inner(v_old),
                     v_ref,
                     Tensor::from_inner(x0.clone()),
@@ -102,7 +101,7 @@ pub fn pass<M: TrainDenoiser>(
                     p.ref_beta,
                 );
                 let share = 1.0 / steps as f64;
-                learner.backward(loss.clone().mul_scalar(share), vec![("nft_loss", loss)], &mut acc);
+                learner.backward(loss.clone().mul_scalar(share), pred, vec![("nft_loss", loss)], &mut acc);
             }
             let (loss, metrics) = (acc.loss, acc.metrics.clone());
             let update = learner.update(acc, &cx.lr);

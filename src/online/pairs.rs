@@ -6,14 +6,14 @@
 
 use burn::tensor::{Tensor, TensorData};
 
-use super::learner::{Accumulator, Learner, PassContext, PassLog, Tally, batches};
+use super::learner::{Accumulator, Learner, PassContext, PassLog, Tally, add_grads, batches};
 use super::purpose;
 use super::rollouts::{Rollouts, rows, select_prompts};
 use crate::family::TrainDenoiser;
 use crate::losses::Method;
 use crate::objective::Objective;
 use crate::sample::noise::standard_normal;
-use crate::train::step::{Execution, PairBatch, Reference, forward_backward};
+use crate::train::step::{PairBatch, Reference, forward_backward};
 
 /// (chosen, rejected) rows of each group whose rewards do not all tie, among `kept` rows.
 pub fn best_and_worst(group: &[i64], reward: &[f64], kept: &[usize]) -> Vec<(usize, usize)> {
@@ -42,7 +42,6 @@ pub fn pass<M: TrainDenoiser>(
     ro: &Rollouts,
     pairs: &[(usize, usize)],
     cx: &PassContext,
-    exec: Execution,
 ) -> PassLog {
     let draws = cx.config.train_steps();
     let x0 = ro.trajectory.sample();
@@ -84,16 +83,9 @@ pub fn pass<M: TrainDenoiser>(
                     Some(r) if method.uses_reference() => Reference::Model(r),
                     _ => Reference::None,
                 };
-                let micro = forward_backward(&learner.policy, reference, method, &batch, objective, exec);
+                let micro = forward_backward(&learner.policy, reference, method, &batch, objective, cx.exec);
                 let share = 1.0 / draws as f64;
-                for (name, g) in micro.grads {
-                    let g = g.mul_scalar(share);
-                    let total = match acc.grads.remove(&name) {
-                        Some(sum) => sum + g,
-                        None => g,
-                    };
-                    acc.grads.insert(name, total);
-                }
+                add_grads(&mut acc, micro.grads.into_iter().map(|(name, g)| (name, g.mul_scalar(share))));
                 acc.loss += micro.loss * share;
                 let mut tally = Tally::default();
                 micro.metrics.iter().for_each(|(k, v)| tally.add(k, *v));
@@ -105,4 +97,19 @@ pub fn pass<M: TrainDenoiser>(
         }
     }
     log
+}
+
+#[cfg(test)]
+mod tests {
+    use super::best_and_worst;
+
+    /// Per group: the highest reward is chosen, the lowest rejected; a group whose rewards
+    /// all tie, or with fewer than two scored samples, gives no pair; dropped rows never pair.
+    #[test]
+    fn best_and_worst_of_each_group() {
+        let group = [0, 0, 0, 1, 1, 2, 2, 3, 3];
+        let reward = [0.5, 2.0, -1.0, 1.0, 1.0, 3.0, f64::NAN, 0.0, 4.0];
+        let kept = [0, 1, 2, 3, 4, 5, 7, 8];
+        assert_eq!(best_and_worst(&group, &reward, &kept), vec![(1, 2), (8, 7)]);
+    }
 }

@@ -155,3 +155,73 @@ pub fn score(task: &dyn Task, config: &OnlineConfig, r: &Rollouts) -> Result<Rew
     let dropped = total.iter().filter(|v| v.is_nan()).count();
     Ok(Rewards { total, each: names.into_iter().zip(scores).collect(), dropped })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::losses::online::advantages::advantages;
+
+    /// A task whose second reward cannot score one image (NaN).
+    struct Fake;
+
+    impl Task for Fake {
+        fn captions(&self) -> &[String] {
+            &[]
+        }
+        fn encode(&self, _: &[String], _: &Device) -> Result<Prompts> {
+            unreachable!()
+        }
+        fn latent_shape(&self) -> [usize; 3] {
+            [1, 1, 1]
+        }
+        fn reward_names(&self) -> Vec<&'static str> {
+            vec!["a", "b"]
+        }
+        fn score(&self, names: &[String], _: Tensor<4>, _: &[String]) -> Result<Vec<Vec<f64>>> {
+            Ok(names
+                .iter()
+                .map(|n| match n.as_str() {
+                    "a" => vec![1.0, 2.0, 3.0, 4.0],
+                    _ => vec![0.5, f64::NAN, 0.5, 1.5],
+                })
+                .collect())
+        }
+    }
+
+    fn rollouts() -> Rollouts {
+        let device = Device::default();
+        let x = Tensor::<4>::zeros([4, 1, 1, 1], &device);
+        Rollouts {
+            captions: vec!["p".into(); 4],
+            group: vec![0, 0, 1, 1],
+            prompts: Prompts {
+                context: Tensor::zeros([4, 1, 1], &device),
+                text_embeds: Tensor::zeros([4, 1], &device),
+                time_ids: None,
+                negative: None,
+                embedded_guidance: None,
+            },
+            trajectory: Trajectory { states: vec![x], log_probs: vec![], sigmas: vec![0.0] },
+        }
+    }
+
+    /// A sample some reward scores NaN is counted and left out: the weighted sum of the rest
+    /// is as configured, and the advantages of the kept samples are finite.
+    #[test]
+    fn a_nan_reward_drops_its_sample() {
+        let config: OnlineConfig =
+            toml::from_str("iterations = 1\n[rewards]\na = 1.0\nb = 2.0\n").expect("a valid [online]");
+        let r = score(&Fake, &config, &rollouts()).unwrap();
+        assert_eq!(r.dropped, 1);
+        assert_eq!(r.kept(), vec![0, 2, 3]);
+        assert_eq!((r.total[0], r.total[2], r.total[3]), (2.0, 4.0, 7.0));
+        assert!(r.total[1].is_nan());
+        let kept = r.kept();
+        let a = advantages(&kept.iter().map(|&i| r.total[i]).collect::<Vec<_>>(), &[0, 1, 1], 5.0).unwrap();
+        assert!(a.iter().all(|v| v.is_finite()), "{a:?}");
+        // An unknown reward name is refused, naming the ones this task has.
+        let config: OnlineConfig = toml::from_str("iterations = 1\n[rewards]\nc = 1.0\n").unwrap();
+        let err = score(&Fake, &config, &rollouts()).err().expect("refused").to_string();
+        assert!(err.contains("\"c\"") && err.contains("a, b"), "{err}");
+    }
+}

@@ -119,7 +119,8 @@ pub fn train_with<M: TrainDenoiser>(config: &TrainConfig, how: &Start, hook: &mu
     let task = task_for(config, online, &plain)?;
     let _lock = claim_output(config, how)?;
     let metrics_path = write_run_state(config, start.step)?;
-    let mut learner = Learner { policy: rank.unet, optimizer: rank.optimizer, max_grad_norm: config.max_grad_norm };
+    let mut learner =
+        Learner { policy: rank.unet, device: rank.device, optimizer: rank.optimizer, max_grad_norm: config.max_grad_norm };
 
     // The reference: the base (LoRA: adapters off; full: the folder's weights), or the
     // checkpoint's refreshed one; NFT's old policy: the policy, or the checkpoint's.
@@ -199,7 +200,7 @@ pub fn train_with<M: TrainDenoiser>(config: &TrainConfig, how: &Start, hook: &mu
                 ),
             );
         }
-        let cx = PassContext { config: online, seed: config.seed, it, batch_size: config.batch_size, lr, compute };
+        let cx = PassContext { config: online, seed: config.seed, it, batch_size: config.batch_size, lr, exec };
         let t1 = Instant::now();
         let (log, extra) = train_iteration(
             &mut learner,
@@ -210,7 +211,6 @@ pub fn train_with<M: TrainDenoiser>(config: &TrainConfig, how: &Start, hook: &mu
             &ro,
             &rewards,
             &cx,
-            exec,
         )?;
         let train_s = t1.elapsed().as_secs_f64();
 
@@ -304,7 +304,6 @@ fn train_iteration<M: TrainDenoiser>(
     ro: &Rollouts,
     rewards: &rollouts::Rewards,
     cx: &PassContext,
-    exec: Execution,
 ) -> Result<(PassLog, Vec<(String, f64)>)> {
     let kept = rewards.kept();
     if kept.is_empty() {
@@ -335,7 +334,7 @@ fn train_iteration<M: TrainDenoiser>(
             stats.push(("pairs".to_string(), found.len() as f64));
             let margin = found.iter().map(|&(w, l)| rewards.total[w] - rewards.total[l]);
             stats.push(("pair_reward_margin".to_string(), mean_std(margin).0));
-            pairs::pass(learner, reference, method, objective, ro, &found, cx, exec)
+            pairs::pass(learner, reference, method, objective, ro, &found, cx)
         }
     };
     Ok((log, stats))
@@ -368,4 +367,34 @@ fn mean_std(values: impl Iterator<Item = f64>) -> (f64, f64) {
     let n = v.len() as f64;
     let mean = v.iter().sum::<f64>() / n;
     (mean, (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{DType, Tensor};
+
+    /// The old policy follows θ by θ_old ← d·θ_old + (1 − d)·θ, parameter by parameter.
+    #[test]
+    fn the_old_policy_follows_by_the_decay() {
+        let device = Device::default();
+        let config = crate::toy::model::unet_config();
+        let load = |seed: u64| {
+            device.seed(seed);
+            let w = crate::models::weights::Weights::random(&device, DType::F32);
+            UNet2DConditionModel::load(&serde_json::from_value(config.clone()).unwrap(), &w).unwrap()
+        };
+        let (old, theta) = (load(1), load(2));
+        let mixed = follow(old.clone(), &theta, 0.25, false);
+        let flat = |m: &UNet2DConditionModel| {
+            let mut v = Vec::new();
+            for_each_param(m, |_, t: Tensor<1>, _| v.extend(t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()));
+            v
+        };
+        let (o, t, m) = (flat(&old), flat(&theta), flat(&mixed));
+        assert_eq!(m.len(), o.len());
+        let worst = o.iter().zip(&t).zip(&m).map(|((o, t), m)| (m - (0.25 * o + 0.75 * t)).abs()).fold(0.0, f32::max);
+        assert!(worst < 1e-6, "{worst}");
+        assert!(o != m, "the mix differs from the old policy");
+    }
 }

@@ -74,10 +74,25 @@ impl Guided {
 
     /// The (guided) prediction for the model input `input` [K, C, h, w] at model time `t`.
     pub fn predict(&self, model: &impl Denoiser, input: Tensor<4>, t: f32) -> Tensor<4> {
+        let (input, timesteps) = self.model_inputs(input, t);
+        self.combine(model.predict(input, timesteps, &self.cond))
+    }
+
+    /// What the denoiser is called with for `input` at `t`: the rows (doubled for
+    /// classifier-free guidance) and their times; [`Self::conditioning`] goes with them.
+    pub fn model_inputs(&self, input: Tensor<4>, t: f32) -> (Tensor<4>, Tensor<1>) {
         let device = input.device();
         let input = if self.cfg.is_some() { Tensor::cat(vec![input; 2], 0) } else { input };
         let timesteps = Tensor::<1>::from_data(TensorData::new(vec![t; self.rows], [self.rows]), (&device, DType::F32));
-        let pred = model.predict(input, timesteps, &self.cond);
+        (input, timesteps)
+    }
+
+    pub fn conditioning(&self) -> &Conditioning {
+        &self.cond
+    }
+
+    /// The guided prediction from the denoiser's prediction of [`Self::model_inputs`]' rows.
+    pub fn combine(&self, pred: Tensor<4>) -> Tensor<4> {
         let Some(scale) = self.cfg else { return pred };
         let mut halves = pred.chunk(2, 0);
         let (pred_c, pred_u) = (halves.pop().expect("cond"), halves.pop().expect("uncond"));

@@ -8,7 +8,9 @@
 #   4. max batch of MaPO and DPO (LoRA), mapo, while time is left;
 #   2d. SD3.5 Medium (real config, random weights) train steps, 1024², bf16, mapo only;
 #   2e. FLUX.1 [dev] (real config, random weights) LoRA train steps, 1024², bf16: MaPO, Flow-DPO
-#       with and without cached reference errors, SFT; mapo and PyTorch + diffusers.
+#       with and without cached reference errors, SFT; mapo and PyTorch + diffusers;
+#   2f. one GRPO and one NFT iteration of SD3.5 Medium (real config, random weights), 512²,
+#       LoRA 32, bf16: sampling and training timed apart, peak memory.
 # then prints one summary table (also $OUT/summary.md).
 #
 # On the GPU machine (no Rust, no diffusers): `bash tools/gpu/pack.sh` here first, which
@@ -36,11 +38,11 @@ export PYTHONUNBUFFERED=1 MAPO_QUIET_DEVICE=1
 
 if [ "${MAPO_GPU_REHEARSAL:-0}" = 1 ]; then
   DEV=flex TORCH_DEV=cpu MODEL=tiny RES=64 RES_MID=64 GEN_RES=64 GEN_STEPS=3 DTYPE=bf16 STEPS=1 WARMUP=1 MAXB=4 TMO=300
-  SD3_MODEL=tiny-sd3 SD3_RES=64 FLUX_MODEL=tiny-flux FLUX_RES=64
+  SD3_MODEL=tiny-sd3 SD3_RES=64 FLUX_MODEL=tiny-flux FLUX_RES=64 ONLINE_RES=64 ONLINE_GROUP=2 ONLINE_STEPS=2
   BIN="${MAPO_BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/mapo-target}/release/mapo}"
 else
   DEV=cuda TORCH_DEV=cuda MODEL=sdxl RES=1024 RES_MID=512 GEN_RES=1024 GEN_STEPS=30 DTYPE=bf16 STEPS=3 WARMUP=1 MAXB=32 TMO=150
-  SD3_MODEL=sd35m SD3_RES=1024 FLUX_MODEL=flux-dev FLUX_RES=1024
+  SD3_MODEL=sd35m SD3_RES=1024 FLUX_MODEL=flux-dev FLUX_RES=1024 ONLINE_RES=512 ONLINE_GROUP=12 ONLINE_STEPS=10
   BIN="${MAPO_BIN:-$ROOT/.gpu/mapo}"
 fi
 
@@ -140,6 +142,17 @@ for method in mapo dpo sft; do
     --reference-cache "${flux[@]}" --device "$DEV"
   measure "train-flux $method lora torch" "$PYTHON" benches/torch/bench.py train-step --method "$method" "${flux[@]}" \
     --device "$TORCH_DEV"
+done
+
+say "== 2f. One online iteration on SD3.5 Medium ($SD3_MODEL, ${ONLINE_RES}², $DTYPE, LoRA 32, gradient checkpointing)"
+# experiments/sd35m-pickscore-{grpo,nft}.toml's settings for one group: $ONLINE_GROUP samples of
+# one prompt, $ONLINE_STEPS sampling steps (GRPO: SDE a = 0.7 with CFG 4.5; NFT: the ODE without
+# guidance), trained on ⌊0.99·N⌋ of them, 4 samples per update. Random conditioning and a stand-in
+# reward (no reward model on this machine): the sampler's and the trainer's time and memory.
+online=(--model "$SD3_MODEL" --resolution "$ONLINE_RES" --prompts 1 --group "$ONLINE_GROUP" --batch 4
+  --sampling-steps "$ONLINE_STEPS" --lora 32 --grad-ckpt --dtype "$DTYPE")
+for method in grpo nft; do
+  measure "online $method sd3 mapo" "$BIN" bench online --method "$method" "${online[@]}" --device "$DEV"
 done
 
 say "== 2b. Burn's all-reduce (NCCL) at world size 1: same weights as without it"

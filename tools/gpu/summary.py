@@ -84,6 +84,17 @@ for name, label, baseline in [("mapo", "mapo", "mapo"), ("dpo", "dpo", "dpo"),
     out.append(f"| {name} | {cell_time(mine)} | {cell_time(theirs)} | {ratio} | "
                f"{gb(m) if m else '—'} | {gb(t) if t else '—'} |")
 
+out += ["", "## One online iteration, SD3.5 Medium LoRA 32 (mapo)", "",
+        "| method | samples | sampling s | training s | updates | peak GB |", "|---|---:|---:|---:|---:|---:|"]
+for method in ["grpo", "nft"]:
+    label = f"online {method} sd3 mapo"
+    r = res(label)
+    if r:
+        out.append(f"| {method} | {r['prompts'] * r['group']} | {r['sample_s']:.2f} | {r['train_s']:.2f} | "
+                   f"{r['updates']} | {gb(r)} |")
+    else:
+        out.append(f"| {method} | — | {status(label)} | — | — | — |")
+
 out += ["", "## Generation (whole run, s)", ""]
 for impl in ["mapo", "torch"]:
     r = res(f"generate {impl}")
