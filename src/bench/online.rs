@@ -93,15 +93,23 @@ impl Task for BenchTask {
 
     fn score(&self, _: &[String], latents: Tensor<4>, _: &[String]) -> Result<Vec<Vec<f64>>> {
         let n = latents.dims()[0];
-        let means: Vec<f32> =
-            latents.reshape([n as i32, -1]).mean_dim(1).into_data().convert::<f32>().try_into_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let means: Vec<f32> = latents
+            .reshape([n as i32, -1])
+            .mean_dim(1)
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
         Ok(vec![means.into_iter().map(f64::from).collect()])
     }
 }
 
 pub fn run(b: &OnlineBench) -> Result<serde_json::Value> {
     let Some(config) = sd3_config(&b.model)? else {
-        bail!("--model {}: bench online takes an SD3 transformer config (tiny-sd3, sd3m, sd35m, sd35l, or a config.json)", b.model)
+        bail!(
+            "--model {}: bench online takes an SD3 transformer config (tiny-sd3, sd3m, sd35m, sd35l, or a config.json)",
+            b.model
+        )
     };
     if !b.resolution.is_multiple_of(8 * config.patch_size) {
         bail!("--resolution must be a multiple of {}", 8 * config.patch_size);

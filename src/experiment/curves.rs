@@ -133,11 +133,21 @@ pub fn curves(path: &Path, runs: &[RunData]) -> Result<bool> {
     let reward: Vec<Series> = trained
         .iter()
         .enumerate()
-        .map(|(i, r)| (label(r), colour(i), r.metrics.iter().filter_map(|m| Some((m["step"].as_f64()?, m["reward"].as_f64()?))).collect::<Vec<_>>()))
+        .map(|(i, r)| {
+            (
+                label(r),
+                colour(i),
+                r.metrics.iter().filter_map(|m| Some((m["step"].as_f64()?, m["reward"].as_f64()?))).collect::<Vec<_>>(),
+            )
+        })
         .filter(|s| !s.2.is_empty())
         .collect();
     if !reward.is_empty() {
-        panels.push(Panel { title: "online: reward of the iteration's samples".into(), x: "iteration", series: reward });
+        panels.push(Panel {
+            title: "online: reward of the iteration's samples".into(),
+            x: "iteration",
+            series: reward,
+        });
     }
     // One panel per metric with a direction (the held pairs' rejected error goes with the
     // chosen one in the table only), at most four.

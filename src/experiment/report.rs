@@ -321,7 +321,7 @@ pub fn write(out: &Path, runs: &[RunData]) -> Result<()> {
     }
     writeln!(
         md,
-        "{legend}step ms: median optimizer step; peak MB: device memory where the backend reports it, else the \
+        "{legend}step ms: median optimizer step (online runs: median iteration, its sampling, scoring and updates); peak MB: device memory where the backend reports it, else the \
          process's peak RSS during the run. `reference` rows: the model before fine-tuning. Values are mean ± std \
          over seeds.\n"
     )?;

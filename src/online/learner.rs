@@ -5,9 +5,9 @@
 use burn::tensor::{DType, Tensor};
 
 use crate::family::TrainDenoiser;
+use crate::models::denoiser::Conditioning;
 use crate::models::named::param_grads;
 use crate::train::optim::{GradMap, Optimizer};
-use crate::models::denoiser::Conditioning;
 use crate::train::step::{Execution, Update, apply_update};
 
 pub struct Learner<M> {
@@ -81,8 +81,11 @@ impl<M: TrainDenoiser> Learner<M> {
     ) {
         let mut scalars = vec![loss.clone().inner().cast(DType::F32)];
         scalars.extend(extra.iter().map(|(_, t)| t.clone().inner().cast(DType::F32)));
-        let values: Vec<f32> =
-            Tensor::cat(scalars, 0).into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 scalars after the cast");
+        let values: Vec<f32> = Tensor::cat(scalars, 0)
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .expect("f32 scalars after the cast");
         let grads = loss.backward();
         let named: Vec<(String, Tensor<1>)> = match pred.replay {
             Some(r) => {

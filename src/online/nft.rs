@@ -86,9 +86,9 @@ pub fn pass<M: TrainDenoiser>(
                 let pred = learner.predict(noisy.clone(), t.clone(), &plain, cx.exec);
                 let dtype = cx.exec.dtype;
                 let v_old = Cast { model: old, dtype }.predict(noisy.clone(), t.clone(), &plain);
-                let v_ref = reference.filter(|_| p.ref_beta > 0.0).map(|m| {
-                    Tensor::from_inner(Cast { model: m, dtype }.predict(noisy.clone(), t.clone(), &plain))
-                });
+                let v_ref = reference
+                    .filter(|_| p.ref_beta > 0.0)
+                    .map(|m| Tensor::from_inner(Cast { model: m, dtype }.predict(noisy.clone(), t.clone(), &plain)));
                 let loss = nft_loss(
                     pred.value.clone(),
                     Tensor::from_inner(v_old),

@@ -119,8 +119,12 @@ pub fn train_with<M: TrainDenoiser>(config: &TrainConfig, how: &Start, hook: &mu
     let task = task_for(config, online, &plain)?;
     let _lock = claim_output(config, how)?;
     let metrics_path = write_run_state(config, start.step)?;
-    let mut learner =
-        Learner { policy: rank.unet, device: rank.device, optimizer: rank.optimizer, max_grad_norm: config.max_grad_norm };
+    let mut learner = Learner {
+        policy: rank.unet,
+        device: rank.device,
+        optimizer: rank.optimizer,
+        max_grad_norm: config.max_grad_norm,
+    };
 
     // The reference: the base (LoRA: adapters off; full: the folder's weights), or the
     // checkpoint's refreshed one; NFT's old policy: the policy, or the checkpoint's.
@@ -202,16 +206,8 @@ pub fn train_with<M: TrainDenoiser>(config: &TrainConfig, how: &Start, hook: &mu
         }
         let cx = PassContext { config: online, seed: config.seed, it, batch_size: config.batch_size, lr, exec };
         let t1 = Instant::now();
-        let (log, extra) = train_iteration(
-            &mut learner,
-            &kind,
-            reference.as_ref(),
-            old.as_ref(),
-            &objective,
-            &ro,
-            &rewards,
-            &cx,
-        )?;
+        let (log, extra) =
+            train_iteration(&mut learner, &kind, reference.as_ref(), old.as_ref(), &objective, &ro, &rewards, &cx)?;
         let train_s = t1.elapsed().as_secs_f64();
 
         if let (Some(o), Kind::Rollout(OnlineMethod::Nft { decay_rate, max_decay, .. })) = (old.take(), &kind) {
@@ -388,7 +384,9 @@ mod tests {
         let mixed = follow(old.clone(), &theta, 0.25, false);
         let flat = |m: &UNet2DConditionModel| {
             let mut v = Vec::new();
-            for_each_param(m, |_, t: Tensor<1>, _| v.extend(t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()));
+            for_each_param(m, |_, t: Tensor<1>, _| {
+                v.extend(t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap())
+            });
             v
         };
         let (o, t, m) = (flat(&old), flat(&theta), flat(&mixed));

@@ -50,7 +50,7 @@ impl SuiteTask {
         let factor = vae_config.scale_factor();
         let size = online.size.unwrap_or(config.sample_size * factor);
         anyhow::ensure!(
-            size % (factor * config.patch_size) == 0,
+            size.is_multiple_of(factor * config.patch_size),
             "[online] size {size}: must be a multiple of {} (the VAE's factor × the patch size)",
             factor * config.patch_size
         );

@@ -394,14 +394,14 @@ pub fn save_final<M: TrainDenoiser>(
                 }
             }
             if base_dtype == DType::F32 {
-                save_merged(unet, &unet_config, &folder, lora.scale())?;
+                save_merged(unet, unet_config, &folder, lora.scale())?;
             } else {
                 // The base was held in the compute dtype: merge into the folder's own weights.
                 let base = crate::models::io::SafeTensorFiles::open_component(unet_dir, &["diffusion_pytorch_model"])?;
-                save_merged_from(unet, &base, &unet_config, &folder, lora.scale())?;
+                save_merged_from(unet, &base, unet_config, &folder, lora.scale())?;
             }
         }
-        None => save_component(unet, &unet_config, &folder, DType::F32)?,
+        None => save_component(unet, unet_config, &folder, DType::F32)?,
     }
     if config.export.contains(&super::config::ExportFormat::SingleFile) {
         // SDXL and SD3: the base model's other components beside the trained denoiser, in
