@@ -25,21 +25,27 @@ fn stderr(o: &Output) -> String {
 /// The toy reference, pretrained for a few steps with the flow objective (shared by the
 /// tests of this file through the cache folder).
 fn toy_model() -> PathBuf {
+    toy_reference(ObjectiveName::Flow)
+}
+
+fn toy_reference(objective: ObjectiveName) -> PathBuf {
     static ONCE: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one_at_a_time = ONCE.lock().unwrap_or_else(|e| e.into_inner());
     let cache = std::env::temp_dir().join("mapo-online-toy-cache");
-    let p = PretrainConfig {
-        steps: 6,
-        objective: ObjectiveName::Flow,
-        flow: Some(FlowConfig { shift: 1.0, ..Default::default() }),
-        ..Default::default()
-    };
+    let flow = (objective == ObjectiveName::Flow).then(|| FlowConfig { shift: 1.0, ..Default::default() });
+    let p = PretrainConfig { steps: 6, objective, flow, ..Default::default() };
     reference(&cache, &p, Some("flex")).unwrap().0
 }
 
 /// A run folder `<dir>/run` and its config: `method` online on the toy model, 4 iterations
 /// of 2 prompts × 4 samples, 4 sampling steps, a checkpoint after every iteration.
 fn setup(name: &str, method: &str, extra: &str) -> (PathBuf, PathBuf) {
+    let objective = "objective = \"flow\"\n[flow]\nshift = 1.0\n";
+    setup_with(name, method, extra, &toy_model(), objective)
+}
+
+/// [`setup`] for `model` trained with `objective` (its config lines).
+fn setup_with(name: &str, method: &str, extra: &str, model: &Path, objective: &str) -> (PathBuf, PathBuf) {
     let dir = std::env::temp_dir().join(format!("mapo-online-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -47,12 +53,11 @@ fn setup(name: &str, method: &str, extra: &str) -> (PathBuf, PathBuf) {
     std::fs::write(
         &config,
         format!(
-            "model = {:?}\noutput_dir = {:?}\nmethod = \"{method}\"\nsteps = 1\nbatch_size = 4\nobjective = \"flow\"\n\
-             checkpoint_every = 1\nkeep_checkpoints = 5\ndevice = \"flex\"\nseed = 3\n{extra}\n\
-             [flow]\nshift = 1.0\n[optimizer]\nlr = 1e-3\n\
+            "model = {model:?}\noutput_dir = {:?}\nmethod = \"{method}\"\nsteps = 1\nbatch_size = 4\n\
+             checkpoint_every = 1\nkeep_checkpoints = 5\ndevice = \"flex\"\nseed = 3\n{objective}{extra}\n\
+             [optimizer]\nlr = 1e-3\n\
              [online]\niterations = 4\nprompts_per_iteration = 2\ngroup_size = 4\nsampling_steps = 4\nguidance = 2.0\n\
              ref_update_steps = 1\n[online.rewards]\nstripes = 1.0\nfidelity = 0.5\n",
-            toy_model(),
             dir.join("run")
         ),
     )
@@ -70,6 +75,11 @@ fn train(config: &Path, extra: &[&str]) -> Output {
 /// checkpoint exists and resumed; both must agree exactly.
 fn kill_and_resume(name: &str, method: &str, extra: &str) {
     let (dir, config) = setup(name, method, extra);
+    kill_and_resume_in(&dir, &config);
+}
+
+fn kill_and_resume_in(dir: &Path, config: &Path) {
+    let (dir, config) = (dir.to_path_buf(), config.to_path_buf());
     let full = train(&config, &["--set", &format!("output_dir={:?}", dir.join("full"))]);
     assert!(full.status.success(), "{}", stderr(&full));
     let run = dir.join("run");
@@ -96,7 +106,10 @@ fn kill_and_resume(name: &str, method: &str, extra: &str) {
     assert!(want.iter().map(|l| l["updates"].as_u64().unwrap()).sum::<u64>() > 0, "{want:?}");
     let weights = |d: &Path| std::fs::read(d.join("unet/diffusion_pytorch_model.safetensors")).unwrap();
     assert!(weights(&run) == weights(&dir.join("full")), "final weights differ");
-    assert!(weights(&run) != std::fs::read(toy_model().join("unet/diffusion_pytorch_model.safetensors")).unwrap());
+    let model =
+        std::fs::read_to_string(&config).unwrap().lines().next().unwrap().trim_start_matches("model = ").to_string();
+    let model = PathBuf::from(model.trim_matches('"'));
+    assert!(weights(&run) != std::fs::read(model.join("unet/diffusion_pytorch_model.safetensors")).unwrap());
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -114,6 +127,26 @@ fn nft_resumes_exactly_after_kill_9_with_its_old_policy() {
 #[test]
 fn online_pairs_resume_exactly_after_kill_9_with_their_refreshed_reference() {
     kill_and_resume("pairs", "mapo", "");
+}
+
+#[test]
+fn ddpo_resumes_exactly_after_kill_9() {
+    // DDPO trains an ε-prediction model: the toy reference pretrained with ε, DDIM with η = 1.
+    let model = toy_reference(ObjectiveName::Epsilon);
+    let (dir, config) = setup_with("ddpo", "ddpo", "", &model, "");
+    kill_and_resume_in(&dir, &config);
+    // The objectives' methods do not mix, and η = 0 has no log-probabilities: named refusals.
+    let (flow_dir, flow_config) = setup("ddpo-flow", "ddpo", "");
+    let out = train(&flow_config, &[]);
+    assert!(stderr(&out).contains("method ddpo trains ε-prediction models"), "{}", stderr(&out));
+    let (eps_dir, eps_config) = setup_with("grpo-eps", "grpo", "", &model, "");
+    let out = train(&eps_config, &[]);
+    assert!(stderr(&out).contains("method grpo trains flow-matching models"), "{}", stderr(&out));
+    let out = train(&eps_config, &["--set", "method=\"ddpo\"", "--set", "online.eta=0.0"]);
+    assert!(stderr(&out).contains("[online] eta = 0"), "{}", stderr(&out));
+    for d in [flow_dir, eps_dir] {
+        std::fs::remove_dir_all(d).unwrap();
+    }
 }
 
 #[test]

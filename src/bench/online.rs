@@ -144,6 +144,7 @@ pub fn run(b: &OnlineBench) -> Result<serde_json::Value> {
         latent: [config.in_channels, h, h],
     };
     let sigmas = FlowMatchEuler::new(b.sampling_steps, 3.0, 1000)?.sigmas;
+    let stepper = crate::sample::rollout::Stepper::Flow { sigmas, noise_level };
     let frozen = policy.valid();
     let reference = if b.lora.is_some() { disable_adapters(frozen.clone()) } else { frozen.clone() };
     let mut learner =
@@ -153,7 +154,7 @@ pub fn run(b: &OnlineBench) -> Result<serde_json::Value> {
     plain.sync()?;
     let t0 = Instant::now();
     let model = Cast { model: &frozen, dtype: exec.dtype };
-    let ro = rollouts::sample(&model, &task, &online, 0, 0, &sigmas, guidance, noise_level, b.batch, &plain)?;
+    let ro = rollouts::sample(&model, &task, &online, 0, 0, &stepper, guidance, b.batch, &plain)?;
     let rewards = rollouts::score(&task, &online, &ro)?;
     plain.sync()?;
     let sample_s = t0.elapsed().as_secs_f64();

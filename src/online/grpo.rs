@@ -1,8 +1,8 @@
-//! Flow-GRPO's pass (docs/design.md §4c, flow_grpo's `train_sd3.py`): for each batch of
-//! samples with a non-zero advantage, the policy re-scores the trajectory's transitions at
-//! the first ⌊f·N⌋ sampling steps (with the sampling's guidance), each step's clipped-ratio
-//! loss plus the KL of its step mean to the reference's, summed over the steps (each 1/⌊f·N⌋)
-//! into one update.
+//! Flow-GRPO's pass (docs/design.md §4c, flow_grpo's `train_sd3.py`), and DDPO's (its step
+//! the DDIM step with η, no KL): for each batch of samples with a non-zero advantage, the
+//! policy re-scores the trajectory's transitions at the first ⌊f·N⌋ sampling steps (with the
+//! sampling's guidance), each step's clipped-ratio loss plus the KL of its step mean to the
+//! reference's, summed over the steps (each 1/⌊f·N⌋) into one update.
 
 use burn::tensor::{Tensor, TensorData};
 
@@ -10,7 +10,6 @@ use super::learner::{Accumulator, Cast, Learner, PassContext, PassLog, batches};
 use super::rollouts::{Rollouts, rows, select_prompts};
 use crate::family::TrainDenoiser;
 use crate::losses::online::grpo::grpo_loss;
-use crate::sample::sde::sde_step;
 use crate::sample::validate::Guided;
 
 /// `samples`: the rows to train on, `advantages` theirs (A ≠ 0: a zero advantage contributes
@@ -27,8 +26,8 @@ pub fn pass<M: TrainDenoiser>(
     cx: &PassContext,
 ) -> PassLog {
     let config = cx.config;
-    let steps = config.train_steps().min(ro.trajectory.sigmas.len() - 1);
-    let a = config.noise_level;
+    let stepper = &ro.trajectory.stepper;
+    let steps = config.train_steps().min(stepper.steps());
     let mut log = PassLog::default();
     let advantage_of: std::collections::HashMap<usize, f64> =
         samples.iter().copied().zip(advantages.iter().copied()).collect();
@@ -43,19 +42,18 @@ pub fn pass<M: TrainDenoiser>(
             let adv = Tensor::<1>::from_data(TensorData::new(adv, [b]), &device);
             let mut acc = Accumulator::default();
             for j in 0..steps {
-                let (sigma, next) = (ro.trajectory.sigmas[j], ro.trajectory.sigmas[j + 1]);
                 let x = rows(&ro.trajectory.states[j], &batch);
                 let prev = rows(&ro.trajectory.states[j + 1], &batch);
                 let old = Tensor::from_inner(rows(&ro.trajectory.log_probs[j], &batch));
-                let (input, t) = guided.model_inputs(x.clone(), sigma * 1000.0);
+                let (input, t) = guided.model_inputs(x.clone(), stepper.model_time(j));
                 let pred = learner.predict(input, t, guided.conditioning(), cx.exec);
                 let v = guided.combine(pred.value.clone());
-                let (sig, nxt) = (vec![sigma; b], vec![next; b]);
                 let lifted = |t: &Tensor<4>| Tensor::from_inner(t.clone());
-                let step = sde_step(lifted(&x), v, None, &sig, &nxt, a, Some(lifted(&prev)));
+                let step = stepper.step(j, lifted(&x), v, None, Some(lifted(&prev)));
                 let means = reference.filter(|_| kl_beta > 0.0).map(|r| {
-                    let v_ref = guided.predict(&Cast { model: r, dtype: cx.exec.dtype }, x.clone(), sigma * 1000.0);
-                    let ref_step = sde_step(x, v_ref, None, &sig, &nxt, a, Some(prev));
+                    let v_ref =
+                        guided.predict(&Cast { model: r, dtype: cx.exec.dtype }, x.clone(), stepper.model_time(j));
+                    let ref_step = stepper.step(j, x, v_ref, None, Some(prev));
                     (step.mean.clone(), Tensor::from_inner(ref_step.mean), step.s.clone())
                 });
                 let ratio = (step.log_prob.clone() - old.clone()).exp().mean();

@@ -15,6 +15,7 @@ use crate::family::TrainDenoiser;
 use crate::losses::online::nft::{nft_loss, reward_weight};
 use crate::models::denoiser::{Conditioning, Denoiser};
 use crate::sample::noise::gaussian;
+use crate::sample::rollout::Stepper;
 use crate::sample::validate::Prompts;
 
 /// The unguided conditioning of `p`'s rows.
@@ -51,7 +52,10 @@ pub fn pass<M: TrainDenoiser>(
     cx: &PassContext,
 ) -> PassLog {
     let config = cx.config;
-    let schedule = &ro.trajectory.sigmas[..ro.trajectory.sigmas.len() - 1];
+    let Stepper::Flow { sigmas, .. } = &ro.trajectory.stepper else {
+        unreachable!("NFT is refused for ε-models when the run starts")
+    };
+    let schedule = &sigmas[..sigmas.len() - 1];
     let steps = config.train_steps().min(schedule.len());
     let x0_all = ro.trajectory.sample();
     let [_, c, h, w] = x0_all.dims();

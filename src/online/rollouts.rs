@@ -9,7 +9,7 @@ use rand::seq::SliceRandom;
 use super::purpose;
 use super::task::Task;
 use crate::models::denoiser::Denoiser;
-use crate::sample::rollout::{Trajectory, rollout};
+use crate::sample::rollout::{Stepper, Trajectory, rollout};
 use crate::sample::validate::{Prompts, initial_noise};
 use crate::train::online_config::OnlineConfig;
 
@@ -73,8 +73,8 @@ pub fn rows<const D: usize>(t: &Tensor<D>, rows: &[usize]) -> Tensor<D> {
     t.clone().select(0, idx)
 }
 
-/// Samples iteration `it`'s groups with `model` (no gradients) down `sigmas`, `chunk` rows
-/// at a time, at `guidance` and `noise_level`.
+/// Samples iteration `it`'s groups with `model` (no gradients) stepping with `stepper`,
+/// `chunk` rows at a time, at `guidance`.
 #[allow(clippy::too_many_arguments)]
 pub fn sample(
     model: &impl Denoiser,
@@ -82,9 +82,8 @@ pub fn sample(
     config: &OnlineConfig,
     seed: u64,
     it: usize,
-    sigmas: &[f32],
+    stepper: &Stepper,
     guidance: f64,
-    noise_level: f64,
     chunk: usize,
     device: &Device,
 ) -> Result<Rollouts> {
@@ -103,15 +102,13 @@ pub fn sample(
         let these: Vec<usize> = (start..(start + chunk).min(n)).collect();
         let step_seed = super::mix(seed, &[it as u64, purpose::STEP_NOISE, c as u64]);
         let p = select_prompts(&conditioning, &these);
-        parts.push(rollout(model, &p, rows(&noise, &these), sigmas, guidance, noise_level, step_seed));
+        parts.push(rollout(model, &p, rows(&noise, &these), stepper, guidance, step_seed));
     }
-    let steps = sigmas.len();
+    let steps = stepper.steps();
     let trajectory = Trajectory {
-        states: (0..steps).map(|j| Tensor::cat(parts.iter().map(|t| t.states[j].clone()).collect(), 0)).collect(),
-        log_probs: (0..steps - 1)
-            .map(|j| Tensor::cat(parts.iter().map(|t| t.log_probs[j].clone()).collect(), 0))
-            .collect(),
-        sigmas: sigmas.to_vec(),
+        states: (0..=steps).map(|j| Tensor::cat(parts.iter().map(|t| t.states[j].clone()).collect(), 0)).collect(),
+        log_probs: (0..steps).map(|j| Tensor::cat(parts.iter().map(|t| t.log_probs[j].clone()).collect(), 0)).collect(),
+        stepper: stepper.clone(),
     };
     Ok(Rollouts { captions, group, prompts: conditioning, trajectory })
 }
@@ -201,7 +198,11 @@ mod tests {
                 negative: None,
                 embedded_guidance: None,
             },
-            trajectory: Trajectory { states: vec![x], log_probs: vec![], sigmas: vec![0.0] },
+            trajectory: Trajectory {
+                states: vec![x],
+                log_probs: vec![],
+                stepper: Stepper::Flow { sigmas: vec![0.0], noise_level: 0.0 },
+            },
         }
     }
 

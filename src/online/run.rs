@@ -26,7 +26,9 @@ use crate::models::named::{for_each_param, set_params};
 use crate::models::sd3::SD3Transformer2DModel;
 use crate::models::unet::UNet2DConditionModel;
 use crate::objective::{Objective, ObjectiveName};
+use crate::sample::ddim::DdimSchedule;
 use crate::sample::flow_euler::FlowMatchEuler;
+use crate::sample::rollout::Stepper;
 use crate::train::checkpoint::{self, CheckpointState};
 use crate::train::config::TrainConfig;
 use crate::train::online_config::OnlineConfig;
@@ -103,14 +105,32 @@ pub fn train_with<M: TrainDenoiser>(config: &TrainConfig, how: &Start, hook: &mu
         config.devices.len()
     );
     let objective = config.objective()?;
-    let Objective::Flow(flow) = &objective else {
-        bail!(
-            "online training samples with the flow-matching SDE: this run's objective is ε-prediction; set objective \
-             = \"flow\" (the built-in model) or use an SD3 / FLUX model (DDPO for ε-models is not built yet)"
-        )
-    };
-    let sigmas = FlowMatchEuler::new(online.sampling_steps, flow.config.shift, flow.num_train_timesteps())?.sigmas;
     let kind = Kind::of(config, objective.name())?;
+    // The stochastic step of the rollouts: the flow SDE, or DDIM with η for ε-models.
+    let stepper = match (&objective, &kind) {
+        (Objective::Flow(_), Kind::Rollout(OnlineMethod::Ddpo { .. })) => bail!(
+            "method ddpo trains ε-prediction models (DDIM with η); this run's objective is flow: use grpo (Flow-GRPO) \
+             or nft"
+        ),
+        (Objective::Flow(flow), _) => {
+            let sigmas =
+                FlowMatchEuler::new(online.sampling_steps, flow.config.shift, flow.num_train_timesteps())?.sigmas;
+            Stepper::Flow { sigmas, noise_level: online.noise_level }
+        }
+        (Objective::Epsilon(_), Kind::Rollout(m @ (OnlineMethod::Grpo { .. } | OnlineMethod::Nft { .. }))) => bail!(
+            "method {} trains flow-matching models; this run's objective is ε-prediction: use ddpo (or objective = \
+             \"flow\" for the built-in model)",
+            m.name()
+        ),
+        (Objective::Epsilon(schedule), _) => {
+            let ddim = DdimSchedule::new(schedule, online.sampling_steps, "leading", 1, false, None)?;
+            Stepper::Ddim {
+                timesteps: ddim.timesteps.iter().map(|&t| t as i64).collect(),
+                alphas_cumprod: schedule.alphas_cumprod.iter().map(|&a| a as f64).collect(),
+                eta: online.eta,
+            }
+        }
+    };
     let lora = config.lora.is_some();
     let Models { base_dtype, mut ranks, compute, unet_config, unet_dir, start, .. } =
         load_models::<M>(config, how, kind.uses_reference() && !lora)?;
@@ -171,11 +191,13 @@ pub fn train_with<M: TrainDenoiser>(config: &TrainConfig, how: &Start, hook: &mu
             Kind::Rollout(_) => learner.policy.valid(),
             Kind::Pairs(_) => reference.clone().expect("online pairs keep a reference"),
         };
-        // NFT samples guidance-free with the deterministic solver (DiffusionNFT); GRPO and
-        // online pairs with the SDE at the configured guidance.
-        let (guidance, noise_level) = match kind {
-            Kind::Rollout(OnlineMethod::Nft { .. }) => (1.0, 0.0),
-            _ => (online.guidance, online.noise_level),
+        // NFT samples guidance-free with the deterministic solver (DiffusionNFT); GRPO, DDPO
+        // and online pairs with the stochastic step at the configured guidance.
+        let (guidance, steps_with) = match (&kind, &stepper) {
+            (Kind::Rollout(OnlineMethod::Nft { .. }), Stepper::Flow { sigmas, .. }) => {
+                (1.0, Stepper::Flow { sigmas: sigmas.clone(), noise_level: 0.0 })
+            }
+            _ => (online.guidance, stepper.clone()),
         };
         let model = super::learner::Cast { model: &sampler, dtype: compute };
         let ro = rollouts::sample(
@@ -184,9 +206,8 @@ pub fn train_with<M: TrainDenoiser>(config: &TrainConfig, how: &Start, hook: &mu
             online,
             config.seed,
             it,
-            &sigmas,
+            &steps_with,
             guidance,
-            noise_level,
             config.batch_size,
             &plain,
         )?;
@@ -317,6 +338,9 @@ fn train_iteration<M: TrainDenoiser>(
             match *method {
                 OnlineMethod::Grpo { clip_range, kl_beta, .. } => {
                     grpo::pass(learner, reference, ro, &kept, &adv, clip_range, kl_beta, cx)
+                }
+                OnlineMethod::Ddpo { clip_range, .. } => {
+                    grpo::pass(learner, None, ro, &kept, &adv, clip_range, 0.0, cx)
                 }
                 OnlineMethod::Nft { beta, ref_beta, adv_clip_max, .. } => {
                     let old = old.expect("NFT keeps an old policy");

@@ -42,6 +42,9 @@ pub struct OnlineConfig {
     /// The SDE's noise level a (0.7); 0 is the ODE, which has no log-probabilities.
     #[serde(default = "noise_level")]
     pub noise_level: f64,
+    /// DDIM's η of an ε-model's rollouts (DDPO: 1.0); 0 is deterministic DDIM.
+    #[serde(default = "eta")]
+    pub eta: f64,
     /// The share of the sampling steps trained on per sample (the first ⌊f·N⌋ for GRPO, a
     /// random ⌊f·N⌋ for NFT; ⌊f·N⌋ noise draws per pair for online pairs).
     #[serde(default = "train_fraction")]
@@ -90,6 +93,9 @@ fn guidance() -> f64 {
 fn noise_level() -> f64 {
     crate::sample::sde::NOISE_LEVEL
 }
+fn eta() -> f64 {
+    1.0
+}
 fn train_fraction() -> f64 {
     0.99
 }
@@ -137,6 +143,14 @@ impl OnlineConfig {
         ensure!(!self.rewards.is_empty(), "[online] rewards is empty: give at least one, e.g. pickscore = 1.0");
         for (name, w) in &self.rewards {
             ensure!(w.is_finite(), "[online.rewards] {name} = {w} is not a finite weight");
+        }
+        ensure!(self.eta.is_finite() && (0.0..=1.0).contains(&self.eta), "[online] eta {} must be in [0, 1]", self.eta);
+        if method == "ddpo" {
+            ensure!(
+                self.eta > 0.0,
+                "[online] eta = 0 samples with deterministic DDIM, which has no log-probabilities; ddpo needs them \
+                 (ddpo-pytorch: eta = 1.0)"
+            );
         }
         if method == "grpo" {
             ensure!(

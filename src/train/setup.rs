@@ -32,18 +32,7 @@ pub struct StartState {
 /// The models and settings of a run, loaded (nothing written yet).
 pub struct Loaded<M> {
     pub method: Method,
-    /// The dtype the policy's frozen base is held in: the compute dtype with LoRA (bf16
-    /// bytes for a bf16 run; the adapters are f32), f32 for full fine-tuning (master weights).
-    pub base_dtype: DType,
-    pub objective: Objective,
-    pub ranks: Vec<Rank<M>>,
-    pub reduction: Reduction,
-    pub compute: DType,
-    pub unet_config: serde_json::Value,
-    /// The denoiser's folder (the merged export of a bf16 LoRA run reads its weights back).
-    pub unet_dir: PathBuf,
-    pub vae_dir: Option<PathBuf>,
-    pub start: StartState,
+    pub models: Models<M>,
 }
 
 /// Loads what [`Loaded`] holds for `config`, resuming from `how.resume` when given.
@@ -64,30 +53,22 @@ pub fn load<M: TrainDenoiser>(config: &TrainConfig, how: &Start) -> Result<Loade
     // Reference-free methods never build the reference. With LoRA the base weights are
     // frozen, so the reference is the policy with its adapters zeroed (no second copy).
     let with_reference = method.uses_reference() && config.lora.is_none();
-    let m = load_models::<M>(config, how, with_reference)?;
-    check_method(config, &method, m.ranks.len())?;
-    Ok(Loaded {
-        method,
-        base_dtype: m.base_dtype,
-        objective: m.objective,
-        ranks: m.ranks,
-        reduction: m.reduction,
-        compute: m.compute,
-        unet_config: m.unet_config,
-        unet_dir: m.unet_dir,
-        vae_dir: m.vae_dir,
-        start: m.start,
-    })
+    let models = load_models::<M>(config, how, with_reference)?;
+    check_method(config, &method, models.ranks.len())?;
+    Ok(Loaded { method, models })
 }
 
-/// [`Loaded`] without the method: what an online run (`online`) starts from too.
+/// The devices, models and settings of a run (an online run starts from these too).
 pub struct Models<M> {
+    /// The dtype the policy's frozen base is held in: the compute dtype with LoRA (bf16
+    /// bytes for a bf16 run; the adapters are f32), f32 for full fine-tuning (master weights).
     pub base_dtype: DType,
     pub objective: Objective,
     pub ranks: Vec<Rank<M>>,
     pub reduction: Reduction,
     pub compute: DType,
     pub unet_config: serde_json::Value,
+    /// The denoiser's folder (the merged export of a bf16 LoRA run reads its weights back).
     pub unet_dir: PathBuf,
     pub vae_dir: Option<PathBuf>,
     pub start: StartState,

@@ -22,7 +22,7 @@ use super::outdir::OutputLock;
 use super::ranks::{Communication, Rank, Reduction, average, each_rank, start_communication};
 use super::reference_cache::{ReferenceErrors, ReferencePass};
 use super::run::{Start, warn};
-use super::setup::{Loaded, open_data, write_run_state};
+use super::setup::{Loaded, Models, open_data, write_run_state};
 use super::step::{Execution, MicroStep, Reference, apply_update, forward_backward, updated_params_finite};
 use crate::data::stream::{PairSource, PairStream};
 use crate::family::TrainDenoiser;
@@ -111,15 +111,8 @@ impl<'a, M: TrainDenoiser> Trainer<'a, M> {
     pub fn prepare(config: &'a TrainConfig, how: &Start) -> Result<Self> {
         let Loaded {
             method,
-            base_dtype,
-            objective,
-            mut ranks,
-            reduction,
-            compute,
-            unet_config,
-            unet_dir,
-            vae_dir,
-            start,
+            models:
+                Models { base_dtype, objective, mut ranks, reduction, compute, unet_config, unet_dir, vae_dir, start },
         } = super::setup::load::<M>(config, how)?;
         // Validation decodes through the folder's VAE when it has one.
         let vae = match (config.validation_every > 0, &vae_dir) {

@@ -12,7 +12,7 @@ use anyhow::{Result, bail, ensure};
 use super::Params;
 
 /// The methods that train on rollouts and rewards (not on pairs).
-pub const NAMES: [&str; 2] = ["grpo", "nft"];
+pub const NAMES: [&str; 3] = ["grpo", "nft", "ddpo"];
 
 /// A rollout method and its parameters (official defaults where unset).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -22,6 +22,8 @@ pub enum OnlineMethod {
     /// DiffusionNFT: implicit positive/negative policies around an old policy that follows
     /// θ by θ_old ← d·θ_old + (1 − d)·θ, d = min(decay_rate · iteration, max_decay).
     Nft { beta: f64, ref_beta: f64, adv_clip_max: f64, decay_rate: f64, max_decay: f64 },
+    /// DDPO (ε-models): GRPO's clipped ratio on DDIM-with-η steps, no KL.
+    Ddpo { clip_range: f64, adv_clip_max: f64 },
 }
 
 impl OnlineMethod {
@@ -43,11 +45,16 @@ impl OnlineMethod {
                 decay_rate: params.take("decay_rate", nft::DECAY_RATE),
                 max_decay: params.take("max_decay", nft::MAX_DECAY),
             },
+            "ddpo" => Self::Ddpo {
+                clip_range: params.take("clip_range", grpo::CLIP_RANGE),
+                adv_clip_max: params.take("adv_clip_max", advantages::CLIP),
+            },
             other => bail!("{other:?} is not an online method ({})", NAMES.join(", ")),
         };
         let known: &[&str] = match method {
             Self::Grpo { .. } => &["clip_range", "kl_beta", "adv_clip_max"],
             Self::Nft { .. } => &["beta", "ref_beta", "adv_clip_max", "decay_rate", "max_decay"],
+            Self::Ddpo { .. } => &["clip_range", "adv_clip_max"],
         };
         params.finish(name, known)?;
         method.check()?;
@@ -68,6 +75,10 @@ impl OnlineMethod {
                 ensure!(decay_rate >= 0.0, "nft: decay_rate {decay_rate} must be ≥ 0");
                 ensure!((0.0..1.0).contains(&max_decay), "nft: max_decay {max_decay} must be in [0, 1)");
             }
+            Self::Ddpo { clip_range, adv_clip_max } => {
+                ensure!(clip_range > 0.0 && clip_range < 1.0, "ddpo: clip_range {clip_range} must be in (0, 1)");
+                ensure!(adv_clip_max > 0.0, "ddpo: adv_clip_max {adv_clip_max} must be > 0");
+            }
         }
         Ok(())
     }
@@ -76,12 +87,15 @@ impl OnlineMethod {
         match self {
             Self::Grpo { .. } => "grpo",
             Self::Nft { .. } => "nft",
+            Self::Ddpo { .. } => "ddpo",
         }
     }
 
     pub fn adv_clip_max(&self) -> f64 {
         match *self {
-            Self::Grpo { adv_clip_max, .. } | Self::Nft { adv_clip_max, .. } => adv_clip_max,
+            Self::Grpo { adv_clip_max, .. } | Self::Nft { adv_clip_max, .. } | Self::Ddpo { adv_clip_max, .. } => {
+                adv_clip_max
+            }
         }
     }
 
@@ -90,6 +104,7 @@ impl OnlineMethod {
         match *self {
             Self::Grpo { kl_beta, .. } => kl_beta > 0.0,
             Self::Nft { ref_beta, .. } => ref_beta > 0.0,
+            Self::Ddpo { .. } => false,
         }
     }
 }
