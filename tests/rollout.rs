@@ -61,8 +61,7 @@ fn ddim_rollouts_are_the_sampler_at_eta_0_and_score_their_own_transitions() {
     use mapo::models::unet::UNet2DConditionModel;
     use mapo::sample::ddim::DdimSchedule;
     use mapo::sample::schedule::NoiseSchedule;
-    let (unet, _) =
-        UNet2DConditionModel::from_dir(&fixtures().join("tiny-sdxl/unet"), &device(), DType::F32).unwrap();
+    let (unet, _) = UNet2DConditionModel::from_dir(&fixtures().join("tiny-sdxl/unet"), &device(), DType::F32).unwrap();
     let t = |seed: u64, shape: [usize; 3]| initial_noise(seed, 1, shape, &device());
     let prompts = Prompts {
         context: t(1, [1, 77, 48]).reshape([1, 77, 48]),
