@@ -53,6 +53,15 @@ pub struct MetricInfo {
 /// The metrics mapo knows, in report order; any other name is shown as it is.
 pub const KNOWN: &[MetricInfo] = &[
     MetricInfo {
+        key: "reward",
+        title: "reward ↑",
+        panel: "reward ([online.rewards] on the evaluation samples)",
+        better: Better::Higher,
+        digits: 3,
+        meaning: "reward: the experiment's [online.rewards] weighted sum, scored on the evaluation samples of every \
+                  row (the reward the online runs train on)",
+    },
+    MetricInfo {
         key: "style_b",
         title: "style B ↑",
         panel: "style B share of samples",

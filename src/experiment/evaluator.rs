@@ -39,10 +39,11 @@ impl Evaluator {
         pairs: &Path,
         c: &EvalConfig,
         objective: &Objective,
+        rewards: Option<&std::collections::BTreeMap<String, f64>>,
         device: &Device,
     ) -> Result<Option<Self>> {
         Ok(if toy {
-            Some(Self::Toy(Box::new(ToyEvaluator::new(model, pairs, c, objective, device)?)))
+            Some(Self::Toy(Box::new(ToyEvaluator::new(model, pairs, c, objective, rewards, device)?)))
         } else if c.has_suite() {
             Some(Self::Suite(Box::new(SuiteEvaluator::new(model, c, device)?)))
         } else {

@@ -256,7 +256,8 @@ fn prepare(exp: &Path, run: &PlannedRun, device: Option<&str>, for_run: bool) ->
     );
     let scored = reference_summary_dir(exp, run).is_none_or(|d| d.join("summary.json").is_file());
     let evaluator = if for_run || !scored {
-        Evaluator::new(c.is_toy(), &model, &data, &c.eval, &c.objective()?, &plain)?
+        let rewards = c.online.as_ref().map(|o| &o.rewards);
+        Evaluator::new(c.is_toy(), &model, &data, &c.eval, &c.objective()?, rewards, &plain)?
     } else {
         None
     };

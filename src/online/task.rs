@@ -86,28 +86,33 @@ impl Task for ToyTask {
     fn score(&self, names: &[String], latents: Tensor<4>, captions: &[String]) -> Result<Vec<Vec<f64>>> {
         let pixels: Vec<f32> =
             latents.into_data().convert::<f32>().try_into_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        let readings: Vec<_> = pixels.chunks(3 * SIZE * SIZE).map(|img| read(img, SIZE)).collect();
-        names
-            .iter()
-            .map(|name| {
-                readings
-                    .iter()
-                    .zip(captions)
-                    .map(|(r, caption)| {
-                        Ok(match name.as_str() {
-                            "style_b" => f64::from(u8::from(r.style == Style::Striped)),
-                            "stripes" => r.stripe_score as f64,
-                            "fidelity" => {
-                                f64::from(u8::from(r.subject.is_some() && r.subject == Subject::parse(caption)))
-                            }
-                            other => bail!(
-                                "[online.rewards] {other:?}: the built-in model's rewards are {}",
-                                Self::REWARDS.join(", ")
-                            ),
-                        })
-                    })
-                    .collect()
-            })
-            .collect()
+        let images: Vec<&[f32]> = pixels.chunks(3 * SIZE * SIZE).collect();
+        toy_rewards(names, &images, captions)
     }
+}
+
+/// The built-in model's rewards `names` of float images ([3, SIZE, SIZE] in [-1, 1] each)
+/// of prompts `captions` (see [`ToyTask`]).
+pub fn toy_rewards(names: &[String], images: &[&[f32]], captions: &[String]) -> Result<Vec<Vec<f64>>> {
+    let readings: Vec<_> = images.iter().map(|img| read(img, SIZE)).collect();
+    names
+        .iter()
+        .map(|name| {
+            readings
+                .iter()
+                .zip(captions)
+                .map(|(r, caption)| {
+                    Ok(match name.as_str() {
+                        "style_b" => f64::from(u8::from(r.style == Style::Striped)),
+                        "stripes" => r.stripe_score as f64,
+                        "fidelity" => f64::from(u8::from(r.subject.is_some() && r.subject == Subject::parse(caption))),
+                        other => bail!(
+                            "[online.rewards] {other:?}: the built-in model's rewards are {}",
+                            ToyTask::REWARDS.join(", ")
+                        ),
+                    })
+                })
+                .collect()
+        })
+        .collect()
 }

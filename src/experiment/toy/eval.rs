@@ -29,6 +29,8 @@ pub struct ToyEvaluator {
     guidance: f64,
     pairs: PairBatch,
     objective: Objective,
+    /// The experiment's `[online.rewards]`, scored on the samples as `reward`.
+    rewards: Option<std::collections::BTreeMap<String, f64>>,
 }
 
 impl ToyEvaluator {
@@ -38,6 +40,7 @@ impl ToyEvaluator {
         pairs: &Path,
         config: &EvalConfig,
         objective: &Objective,
+        rewards: Option<&std::collections::BTreeMap<String, f64>>,
         device: &Device,
     ) -> Result<Self> {
         let subjects = eval_subjects(config.seeds);
@@ -58,6 +61,7 @@ impl ToyEvaluator {
             guidance: config.guidance,
             pairs: first_batch(&data, n, objective, device)?,
             objective: objective.clone(),
+            rewards: rewards.cloned(),
             subjects,
             prompts,
         })
@@ -77,6 +81,14 @@ impl ToyEvaluator {
         for scorer in [ToyScorer::StyleB, ToyScorer::Fidelity] {
             let scores = scorer.score_pixels(&images, SIZE, &captions)?;
             metrics.values.insert(scorer.name().into(), scores.iter().sum::<f64>() / scores.len().max(1) as f64);
+        }
+        if let Some(weights) = &self.rewards {
+            let names: Vec<String> = weights.keys().cloned().collect();
+            let views: Vec<&[f32]> = images.iter().map(Vec::as_slice).collect();
+            let scores = crate::online::task::toy_rewards(&names, &views, &captions)?;
+            let n = images.len().max(1) as f64;
+            let reward = names.iter().zip(&scores).map(|(k, s)| weights[k] * s.iter().sum::<f64>() / n).sum();
+            metrics.values.insert("reward".into(), reward);
         }
         let e = pair_errors(unet, &self.pairs, &self.objective);
         let mean = |t: Tensor<1>| t.mean().into_scalar::<f32>() as f64;
