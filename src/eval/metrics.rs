@@ -55,7 +55,7 @@ pub const KNOWN: &[MetricInfo] = &[
     MetricInfo {
         key: "reward",
         title: "reward ↑",
-        panel: "reward ([online.rewards] on the evaluation samples)",
+        panel: "online reward of eval samples",
         better: Better::Higher,
         digits: 3,
         meaning: "reward: the experiment's [online.rewards] weighted sum, scored on the evaluation samples of every \
