@@ -221,3 +221,57 @@ fn all_weights(path: &Path) -> Vec<f32> {
         .flat_map(|n| files.get(n).unwrap().to_data().unwrap().convert::<f32>().try_to_vec::<f32>().unwrap())
         .collect()
 }
+
+/// A diffusers model's online run: the tiny SD3.5 pipeline, prompts from a suite, PickScore
+/// (the tiny CLIP fixture) as the reward, LoRA adapters; GRPO (SDE, CFG) and NFT (its old
+/// policy as LoRA adapters on the shared base) train, log the reward by name, and write the
+/// adapters and the merged transformer as offline runs do.
+#[test]
+fn sd3_online_runs_with_a_prompt_suite_and_a_reward_model() {
+    let dir = std::env::temp_dir().join(format!("mapo-online-sd3-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let prompts = dir.join("prompts.txt");
+    std::fs::write(&prompts, "a photo of a cat\na red bicycle\na bowl of soup\n").unwrap();
+    for method in ["grpo", "nft"] {
+        let out_dir = dir.join(method);
+        let config = dir.join(format!("{method}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "model = {:?}\noutput_dir = {out_dir:?}\nmethod = \"{method}\"\nsteps = 1\nbatch_size = 2\n\
+                 device = \"flex\"\nseed = 1\n[optimizer]\nlr = 1e-3\n[lora]\nrank = 2\nalpha = 4\n\
+                 [online]\niterations = 2\nprompts = {prompts:?}\nprompts_per_iteration = 2\ngroup_size = 2\n\
+                 sampling_steps = 3\nguidance = 2.0\n[online.rewards]\npickscore = 1.0\n\
+                 [online.reward_models]\npickscore = {:?}\n",
+                fixtures().join("tiny-sd35"),
+                fixtures().join("tiny-clip")
+            ),
+        )
+        .unwrap();
+        let out = train(&config, &[]);
+        assert!(out.status.success(), "{method}: {}", stderr(&out));
+        let lines = metric_lines(&out_dir);
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        for l in &lines {
+            assert!(l["reward_pickscore"].as_f64().is_some_and(f64::is_finite), "{l}");
+            assert_eq!(l["samples"], 4, "{l}");
+        }
+        assert!(lines.iter().map(|l| l["updates"].as_u64().unwrap()).sum::<u64>() > 0, "{lines:?}");
+        assert!(out_dir.join("pytorch_lora_weights.safetensors").is_file());
+        assert!(out_dir.join("transformer/config.json").is_file());
+    }
+    // A reward without its model file is named.
+    let config = dir.join("grpo.toml");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("[online.reward_models]\npickscore", "[online.reward_models]\nclip");
+    std::fs::write(&config, text).unwrap();
+    let out = train(&config, &["--set", &format!("output_dir={:?}", dir.join("missing"))]);
+    assert!(
+        stderr(&out).contains("[online.rewards] pickscore: give its model in [online.reward_models]"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
