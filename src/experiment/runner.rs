@@ -334,46 +334,30 @@ fn execute(exp: &Path, run: &PlannedRun, dir: &Path, device: Option<&str>) -> Re
     let wall_path = dir.join("wall.json");
     let earlier = if resume { read_wall(&wall_path) } else { 0.0 };
     let t0 = Instant::now();
-    let every = c.eval.every.max(1);
-    let steps = train.steps;
+    // Offline runs count optimizer steps and are scored every `[eval] every`; online runs
+    // count iterations and are scored every `[online] eval_every` (0: the last only).
+    let online = train.online.is_some();
+    let (every, steps) = match &train.online {
+        Some(o) => (o.eval_every, o.iterations),
+        None => (c.eval.every.max(1), train.steps),
+    };
     let mut last_eval: Option<Metrics> = None;
-    let online_every = train.online.as_ref().map(|o| (o.eval_every, o.iterations));
-    let final_loss = if let Some((every, iterations)) = online_every {
-        // Online runs count iterations; their evaluation is every `[online] eval_every`.
-        anyhow::ensure!(
-            family == crate::family::Family::Sdxl || evaluator.is_none(),
-            "online runs of a {} model are not evaluated in experiments yet",
-            family.name()
-        );
-        let mut hook = |it: usize, unet: &UNet2DConditionModel| -> Result<()> {
-            write_wall(&wall_path, earlier + t0.elapsed().as_secs_f64())?;
-            let Some(ev) = &evaluator else { return Ok(()) };
-            if it != iterations && (every == 0 || !it.is_multiple_of(every)) {
-                return Ok(());
-            }
-            last_eval = Some(score(ev, &unet.valid(), it, it == iterations, dir)?);
-            Ok(())
-        };
-        match family {
-            crate::family::Family::Sdxl => {
-                crate::online::run::train_with(&train, &Start::resume(resume.then_some("latest")), &mut hook)?
-            }
-            _ => crate::online::run::train(&train, &Start::resume(resume.then_some("latest")))?,
+    let mut hook = |step: usize, unet: &UNet2DConditionModel| -> Result<()> {
+        write_wall(&wall_path, earlier + t0.elapsed().as_secs_f64())?;
+        let Some(ev) = &evaluator else { return Ok(()) };
+        if step != steps && (every == 0 || !step.is_multiple_of(every)) {
+            return Ok(());
         }
-    } else if family == crate::family::Family::Sdxl {
-        let mut hook = |step: usize, unet: &UNet2DConditionModel| -> Result<()> {
-            write_wall(&wall_path, earlier + t0.elapsed().as_secs_f64())?;
-            let Some(ev) = &evaluator else { return Ok(()) };
-            if !step.is_multiple_of(every) && step != steps {
-                return Ok(());
-            }
-            last_eval = Some(score(ev, &unet.valid(), step, step == steps, dir)?);
-            Ok(())
-        };
-        crate::train::run::train_with(&train, &Start::resume(resume.then_some("latest")), &mut hook)?
-    } else {
-        // Other families have no evaluator (refused in `prepare`): they train and report losses.
-        crate::train::run::train(&train, &Start::resume(resume.then_some("latest")))?
+        last_eval = Some(score(ev, &unet.valid(), step, step == steps, dir)?);
+        Ok(())
+    };
+    let start = Start::resume(resume.then_some("latest"));
+    // Other families have no evaluator (refused in `prepare`): they train and report losses.
+    let final_loss = match (family == crate::family::Family::Sdxl, online) {
+        (true, false) => crate::train::run::train_with(&train, &start, &mut hook)?,
+        (true, true) => crate::online::run::train_with(&train, &start, &mut hook)?,
+        (false, false) => crate::train::run::train(&train, &start)?,
+        (false, true) => crate::online::run::train(&train, &start)?,
     };
     // Resumed from the last checkpoint, no step ran: score the saved final model.
     if let (Some(ev), None) = (&evaluator, &last_eval) {
@@ -383,7 +367,6 @@ fn execute(exp: &Path, run: &PlannedRun, dir: &Path, device: Option<&str>) -> Re
 
     let wall_s = earlier + t0.elapsed().as_secs_f64();
     write_wall(&wall_path, wall_s)?;
-    let steps = online_every.map_or(steps, |(_, iterations)| iterations);
     let metrics = read_jsonl(&dir.join("metrics.jsonl"));
     let (median_step, device_peak) = step_stats(&metrics);
     let (peak, kind) = match device_peak {

@@ -5,7 +5,7 @@
 //! loss weighs the implicit positive and negative policies by r = clamp(A/adv_clip_max/2 +
 //! 0.5, 0, 1). One update per batch, each σ's loss 1/⌊f·N⌋ of it.
 
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 use rand::seq::SliceRandom;
 
 use super::learner::{Accumulator, Cast, Learner, PassContext, PassLog, batches};
@@ -16,20 +16,11 @@ use crate::losses::online::nft::{nft_loss, reward_weight};
 use crate::models::denoiser::{Conditioning, Denoiser};
 use crate::sample::noise::gaussian;
 use crate::sample::rollout::Stepper;
-use crate::sample::validate::Prompts;
+use crate::sample::validate::{Guided, Prompts};
 
-/// The unguided conditioning of `p`'s rows.
+/// The unguided conditioning of `p`'s rows (FLUX's embedded guidance on each).
 fn conditioning(p: &Prompts) -> Conditioning {
-    let rows = p.context.dims()[0];
-    let device = p.context.device();
-    Conditioning {
-        context: p.context.clone(),
-        pooled: p.text_embeds.clone(),
-        time_ids: p.time_ids.clone(),
-        guidance: p
-            .embedded_guidance
-            .map(|g| Tensor::<1>::from_data(TensorData::new(vec![g; rows], [rows]), (&device, DType::F32))),
-    }
+    Guided::new(p, 1.0).conditioning().clone()
 }
 
 /// The parameters of [`crate::losses::online::OnlineMethod::Nft`] a pass uses.

@@ -37,13 +37,14 @@ pub fn choose_prompts(task: &dyn Task, config: &OnlineConfig, seed: u64, it: usi
     chosen
 }
 
+/// Row indices as an index tensor on `device`.
+fn index(rows: &[usize], device: &Device) -> Tensor<1, Int> {
+    Tensor::from_data(TensorData::new(rows.iter().map(|&r| r as i64).collect::<Vec<_>>(), [rows.len()]), device)
+}
+
 /// Rows `rows` of `p` (a negative prompt's too).
 pub fn select_prompts(p: &Prompts, rows: &[usize]) -> Prompts {
-    let device = p.context.device();
-    let idx = Tensor::<1, Int>::from_data(
-        TensorData::new(rows.iter().map(|&r| r as i64).collect::<Vec<_>>(), [rows.len()]),
-        &device,
-    );
+    let idx = index(rows, &p.context.device());
     Prompts {
         context: p.context.clone().select(0, idx.clone()),
         text_embeds: p.text_embeds.clone().select(0, idx.clone()),
@@ -66,11 +67,7 @@ pub fn lift_prompts(p: &Prompts) -> Prompts {
 
 /// Rows `rows` of a [N, ...] tensor.
 pub fn rows<const D: usize>(t: &Tensor<D>, rows: &[usize]) -> Tensor<D> {
-    let idx = Tensor::<1, Int>::from_data(
-        TensorData::new(rows.iter().map(|&r| r as i64).collect::<Vec<_>>(), [rows.len()]),
-        &t.device(),
-    );
-    t.clone().select(0, idx)
+    t.clone().select(0, index(rows, &t.device()))
 }
 
 /// Samples iteration `it`'s groups with `model` (no gradients) stepping with `stepper`,

@@ -106,8 +106,11 @@ pub fn train_with<M: TrainDenoiser>(config: &TrainConfig, how: &Start, hook: &mu
     );
     let objective = config.objective()?;
     let kind = Kind::of(config, objective.name())?;
-    // The stochastic step of the rollouts: the flow SDE, or DDIM with η for ε-models.
-    let stepper = match (&objective, &kind) {
+    // The rollouts' step: the flow SDE, or DDIM with η for ε-models; NFT samples with the
+    // deterministic solver and no guidance (DiffusionNFT), the others at `guidance`.
+    let nft = matches!(kind, Kind::Rollout(OnlineMethod::Nft { .. }));
+    let guidance = if nft { 1.0 } else { online.guidance };
+    let sampling = match (&objective, &kind) {
         (Objective::Flow(_), Kind::Rollout(OnlineMethod::Ddpo { .. })) => bail!(
             "method ddpo trains ε-prediction models (DDIM with η); this run's objective is flow: use grpo (Flow-GRPO) \
              or nft"
@@ -115,7 +118,7 @@ pub fn train_with<M: TrainDenoiser>(config: &TrainConfig, how: &Start, hook: &mu
         (Objective::Flow(flow), _) => {
             let sigmas =
                 FlowMatchEuler::new(online.sampling_steps, flow.config.shift, flow.num_train_timesteps())?.sigmas;
-            Stepper::Flow { sigmas, noise_level: online.noise_level }
+            Stepper::Flow { sigmas, noise_level: if nft { 0.0 } else { online.noise_level } }
         }
         (Objective::Epsilon(_), Kind::Rollout(m @ (OnlineMethod::Grpo { .. } | OnlineMethod::Nft { .. }))) => bail!(
             "method {} trains flow-matching models; this run's objective is ε-prediction: use ddpo (or objective = \
@@ -154,7 +157,7 @@ pub fn train_with<M: TrainDenoiser>(config: &TrainConfig, how: &Start, hook: &mu
         (None, false) => None,
     };
     let refreshes = matches!(kind, Kind::Pairs(_)) && online.ref_update_steps > 0;
-    let mut old = matches!(kind, Kind::Rollout(OnlineMethod::Nft { .. })).then(|| learner.policy.valid());
+    let mut old = nft.then(|| learner.policy.valid());
     if let Some(dir) = &start.dir {
         if refreshes {
             reference = Some(checkpoint::load_extra(dir, "reference", learner.policy.valid(), &plain)?);
@@ -186,32 +189,27 @@ pub fn train_with<M: TrainDenoiser>(config: &TrainConfig, how: &Start, hook: &mu
     let mut last_loss = f64::NAN;
     for it in start.step..online.iterations {
         let t0 = Instant::now();
-        let sampler = match &kind {
-            Kind::Rollout(OnlineMethod::Nft { .. }) => old.as_ref().expect("NFT keeps an old policy").clone(),
-            Kind::Rollout(_) => learner.policy.valid(),
-            Kind::Pairs(_) => reference.clone().expect("online pairs keep a reference"),
-        };
-        // NFT samples guidance-free with the deterministic solver (DiffusionNFT); GRPO, DDPO
-        // and online pairs with the stochastic step at the configured guidance.
-        let (guidance, steps_with) = match (&kind, &stepper) {
-            (Kind::Rollout(OnlineMethod::Nft { .. }), Stepper::Flow { sigmas, .. }) => {
-                (1.0, Stepper::Flow { sigmas: sigmas.clone(), noise_level: 0.0 })
+        let current;
+        let sampler: &M = match &kind {
+            Kind::Rollout(OnlineMethod::Nft { .. }) => old.as_ref().expect("NFT keeps an old policy"),
+            Kind::Rollout(_) => {
+                current = learner.policy.valid();
+                &current
             }
-            _ => (online.guidance, stepper.clone()),
+            Kind::Pairs(_) => reference.as_ref().expect("online pairs keep a reference"),
         };
-        let model = super::learner::Cast { model: &sampler, dtype: compute };
+        let model = super::learner::Cast { model: sampler, dtype: compute };
         let ro = rollouts::sample(
             &model,
             task.as_ref(),
             online,
             config.seed,
             it,
-            &steps_with,
+            &sampling,
             guidance,
             config.batch_size,
             &plain,
         )?;
-        drop(sampler);
         let rewards = rollouts::score(task.as_ref(), online, &ro)?;
         let sample_s = t0.elapsed().as_secs_f64();
         if rewards.dropped > 0 {
@@ -227,8 +225,18 @@ pub fn train_with<M: TrainDenoiser>(config: &TrainConfig, how: &Start, hook: &mu
         }
         let cx = PassContext { config: online, seed: config.seed, it, batch_size: config.batch_size, lr, exec };
         let t1 = Instant::now();
-        let (log, extra) =
-            train_iteration(&mut learner, &kind, reference.as_ref(), old.as_ref(), &objective, &ro, &rewards, &cx)?;
+        let kept = rewards.kept();
+        let (log, extra) = train_iteration(
+            &mut learner,
+            &kind,
+            reference.as_ref(),
+            old.as_ref(),
+            &objective,
+            &ro,
+            &rewards,
+            &kept,
+            &cx,
+        )?;
         let train_s = t1.elapsed().as_secs_f64();
 
         if let (Some(o), Kind::Rollout(OnlineMethod::Nft { decay_rate, max_decay, .. })) = (old.take(), &kind) {
@@ -250,7 +258,6 @@ pub fn train_with<M: TrainDenoiser>(config: &TrainConfig, how: &Start, hook: &mu
             "sample_s": sample_s, "train_s": train_s, "step_time_s": t0.elapsed().as_secs_f64(),
             "wall_s": earlier_wall + t_run.elapsed().as_secs_f64(),
         });
-        let kept = rewards.kept();
         let (mean, std) = mean_std(kept.iter().map(|&i| rewards.total[i]));
         line["reward"] = serde_json::json!(mean);
         line["reward_std"] = serde_json::json!(std);
@@ -320,9 +327,9 @@ fn train_iteration<M: TrainDenoiser>(
     objective: &Objective,
     ro: &Rollouts,
     rewards: &rollouts::Rewards,
+    kept: &[usize],
     cx: &PassContext,
 ) -> Result<(PassLog, Vec<(String, f64)>)> {
-    let kept = rewards.kept();
     if kept.is_empty() {
         return Ok((PassLog::default(), Vec::new()));
     }
@@ -337,20 +344,18 @@ fn train_iteration<M: TrainDenoiser>(
             stats.push(("zero_advantage".to_string(), adv.iter().filter(|a| **a == 0.0).count() as f64));
             match *method {
                 OnlineMethod::Grpo { clip_range, kl_beta, .. } => {
-                    grpo::pass(learner, reference, ro, &kept, &adv, clip_range, kl_beta, cx)
+                    grpo::pass(learner, reference, ro, kept, &adv, clip_range, kl_beta, cx)
                 }
-                OnlineMethod::Ddpo { clip_range, .. } => {
-                    grpo::pass(learner, None, ro, &kept, &adv, clip_range, 0.0, cx)
-                }
+                OnlineMethod::Ddpo { clip_range, .. } => grpo::pass(learner, None, ro, kept, &adv, clip_range, 0.0, cx),
                 OnlineMethod::Nft { beta, ref_beta, adv_clip_max, .. } => {
                     let old = old.expect("NFT keeps an old policy");
                     let p = nft::NftParams { beta, ref_beta, adv_clip_max };
-                    nft::pass(learner, old, reference, ro, &kept, &adv, p, cx)
+                    nft::pass(learner, old, reference, ro, kept, &adv, p, cx)
                 }
             }
         }
         Kind::Pairs(method) => {
-            let found = pairs::best_and_worst(&ro.group, &rewards.total, &kept);
+            let found = pairs::best_and_worst(&ro.group, &rewards.total, kept);
             stats.push(("pairs".to_string(), found.len() as f64));
             let margin = found.iter().map(|&(w, l)| rewards.total[w] - rewards.total[l]);
             stats.push(("pair_reward_margin".to_string(), mean_std(margin).0));
@@ -362,7 +367,7 @@ fn train_iteration<M: TrainDenoiser>(
 
 /// θ_old ← d·θ_old + (1 − d)·θ over the trained parameters (LoRA: the adapters).
 fn follow<M: TrainDenoiser>(old: M, policy: &M, d: f64, lora: bool) -> M {
-    let trained = |name: &str| !lora || name.contains(".lora.lora_");
+    let trained = |name: &str| !lora || crate::models::lora::is_adapter(name);
     let mut current = BTreeMap::new();
     for_each_param(policy, |name, t, _| {
         if trained(&name) {

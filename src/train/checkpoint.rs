@@ -73,13 +73,7 @@ pub fn save<M: burn::module::Module>(
     std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     if lora {
         // Base weights are frozen and come from the model folder: store the adapters only.
-        let mut adapters = Vec::new();
-        for_each_param(unet, |name, t, shape| {
-            if name.contains(".lora.lora_") {
-                adapters.push(PendingTensor { name, shape, dtype: DType::F32, data: Box::new(move || t.into_data()) });
-            }
-        });
-        write_safetensors(&tmp.join(ADAPTERS), adapters)?;
+        write_safetensors(&tmp.join(ADAPTERS), trained_params(unet, true))?;
     } else {
         save_component(unet, unet_config, &tmp.join("unet"), DType::F32)?;
     }
@@ -115,7 +109,7 @@ pub fn save<M: burn::module::Module>(
 fn trained_params(module: &impl burn::module::Module, lora: bool) -> Vec<PendingTensor<'_>> {
     let mut out = Vec::new();
     for_each_param(module, |name, t, shape| {
-        if !lora || name.contains(".lora.lora_") {
+        if !lora || crate::models::lora::is_adapter(&name) {
             out.push(PendingTensor { name, shape, dtype: DType::F32, data: Box::new(move || t.into_data()) });
         }
     });

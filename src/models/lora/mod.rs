@@ -94,6 +94,11 @@ impl Lora {
 pub const LORA_FILE_PEFT: &str = "pytorch_lora_weights.safetensors";
 pub const LORA_FILE_KOHYA: &str = "pytorch_lora_weights_kohya.safetensors";
 
+/// Whether a parameter (by its `for_each_param` name) is a LoRA adapter's A or B matrix.
+pub fn is_adapter(name: &str) -> bool {
+    name.contains(".lora.lora_")
+}
+
 /// Writes `module` as a plain diffusers component folder with every adapter folded into
 /// its base weight: `W + scale · B·A`.
 pub fn save_merged<M: Module>(module: &M, config: &serde_json::Value, dir: &Path, scale: f64) -> Result<()> {
@@ -101,7 +106,7 @@ pub fn save_merged<M: Module>(module: &M, config: &serde_json::Value, dir: &Path
     let found = LoraFile::from_module(module, scale).adapters;
     let mut tensors = Vec::new();
     for_each_param(module, |name, t, shape| {
-        if name.contains(".lora.lora_") {
+        if is_adapter(&name) {
             return;
         }
         let delta = name.strip_suffix(".weight").and_then(|layer| found.get(layer)).map(|a| a.delta().reshape([-1]));
@@ -130,7 +135,7 @@ pub fn save_merged_from<M: Module>(
     let found = LoraFile::from_module(module, scale).adapters;
     let mut names = Vec::new();
     for_each_param(module, |name, _, shape| {
-        if !name.contains(".lora.lora_") {
+        if !is_adapter(&name) {
             names.push((name, shape));
         }
     });
